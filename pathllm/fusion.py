@@ -183,25 +183,28 @@ def clip_loss(logits:torch.Tensor, # (B, B) image-text similarities, pairs on th
 
 # %% ../nbs/05_fusion.ipynb #4263da8b
 def merge_image_tokens(tok_embeds:torch.Tensor, # (B, T, C) text embeddings
-                       ids:torch.Tensor, # (B, T) ids, at most one `image_id` per row
-                       img_embeds:torch.Tensor, # (B, n, C) image tokens in the LM width
+                       ids:torch.Tensor, # (B, T) ids with any number of `image_id`s per row
+                       img_embeds:torch.Tensor, # (B, n, C): one image per row; (B, m, n, C): the j-th `<image>` of row b gets `[b, j]`
                        image_id:int, # id of `<image>`
                        attention_mask:torch.Tensor|None=None, # (B, T) 1 on real tokens
                       )->tuple: # embeddings (B, L, C), attention mask (B, L), text positions `pos` (B, T)
-    "Replace each row's `<image>` by `n` image embeddings"
-    B, T, C = tok_embeds.shape; n = img_embeds.shape[1]
+    "Replace each `<image>` by the `n` embeddings of its image (several images per row for in-context examples)"
+    B, T, C = tok_embeds.shape
+    if img_embeds.ndim == 3: img_embeds = img_embeds[:, None]                      # (B, 1, n, C)
+    m, n = img_embeds.shape[1:3]
     is_img = ids == image_id                                                      # (B, T)
-    if bool((is_img.sum(1) > 1).any()): raise ValueError("ids: at most one <image> token per row")
+    cnt = is_img.long().cumsum(1)                                                 # (B, T) images up to and including t
+    if bool((cnt[:, -1] > m).any()): raise ValueError(f"ids: a row has {int(cnt[:, -1].max())} <image> tokens but img_embeds holds {m} image(s) per row")
     am = torch.ones_like(ids) if attention_mask is None else attention_mask
-    pos = torch.arange(T, device=ids.device) + (n - 1) * is_img.long().cumsum(1)  # (B, T); `<image>` -> its last slot
-    L = T + (n - 1) * int(is_img.any(1).max()) if n else T
+    pos = torch.arange(T, device=ids.device) + (n - 1) * cnt                      # (B, T); `<image>` -> its last slot
+    L = T + (n - 1) * int(cnt[:, -1].max()) if n else T
     x, mask = tok_embeds.new_zeros(B, L, C), am.new_zeros(B, L)
     x = x.scatter(1, pos[..., None].expand(-1, -1, C), tok_embeds)
     mask = mask.scatter(1, pos, am)
     b, t = is_img.nonzero(as_tuple=True)
     if len(b) and n:
         slots = pos[b, t][:, None] - (n - 1) + torch.arange(n, device=ids.device)  # (k, n)
-        x = x.index_put((b[:, None], slots), img_embeds[b])
+        x = x.index_put((b[:, None], slots), img_embeds[b, cnt[b, t] - 1])
         mask = mask.index_put((b[:, None], slots), am[b, t][:, None].expand(-1, n))
     return x, mask, pos
 
@@ -238,9 +241,9 @@ def encode_images(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
     return self.connector(self._img(images).tokens)
 
 @patch
-def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with one `<image>` per row
+def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with `<image>` tokens
           attention_mask:torch.Tensor|None, # (B, T) 1 on real tokens
-          img_embeds:torch.Tensor, # (B, n, C) from `encode_images`
+          img_embeds:torch.Tensor, # (B, n, C) from `encode_images`, or (B, m, n, C) for m images per row
          )->tuple: # embeddings (B, L, C), mask (B, L), text positions (B, T)
     "LM input embeddings with the image tokens in place of `<image>`"
     return merge_image_tokens(self.lm.tok_emb(ids), ids, img_embeds, self._image_id if self.tok is None else self.tok.image_id, attention_mask)
