@@ -20,7 +20,8 @@ __all__ = ['HE_STAINS', 'LABEL_NAMES', 'PATCH_SIZE', 'MHIST_COLS', 'HUB_NAMES', 
            'smooth_noise', 'draw_blob', 'place_points', 'synth_pcam', 'synth_mhist', 'synth_patch', 'atomic_write',
            'DataError', 'make_synthetic', 'PatchItem', 'check_image', 'report_errors', 'PatchDataset', 'load_patches',
            'rgb_to_od', 'od_to_uint8', 'macenko_fit', 'macenko_normalize', 'reinhard_stats', 'reinhard_normalize',
-           'StainNormalizer', 'dihedral', 'RandDihedral', 'stain_jitter', 'RandStainJitter', 'get_dls']
+           'StainNormalizer', 'dihedral', 'RandDihedral', 'stain_jitter', 'RandStainJitter', 'get_dls',
+           'data_fingerprint', 'environment_info']
 
 # %% ../nbs/00_data.ipynb #9a53149e
 def project_root(start:Path|str|None=None, # where to start looking (default: working directory)
@@ -792,3 +793,38 @@ def get_dls(source:PatchDataset|Path|str, # a `PatchDataset`, or anything `load_
     dls = dblock.dataloaders(trn + val, bs=bs, num_workers=num_workers)
     for i, dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
     return dls
+
+# %% ../nbs/00_data.ipynb #2dd73527
+def data_fingerprint(ds:PatchDataset|str|Path, # a `PatchDataset`, or anything `load_patches` reads
+                    )->dict: # `source`, `n`, `counts` per split and class, `sha256` of the sorted (split, label, id) rows
+    "Identify a data set by its patch list: equal fingerprints mean the same patches with the same labels and splits"
+    import hashlib
+    ds = ds if isinstance(ds, PatchDataset) else load_patches(ds)
+    it = ds.items[['split', 'label', 'source_id']].astype(str)
+    rows = sorted('\t'.join(r) for r in it.itertuples(index=False, name=None))
+    counts = {f'{s}/{LABEL_NAMES[ds.kind][int(l)]}': int(n) for (s, l), n in ds.items.groupby(['split', 'label']).size().items()}
+    return dict(source=str(ds.source), kind=ds.kind, n=len(ds), counts=counts,
+                sha256=hashlib.sha256('\n'.join(rows).encode()).hexdigest())
+
+# %% ../nbs/00_data.ipynb #44f7bd81
+def _git_commit(root:Path)->dict: # `commit` hash and `dirty` flag, or `None`s outside a git checkout
+    import subprocess
+    try:
+        run = lambda *a: subprocess.run(['git', '-C', str(root), *a], capture_output=True, text=True, timeout=10)
+        c = run('rev-parse', 'HEAD')
+        if c.returncode: return dict(commit=None, dirty=None)
+        return dict(commit=c.stdout.strip(), dirty=bool(run('status', '--porcelain', '--untracked-files=no').stdout.strip()))
+    except (OSError, subprocess.SubprocessError): return dict(commit=None, dirty=None)
+
+def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', 'transformers', 'peft', 'bitsandbytes',
+                                     'accelerate', 'faiss-cpu', 'numpy', 'scikit-learn'), # versions to record
+                    )->dict: # python, platform, device, package versions, pathllm version and git commit
+    "What a result was computed with: enough to rerun it on the same software and say which hardware gave it"
+    import platform, sys, datetime, importlib.metadata as md, torch
+    def ver(p):
+        try: return md.version(p)
+        except md.PackageNotFoundError: return None
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})'
+    return dict(python=sys.version.split()[0], platform=platform.platform(), device=dev, torch_threads=torch.get_num_threads(),
+                packages={p: ver(p) for p in packages}, pathllm=ver('pathllm'), **_git_commit(project_root()),
+                date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))

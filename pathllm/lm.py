@@ -509,23 +509,28 @@ class TokenPerplexity(Metric):
 
 # %% ../nbs/03_lm.ipynb #ed97029c
 class CheckpointCallback(Callback):
-    "Save model + optimizer + epoch atomically each epoch; with `resume`, continue from the saved epoch"
+    "Save model + optimizer + epoch atomically after each training epoch; with `resume`, continue from the saved epoch"
     order = 70  # like fastai's `SkipToEpoch`: after the recorder
     def __init__(self, path:str|Path, # folder for `checkpoint.pth`
-                 resume:bool=False): # load the checkpoint (if any) at `before_fit` and skip finished epochs
-        self.path, self.resume, self.start_epoch = Path(path), resume, 0
+                 resume:bool=False): # load the checkpoint (if any) when training starts and skip finished epochs
+        self.path, self.resume, self.start_epoch, self._loaded, self._trained = Path(path), resume, 0, False, False
     @property
     def fname(self): return self.path/'checkpoint.pth'
-    def before_fit(self):
-        self.start_epoch = 0
-        if not (self.resume and self.fname.exists()): return
-        ck = torch.load(self.fname, map_location=next(self.model.parameters()).device, weights_only=False)
-        self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['opt'])
-        self.start_epoch = ck['epoch']
-    def before_epoch(self):
+    # fastai's `get_preds`/`validate` also fire `before_fit`/`before_epoch`/`after_epoch`, but never `before_train`:
+    # so loading, skipping and saving hang on `before_train`, and predicting never touches the checkpoint
+    def before_fit(self): self.start_epoch, self._loaded, self._trained = 0, False, False
+    def before_train(self):
+        if not self._loaded:
+            self._loaded = True
+            if self.resume and self.fname.exists():
+                ck = torch.load(self.fname, map_location=next(self.model.parameters()).device, weights_only=False)
+                self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['opt'])
+                self.start_epoch = ck['epoch']
         if self.epoch < self.start_epoch: raise CancelEpochException
+        self._trained = True
     def after_epoch(self):
-        if self.epoch < self.start_epoch: return
+        if not self._trained: return
+        self._trained = False
         ck = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), epoch=self.epoch + 1)
         atomic_write(self.fname, lambda p: torch.save(ck, p))
 
