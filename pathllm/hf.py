@@ -21,7 +21,7 @@ from .fusion import (PathVLM, VLMConfig, Projector, QFormer, VLMDataset, vlm_rec
                             _captioned, _fit, _accuracy, _valid_split)
 
 # %% auto #0
-__all__ = ['HFTokenizer', 'HFLM', 'HFVision', 'HFVLM', 'hf_vlm', 'train_hf']
+__all__ = ['HFTokenizer', 'HFLM', 'HFVision', 'HFVLM', 'hf_vlm', 'load_vlm', 'train_hf']
 
 # %% ../nbs/05b_hf.ipynb #6a53a168
 def _hub(fn, name:str, what:str): # `fn(name)`, with a message naming the download when the files are missing
@@ -256,6 +256,16 @@ def from_pretrained(cls:HFVLM, path:str|Path, # folder written by `HFVLM.save_pr
     missing, unexpected = m.load_state_dict(sd, strict=False)
     if unexpected or set(missing) - _shared(m): raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return m.to(device).eval() if device else m.eval()
+
+# %% ../nbs/05b_hf.ipynb #7eefd060
+def load_vlm(path:str|Path, # folder written by `PathVLM.save_pretrained` or `HFVLM.save_pretrained`
+             device=None, # where to put it (default: where it was loaded)
+            )->PathVLM: # the model, in eval mode
+    "Load a saved fused model of either backend: from-scratch `PathVLM`, or `HFVLM` (the folder holds `hf.json`)"
+    path = Path(path)
+    if not path.is_dir(): raise FileNotFoundError(f"model: no such folder {path}")
+    if (path/'hf.json').exists(): return HFVLM.from_pretrained(path, device)
+    return PathVLM.from_pretrained(path, device)
 
 # %% ../nbs/05b_hf.ipynb #9cf9788b
 def train_hf(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folder (captioned or not)

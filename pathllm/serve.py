@@ -116,6 +116,8 @@ def _resolve(fn): # a callable from a callable or 'module:attr'
 register_loader('pathvlm', lambda p, device=None: PathVLM.from_pretrained(p, device),
                 lambda p: (Path(p)/'config.json').exists() and (Path(p)/'model.safetensors').exists())
 register_loader('hf', 'pathllm.hf:HFVLM.from_pretrained', lambda p: (Path(p)/'hf.json').exists())  # `pathllm.hf` backends
+register_loader('quantized', lambda p, device=None: _resolve('pathllm.optimize:load_optimized')(p),  # `pathllm optimize` output (CPU)
+                lambda p: (Path(p)/'optimization.json').exists())
 
 # %% ../nbs/12_serve.ipynb #174a1bae
 _SPEC_KEYS = ('loader', 'model', 'adapter', 'index', 'rag_k', 'name')
