@@ -6,7 +6,7 @@ Docs: https://pathllm.github.io/pathllm/fusion.html.md"""
 
 # %% ../nbs/05_fusion.ipynb #c4c5aada
 from __future__ import annotations
-import json, math, time, warnings
+import json, math, re, time, warnings
 from dataclasses import dataclass, asdict, replace, field
 from functools import partial
 from pathlib import Path
@@ -16,23 +16,25 @@ from fastcore.basics import patch
 from fastai.torch_core import Module, params, set_seed
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
-from fastai.callback.training import GradientClip
+from fastai.callback.training import GradientClip, BnFreeze
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import LABEL_NAMES, PatchDataset, atomic_write
-from .captions import QUESTIONS, DIAGNOSIS, caption_dataset, read_jsonl
+from .captions import QUESTIONS, DIAGNOSIS, IMPRESSION, caption_dataset, read_jsonl, measure, extract_claims, check_claims
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity, CheckpointCallback, save_weights, read_weights
 from .vision import get_vision, VisionEncoder
 
 # %% auto #0
-__all__ = ['CONNECTORS', 'VLMConfig', 'pixel_shuffle', 'Projector', 'QFormerBlock', 'QFormer', 'TextEncoder', 'ContrastiveHead',
-           'clip_loss', 'merge_image_tokens', 'PathVLM', 'vlm_records', 'VLMDataset', 'vlm_collate', 'vlm_dataloaders',
-           'vlm_splitter', 'vlm_learner', 'to_images', 'retrieval_recall', 'init_vision', 'train_vlm']
+__all__ = ['CONNECTORS', 'GROUNDING', 'VLMConfig', 'pixel_shuffle', 'Projector', 'QFormerBlock', 'QFormer', 'GatedCrossAttention',
+           'TextEncoder', 'ContrastiveHead', 'clip_loss', 'merge_image_tokens', 'PathVLM', 'vlm_records', 'VLMDataset',
+           'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'vlm_learner', 'to_images', 'retrieval_recall',
+           'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
-CONNECTORS = ('projector', 'qformer', 'dual')
+CONNECTORS = ('projector', 'qformer', 'dual', 'xattn')
+GROUNDING = ('none', 'class', 'rerank')  # how `caption` and `report` tie their text to the image (see "Grounded captions")
 _LM_FIELDS = ('vocab_size', 'n_layer', 'n_embd', 'n_head', 'n_kv_head', 'dropout')
 _VLM_SIZES = dict(tiny=dict(lm_n_layer=2, lm_n_embd=64, lm_n_head=4),
                   nano=dict(lm_n_layer=4, lm_n_embd=128, lm_n_head=4, lm_n_kv_head=2),
@@ -41,7 +43,7 @@ _VLM_SIZES = dict(tiny=dict(lm_n_layer=2, lm_n_embd=64, lm_n_head=4),
 @dataclass
 class VLMConfig:
     "Sizes and options of a `PathVLM`: vision (`vit_`), connector (`mp_`, `qf_`, `clip_`), language model (`lm_`)"
-    vlm_connector:str='projector' # 'projector' (LLaVA MLP), 'qformer' (BLIP learned queries) or 'dual' (CLIP contrastive)
+    vlm_connector:str='projector' # 'projector' (LLaVA MLP), 'qformer' (BLIP learned queries), 'dual' (CLIP contrastive) or 'xattn' (Flamingo: queries read through gated cross-attention only)
     vlm_kind:str='pcam' # data set, fixes class names and questions: 'pcam' or 'mhist'
     vlm_max_len:int=256 # training rows are truncated to this many text tokens
     vit_name:str='pathvit_nano' # `get_vision` name
@@ -67,6 +69,9 @@ class VLMConfig:
     clip_pool:str='eos' # text pooling: 'eos' (last real token) or 'mean'
     clip_temp:float=0.07 # initial softmax temperature (learned, as `log(1/T)`)
     clip_img_pool:str='mean' # image embedding: 'mean' of patch tokens, or the encoder's 'pooled' output (e.g. its CLS token)
+    xattn_every:int=0 # a tanh-gated cross-attention layer to the image tokens before every k-th LM block (0: none)
+    vlm_ground:str='class' # default grounding of `caption`/`report`: 'none', 'class' (diagnosis from `class_logprobs`) or 'rerank'
+    vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
 
     def __post_init__(self):
         if self.vlm_connector not in CONNECTORS: raise ValueError(f"vlm_connector: unknown connector {self.vlm_connector!r}; choose from {list(CONNECTORS)}")
@@ -74,6 +79,9 @@ class VLMConfig:
         if self.clip_img_pool not in ('mean', 'pooled'): raise ValueError(f"clip_img_pool: must be 'mean' or 'pooled', got {self.clip_img_pool!r}")
         if self.clip_pool not in ('eos', 'mean'): raise ValueError(f"clip_pool: must be 'eos' or 'mean', got {self.clip_pool!r}")
         if self.mp_n_layer not in (1, 2): raise ValueError(f"mp_n_layer: must be 1 or 2, got {self.mp_n_layer}")
+        if self.vlm_ground not in GROUNDING: raise ValueError(f"vlm_ground: must be one of {list(GROUNDING)}, got {self.vlm_ground!r}")
+        if self.xattn_every < 0 or (self.xattn_every and self.vlm_connector == 'dual'): raise ValueError(f"xattn_every: must be >= 0 and 0 for 'dual', got {self.xattn_every}")
+        if self.vlm_connector == 'xattn' and not self.xattn_every: raise ValueError("xattn_every: vlm_connector='xattn' needs xattn_every >= 1")
         self.lm_config  # validates the LM sizes
 
     @property
@@ -149,6 +157,22 @@ class QFormer(Module):
         for blk in self.blocks: q = blk(q, v)
         return self.out(q)
 
+# %% ../nbs/05_fusion.ipynb #c2f8073e
+class GatedCrossAttention(Module):
+    "Flamingo layer: tokens cross-attend to image tokens `ctx`; tanh gates (0 at init) scale attention and MLP branches"
+    def __init__(self, C:int, # token and image-token width
+                 n_head:int): # attention heads
+        self.n1, self.attn = nn.LayerNorm(C), nn.MultiheadAttention(C, n_head, batch_first=True)
+        self.n2, self.mlp = nn.LayerNorm(C), nn.Sequential(nn.Linear(C, 4*C), nn.GELU(), nn.Linear(4*C, C))
+        self.attn_gate, self.mlp_gate = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+        self.ctx = None  # (B, n, C) image tokens of the current batch
+    def forward(self, x:torch.Tensor)->torch.Tensor: # (B, T, C) -> (B, T, C)
+        if self.ctx is None: return x
+        x = x + self.attn_gate.tanh() * self.attn(self.n1(x), self.ctx, self.ctx, need_weights=False)[0]
+        return x + self.mlp_gate.tanh() * self.mlp(self.n2(x))
+    def hook(self, block:nn.Module, args:tuple)->tuple: # forward pre-hook of an LM `Block`: `(x, *rest)` -> `(self(x), *rest)`
+        return (self(args[0]), *args[1:])
+
 # %% ../nbs/05_fusion.ipynb #06383029
 class TextEncoder(Module):
     "CLIP text tower: token embeddings, bidirectional `TransformerEncoder`, pooling at `<eos>` or mean"
@@ -209,7 +233,7 @@ def merge_image_tokens(tok_embeds:torch.Tensor, # (B, T, C) text embeddings
     return x, mask, pos
 
 # %% ../nbs/05_fusion.ipynb #6d052b3b
-_CONNECT = dict(projector=Projector, qformer=QFormer, dual=ContrastiveHead)
+_CONNECT = dict(projector=Projector, qformer=QFormer, dual=ContrastiveHead, xattn=QFormer)
 
 class PathVLM(Module):
     "Vision encoder + connector + language model (or text encoder for 'dual'), chosen by `cfg.vlm_connector`"
@@ -222,6 +246,9 @@ class PathVLM(Module):
         if self.dual: self.lm = TextEncoder(cfg)
         else: self.lm = LM.from_pretrained(cfg.lm_path).train() if load_backbone and cfg.lm_path else LM(cfg.lm_config)
         self.connector = _CONNECT[cfg.vlm_connector](cfg, self.vision.dim, self.vision.n_tokens)
+        k, L = cfg.xattn_every, cfg.lm_config.n_layer
+        self.xattn = nn.ModuleList(GatedCrossAttention(cfg.lm_n_embd, cfg.lm_n_head) for _ in range(0, L, k)) if k else None
+        for j, i in enumerate(range(0, L, k) if k else []): self.lm.blocks[i].register_forward_pre_hook(self.xattn[j].hook)
         if tok is not None and len(tok) != cfg.lm_vocab_size: raise ValueError(f"lm_vocab_size={cfg.lm_vocab_size} but the tokenizer has {len(tok)} tokens")
 
     @property
@@ -245,7 +272,12 @@ def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with `<image>` tokens
           attention_mask:torch.Tensor|None, # (B, T) 1 on real tokens
           img_embeds:torch.Tensor, # (B, n, C) from `encode_images`, or (B, m, n, C) for m images per row
          )->tuple: # embeddings (B, L, C), mask (B, L), text positions (B, T)
-    "LM input embeddings with the image tokens in place of `<image>`"
+    "LM input embeddings with the image tokens in place of `<image>` (and the image tokens of the cross-attention layers)"
+    if self.xattn is not None:
+        for l in self.xattn: l.ctx = img_embeds.flatten(1, -2)                             # (B, m*n, C)
+    if self.cfg.vlm_connector == 'xattn':  # Flamingo: the image is read through cross-attention only, `<image>` stays a token
+        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        return self.lm.tok_emb(ids), torch.ones_like(ids) if attention_mask is None else attention_mask, pos
     return merge_image_tokens(self.lm.tok_emb(ids), ids, img_embeds, self._image_id if self.tok is None else self.tok.image_id, attention_mask)
 
 @patch
@@ -324,13 +356,17 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
                     max_len:int=256, # max tokens per row
                     max_rows:int|None=None, # cap the training rows (a random subset)
                     seed:int=0, # shuffle seed
+                    repeat:dict|None=None, # task -> times each of its training rows appears (e.g. `{'class': 3}`), before `max_rows`
+                    max_valid_rows:int|None=None, # cap the validation rows (a seeded random subset): validation each epoch costs less
                    )->DataLoaders: # batches of `vlm_collate`
     "Train/valid `DataLoaders` of `VLMDataset`s from a captioned data set folder"
     root = Path(root); tr = vlm_records(root, 'train', tasks, conversations)
     vs = _valid_split(root)
     if vs: va = vlm_records(root, vs, tasks, conversations)
     else: tr, va = tr[len(tr)//10:], tr[:max(1, len(tr)//10)]
+    if repeat: tr = [r for r in tr for _ in range(int((repeat or {}).get(r.get('task'), 1)))]
     if max_rows and len(tr) > max_rows: tr = [tr[i] for i in np.random.default_rng(seed).permutation(len(tr))[:max_rows]]
+    if max_valid_rows and len(va) > max_valid_rows: va = [va[i] for i in np.random.default_rng(seed).permutation(len(va))[:max_valid_rows]]
     mk = lambda recs: VLMDataset(recs, root, tok, img_size, max_len, text_only)
     col = partial(vlm_collate, pad_id=tok.pad_id, text_only=text_only)
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -339,9 +375,9 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
                        DataLoader(mk(va), bs=bs, create_batch=col), device=dev)
 
 # %% ../nbs/05_fusion.ipynb #0b5e59d3
-def vlm_splitter(m:PathVLM)->list: # parameter groups [vision, lm, connector]
+def vlm_splitter(m:PathVLM)->list: # parameter groups [vision, lm, connector and cross-attention layers]
     "Split a `PathVLM` into vision, language/text model and connector parameters"
-    return [params(m.vision), params(m.lm), params(m.connector)]
+    return [params(m.vision), params(m.lm), params(m.connector) + (params(m.xattn) if m.xattn is not None else [])]
 
 def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 model:PathVLM, # the model
@@ -352,13 +388,16 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 ckpt_dir:str|Path|None=None, # checkpoint every epoch here
                 resume:bool=False, # continue from the checkpoint in `ckpt_dir`
                 cbs:list|None=None, # extra callbacks
+                freeze_vision:bool=False, # stage 2: keep the vision tower frozen (LM and connector train)
                )->Learner: # a fastai `Learner`, frozen for stage 1
     "A fastai `Learner` for one training stage of a `PathVLM`"
     if stage not in (1, 2): raise ValueError(f"stage: must be 1 or 2, got {stage}")
-    cbs = [GradientClip(clip)] + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else []) + list(cbs or [])
+    cbs = [GradientClip(clip), BnFreeze()] + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else []) + list(cbs or [])
     learn = Learner(dls, model, loss_func=clip_loss if model.dual else lm_loss, lr=lr, wd=wd, splitter=vlm_splitter, cbs=cbs, train_bn=False,
                     opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if model.dual else [TokenPerplexity()])
-    learn.freeze_to(-1) if stage == 1 else learn.unfreeze()
+    learn.freeze_to(-1) if stage == 1 else learn.freeze_to(1) if freeze_vision else learn.unfreeze()
+    for p in model.parameters():  # stale (zero) gradients of an earlier stage would let weight decay move frozen weights
+        if not p.requires_grad: p.grad = None
     return learn
 
 # %% ../nbs/05_fusion.ipynb #8e756cfa
@@ -388,6 +427,7 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
              histories:list|None=None, # per image, earlier `(user, assistant)` turns
              max_new_tokens:int=96, # tokens to generate at most
              temperature:float=0., # 0: greedy
+             prefix:str|list|None=None, # text the answers are forced to start with (one for all, or one per image); kept in the output
              **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `repetition_penalty`, `seed`)
             )->list: # one answer string per image
     "Answer `questions` about `images`: batched, left-padded generation with the KV cache"
@@ -395,22 +435,29 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
     qs = [questions] * len(x) if isinstance(questions, str) else list(questions)
-    ids, am = [t.to(dev) for t in pad_ids([self._prompt(q, h) for q, h in zip(qs, histories or [()] * len(qs))], self.tok.pad_id, 'left')]
+    pre = [self.tok.encode(p) if p else [] for p in ([prefix] * len(x) if prefix is None or isinstance(prefix, str) else prefix)]
+    rows = [self._prompt(q, h) + e for q, h, e in zip(qs, histories or [()] * len(qs), pre)]
+    ids, am = [t.to(dev) for t in pad_ids(rows, self.tok.pad_id, 'left')]
     emb, mask, _ = self.embed(ids, am, self.encode_images(x))
     out = self.lm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
                            stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **kw)
-    return [self.tok.decode(o, skip_special=True).strip() for o in out]
+    return [self.tok.decode(e + o.tolist(), skip_special=True).strip() for e, o in zip(pre, out)]
 
 # %% ../nbs/05_fusion.ipynb #cf2e1e2b
 @patch
-def caption(self:PathVLM, images, **kw)->list: # a caption per image
+def caption(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
+            ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
+            **kw)->list: # a caption per image
     "Describe each image in a sentence or two"
-    return self.generate(images, QUESTIONS['caption'][0], **kw)
+    return self._grounded(images, 'caption', ground, **kw)
 
 @patch
-def report(self:PathVLM, images, max_new_tokens:int=192, **kw)->list: # a 'Findings ... Impression' report per image
+def report(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
+           max_new_tokens:int=192, # tokens to generate at most
+           ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
+           **kw)->list: # a 'Findings ... Impression' report per image
     "Write a structured pathology report of each image"
-    return self.generate(images, QUESTIONS['report'][0], max_new_tokens=max_new_tokens, **kw)
+    return self._grounded(images, 'report', ground, max_new_tokens=max_new_tokens, **kw)
 
 @patch
 def answer(self:PathVLM, images, question:str|list, **kw)->list: # an answer per image
@@ -458,6 +505,36 @@ def classify(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
     pred = probs.argmax(-1)
     ans = self.generate(images, QUESTIONS[self.cfg.vlm_kind, 'class'][0], max_new_tokens=8) if generate and not self.dual else [names[i] for i in pred]
     return dict(probs=probs, pred=pred, label=[names[i] for i in pred], answer=ans)
+
+# %% ../nbs/05_fusion.ipynb #34799b92
+def _consistent(text:str, cls:int, kind:str)->str: # `text` without sentences whose diagnosis is not class `cls`
+    sents = re.split(r'(?<=[.;!?])\s+', text.strip())
+    return ' '.join(t for t in sents if all(b == cls for _, f, b in extract_claims(t, kind) if f == 'diagnosis'))
+
+def _with_impression(text:str, cls:int, kind:str)->str: # a report whose impression is that of class `cls`
+    return text.split('Impression:')[0].rstrip() + f"\nImpression: {IMPRESSION[kind, cls]}"
+
+@patch
+def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
+              ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
+              n_samples:int|None=None, # candidates per image with 'rerank' (default `cfg.vlm_n_samples`)
+              sample_temperature:float=0.7, # temperature of the sampled candidates
+              seed:int=0, # seed of the first sampled candidate
+              **kw)->list: # one text per image
+    "Texts of `task` whose diagnosis is the predicted class ('class'), reranked against the measured patch ('rerank')"
+    g, kind, q = ground or self.cfg.vlm_ground, self.cfg.vlm_kind, QUESTIONS[task][0]
+    if g not in GROUNDING: raise ValueError(f"ground: must be one of {list(GROUNDING)}, got {g!r}")
+    if g == 'none': return self.generate(images, q, **kw)
+    x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
+    pred = self.class_logprobs(x).argmax(-1).tolist()
+    fix = _with_impression if task == 'report' else _consistent
+    pre = None if task == 'report' else [DIAGNOSIS[kind, c][1][0] for c in pred]
+    gen = lambda **o: [fix(t, c, kind) for t, c in zip(self.generate(x, q, prefix=pre, **{**kw, **o}), pred)]
+    cands = [gen()] + [gen(temperature=sample_temperature, seed=seed + i) for i in range((n_samples or self.cfg.vlm_n_samples) - 1 if g == 'rerank' else 0)]
+    if len(cands) == 1: return cands[0]
+    ms = [measure(im, kind) for im in (x * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
+    score = lambda t, m, c: (len(check_claims(t, m, kind, c)), -len(extract_claims(t, kind)))
+    return [min(cs, key=lambda t: score(t, m, c)) for cs, m, c in zip(zip(*cands), ms, pred)]
 
 # %% ../nbs/05_fusion.ipynb #bbf3fadf
 @patch
@@ -549,7 +626,7 @@ def _fit(learn, epochs, lr, progress:bool=False)->dict: # loss history of one st
     if progress: learn.fit_one_cycle(epochs, lr)
     else:
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    vals = [[float(v) for v in r] for r in learn.recorder.values]
+    vals = [[float(v) for v in r] for r in learn.recorder.values if len(r)]  # epochs skipped on resume record nothing
     return dict(losses=[float(l) for l in learn.recorder.losses], train_loss=[v[0] for v in vals], valid_loss=[v[1] for v in vals])
 
 @torch.no_grad()
@@ -577,6 +654,9 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
               resume:bool=False, # continue from the stage checkpoints in `out_dir`
               vision_init:nn.Module|str|Path|None=None, # trained encoder to start the vision tower from (see `init_vision`)
               progress:bool=False, # show fastai's progress bars and per-epoch table
+              freeze_vision:bool=False, # keep the vision tower frozen in stage 2 too (e.g. a trained `vision_init`)
+              repeat:dict|None=None, # stage 2: task -> times each of its rows appears (e.g. `{'class': 3}`)
+              max_valid_rows:int|None=None, # cap the validation rows of both stages (the final accuracy uses every valid patch)
               **cfg_kw, # `VLMConfig` overrides with `size`
              )->tuple: # (model, metrics dict)
     "Caption, tokenize, build and train a `PathVLM` in two stages; save everything to `out_dir`"
@@ -589,10 +669,12 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     cfg = replace(cfg, lm_vocab_size=len(tok)); set_seed(seed)
     model, t0, dual = PathVLM(cfg, tok, load_backbone=True), time.time(), cfg.vlm_connector == 'dual'
     if vision_init is not None: init_vision(model, vision_init)
-    dl = partial(vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed, text_only=dual)
+    dl = partial(vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed, text_only=dual,
+                 max_valid_rows=max_valid_rows)
     h1 = _fit(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume), stage1_epochs, lr1, progress)
-    dls2 = dl(tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows)
-    h2 = _fit(vlm_learner(dls2, model, 2, lr2, ckpt_dir=out_dir/'stage2', resume=resume), stage2_epochs, np.array([lr2/10, lr2, lr2]), progress)
+    dls2 = dl(tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat)
+    learn2 = vlm_learner(dls2, model, 2, lr2, ckpt_dir=out_dir/'stage2', resume=resume, freeze_vision=freeze_vision)
+    h2 = _fit(learn2, stage2_epochs, np.array([lr2/10, lr2, lr2]), progress)
     model.eval(); vs = _valid_split(root)
     acc = _accuracy(model, VLMDataset(vlm_records(root, vs or 'train', ['class']), root, tok, cfg.vit_img_size))
     metrics = dict(stage1=h1, stage2=h2, valid_accuracy=acc, valid_split=vs or 'train', seconds=round(time.time() - t0, 1),

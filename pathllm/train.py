@@ -24,7 +24,7 @@ from .evaluate import classification_metrics, evaluate_model, write_report
 __all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'TrainConfig', 'config_from_dict', 'load_config', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
-CONNECTORS_TRAIN = ('projector', 'qformer')  # generative connectors: they classify and caption
+CONNECTORS_TRAIN = ('projector', 'qformer', 'xattn')  # generative connectors: they classify and caption
 
 @dataclass
 class TrainConfig:
@@ -47,7 +47,7 @@ class TrainConfig:
     lm_lr:float=3e-3 # language-model peak learning rate
     lm_seq_len:int=128 # tokens per language-model window
     vocab_size:int=512 # BPE vocabulary size
-    vlm_connector:str='projector' # 'projector' (LLaVA) or 'qformer' (BLIP)
+    vlm_connector:str='projector' # 'projector' (LLaVA), 'qformer' (BLIP) or 'xattn' (Flamingo, needs `xattn_every`)
     mp_shuffle:int=2 # pixel-shuffle factor of the projector
     vlm_max_len:int=256 # text tokens per fusion training row
     stage1_epochs:int=1 # fusion stage 1: connector only, captions
@@ -57,11 +57,16 @@ class TrainConfig:
     max_rows:int|None=None # cap on stage-2 training rows
     eval_captions:int=32 # validation patches captioned for the text metrics
     caption_tokens:int=64 # tokens per generated caption at most
+    freeze_vision:bool=False # fusion stage 2 keeps the baseline's vision tower frozen (LM and connector train)
+    class_repeat:int=1 # fusion stage 2 sees each classification row this many times (weights the class task)
+    xattn_every:int=0 # gated cross-attention layer before every k-th LM block of the fused model (0: none)
+    max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
 
     def __post_init__(self):
         for f in fields(self): _check_field(f.name, getattr(self, f.name), _hints()[f.name])
         for k, v in _RULES.items():
             if not v[0](getattr(self, k)): raise ValueError(f"config field {k!r}: {v[1]}, got {getattr(self, k)!r}")
+        if self.vlm_connector == 'xattn' and not self.xattn_every: raise ValueError("config field 'xattn_every': vlm_connector='xattn' needs xattn_every >= 1")
 
 # %% ../nbs/11_train.ipynb #90077f9e
 @functools.lru_cache(None)
@@ -92,7 +97,8 @@ _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAM
               stage1_epochs=(_pos, "must be >= 1"), stage2_epochs=(_pos, "must be >= 1"),
               lr1=(lambda v: 0 < v < 1, "must be in (0, 1)"), lr2=(lambda v: 0 < v < 1, "must be in (0, 1)"),
               max_rows=(_opt, "must be None or >= 2"), eval_captions=(lambda v: v >= 0, "must be >= 0"),
-              caption_tokens=(_pos, "must be >= 1"))
+              caption_tokens=(_pos, "must be >= 1"), class_repeat=(_pos, "must be >= 1"),
+              xattn_every=(lambda v: v >= 0, "must be >= 0"), max_valid_rows=(_opt, "must be None or >= 2"))
 
 # %% ../nbs/11_train.ipynb #e5b6ba9a
 CONFIGS = dict(
@@ -103,7 +109,11 @@ CONFIGS = dict(
                stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=6000, eval_captions=64),
     full=dict(name='full', bs=128, vit_name='pathvit_r18', vit_kw=dict(pool='mean'), mp_shuffle=1, vision_epochs=10,
               vision_lr=1e-3, lm_size='micro', lm_epochs=3, vocab_size=2048, stage1_epochs=1, stage2_epochs=3, lr2=5e-4,
-              max_rows=200_000, eval_captions=256, caption_tokens=96))
+              max_rows=200_000, eval_captions=256, caption_tokens=96),
+    pcam=dict(name='pcam', max_train=4000, max_valid=1000, bs=64, vit_name='timm:resnet10t', vit_kw={}, mp_shuffle=1,
+              vision_epochs=3, vision_lr=2e-3, lm_kw=dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2), lm_epochs=1,
+              stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=6000, eval_captions=64, freeze_vision=True, class_repeat=5,
+              max_valid_rows=1000))
 
 # %% ../nbs/11_train.ipynb #8d596aab
 def config_from_dict(d:dict, # field -> value, e.g. read from JSON
@@ -194,13 +204,15 @@ def _lm(cfg:TrainConfig, root:Path, out:Path, resume:bool, progress:bool)->dict:
 
 def _vlm_config(cfg:TrainConfig, kind:str='pcam', lm_path:str|None=None)->VLMConfig: # the fused model's config
     return VLMConfig(vlm_connector=cfg.vlm_connector, vlm_kind=kind, vlm_max_len=cfg.vlm_max_len, vit_name=cfg.vit_name,
-                     vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw), lm_path=lm_path, mp_shuffle=cfg.mp_shuffle)
+                     vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw), lm_path=lm_path, mp_shuffle=cfg.mp_shuffle,
+                     xattn_every=cfg.xattn_every)
 
 def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_vlm` metrics
     vc = _vlm_config(cfg, kind, str(out.parent/'lm'))
     _, m = train_vlm(root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
                      bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline'/'encoder.safetensors',
-                     progress=progress)
+                     progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
+                     max_valid_rows=cfg.max_valid_rows)
     return m
 
 # %% ../nbs/11_train.ipynb #79bd9ee0
