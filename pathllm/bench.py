@@ -18,18 +18,21 @@ from .vision import vision_learner_for
 from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
 from .rag import image_embeddings, index_patches, knn_classify, rag_prompt
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
-from .train import load_config, run_train, TrainConfig, _evaluate, _vlm_config, _fit
+from .optimize import quantize_model, disk_bytes
+from .fusion import fit_stage
+from .train import load_config, run_train, TrainConfig, evaluate_vlm, vlm_config
 
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
-ROWS = ('cnn', 'vit', 'dual', 'knn', 'projector', 'projector_rag', 'projector_stage1', 'qformer', 'lora', 'qlora')
+ROWS = ('cnn', 'vit', 'dual', 'knn', 'projector', 'projector_rag', 'projector_stage1', 'qformer', 'lora', 'qlora', 'int8', 'nf4')
 _ROW_DOC = dict(cnn='image-only CNN (timm, random init)', vit='image-only ViT (the fused model\'s encoder)',
                 dual='dual encoder (CLIP-style), zero-shot', knn='kNN on the faiss index of training patches',
                 projector='fused LLM, projector (LLaVA), full stage 2', projector_rag='projector + retrieved captions in the prompt',
                 projector_stage1='projector after alignment only (no instruction tuning)', qformer='fused LLM, Q-Former (BLIP)',
-                lora='stage 2 as LoRA (peft) on the LM', qlora='stage 2 as QLoRA (4-bit NF4 LM + LoRA)')
+                lora='stage 2 as LoRA (peft) on the LM', qlora='stage 2 as QLoRA (4-bit NF4 LM + LoRA)',
+                int8='projector, LM + connector dynamic int8', nf4='projector, LM + connector 4-bit NF4 (bitsandbytes)')
 
 @dataclass
 class BenchConfig:
@@ -57,8 +60,9 @@ class BenchConfig:
         return load_config(self.train)
 
 BENCH_CONFIGS = dict(
-    debug=dict(name='debug', train=dict(base='debug', name='bench-debug', max_train=1200, max_valid=400, vision_epochs=4,
-                                        stage2_epochs=1, max_rows=3000, eval_captions=32)),
+    debug=dict(name='debug', cnn_arch='timm:resnet10t',
+               train=dict(base='debug', name='bench-debug', max_train=1200, max_valid=400, vision_epochs=4, stage2_epochs=2,
+                          max_rows=2400, eval_captions=32, freeze_vision=True, class_repeat=3)),
     small=dict(name='small', train='small'),
     full=dict(name='full', train='full', n_latency=32))
 
@@ -113,6 +117,10 @@ def _latency_ms(obj, imgs:list, n:int)->float: # median milliseconds to classify
 
 def _n_params(m)->int: return sum(p.numel() for p in m.parameters())
 
+def _size_mb(obj)->float|None: # MB of the weights as saved (quantised layers in their own format); None for an index
+    m = obj if isinstance(obj, torch.nn.Module) else getattr(obj, 'model', None)
+    return round(disk_bytes(m) / 2**20, 3) if isinstance(m, torch.nn.Module) else None
+
 def _stage1_model(run:Path)->PathVLM: # the projector model as it was after alignment (stage 1)
     m = PathVLM.from_pretrained(run/'vlm')
     m.load_state_dict(torch.load(run/'vlm'/'stage1'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
@@ -127,7 +135,7 @@ def _stage2_dls(run:Path, model:PathVLM, cfg:TrainConfig):
 def _row_cnn(bc, cfg, run, trn_val, kind):
     set_seed(cfg.seed)
     learn = vision_learner_for(get_dls(trn_val, bs=cfg.bs, size=cfg.img_size, seed=cfg.seed), bc.cnn_arch, img_size=cfg.img_size, lr=cfg.vision_lr)
-    t0 = time.time(); _fit(learn, bc.cnn_epochs or cfg.vision_epochs, cfg.vision_lr, False)
+    t0 = time.time(); fit_stage(learn, bc.cnn_epochs or cfg.vision_epochs, cfg.vision_lr, False)
     return ImageOnly(learn.model, kind, cfg.img_size), dict(params=_n_params(learn.model), train_s=round(time.time() - t0, 1))
 
 def _row_vit(bc, cfg, run, trn_val, kind): # the baseline `run_train` trained, rebuilt from its checkpoint
@@ -139,7 +147,7 @@ def _row_vit(bc, cfg, run, trn_val, kind): # the baseline `run_train` trained, r
 
 def _row_dual(bc, cfg, run, trn_val, kind):
     root = run/json.loads((run/'data.json').read_text())['root']
-    vc = replace(_vlm_config(cfg, kind), vlm_connector='dual')
+    vc = replace(vlm_config(cfg, kind), vlm_connector='dual')
     m, met = train_vlm(root, run.parent/'rows'/'dual'/'model', vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
                        lr1=cfg.lr1, lr2=cfg.lr2, bs=cfg.bs, vocab_size=cfg.vocab_size, seed=cfg.seed, vision_init=run/'baseline'/'encoder.safetensors')
     return m.eval(), dict(params=_n_params(m), train_s=met['seconds'])
@@ -166,7 +174,7 @@ def _row_projector_stage1(bc, cfg, run, trn_val, kind, model=None, trn=None):
 
 def _row_qformer(bc, cfg, run, trn_val, kind, model=None, trn=None):
     root = run/json.loads((run/'data.json').read_text())['root']
-    vc = replace(_vlm_config(cfg, kind, str(run/'lm')), vlm_connector='qformer')
+    vc = replace(vlm_config(cfg, kind, str(run/'lm')), vlm_connector='qformer')
     m, met = train_vlm(root, run.parent/'rows'/'qformer'/'model', vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
                        lr1=cfg.lr1, lr2=cfg.lr2, bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, vision_init=run/'baseline'/'encoder.safetensors')
     return m.eval(), dict(params=_n_params(m), train_s=met['seconds'])
@@ -174,26 +182,29 @@ def _row_qformer(bc, cfg, run, trn_val, kind, model=None, trn=None):
 def _row_adapters(bc, cfg, run, trn_val, kind, model=None, trn=None, quantized=False):
     base = _stage1_model(run); set_seed(cfg.seed)
     pm = (qlora_model if quantized else lora_model)(base, r=bc.lora_r, alpha=2 * bc.lora_r)
-    for m in pm.modules():  # bitsandbytes' packed CPU inference kernel needs in_features % 64 == 0: use the plain path
-        if hasattr(m, 'support_avx512bf16_for_cpu'): m.support_avx512bf16_for_cpu = False
     learn = finetune_learner(_stage2_dls(run, base, cfg), pm, lr=cfg.lr2)
-    t0 = time.time(); _fit(learn, cfg.stage2_epochs, cfg.lr2, False); pm.eval()
+    t0 = time.time(); fit_stage(learn, cfg.stage2_epochs, cfg.lr2, False); pm.eval()
     pc = param_counts(pm)
     return pm, dict(params=pc['total'], trainable=pc['trainable'], train_s=round(time.time() - t0, 1))
 
+def _row_quant(bc, cfg, run, trn_val, kind, model=None, trn=None, variant='int8_dynamic'):
+    t0 = time.time(); q = quantize_model(model, variant)
+    return q, dict(params=_n_params(model), train_s=round(time.time() - t0, 1))
+
 _ROW_FNS = dict(cnn=_row_cnn, vit=_row_vit, dual=_row_dual, knn=_row_knn, projector=_row_projector, projector_rag=_row_projector_rag,
-                projector_stage1=_row_projector_stage1, qformer=_row_qformer, lora=_row_adapters, qlora=partial(_row_adapters, quantized=True))
+                projector_stage1=_row_projector_stage1, qformer=_row_qformer, lora=_row_adapters, qlora=partial(_row_adapters, quantized=True),
+                int8=_row_quant, nf4=partial(_row_quant, variant='bnb_nf4'))
 
 # %% ../nbs/13_bench.ipynb #eeab4192
 _COLS = ('accuracy', 'balanced_accuracy', 'auc', 'f1', 'cider', 'rouge_l', 'hallucination')
 
 def _md(rows:list, info:dict)->str: # the markdown report: the table, then what reproduces it
-    hdr = ['row', 'method', 'acc', 'bal. acc', 'AUC', 'F1', 'CIDEr', 'ROUGE-L', 'halluc.', 'params', 'train s', 'ms/image']
+    hdr = ['row', 'method', 'acc', 'bal. acc', 'AUC', 'F1', 'CIDEr', 'ROUGE-L', 'halluc.', 'params', 'MB', 'train s', 'ms/image']
     f = lambda v, d=3: '—' if v is None or (isinstance(v, float) and not np.isfinite(v)) else (f'{v:.{d}f}' if isinstance(v, float) else f'{v:,}')
     lines = ['| ' + ' | '.join(hdr) + ' |', '|' + '---|' * len(hdr)]
     for r in rows:
         lines.append('| ' + ' | '.join([r['row'], _ROW_DOC[r['row']]] + [f(r.get(c)) for c in _COLS] +
-                                       [f(r.get('params')), f(r.get('train_s'), 1), f(r.get('latency_ms'), 1)]) + ' |')
+                                       [f(r.get('params')), f(r.get('size_mb'), 2), f(r.get('train_s'), 1), f(r.get('latency_ms'), 1)]) + ' |')
     d, e = info['data'], info['environment']
     return '\n'.join([f"# pathllm benchmark `{info['config']['name']}`", '',
                       f"{d['n_valid']} validation patches of `{d['source']}` ({d['kind']}), {d['n_train']} training patches; "
@@ -242,8 +253,8 @@ def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, 
         set_seed(cfg.seed); fn = _ROW_FNS[name]
         obj, extra = fn(bc, cfg, run, trn_val, kind) if name in ('cnn', 'vit', 'dual') else fn(bc, cfg, run, trn_val, kind, model=model, trn=trn)
         gen = hasattr(obj, 'caption') and not getattr(obj, 'dual', False)
-        r = _evaluate(obj, val, out/'rows'/name, cfg.eval_captions if gen else 0, cfg.bs, cfg.caption_tokens)
-        row = dict(row=name, **{c: r.get(c) for c in _COLS if c in r}, **extra, latency_ms=_latency_ms(obj, imgs, bc.n_latency),
+        r = evaluate_vlm(obj, val, out/'rows'/name, cfg.eval_captions if gen else 0, cfg.bs, cfg.caption_tokens)
+        row = dict(row=name, **{c: r.get(c) for c in _COLS if c in r}, **extra, size_mb=_size_mb(obj), latency_ms=_latency_ms(obj, imgs, bc.n_latency),
                    seconds=round(time.time() - t0, 1))
         atomic_write(f, json.dumps(row, indent=2)); rows.append(row)
         if progress: print(f"{name:>17}: acc {row['accuracy']:.3f}  AUC {row['auc']:.3f}  ({row['seconds']:.0f} s)")

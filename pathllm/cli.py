@@ -11,8 +11,8 @@ from pathlib import Path
 import typer
 
 # %% auto #0
-__all__ = ['app', 'data_app', 'lm_app', 'data_synth', 'data_caption', 'lm_train', 'lm_generate', 'train_cmd', 'eval_cmd',
-           'predict_cmd', 'run_demo', 'demo', 'bench_cmd', 'serve_cmd']
+__all__ = ['app', 'data_app', 'lm_app', 'index_app', 'data_synth', 'data_caption', 'lm_train', 'lm_generate', 'train_cmd',
+           'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'optimize_cmd', 'serve_cmd']
 
 # %% ../nbs/99_cli.ipynb #31282c1d
 app = typer.Typer(help="pathllm: multimodal LLMs built from scratch for cancer pathology.", no_args_is_help=True,
@@ -110,12 +110,30 @@ def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small,
               data:Path=typer.Option(None, help="Patches in any format `load_patches` reads (default: synthetic PCam in OUT/data)"),
               out:Path=typer.Option(Path('runs/train'), help="Output folder: report, plots, model/ and each stage's files"),
               resume:bool=typer.Option(False, help="Skip finished stages and continue interrupted ones from checkpoints"),
+              backend:str=typer.Option('pathllm', help="'pathllm' (from-scratch models) or 'hf' (a Hugging Face LM + vision tower)"),
+              lm:str=typer.Option('Qwen/Qwen2.5-0.5B', help="--backend hf: causal LM, a hub name or a local folder"),
+              vision:str=typer.Option('openai/clip-vit-base-patch32', help="--backend hf: vision tower, a hub name, local folder or timm:<name>"),
               threads:int=typer.Option(0, help="CPU threads for torch (0: torch's default; 1 is fastest for small models on a busy CPU)")):
     "Train the image-only baseline, the language model and the fused model; evaluate and write the report."
-    from pathllm.train import run_train
     _threads(threads)
-    try: r = run_train(config, data, out, resume)
+    if backend not in ('pathllm', 'hf'): _fail(ValueError(f"backend: must be 'pathllm' or 'hf', got {backend!r}"))
+    try:
+        if backend == 'hf': return _train_hf(config, data, out, lm, vision)
+        from pathllm.train import run_train
+        r = run_train(config, data, out, resume)
     except (ValueError, OSError) as e: _fail(e)
+    typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
+
+def _train_hf(config, data, out:Path, lm:str, vision:str):
+    "`train --backend hf`: two-stage training of a Hugging Face LM + vision tower (`pathllm.hf.train_hf`), sizes from the config"
+    from pathllm.train import load_config, run_eval
+    from pathllm.data import make_synthetic
+    from pathllm.hf import train_hf
+    cfg = load_config(config)
+    if data is None: data = make_synthetic(out/'data', cfg.kind, cfg.n_images, cfg.seed, progress=False)
+    _, m = train_hf(data, out/'model', lm, vision, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, bs=cfg.bs,
+                    max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size)
+    r = run_eval(out/'model', data, out, n=cfg.max_valid, n_captions=cfg.eval_captions, bs=cfg.bs, max_new_tokens=cfg.caption_tokens)
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 
 # %% ../nbs/99_cli.ipynb #080d0482
@@ -135,12 +153,35 @@ def eval_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `path
 @app.command('predict')
 def predict_cmd(images:list[Path]=typer.Argument(..., help="Image files"),
                 model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`)"),
-                max_new_tokens:int=typer.Option(64, help="Tokens per caption at most")):
-    "Print the class, its probability and a caption of each image."
-    from pathllm.train import predict
-    try: res = predict(model, images, max_new_tokens=max_new_tokens)
+                max_new_tokens:int=typer.Option(64, help="Tokens per caption at most"),
+                rag:Path=typer.Option(None, help="Index folder of `pathllm index build`: put the k most similar patches' captions in the prompt"),
+                k:int=typer.Option(4, help="With --rag: reference cases per prompt")):
+    "Print the class, its probability and a caption of each image (with --rag: and the ids of the retrieved patches)."
+    from pathllm.train import predict, _open
+    try:
+        if rag is None: res = predict(model, images, max_new_tokens=max_new_tokens)
+        else:
+            from pathllm.rag import rag_predict
+            res = rag_predict(model, [_open(i) for i in images], rag, k=k, max_new_tokens=max_new_tokens)
     except (ValueError, OSError) as e: _fail(e)
-    for f, r in zip(images, res): typer.echo(f"{f}\t{r['label']}\t{r['prob']:.3f}\t{r['caption']}")
+    for f, r in zip(images, res):
+        typer.echo(f"{f}\t{r['label']}\t{r['prob']:.3f}\t{r['caption']}" + (f"\t{','.join(r['neighbours'])}" if 'neighbours' in r else ''))
+
+index_app = typer.Typer(help="Build faiss indexes of training patches for retrieval (RAG, kNN).", no_args_is_help=True)
+app.add_typer(index_app, name='index')
+
+@index_app.command('build')
+def index_build(model:Path=typer.Option(..., help="Model folder whose image embeddings are indexed"),
+                data:Path=typer.Option(..., help="Patches in any format `load_patches` reads"),
+                out:Path=typer.Option(..., help="Folder for index.faiss and meta.json"),
+                split:str=typer.Option('train', help="Split to index ('all': every patch)"),
+                n:int=typer.Option(None, help="Index a seeded random subset of this many patches"),
+                kind:str=typer.Option('flat', help="flat (exact), ivf or hnsw (approximate, for large collections)")):
+    "Embed, caption and index a split of a data set with a trained model's vision encoder."
+    from pathllm.rag import build_index
+    try: ix = build_index(model, data, out, split=None if split == 'all' else split, n=n, kind=kind)
+    except (ValueError, OSError) as e: _fail(e)
+    typer.echo(f"indexed {len(ix)} patches ({ix.kind}, {ix.dim}-d) into {out}")
 
 # %% ../nbs/99_cli.ipynb #10882300
 def _data_summary(out:Path, kind:str, n:int, seed:int, progress:bool=True)->dict:
@@ -213,6 +254,18 @@ def bench_cmd(config:str=typer.Option('debug', help="Bench config: a name (debug
     try: run_bench(bench_config(config, **({'rows': rows} if rows else {})), data, out, resume=resume)
     except (ValueError, OSError) as e: _fail(e)
     typer.echo((Path(out)/'bench.md').read_text()); typer.echo(f"wrote {out}/bench.md, bench.json, bench.png")
+
+# %% ../nbs/99_cli.ipynb #453c57b1
+@app.command('optimize')
+def optimize_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`)"),
+                 variant:str=typer.Option('int8_dynamic', help="fp16, bf16, int8_dynamic, bnb_int8, bnb_nf4 or bnb_fp4"),
+                 out:Path=typer.Option(..., help="Folder for the quantised model (`pathllm serve --model OUT` serves it)"),
+                 parts:str=typer.Option('lm,connector', help="Comma-separated parts to quantise: lm, connector, vision")):
+    "Quantise a saved model's weights (post-training) and save it; print the sizes before and after."
+    from pathllm.optimize import optimize_model
+    try: r = optimize_model(model, variant, out, tuple(p.strip() for p in parts.split(',') if p.strip()))
+    except (ValueError, OSError) as e: _fail(e)
+    typer.echo(f"{variant}: {r['fp32_bytes'] / 2**20:.2f} MB -> {r['size_bytes'] / 2**20:.2f} MB; wrote {out}")
 
 # %% ../nbs/99_cli.ipynb #d250ed6a
 @app.command('serve')

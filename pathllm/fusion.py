@@ -30,7 +30,7 @@ from .vision import get_vision, VisionEncoder
 __all__ = ['CONNECTORS', 'GROUNDING', 'VLMConfig', 'pixel_shuffle', 'Projector', 'QFormerBlock', 'QFormer', 'GatedCrossAttention',
            'TextEncoder', 'ContrastiveHead', 'clip_loss', 'merge_image_tokens', 'PathVLM', 'vlm_records', 'VLMDataset',
            'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'vlm_learner', 'to_images', 'retrieval_recall',
-           'init_vision', 'train_vlm']
+           'init_vision', 'fit_stage', 'vlm_accuracy', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 CONNECTORS = ('projector', 'qformer', 'dual', 'xattn')
@@ -622,7 +622,12 @@ def _captioned(src, out_dir:Path)->Path: # folder holding `instructions_train.js
 def _texts(r:dict)->list: # the strings of a record
     return [t['value'] for t in r['conversations']] if 'conversations' in r else [r['prompt'], r['response']]
 
-def _fit(learn, epochs, lr, progress:bool=False)->dict: # loss history of one stage
+def fit_stage(learn, # a fastai `Learner`
+              epochs:int, # epochs of the one-cycle schedule
+              lr, # peak learning rate (a float, or one per parameter group)
+              progress:bool=False, # show fastai's bars and table
+             )->dict: # `losses` per step, `train_loss` and `valid_loss` per epoch
+    "Train one stage with `fit_one_cycle` and return its loss history (epochs skipped on resume record nothing)"
     if progress: learn.fit_one_cycle(epochs, lr)
     else:
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
@@ -630,7 +635,11 @@ def _fit(learn, epochs, lr, progress:bool=False)->dict: # loss history of one st
     return dict(losses=[float(l) for l in learn.recorder.losses], train_loss=[v[0] for v in vals], valid_loss=[v[1] for v in vals])
 
 @torch.no_grad()
-def _accuracy(model:PathVLM, ds:VLMDataset, bs:int=32)->float: # classification accuracy on the patches of `ds`
+def vlm_accuracy(model:PathVLM, # a generative or dual model
+                 ds:VLMDataset, # rows of the 'class' task
+                 bs:int=32, # images per batch
+                )->float: # classification accuracy on the patches of `ds` (nan without class rows)
+    "Accuracy of `model.classify` on the labelled patches of `ds`"
     lbl = {r['image']: r['response'] for r in ds.recs if r.get('task') == 'class'}
     if not lbl: return float('nan')
     keys = [k for k in ds.images if k in lbl]; names = list(LABEL_NAMES[model.cfg.vlm_kind])
@@ -657,26 +666,29 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
               freeze_vision:bool=False, # keep the vision tower frozen in stage 2 too (e.g. a trained `vision_init`)
               repeat:dict|None=None, # stage 2: task -> times each of its rows appears (e.g. `{'class': 3}`)
               max_valid_rows:int|None=None, # cap the validation rows of both stages (the final accuracy uses every valid patch)
+              model:PathVLM|None=None, # a model to train instead of building one (e.g. `pathllm.hf.hf_vlm`); its `cfg` and `tok` are used
               **cfg_kw, # `VLMConfig` overrides with `size`
              )->tuple: # (model, metrics dict)
     "Caption, tokenize, build and train a `PathVLM` in two stages; save everything to `out_dir`"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    root, cfg = _captioned(src, out_dir), cfg or VLMConfig.from_name(size, **cfg_kw)
-    if cfg.lm_path and not cfg.vlm_connector == 'dual':
+    root, cfg = _captioned(src, out_dir), model.cfg if model is not None else cfg or VLMConfig.from_name(size, **cfg_kw)
+    tok = model.tok if model is not None else tok
+    if cfg.lm_path and not cfg.vlm_connector == 'dual' and model is None:
         cfg = cfg.with_lm(LMConfig(**json.loads((Path(cfg.lm_path)/'config.json').read_text())))
         tok = tok or PathTokenizer.load(cfg.lm_path)
     tok = tok or PathTokenizer.train([t for r in vlm_records(root, 'train', conversations=True) for t in _texts(r)], vocab_size)
-    cfg = replace(cfg, lm_vocab_size=len(tok)); set_seed(seed)
-    model, t0, dual = PathVLM(cfg, tok, load_backbone=True), time.time(), cfg.vlm_connector == 'dual'
+    set_seed(seed)
+    if model is None: cfg = replace(cfg, lm_vocab_size=len(tok)); model = PathVLM(cfg, tok, load_backbone=True)
+    t0, dual = time.time(), cfg.vlm_connector == 'dual'
     if vision_init is not None: init_vision(model, vision_init)
     dl = partial(vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed, text_only=dual,
                  max_valid_rows=max_valid_rows)
-    h1 = _fit(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume), stage1_epochs, lr1, progress)
+    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume), stage1_epochs, lr1, progress)
     dls2 = dl(tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat)
     learn2 = vlm_learner(dls2, model, 2, lr2, ckpt_dir=out_dir/'stage2', resume=resume, freeze_vision=freeze_vision)
-    h2 = _fit(learn2, stage2_epochs, np.array([lr2/10, lr2, lr2]), progress)
+    h2 = fit_stage(learn2, stage2_epochs, np.array([lr2/10, lr2, lr2]), progress)
     model.eval(); vs = _valid_split(root)
-    acc = _accuracy(model, VLMDataset(vlm_records(root, vs or 'train', ['class']), root, tok, cfg.vit_img_size))
+    acc = vlm_accuracy(model, VLMDataset(vlm_records(root, vs or 'train', ['class']), root, tok, cfg.vit_img_size))
     metrics = dict(stage1=h1, stage2=h2, valid_accuracy=acc, valid_split=vs or 'train', seconds=round(time.time() - t0, 1),
                    n_params=sum(p.numel() for p in model.parameters()), config=asdict(cfg))
     model.save_pretrained(out_dir)

@@ -18,7 +18,7 @@ from .tokenizer import PathTokenizer, normalize_conversation
 from .lm import LM, LMConfig, KVCache, get_position_ids, lm_loss, save_weights, read_weights
 from .vision import VisionEncoder, VisionOutput, get_vision, vision_names
 from .fusion import (PathVLM, VLMConfig, Projector, QFormer, VLMDataset, vlm_records, vlm_dataloaders, vlm_learner,
-                            _captioned, _fit, _accuracy, _valid_split)
+                            _captioned, train_vlm)
 
 # %% auto #0
 __all__ = ['HFTokenizer', 'HFLM', 'HFVision', 'HFVLM', 'hf_vlm', 'load_vlm', 'train_hf']
@@ -288,15 +288,8 @@ def train_hf(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folder
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     root = _captioned(src, out_dir); set_seed(seed)
     model = hf_vlm(lm, vision, tok, **{'kind': getattr(src, 'kind', None) or _kind(root), **kw})
-    dl = partial(vlm_dataloaders, root, model.tok, bs=bs, img_size=model.cfg.vit_img_size, max_len=model.cfg.vlm_max_len, seed=seed)
-    h1 = _fit(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1'), stage1_epochs, lr1, progress)
-    h2 = _fit(vlm_learner(dl(conversations=True, max_rows=max_rows), model, 2, lr2, ckpt_dir=out_dir/'stage2'), stage2_epochs, np.array([lr2/10, lr2, lr2]), progress)
-    model.eval(); vs = _valid_split(root)
-    acc = _accuracy(model, VLMDataset(vlm_records(root, vs or 'train', ['class']), root, model.tok, model.cfg.vit_img_size))
-    metrics = dict(stage1=h1, stage2=h2, valid_accuracy=acc, valid_split=vs or 'train', n_params=sum(p.numel() for p in model.parameters()))
-    model.save_pretrained(out_dir)
-    atomic_write(out_dir/'metrics.json', json.dumps(metrics, indent=2))
-    return model, metrics
+    return train_vlm(root, out_dir, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, lr1=lr1, lr2=lr2, bs=bs,
+                     max_rows=max_rows, seed=seed, progress=progress, model=model)  # the same two stages as the from-scratch model
 
 def _kind(root:Path)->str: # 'pcam' or 'mhist', from the class answers of a captioned folder
     from pathllm.data import LABEL_NAMES

@@ -16,7 +16,7 @@ from .data import atomic_write
 from .captions import QUESTIONS, read_jsonl
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, Rotary, IGNORE, lm_loss, pack_tokens
-from .fusion import PathVLM, VLMConfig, vlm_learner, to_images, init_vision, _fit, _accuracy
+from .fusion import PathVLM, VLMConfig, vlm_learner, to_images, init_vision, fit_stage, vlm_accuracy
 from .finetune import quantize_linears
 
 # %% auto #0
@@ -265,7 +265,7 @@ def distill(teacher:PathVLM, # the trained teacher (frozen)
            )->dict: # `losses` (per batch), `train_loss`, `valid_loss` (task loss) per epoch
     "Train `student` on every weight with `DistillCallback(teacher)`"
     learn = vlm_learner(dls, student, stage=2, lr=lr, cbs=[DistillCallback(teacher, T, alpha)])
-    return _fit(learn, epochs, lr, progress)
+    return fit_stage(learn, epochs, lr, progress)
 
 # %% ../nbs/09_optimization.ipynb #49fb50ed
 def _abs(r:dict, root:Path)->dict: return {**r, 'image': str((root/r['image']).resolve())}
@@ -412,7 +412,7 @@ def vlm_scaling_run(dls, # from `vlm_dataloaders`
     flops = train_flops(n_lm, tokens) + train_flops(n(m.vision), steps * dls.train.bs * m.vision.n_tokens)
     return dict(params_vision=n(m.vision), params_lm=n_lm, params=n_lm + n(m.vision), params_total=n(m), image_tokens=m.n_image_tokens,
                 tokens=tokens, flops=flops, steps=steps, valid_loss=sum(l * k for l, k in vl) / sum(k for _, k in vl),
-                valid_accuracy=_accuracy(m, dls.valid.dataset))
+                valid_accuracy=vlm_accuracy(m, dls.valid.dataset))
 
 # %% ../nbs/09_optimization.ipynb #60804995
 def tokenizer_run(texts:list, # training documents

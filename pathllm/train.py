@@ -17,11 +17,13 @@ from .data import LABEL_NAMES, PatchDataset, load_patches, make_synthetic, get_d
 from .captions import caption_dataset, read_corpus
 from .lm import train_lm, CheckpointCallback, _SIZES as LM_SIZES
 from .vision import vision_learner_for, vision_names
-from .fusion import VLMConfig, PathVLM, train_vlm
+from .fusion import VLMConfig, PathVLM, train_vlm, fit_stage
+from .hf import load_vlm
 from .evaluate import classification_metrics, evaluate_model, write_report
 
 # %% auto #0
-__all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'TrainConfig', 'config_from_dict', 'load_config', 'run_train', 'run_eval', 'predict']
+__all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'TrainConfig', 'config_from_dict', 'load_config', 'vlm_config', 'evaluate_vlm',
+           'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 CONNECTORS_TRAIN = ('projector', 'qformer', 'xattn')  # generative connectors: they classify and caption
@@ -156,11 +158,6 @@ def _warn_changed(cfg:TrainConfig, out:Path):
 def _write_json(p:Path, d:dict)->dict:
     atomic_write(p, json.dumps(d, indent=2)); return d
 
-def _fit(learn, epochs:int, lr:float, progress:bool):
-    if progress: learn.fit_one_cycle(epochs, lr)
-    else:
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    return dict(losses=[float(l) for l in learn.recorder.losses], valid_loss=[float(v[1]) for v in learn.recorder.values])
 
 # %% ../nbs/11_train.ipynb #85bfb441
 def _pick(ds:PatchDataset, split:str, n:int|None, rng)->list: # positions of a random subset of `split`, shuffled
@@ -189,7 +186,7 @@ def _baseline(cfg:TrainConfig, ds:PatchDataset, out:Path, resume:bool, progress:
     dls = get_dls(ds, bs=cfg.bs, size=cfg.img_size, seed=cfg.seed); set_seed(cfg.seed)
     learn = vision_learner_for(dls, cfg.vit_name, img_size=cfg.img_size, lr=cfg.vision_lr, **cfg.vit_kw)
     learn.add_cb(CheckpointCallback(out, resume))
-    hist = _fit(learn, cfg.vision_epochs, cfg.vision_lr, progress)
+    hist = fit_stage(learn, cfg.vision_epochs, cfg.vision_lr, progress)
     with learn.no_bar(): probs, y = learn.get_preds(dl=dls.valid)
     met = classification_metrics(y.tolist(), probs[:, 1].tolist())
     sd = {k: v.detach().contiguous().cpu() for k, v in learn.model.encoder.state_dict().items()}
@@ -202,13 +199,17 @@ def _lm(cfg:TrainConfig, root:Path, out:Path, resume:bool, progress:bool)->dict:
                        vocab_size=cfg.vocab_size, bs=cfg.bs, seed=cfg.seed, resume=resume, progress=progress, **cfg.lm_kw)
     return m
 
-def _vlm_config(cfg:TrainConfig, kind:str='pcam', lm_path:str|None=None)->VLMConfig: # the fused model's config
+def vlm_config(cfg:TrainConfig, # the run's config
+               kind:str='pcam', # data set kind: 'pcam' or 'mhist'
+               lm_path:str|None=None, # folder of the trained language model to start from
+              )->VLMConfig: # the fused model's config
+    "The `VLMConfig` of the fused model `run_train` builds from `cfg`"
     return VLMConfig(vlm_connector=cfg.vlm_connector, vlm_kind=kind, vlm_max_len=cfg.vlm_max_len, vit_name=cfg.vit_name,
                      vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw), lm_path=lm_path, mp_shuffle=cfg.mp_shuffle,
                      xattn_every=cfg.xattn_every)
 
 def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_vlm` metrics
-    vc = _vlm_config(cfg, kind, str(out.parent/'lm'))
+    vc = vlm_config(cfg, kind, str(out.parent/'lm'))
     _, m = train_vlm(root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
                      bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline'/'encoder.safetensors',
                      progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
@@ -224,8 +225,15 @@ class _Captioner:
 def _class_probs(model:PathVLM, imgs:list, bs:int)->np.ndarray: # (N, K) class probabilities
     return torch.cat([model.classify(imgs[i:i+bs], generate=False)['probs'].cpu() for i in range(0, len(imgs), bs)]).numpy()
 
-def _evaluate(model:PathVLM, ds:PatchDataset, out:Path, n_captions:int, bs:int, max_new_tokens:int, **report_kw)->dict:
-    "Score `model` on `ds`, write the report into `out`, return `report.json`"
+def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify(images, generate=False)` (and `caption`)
+                 ds:PatchDataset, # labelled patches to score
+                 out:Path, # folder for `report.json`, `report.md` and plots
+                 n_captions:int=32, # patches captioned for the text metrics (0: classification only)
+                 bs:int=32, # images per batch
+                 max_new_tokens:int=64, # tokens per caption at most
+                 **report_kw, # more `write_report` arguments (`baseline`, `history`, `config`)
+                )->dict: # the contents of `out/report.json`
+    "Score `model` on `ds`: classification metrics from its class probabilities, text metrics from its captions; write the report"
     imgs, y = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels]
     probs = _class_probs(model, imgs, bs)
     met = dict(classification_metrics(y, probs[:, 1]), n_images=len(ds))
@@ -256,13 +264,13 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     def evaluate():
         model = PathVLM.from_pretrained(out/'vlm'); model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
-        return _evaluate(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, baseline=base['metrics'], history=hist,
+        return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, baseline=base['metrics'], history=hist,
                          config=dict(train=asdict(cfg), data=dict(source=str(src), n_train=len(prep['train']), n_valid=len(prep['valid'])),
                                      lm=lm, stages=log, seconds=round(time.time() - t0, 1)))
     return _stage('eval', out/'report.json', resume, log, evaluate)
 
 # %% ../nbs/11_train.ipynb #b28ec7be
-def run_eval(model_dir:str|Path, # folder written by `PathVLM.save_pretrained` (e.g. `out/model` of `run_train`)
+def run_eval(model_dir:str|Path, # a saved model folder of either backend (e.g. `out/model` of `run_train`)
              data:str|Path, # labelled patches in any format `load_patches` reads
              out:str|Path, # folder for the report
              split:str|None=None, # split to score (default: 'valid' or 'test' if present, else all patches)
@@ -272,12 +280,12 @@ def run_eval(model_dir:str|Path, # folder written by `PathVLM.save_pretrained` (
              max_new_tokens:int=64, # tokens per caption at most
             )->dict: # the contents of `out/report.json`
     "Classify and caption labelled patches with a saved model; write the same report as `run_train`"
-    model, ds = PathVLM.from_pretrained(model_dir), load_patches(data)
+    model, ds = load_vlm(model_dir), load_patches(data)
     split = split or next((s for s in ('valid', 'test') if s in ds.splits), None)
     idx = np.flatnonzero((ds.items.split == split).to_numpy()) if split else np.arange(len(ds))
     if not len(idx): raise ValueError(f"split: {data} has no {split!r} patches; splits present: {list(ds.splits)}")
     idx = np.random.default_rng(0).permutation(idx)[:n or len(idx)].tolist()
-    return _evaluate(model, ds.subset(idx), Path(out), n_captions, bs, max_new_tokens,
+    return evaluate_vlm(model, ds.subset(idx), Path(out), n_captions, bs, max_new_tokens,
                      config=dict(model=str(model_dir), data=str(data), split=split or 'all'))
 
 # %% ../nbs/11_train.ipynb #4490b73e
@@ -286,7 +294,7 @@ def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathV
             max_new_tokens:int=64, # tokens per caption at most
            )->list: # per image a dict: `label`, `prob` (of that label), `caption`
     "Class, its probability and a caption for each image"
-    model = model_dir if isinstance(model_dir, PathVLM) else PathVLM.from_pretrained(model_dir)
+    model = model_dir if isinstance(model_dir, PathVLM) else load_vlm(model_dir)
     imgs = [_open(i) for i in images]
     res, caps = model.classify(imgs, generate=False), model.caption(imgs, max_new_tokens=max_new_tokens)
     return [dict(label=l, prob=float(p.max()), caption=c) for l, p, c in zip(res['label'], res['probs'], caps)]
