@@ -20,7 +20,7 @@ from .rag import image_embeddings, index_patches, knn_classify, rag_prompt
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes
 from .fusion import fit_stage
-from .train import load_config, run_train, TrainConfig, evaluate_vlm, vlm_config
+from .train import load_config, read_config, run_train, TrainConfig, evaluate_vlm, vlm_config
 
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench']
@@ -70,36 +70,33 @@ def bench_config(config:str|Path|dict|BenchConfig='debug', # a name in `BENCH_CO
                  **kw, # field overrides
                 )->BenchConfig:
     "A named benchmark config, or one read from JSON, with overrides; unknown fields are named"
-    if isinstance(config, BenchConfig): d = asdict(config)
-    elif isinstance(config, dict): d = dict(config)
-    elif str(config) in BENCH_CONFIGS: d = dict(BENCH_CONFIGS[str(config)])
-    else:
-        p = Path(config)
-        if not p.is_file(): raise FileNotFoundError(f"config: {config!r} is neither a named bench config ({', '.join(BENCH_CONFIGS)}) nor a JSON file")
-        try: d = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"config: {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    d = {**d, **kw}; known = [f.name for f in fields(BenchConfig)]
-    if bad := [k for k in d if k not in known]: raise ValueError(f"config: unknown field {bad[0]!r}; known fields: {', '.join(known)}")
-    return BenchConfig(**d)
+    return BenchConfig(**read_config(config, BenchConfig, BENCH_CONFIGS, 'bench config', **kw))
 
 # %% ../nbs/13_bench.ipynb #cf6bc038
 class ImageOnly:
     "The scoring interface (`cfg.vlm_kind`, `classify`) of an image-only classifier (`pathllm.vision.ImageClassifier`)"
-    def __init__(self, model, kind:str='pcam', img_size:int=96): self.model, self.cfg, self.sz = model.eval(), types.SimpleNamespace(vlm_kind=kind), img_size
+    def __init__(self, model, # a trained `ImageClassifier`
+                 kind:str='pcam', # 'pcam' or 'mhist': the class names
+                 img_size:int=96): self.model, self.cfg, self.sz = model.eval(), types.SimpleNamespace(vlm_kind=kind), img_size  # side the images are resized to
     @torch.no_grad()
     def classify(self, images, generate:bool=False)->dict:
         return dict(probs=self.model(to_images(images, self.sz, next(self.model.parameters()).device)).softmax(-1))
 
 class KNN:
     "The scoring interface of a kNN classifier: votes of the `k` nearest indexed patches (embedded by `encoder`)"
-    def __init__(self, index, encoder, kind:str='pcam', k:int=10): self.index, self.enc, self.k, self.cfg = index, encoder, k, types.SimpleNamespace(vlm_kind=kind)
+    def __init__(self, index, # a `PatchIndex` of the training patches
+                 encoder, # embeds query images like the indexed ones
+                 kind:str='pcam', # 'pcam' or 'mhist': the class names
+                 k:int=10): self.index, self.enc, self.k, self.cfg = index, encoder, k, types.SimpleNamespace(vlm_kind=kind)  # neighbours that vote
     def classify(self, images, generate:bool=False)->dict:
         r = knn_classify(self.index, image_embeddings(self.enc, images), self.k, len(LABEL_NAMES[self.cfg.vlm_kind]))
         return dict(probs=torch.as_tensor(r['probs'], dtype=torch.float32))
 
 class RAGModel:
     "A generative `PathVLM` whose prompts start with the captions (and diagnoses) of the `k` most similar indexed patches"
-    def __init__(self, model:PathVLM, index, k:int=4): self.model, self.index, self.k, self.cfg = model, index, k, model.cfg
+    def __init__(self, model:PathVLM, # a generative model
+                 index, # a `PatchIndex` with captions
+                 k:int=4): self.model, self.index, self.k, self.cfg = model, index, k, model.cfg  # similar patches whose captions go into the prompt
     def _prompts(self, images, question:str)->list:
         r = self.index.search(image_embeddings(self.model, images), self.k)
         return [rag_prompt(question, r[i], True, self.cfg.vlm_kind) for i in range(len(r))]

@@ -88,17 +88,17 @@ class Morphology:
     lumen_area:float=math.nan  # mean area of white spaces, um^2 (crypt dilation)
     lumen_circ:float=math.nan  # mean circularity 4*pi*A/P^2 of white spaces (1 smooth round, low serrated)
     c_n_nuclei:float=0.  # the same, measured in the central region
-    c_density:float=0.
-    c_area:float=math.nan
-    c_area_cv:float=math.nan
-    c_ecc:float=math.nan
-    c_h_od:float=math.nan
-    c_nn_dist:float=math.nan
-    c_crowding:float=math.nan
-    c_stroma:float=0.
-    c_lumen:float=0.
-    c_lumen_area:float=math.nan
-    c_lumen_circ:float=math.nan
+    c_density:float=0. # `density` in the central region
+    c_area:float=math.nan # `area` in the central region
+    c_area_cv:float=math.nan # `area_cv` in the central region
+    c_ecc:float=math.nan # `ecc` in the central region
+    c_h_od:float=math.nan # `h_od` in the central region
+    c_nn_dist:float=math.nan # `nn_dist` in the central region
+    c_crowding:float=math.nan # `crowding` in the central region
+    c_stroma:float=0. # `stroma` in the central region
+    c_lumen:float=0. # `lumen` in the central region
+    c_lumen_area:float=math.nan # `lumen_area` in the central region
+    c_lumen_circ:float=math.nan # `lumen_circ` in the central region
 
 FEATURES = [f.name for f in fields(Morphology)]
 

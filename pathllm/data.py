@@ -68,8 +68,10 @@ def smooth_noise(rng:np.random.Generator, # random generator
 
 # %% ../nbs/00_data.ipynb #7c5e2398
 def draw_blob(img:np.ndarray, # (H, W) concentration map, changed in place
-              cy:float, cx:float, # centre
-              a:float, b:float, # semi-axes in pixels
+              cy:float, # centre row
+              cx:float, # centre column
+              a:float, # semi-axis along the rotated x axis, in pixels
+              b:float, # semi-axis along the rotated y axis, in pixels
               theta:float, # rotation in radians
               value:float, # concentration inside the blob
               rng:np.random.Generator, # random generator (shape harmonics and texture)
@@ -635,7 +637,8 @@ def rgb_to_od(img:np.ndarray, # uint8 RGB image
     return -np.log((np.asarray(img, np.float64) + 1)/256)
 
 # %% ../nbs/00_data.ipynb #19f6cc8b
-def od_to_uint8(od:np.ndarray)->np.ndarray: # uint8 RGB
+def od_to_uint8(od:np.ndarray, # optical density per RGB channel, (..., 3)
+               )->np.ndarray: # uint8 RGB
     "Inverse of `rgb_to_od`"
     return np.clip(np.round(256*np.exp(-od) - 1), 0, 255).astype(np.uint8)
 
@@ -673,7 +676,8 @@ def macenko_normalize(img:np.ndarray, # uint8 RGB image to normalise
     return od_to_uint8((c.T @ ts).reshape(np.shape(img)))
 
 # %% ../nbs/00_data.ipynb #e6b938d0
-def reinhard_stats(img:np.ndarray)->tuple: # (mean, std) of L*a*b*, each (3,)
+def reinhard_stats(img:np.ndarray, # RGB image (H, W, 3)
+                  )->tuple: # (mean, std) of L*a*b*, each (3,)
     "Per-channel mean and standard deviation of `img` in L\*a\*b\*"
     from skimage.color import rgb2lab
     lab = rgb2lab(np.asarray(img)).reshape(-1, 3)
@@ -750,7 +754,8 @@ class RandStainJitter(RandTransform):
     "Random HED stain jitter (`stain_jitter`) of a `PILImage`, from a seeded generator"
     order = 4
     def __init__(self, p:float=1., # probability of applying it
-                 sigma:float=0.05, bias:float=0.01, # see `stain_jitter`
+                 sigma:float=0.05, # stain scale range, see `stain_jitter`
+                 bias:float=0.01, # stain shift range, see `stain_jitter`
                  seed:int|None=None): # seed of its own random generator
         super().__init__(p=p); self.sigma, self.bias, self.rng = sigma, bias, np.random.default_rng(seed)
     def before_call(self, b, split_idx:int): self.do = self.rng.random() < self.p
@@ -816,8 +821,8 @@ def _git_commit(root:Path)->dict: # `commit` hash and `dirty` flag, or `None`s o
         return dict(commit=c.stdout.strip(), dirty=bool(run('status', '--porcelain', '--untracked-files=no').stdout.strip()))
     except (OSError, subprocess.SubprocessError): return dict(commit=None, dirty=None)
 
-def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', 'transformers', 'peft', 'bitsandbytes',
-                                     'accelerate', 'faiss-cpu', 'numpy', 'scikit-learn'), # versions to record
+def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', 'transformers', 'peft', 'bitsandbytes', # versions to record
+                                     'accelerate', 'faiss-cpu', 'numpy', 'scikit-learn'),
                     )->dict: # python, platform, device, package versions, pathllm version and git commit
     "What a result was computed with: enough to rerun it on the same software and say which hardware gave it"
     import platform, sys, datetime, importlib.metadata as md, torch

@@ -106,7 +106,8 @@ def quantize_linears(module:nn.Module, # changed in place
     return module
 
 # %% ../nbs/08_finetune.ipynb #d4129c35
-def model_bytes(model:nn.Module)->int: # bytes of parameters, buffers and 4-bit quantisation scales
+def model_bytes(model:nn.Module, # any model, 4-bit layers included
+               )->int: # bytes of parameters, buffers and 4-bit quantisation scales
     "Memory taken by the weights of `model`"
     n = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     for m in model.modules():
@@ -265,9 +266,11 @@ def dpo_collate(batch:list, # `DPODataset` items
     return torch.stack([b[0] for b in batch]).float() / 255, ids, am, pad_ids([m.tolist() for m in masks], 0)[0], torch.zeros(len(batch))
 
 def dpo_dataloaders(pairs:list, # from `preference_pairs`
-                    root:str|Path, tok, # image folder, tokenizer
+                    root:str|Path, # image folder
+                    tok, # tokenizer
                     bs:int=8, # pairs per batch
-                    img_size:int=96, max_len:int=512, # image side, max tokens per row
+                    img_size:int=96, # image side
+                    max_len:int=512, # max tokens per row
                     valid_pct:float=0.2, # pairs held out
                     seed:int=0, # split and shuffle seed
                    )->DataLoaders: # batches of `dpo_collate`
@@ -302,7 +305,8 @@ class DPOModel(Module):
         with torch.no_grad(): ref = response_logps(self.ref, x, ids, attention_mask, loss_mask)
         return torch.stack([pol[:B], pol[B:], ref[:B], ref[B:]], 1)
 
-def reward_accuracy(out:torch.Tensor, *_)->torch.Tensor: # fraction of pairs whose chosen response gains more log-ratio than the rejected
+def reward_accuracy(out:torch.Tensor, # `DPOModel` output (B, 4): policy chosen, rejected; reference chosen, rejected
+                    *_)->torch.Tensor: # fraction of pairs whose chosen response gains more log-ratio than the rejected
     "DPO metric: how often the implicit reward prefers the chosen response"
     return ((out[:, 0] - out[:, 2]) > (out[:, 1] - out[:, 3])).float().mean()
 

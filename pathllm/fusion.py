@@ -176,7 +176,7 @@ class GatedCrossAttention(Module):
 # %% ../nbs/05_fusion.ipynb #06383029
 class TextEncoder(Module):
     "CLIP text tower: token embeddings, bidirectional `TransformerEncoder`, pooling at `<eos>` or mean"
-    def __init__(self, cfg:VLMConfig):
+    def __init__(self, cfg:VLMConfig): # the text tower's sizes (`lm_*`) and `clip_pool`
         lc, self.pool = cfg.lm_config, cfg.clip_pool
         self.tok_emb, self.encoder = nn.Embedding(lc.vocab_size, lc.n_embd), TransformerEncoder(lc)
         nn.init.normal_(self.tok_emb.weight, 0., lc.init_std)
@@ -190,7 +190,9 @@ class TextEncoder(Module):
 
 class ContrastiveHead(Module):
     "Projections of image and text embeddings into one space, and the learned logit scale"
-    def __init__(self, cfg:VLMConfig, d_vis:int, n_vis:int=0):
+    def __init__(self, cfg:VLMConfig, # `clip_dim`, `clip_temp` and the text width `lm_n_embd`
+                 d_vis:int, # width of the pooled image embedding
+                 n_vis:int=0): # vision tokens (unused: the dual encoder puts no image tokens in a prompt)
         self.img, self.txt = nn.Linear(d_vis, cfg.clip_dim, bias=False), nn.Linear(cfg.lm_n_embd, cfg.clip_dim, bias=False)
         self.logit_scale, self.n_tokens = nn.Parameter(torch.tensor(math.log(1 / cfg.clip_temp))), 0
     def forward(self, img:torch.Tensor, txt:torch.Tensor)->torch.Tensor: # (B, D), (M, C) -> (B, M) scaled cosine similarities
@@ -375,7 +377,8 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
                        DataLoader(mk(va), bs=bs, create_batch=col), device=dev)
 
 # %% ../nbs/05_fusion.ipynb #0b5e59d3
-def vlm_splitter(m:PathVLM)->list: # parameter groups [vision, lm, connector and cross-attention layers]
+def vlm_splitter(m:PathVLM, # the model to split
+                )->list: # parameter groups [vision, lm, connector and cross-attention layers]
     "Split a `PathVLM` into vision, language/text model and connector parameters"
     return [params(m.vision), params(m.lm), params(m.connector) + (params(m.xattn) if m.xattn is not None else [])]
 
@@ -403,7 +406,8 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
 # %% ../nbs/05_fusion.ipynb #8e756cfa
 def to_images(images, # (B, 3, H, W) floats in [0, 1], or a list of PIL images / uint8 (H, W, 3) arrays
               sz:int, # model input side
-              device=None)->torch.Tensor: # (B, 3, sz, sz) in [0, 1]
+              device=None, # move the batch here (None: leave it where it is)
+             )->torch.Tensor: # (B, 3, sz, sz) in [0, 1]
     "Images in any common form as one float batch at the model's size"
     if not isinstance(images, torch.Tensor):
         images = torch.stack([torch.from_numpy(np.asarray(i.convert('RGB') if isinstance(i, Image.Image) else i).copy()).permute(2, 0, 1) for i in images])

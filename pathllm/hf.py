@@ -137,7 +137,8 @@ class HFVision(VisionEncoder):
     def __init__(self, model:nn.Module, # e.g. a `CLIPVisionModel`
                  img_size:int|None=None, # input side (default: the model's `image_size`)
                  feature_layer:int=-1, # hidden layer whose tokens are used: -1 last, -2 penultimate (LLaVA)
-                 mean:tuple|None=None, std:tuple|None=None): # normalisation (default: OpenAI CLIP's)
+                 mean:tuple|None=None, # normalisation mean (default: OpenAI CLIP's)
+                 std:tuple|None=None): # normalisation std (default: OpenAI CLIP's)
         from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         c = model.config
         self.model, self.feature_layer, self.img_size, self.dim = model, feature_layer, img_size or c.image_size, c.hidden_size

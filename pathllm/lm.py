@@ -101,12 +101,14 @@ class RMSNorm(Module):
 
 def _dropout(cfg:LMConfig)->nn.Module: return nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()  # no-op costs nothing
 
-def make_norm(cfg:LMConfig)->nn.Module: # RMSNorm or LayerNorm of width `cfg.n_embd`
+def make_norm(cfg:LMConfig, # `norm`, `n_embd`, `norm_eps` and `bias` are read
+             )->nn.Module: # RMSNorm or LayerNorm of width `cfg.n_embd`
     "The norm layer chosen by `cfg.norm`"
     return RMSNorm(cfg.n_embd, cfg.norm_eps) if cfg.norm == 'rms' else nn.LayerNorm(cfg.n_embd, cfg.norm_eps, bias=cfg.bias)
 
 # %% ../nbs/03_lm.ipynb #933cf6c1
-def rotate_half(x:torch.Tensor)->torch.Tensor: # (..., d) -> (..., d): `[-x2, x1]` for halves `x1, x2`
+def rotate_half(x:torch.Tensor, # (..., d), d even
+               )->torch.Tensor: # (..., d): `[-x2, x1]` for halves `x1, x2`
     "Rotate the two halves of the last dim (HF Llama convention)"
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -147,7 +149,11 @@ def attn_mask(attention_mask:torch.Tensor|None, # (B, S) with 1 on real tokens, 
     return m | (k == q), False
 
 def get_position_ids(attention_mask:torch.Tensor|None, # (B, S) with 1 on real tokens, or `None`
-                 B:int, T:int, past:int=0, device=None)->torch.Tensor: # (B, T) positions of the queries
+                 B:int, # batch size
+                 T:int, # number of query tokens
+                 past:int=0, # tokens already in the cache (used without a mask)
+                 device=None, # device of the result (used without a mask)
+                )->torch.Tensor: # (B, T) positions of the queries
     "Positions of the last `T` tokens, counting only real tokens (left padding starts at 0)"
     if attention_mask is None: return torch.arange(past, past+T, device=device).expand(B, T)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
@@ -158,7 +164,8 @@ class KVCache:
     def __init__(self, cfg:LMConfig, # model config
                  bs:int, # batch size
                  max_len:int, # prompt + generated tokens
-                 device=None, dtype=torch.float32):
+                 device=None, # device of the cache tensors (None: torch's default)
+                 dtype=torch.float32): # dtype of the cached keys and values
         shape = (cfg.n_layer, bs, cfg.kv_heads, max_len, cfg.head_dim)
         self.k, self.v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
         self.pos, self.max_len = 0, max_len
@@ -173,7 +180,8 @@ class KVCache:
 # %% ../nbs/03_lm.ipynb #66be947e
 class Attention(Module):
     "Multi-head self-attention with grouped-query heads, RoPE and an optional KV cache"
-    def __init__(self, cfg:LMConfig, layer:int=0): # config; index of the layer in the KV cache
+    def __init__(self, cfg:LMConfig, # model config
+                 layer:int=0): # index of the layer in the KV cache
         self.nh, self.nkv, self.hd, self.layer, self.p = cfg.n_head, cfg.kv_heads, cfg.head_dim, layer, cfg.dropout
         self.q_proj = nn.Linear(cfg.n_embd, self.nh*self.hd, bias=cfg.bias)
         self.k_proj, self.v_proj = [nn.Linear(cfg.n_embd, self.nkv*self.hd, bias=cfg.bias) for _ in range(2)]
@@ -194,7 +202,7 @@ class Attention(Module):
 # %% ../nbs/03_lm.ipynb #badf0753
 class SwiGLU(Module):
     "SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`"
-    def __init__(self, cfg:LMConfig):
+    def __init__(self, cfg:LMConfig): # `n_embd`, `hidden`, `bias` and `dropout` are read
         self.gate, self.up = [nn.Linear(cfg.n_embd, cfg.hidden, bias=cfg.bias) for _ in range(2)]
         self.down = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
         self.down.is_residual, self.drop = True, _dropout(cfg)
@@ -202,7 +210,7 @@ class SwiGLU(Module):
 
 class GeluMLP(Module):
     "Two-layer GELU feed-forward (ViT, CLIP)"
-    def __init__(self, cfg:LMConfig):
+    def __init__(self, cfg:LMConfig): # `n_embd`, `hidden`, `bias` and `dropout` are read
         self.fc1 = nn.Linear(cfg.n_embd, cfg.hidden, bias=cfg.bias)
         self.fc2 = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
         self.fc2.is_residual, self.drop = True, _dropout(cfg)
@@ -213,7 +221,8 @@ _MLPS = dict(swiglu=SwiGLU, gelu=GeluMLP)
 # %% ../nbs/03_lm.ipynb #0a801546
 class Block(Module):
     "Pre-norm transformer block: attention then MLP, each in a residual branch"
-    def __init__(self, cfg:LMConfig, layer:int=0): # config; layer index (for the KV cache)
+    def __init__(self, cfg:LMConfig, # model config
+                 layer:int=0): # layer index (for the KV cache)
         self.norm1, self.attn = make_norm(cfg), Attention(cfg, layer)
         self.norm2, self.mlp = make_norm(cfg), _MLPS[cfg.mlp](cfg)
     def forward(self, x, rope=None, mask=None, is_causal=False, cache=None):
@@ -241,7 +250,7 @@ def lm_loss(logits:torch.Tensor, # (B, T, V)
 # %% ../nbs/03_lm.ipynb #1ba0af6f
 class LM(Module):
     "Decoder-only transformer language model (Llama architecture)"
-    def __init__(self, cfg:LMConfig):
+    def __init__(self, cfg:LMConfig): # model config
         self.cfg = cfg
         self.tok_emb, self.drop = nn.Embedding(cfg.vocab_size, cfg.n_embd), _dropout(cfg)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta) if cfg.rope_theta else None
@@ -274,7 +283,7 @@ class LM(Module):
 # %% ../nbs/03_lm.ipynb #1a8ebef1
 class TransformerEncoder(Module):
     "Bidirectional transformer over embeddings: blocks and a final norm, with an optional padding mask"
-    def __init__(self, cfg:LMConfig):
+    def __init__(self, cfg:LMConfig): # model config (`is_causal` is not used)
         self.cfg, self.drop = cfg, _dropout(cfg)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta) if cfg.rope_theta else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
@@ -292,7 +301,8 @@ class TransformerEncoder(Module):
         return self.norm(x)
 
 # %% ../nbs/03_lm.ipynb #6a54415e
-def lm_config_from_llama(hc)->LMConfig: # `transformers.LlamaConfig` -> the equivalent `LMConfig`
+def lm_config_from_llama(hc, # a `transformers.LlamaConfig`
+                        )->LMConfig: # `transformers.LlamaConfig` -> the equivalent `LMConfig`
     "The `LMConfig` of an HF `LlamaConfig`"
     rp = getattr(hc, 'rope_parameters', None) or {'rope_theta': getattr(hc, 'rope_theta', 10000.)}
     if rp.get('rope_type', 'default') != 'default': raise ValueError(f"rope_parameters: only default RoPE is supported, got {rp}")
@@ -328,7 +338,8 @@ def lm_from_llama(hf:nn.Module|dict, # a `LlamaForCausalLM` or its state dict
     lm.load_state_dict(new)
     return lm
 
-def lm_to_llama(lm:LM)->nn.Module: # a `transformers.LlamaForCausalLM` computing the same logits
+def lm_to_llama(lm:LM, # the model to convert
+               )->nn.Module: # a `transformers.LlamaForCausalLM` computing the same logits
     "Convert an `LM` to HF `LlamaForCausalLM`"
     from transformers import LlamaConfig, LlamaForCausalLM
     c = lm.cfg
@@ -475,7 +486,9 @@ def lm_dataloaders(texts:list, # strings, or already tokenised id lists
 def chat_dataloaders(convs:list, # conversations (any format `PathTokenizer.apply_chat_template` accepts)
                      tok:PathTokenizer, # tokenizer with the chat template
                      seq_len:int=256, # rows are truncated to this many input tokens
-                     bs:int=16, valid_pct:float=0.1, seed:int=0,
+                     bs:int=16, # batch size
+                     valid_pct:float=0.1, # fraction of conversations held out for validation
+                     seed:int=0, # split and shuffle seed
                     )->DataLoaders: # batches of `(x (B, T), y (B, T))`, `y` is `IGNORE` outside assistant turns
     "Chat `DataLoaders` with an assistant-only loss"
     rows = [tok.apply_chat_template(c) for c in convs]
@@ -588,7 +601,9 @@ def train_lm(texts:list[str], # training documents
 def generate_text(model_dir:str|Path, # folder written by `train_lm`
                   prompt:str='', # text to continue
                   max_new_tokens:int=64, # tokens to generate at most
-                  temperature:float=0.8, top_k:int|None=50, top_p:float|None=0.95, # sampling (temperature 0: greedy)
+                  temperature:float=0.8, # sampling temperature (0: greedy)
+                  top_k:int|None=50, # keep the k most likely tokens
+                  top_p:float|None=0.95, # nucleus sampling mass
                   repetition_penalty:float=1.0, # > 1 discourages repeats
                   seed:int|None=0, # sampling seed
                   full:bool=True, # return prompt + continuation (else the continuation only)

@@ -90,7 +90,8 @@ def quantize_model(model:PathVLM, # the fp32 model (not changed)
     return m
 
 # %% ../nbs/09_optimization.ipynb #7a184e18
-def disk_bytes(model:nn.Module)->int: # bytes of `torch.save(model.state_dict())` (tied weights once)
+def disk_bytes(model:nn.Module, # any model, quantized or not
+              )->int: # bytes of `torch.save(model.state_dict())` (tied weights once)
     "Size on disk of the weights of `model`, in whatever format its layers store them"
     buf = io.BytesIO(); torch.save(model.state_dict(), buf)
     return buf.tell()
@@ -301,8 +302,10 @@ def train_flops(n_params:float, # parameters (non-embedding, by convention)
     return 6. * n_params * n_tokens
 
 def power_law(x, # positive values
-              a:float, alpha:float, c:float=0., # `y = a x^-alpha + c`
-             )->np.ndarray:
+              a:float, # scale `a` of `y = a x^-alpha + c`
+              alpha:float, # exponent
+              c:float=0., # irreducible offset
+             )->np.ndarray: # `y` at each `x`
     "A power law with an irreducible offset `c`"
     return a * np.asarray(x, dtype=float) ** -alpha + c
 
@@ -335,7 +338,8 @@ def flat_point(fit:dict, # from `fit_power_law`
     return float((a * (drop - g) / (g * c)) ** (1 / al))
 
 # %% ../nbs/09_optimization.ipynb #0798ad66
-def non_embedding_params(cfg:LMConfig)->int: # parameters outside the token embedding and output head
+def non_embedding_params(cfg:LMConfig, # the language model's config
+                        )->int: # parameters outside the token embedding and output head
     "N of the scaling laws: parameters of the transformer blocks and final norm"
     return cfg.n_params - cfg.vocab_size * cfg.n_embd * (1 if cfg.tie_embeddings else 2)
 
@@ -373,7 +377,10 @@ def plot_scaling(x, # sizes
                  y, # losses
                  fit:dict|None=None, # from `fit_power_law`: drawn as a line
                  ax=None, # axes to draw on
-                 xlabel:str='parameters', ylabel:str='validation loss', labels:list|None=None):
+                 xlabel:str='parameters', # x-axis label
+                 ylabel:str='validation loss', # y-axis label
+                 labels:list|None=None, # one annotation per point (None: no annotations)
+                ): # the matplotlib axes
     "Losses against sizes on log-log axes, with the fitted power law"
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(4, 3))[1]

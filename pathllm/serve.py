@@ -34,7 +34,8 @@ MAX_PIXELS = 4096 * 4096  # default decompression-bomb guard: pixels per image
 
 class InputError(DataError):
     "Bad input to a pipeline or the server: the message names the field; `status` is the HTTP code to answer with"
-    def __init__(self, msg:str, status:int=422): super().__init__(msg); self.status = status
+    def __init__(self, msg:str, # what is wrong, naming the field
+                 status:int=422): super().__init__(msg); self.status = status  # the HTTP status to answer with
 
 # %% ../nbs/12_serve.ipynb #cf0bb06c
 def decode_image(data:bytes, # the encoded file, e.g. an upload
@@ -73,7 +74,8 @@ def load_image(x, # a path, bytes, PIL image, (H, W[, C]) array (uint8, or float
     if x.dtype != np.uint8: x = np.clip(x, 0, 255).astype(np.uint8)
     return Image.fromarray(x).convert('RGB')
 
-def as_batch(images)->tuple: # (list of images, whether a single image was given)
+def as_batch(images, # one image, a list or tuple of images, or a 4-d array or tensor
+            )->tuple: # (list of images, whether a single image was given)
     "A list of images, and whether `images` was one image rather than a batch"
     if isinstance(images, (list, tuple)): return list(images), False
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4: return list(images), False
@@ -480,6 +482,7 @@ if __name__ == '__main__' and '__file__' in globals(): main()
 
 # %% ../nbs/12_serve.ipynb #e17ef065
 def free_port()->int: # a TCP port free on 127.0.0.1 right now
+    "A free TCP port on loopback, for a test server"
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 @contextmanager

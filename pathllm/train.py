@@ -22,8 +22,8 @@ from .hf import load_vlm
 from .evaluate import classification_metrics, evaluate_model, write_report
 
 # %% auto #0
-__all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'TrainConfig', 'config_from_dict', 'load_config', 'vlm_config', 'evaluate_vlm',
-           'run_train', 'run_eval', 'predict']
+__all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'vlm_config',
+           'evaluate_vlm', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 CONNECTORS_TRAIN = ('projector', 'qformer', 'xattn')  # generative connectors: they classify and caption
@@ -127,19 +127,31 @@ def config_from_dict(d:dict, # field -> value, e.g. read from JSON
     return TrainConfig(**d)
 
 # %% ../nbs/11_train.ipynb #0bc2709c
+def read_config(config, # a name in `named`, a JSON file, a dict of fields, or an instance of `cls`
+                cls:type, # the config dataclass
+                named:dict, # name -> dict of fields
+                what:str='config', # what to call it in errors
+                **kw, # field overrides
+               )->dict: # the fields, overrides applied; unknown fields raise a `ValueError` naming them
+    "The fields of a named config, a JSON file, a dict or a config object, with overrides"
+    if isinstance(config, cls): d = asdict(config)
+    elif isinstance(config, dict): d = dict(config)
+    elif str(config) in named: d = dict(named[str(config)])
+    else:
+        p = Path(config)
+        if not p.is_file(): raise FileNotFoundError(f"config: {config!r} is neither a named {what} ({', '.join(named)}) nor a JSON file")
+        try: d = json.loads(p.read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"config: {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(d, dict): raise ValueError(f"config: expected a JSON object, got {type(d).__name__}")
+    d = {**d, **kw}; known = [f.name for f in fields(cls)]
+    if bad := [k for k in d if k not in known]: raise ValueError(f"config: unknown field {bad[0]!r}; known fields: {', '.join(known)}")
+    return d
+
 def load_config(config:str|Path|dict|TrainConfig='debug', # a name in `CONFIGS`, a JSON file, a dict or a config
                 **kw, # field overrides
                )->TrainConfig: # the checked config
     "A named config, or one read from a JSON file, with overrides"
-    if isinstance(config, TrainConfig): d = asdict(config)
-    elif isinstance(config, dict): d = dict(config)
-    elif str(config) in CONFIGS: d = dict(CONFIGS[str(config)])
-    else:
-        p = Path(config)
-        if not p.is_file(): raise FileNotFoundError(f"config: {config!r} is neither a named config ({', '.join(CONFIGS)}) nor a JSON file")
-        try: d = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"config: {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    return config_from_dict({**d, **kw})
+    return config_from_dict(read_config(config, TrainConfig, CONFIGS, **kw))
 
 # %% ../nbs/11_train.ipynb #5a541d20
 def _stage(name:str, done:Path, resume:bool, log:dict, fn)->dict:

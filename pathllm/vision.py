@@ -68,8 +68,8 @@ class ViTConfig:
     dropout:float=0.0 # embedding, attention and residual dropout
     stem:str|None=None # timm ResNet-style CNN (e.g. 'resnet18') whose feature map is patchified: a hybrid ViT
     stem_stage:int=3 # `features_only` index of the stem output; ResNets downsample it by `2**(stem_stage+1)`
-    mean:tuple=(0.5, 0.5, 0.5) # input normalisation the weights expect
-    std:tuple=(0.5, 0.5, 0.5)
+    mean:tuple=(0.5, 0.5, 0.5) # input normalisation the weights expect: per-channel mean
+    std:tuple=(0.5, 0.5, 0.5) # ...and per-channel std
 
     def __post_init__(self):
         self.mean, self.std = tuple(self.mean), tuple(self.std)  # lists after a JSON round trip
@@ -100,7 +100,7 @@ def _stem(cfg:ViTConfig)->nn.Module: # a timm CNN returning `[feature map]`
 
 class ViT(VisionEncoder):
     "Vision transformer from scratch: patch embedding, `[CLS]`, positions and `pathllm.lm` pre-norm blocks"
-    def __init__(self, cfg:ViTConfig):
+    def __init__(self, cfg:ViTConfig): # sizes, positions, norms, MLP and optional stem
         self.cfg, D = cfg, cfg.n_embd
         self.dim, self.n_tokens, self.img_size, self.mean, self.std = D, cfg.n_tokens, cfg.img_size, cfg.mean, cfg.std
         self.stem = _stem(cfg) if cfg.stem else None
@@ -291,7 +291,8 @@ def image_classifier(encoder:VisionEncoder|str, # an encoder, or a name for `get
     "A linear classifier on `encoder`'s pooled embedding"
     return ImageClassifier(get_vision(encoder, **kw) if isinstance(encoder, str) else encoder, n_classes, p)
 
-def vision_splitter(m:ImageClassifier)->list: # parameter groups: [encoder, head]
+def vision_splitter(m:ImageClassifier, # the classifier to split
+                   )->list: # parameter groups: [encoder, head]
     "Split an `ImageClassifier` into backbone and head parameters"
     return [params(m.encoder), params(m.head)]
 
