@@ -13,7 +13,8 @@ import numpy as np, torch
 from PIL import Image
 from fastai.torch_core import set_seed
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
-from .data import LABEL_NAMES, PatchDataset, load_patches, make_synthetic, get_dls, atomic_write, project_root
+from .data import (LABEL_NAMES, PatchDataset, load_patches, make_synthetic, get_dls, atomic_write, project_root,
+                          data_fingerprint, environment_info)
 from .captions import caption_dataset, read_corpus
 from .lm import train_lm, CheckpointCallback, _SIZES as LM_SIZES
 from .vision import vision_learner_for, vision_names
@@ -277,7 +278,8 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
         model = PathVLM.from_pretrained(out/'vlm'); model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
         return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, baseline=base['metrics'], history=hist,
-                         config=dict(train=asdict(cfg), data=dict(source=str(src), n_train=len(prep['train']), n_valid=len(prep['valid'])),
+                         config=dict(train=asdict(cfg), data=dict(source=str(src), n_train=len(prep['train']), n_valid=len(prep['valid']),
+                                                               fingerprint=data_fingerprint(ds)), environment=environment_info(),
                                      lm=lm, stages=log, seconds=round(time.time() - t0, 1)))
     return _stage('eval', out/'report.json', resume, log, evaluate)
 
@@ -298,7 +300,8 @@ def run_eval(model_dir:str|Path, # a saved model folder of either backend (e.g. 
     if not len(idx): raise ValueError(f"split: {data} has no {split!r} patches; splits present: {list(ds.splits)}")
     idx = np.random.default_rng(0).permutation(idx)[:n or len(idx)].tolist()
     return evaluate_vlm(model, ds.subset(idx), Path(out), n_captions, bs, max_new_tokens,
-                     config=dict(model=str(model_dir), data=str(data), split=split or 'all'))
+                     config=dict(model=str(model_dir), data=str(data), split=split or 'all', fingerprint=data_fingerprint(ds),
+                                    environment=environment_info()))
 
 # %% ../nbs/11_train.ipynb #4490b73e
 def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathVLM`
