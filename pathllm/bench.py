@@ -118,79 +118,80 @@ def _size_mb(obj)->float|None: # MB of the weights as saved (quantised layers in
     m = obj if isinstance(obj, torch.nn.Module) else getattr(obj, 'model', None)
     return round(disk_bytes(m) / 2**20, 3) if isinstance(m, torch.nn.Module) else None
 
-def _stage1_model(run:Path)->PathVLM: # the projector model as it was after alignment (stage 1)
-    m = PathVLM.from_pretrained(run/'vlm')
-    m.load_state_dict(torch.load(run/'vlm'/'stage1'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
-    return m
-
-def _stage2_dls(run:Path, model:PathVLM, cfg:TrainConfig):
-    root = run/json.loads((run/'data.json').read_text())['root']
-    return vlm_dataloaders(root, model.tok, conversations=True, bs=cfg.bs, img_size=cfg.img_size, max_len=cfg.vlm_max_len,
-                           max_rows=cfg.max_rows, seed=cfg.seed)
+@dataclass
+class _Run:
+    "What the rows share: the configs, the main job's folder and report, its data splits and fused model, and one index"
+    bc:BenchConfig; cfg:TrainConfig; run:Path; kind:str; rep:dict; trn:PatchDataset; trn_val:PatchDataset; model:PathVLM
+    _ix:tuple|None=None
+    @property
+    def root(self)->Path: return self.run/json.loads((self.run/'data.json').read_text())['root']  # the captioned data folder
+    @property
+    def stages(self)->dict: return self.rep['config']['stages']  # seconds of each stage of `run_train`
+    def index(self)->tuple: # (faiss index of the training patches embedded by the fused model's encoder, seconds to build it)
+        "Built on first use and shared by the kNN and RAG rows"
+        if self._ix is None:
+            t0 = time.time(); ix = index_patches(self.trn, partial(image_embeddings, self.model), split=None)
+            self._ix = (ix, round(time.time() - t0, 1))
+        return self._ix
+    def stage1_model(self)->PathVLM: # the projector model as it was after alignment (stage 1)
+        m = PathVLM.from_pretrained(self.run/'vlm')
+        m.load_state_dict(torch.load(self.run/'vlm'/'stage1'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
+        return m
 
 # %% ../nbs/13_bench.ipynb #0eda83d7
-def _row_cnn(bc, cfg, run, trn_val, kind):
-    set_seed(cfg.seed)
-    learn = vision_learner_for(get_dls(trn_val, bs=cfg.bs, size=cfg.img_size, seed=cfg.seed), bc.cnn_arch, img_size=cfg.img_size, lr=cfg.vision_lr)
-    t0 = time.time(); fit_stage(learn, bc.cnn_epochs or cfg.vision_epochs, cfg.vision_lr, False)
-    return ImageOnly(learn.model, kind, cfg.img_size), dict(params=_n_params(learn.model), train_s=round(time.time() - t0, 1))
+def _row_cnn(c:_Run):
+    set_seed(c.cfg.seed)
+    learn = vision_learner_for(get_dls(c.trn_val, bs=c.cfg.bs, size=c.cfg.img_size, seed=c.cfg.seed), c.bc.cnn_arch, img_size=c.cfg.img_size, lr=c.cfg.vision_lr)
+    t0 = time.time(); fit_stage(learn, c.bc.cnn_epochs or c.cfg.vision_epochs, c.cfg.vision_lr, False)
+    return ImageOnly(learn.model, c.kind, c.cfg.img_size), dict(params=_n_params(learn.model), train_s=round(time.time() - t0, 1))
 
-def _row_vit(bc, cfg, run, trn_val, kind): # the baseline `run_train` trained, rebuilt from its checkpoint
+def _row_vit(c:_Run): # the baseline `run_train` trained, rebuilt from its checkpoint
     from pathllm.vision import image_classifier
-    m = image_classifier(cfg.vit_name, len(LABEL_NAMES[kind]), img_size=cfg.img_size, **cfg.vit_kw)
-    m.load_state_dict(torch.load(run/'baseline'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
-    st = json.loads((run/'report.json').read_text())['config']['stages']
-    return ImageOnly(m, kind, cfg.img_size), dict(params=_n_params(m), train_s=st['baseline']['seconds'])
+    m = image_classifier(c.cfg.vit_name, len(LABEL_NAMES[c.kind]), img_size=c.cfg.img_size, **c.cfg.vit_kw)
+    m.load_state_dict(torch.load(c.run/'baseline'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
+    return ImageOnly(m, c.kind, c.cfg.img_size), dict(params=_n_params(m), train_s=c.stages['baseline']['seconds'])
 
-def _row_dual(bc, cfg, run, trn_val, kind):
-    root = run/json.loads((run/'data.json').read_text())['root']
-    vc = replace(vlm_config(cfg, kind), vlm_connector='dual')
-    m, met = train_vlm(root, run.parent/'rows'/'dual'/'model', vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
-                       lr1=cfg.lr1, lr2=cfg.lr2, bs=cfg.bs, vocab_size=cfg.vocab_size, seed=cfg.seed, vision_init=run/'baseline'/'encoder.safetensors')
+def _train_connector(c:_Run, connector:str): # a fused model with another connector ('dual', 'qformer'), trained like the main job's
+    dual = connector == 'dual'  # the dual encoder trains its own text tower and tokenizer on every caption row
+    vc = replace(vlm_config(c.cfg, c.kind, None if dual else str(c.run/'lm')), vlm_connector=connector)
+    kw = dict(vocab_size=c.cfg.vocab_size) if dual else dict(max_rows=c.cfg.max_rows)
+    m, met = train_vlm(c.root, c.run.parent/'rows'/connector/'model', vc, stage1_epochs=c.cfg.stage1_epochs, stage2_epochs=c.cfg.stage2_epochs,
+                       lr1=c.cfg.lr1, lr2=c.cfg.lr2, bs=c.cfg.bs, seed=c.cfg.seed, vision_init=c.run/'baseline'/'encoder.safetensors', **kw)
     return m.eval(), dict(params=_n_params(m), train_s=met['seconds'])
 
-def _index(run:Path, model:PathVLM, trn:PatchDataset): # faiss index of the training patches, embedded by `model`'s encoder
-    return index_patches(trn, partial(image_embeddings, model), split=None)
+def _row_knn(c:_Run):
+    ix, s = c.index()
+    return KNN(ix, c.model, c.kind, c.bc.knn_k), dict(params=_n_params(c.model.vision), train_s=s, index_size=len(ix))
 
-def _row_knn(bc, cfg, run, trn_val, kind, model=None, trn=None):
-    t0 = time.time(); ix = _index(run, model, trn)
-    return KNN(ix, model, kind, bc.knn_k), dict(params=_n_params(model.vision), train_s=round(time.time() - t0, 1), index_size=len(ix))
+def _row_projector(c:_Run):
+    return c.model, dict(params=_n_params(c.model), train_s=round(sum(c.stages[k]['seconds'] for k in ('baseline', 'lm', 'fusion')), 1))
 
-def _row_projector(bc, cfg, run, trn_val, kind, model=None, trn=None):
-    st = json.loads((run/'report.json').read_text())['config']['stages']
-    return model, dict(params=_n_params(model), train_s=round(sum(st[k]['seconds'] for k in ('baseline', 'lm', 'fusion')), 1))
+def _row_projector_rag(c:_Run):
+    ix, s = c.index()
+    return RAGModel(c.model, ix, c.bc.rag_k), dict(params=_n_params(c.model), train_s=s, index_size=len(ix))
 
-def _row_projector_rag(bc, cfg, run, trn_val, kind, model=None, trn=None):
-    t0 = time.time(); ix = _index(run, model, trn)
-    return RAGModel(model, ix, bc.rag_k), dict(params=_n_params(model), train_s=round(time.time() - t0, 1), index_size=len(ix))
+def _row_projector_stage1(c:_Run):
+    m = c.stage1_model().eval()
+    return m, dict(params=_n_params(m), train_s=round(json.loads((c.run/'vlm'/'metrics.json').read_text())['seconds'], 1))
 
-def _row_projector_stage1(bc, cfg, run, trn_val, kind, model=None, trn=None):
-    m = _stage1_model(run).eval()
-    st = json.loads((run/'vlm'/'metrics.json').read_text())
-    return m, dict(params=_n_params(m), train_s=round(st['seconds'], 1))
-
-def _row_qformer(bc, cfg, run, trn_val, kind, model=None, trn=None):
-    root = run/json.loads((run/'data.json').read_text())['root']
-    vc = replace(vlm_config(cfg, kind, str(run/'lm')), vlm_connector='qformer')
-    m, met = train_vlm(root, run.parent/'rows'/'qformer'/'model', vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs,
-                       lr1=cfg.lr1, lr2=cfg.lr2, bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, vision_init=run/'baseline'/'encoder.safetensors')
-    return m.eval(), dict(params=_n_params(m), train_s=met['seconds'])
-
-def _row_adapters(bc, cfg, run, trn_val, kind, model=None, trn=None, quantized=False):
-    base = _stage1_model(run); set_seed(cfg.seed)
-    pm = (qlora_model if quantized else lora_model)(base, r=bc.lora_r, alpha=2 * bc.lora_r)
-    learn = finetune_learner(_stage2_dls(run, base, cfg), pm, lr=cfg.lr2)
-    t0 = time.time(); fit_stage(learn, cfg.stage2_epochs, cfg.lr2, False); pm.eval()
+def _row_adapters(c:_Run, quantized:bool=False):
+    base = c.stage1_model(); set_seed(c.cfg.seed)
+    pm = (qlora_model if quantized else lora_model)(base, r=c.bc.lora_r, alpha=2 * c.bc.lora_r)
+    dls = vlm_dataloaders(c.root, base.tok, conversations=True, bs=c.cfg.bs, img_size=c.cfg.img_size, max_len=c.cfg.vlm_max_len,
+                          max_rows=c.cfg.max_rows, seed=c.cfg.seed)
+    learn = finetune_learner(dls, pm, lr=c.cfg.lr2)
+    t0 = time.time(); fit_stage(learn, c.cfg.stage2_epochs, c.cfg.lr2, False); pm.eval()
     pc = param_counts(pm)
     return pm, dict(params=pc['total'], trainable=pc['trainable'], train_s=round(time.time() - t0, 1))
 
-def _row_quant(bc, cfg, run, trn_val, kind, model=None, trn=None, variant='int8_dynamic'):
-    t0 = time.time(); q = quantize_model(model, variant)
-    return q, dict(params=_n_params(model), train_s=round(time.time() - t0, 1))
+def _row_quant(c:_Run, variant:str='int8_dynamic'):
+    t0 = time.time(); q = quantize_model(c.model, variant)
+    return q, dict(params=_n_params(c.model), train_s=round(time.time() - t0, 1))
 
-_ROW_FNS = dict(cnn=_row_cnn, vit=_row_vit, dual=_row_dual, knn=_row_knn, projector=_row_projector, projector_rag=_row_projector_rag,
-                projector_stage1=_row_projector_stage1, qformer=_row_qformer, lora=_row_adapters, qlora=partial(_row_adapters, quantized=True),
-                int8=_row_quant, nf4=partial(_row_quant, variant='bnb_nf4'))
+_ROW_FNS = dict(cnn=_row_cnn, vit=_row_vit, dual=partial(_train_connector, connector='dual'), knn=_row_knn,
+                projector=_row_projector, projector_rag=_row_projector_rag, projector_stage1=_row_projector_stage1,
+                qformer=partial(_train_connector, connector='qformer'), lora=_row_adapters,
+                qlora=partial(_row_adapters, quantized=True), int8=_row_quant, nf4=partial(_row_quant, variant='bnb_nf4'))
 
 # %% ../nbs/13_bench.ipynb #eeab4192
 _COLS = ('accuracy', 'balanced_accuracy', 'auc', 'f1', 'cider', 'rouge_l', 'hallucination')
@@ -242,13 +243,12 @@ def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, 
     src = run/prep['source'] if (run/prep['source']).exists() else prep['source']
     ds, kind = load_patches(src), prep['kind']
     trn, val, trn_val = ds.subset(prep['train']), ds.subset(prep['valid']), ds.subset(prep['train'] + prep['valid'])
-    model = PathVLM.from_pretrained(run/'model').eval()
+    c = _Run(bc, cfg, run, kind, rep, trn, trn_val, PathVLM.from_pretrained(run/'model').eval())
     imgs, rows = [val.image(i) for i in range(min(len(val), bc.n_latency + 1))], []
     for name in bc.rows:
         f, t0 = out/'rows'/name/'row.json', time.time()
         if resume and f.exists(): rows.append(json.loads(f.read_text())); continue
-        set_seed(cfg.seed); fn = _ROW_FNS[name]
-        obj, extra = fn(bc, cfg, run, trn_val, kind) if name in ('cnn', 'vit', 'dual') else fn(bc, cfg, run, trn_val, kind, model=model, trn=trn)
+        set_seed(cfg.seed); obj, extra = _ROW_FNS[name](c)
         gen = hasattr(obj, 'caption') and not getattr(obj, 'dual', False)
         r = evaluate_vlm(obj, val, out/'rows'/name, cfg.eval_captions if gen else 0, cfg.bs, cfg.caption_tokens)
         row = dict(row=name, **{c: r.get(c) for c in _COLS if c in r}, **extra, size_mb=_size_mb(obj), latency_ms=_latency_ms(obj, imgs, bc.n_latency),

@@ -10,11 +10,10 @@ import functools, json, time, typing, warnings
 from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
 import numpy as np, torch
-from PIL import Image
 from fastai.torch_core import set_seed
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, load_patches, make_synthetic, get_dls, atomic_write, project_root,
-                          data_fingerprint, environment_info)
+                          data_fingerprint, environment_info, _open_image)
 from .captions import caption_dataset, read_corpus
 from .lm import train_lm, CheckpointCallback, _SIZES as LM_SIZES
 from .vision import vision_learner_for, vision_names
@@ -314,8 +313,5 @@ def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathV
     res, caps = model.classify(imgs, generate=False), model.caption(imgs, max_new_tokens=max_new_tokens)
     return [dict(label=l, prob=float(p.max()), caption=c) for l, p, c in zip(res['label'], res['probs'], caps)]
 
-def _open(i): # an image file -> RGB PIL image; anything else unchanged
-    if not isinstance(i, (str, Path)): return i
-    if not Path(i).is_file(): raise FileNotFoundError(f"image: no such file {i}")
-    try: return Image.open(i).convert('RGB')
-    except OSError as e: raise ValueError(f"image: cannot read {i} ({e})") from None
+def _open(i): # an image file -> RGB PIL image (a `DataError` naming a missing or unreadable file); anything else unchanged
+    return _open_image(i).convert('RGB') if isinstance(i, (str, Path)) else i
