@@ -24,9 +24,10 @@ from .fusion import PathVLM, VLMDataset, clip_loss
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'FT_METHODS', 'lm_linear_names', 'param_counts', 'lora_model', 'finetune_learner', 'load_lora',
-           'quantize_linears', 'model_bytes', 'qlora_model', 'finetune_stats', 'dequantize_linears', 'merge_qlora',
-           'adapt', 'StepTimer', 'train_bytes', 'finetune_run', 'dpo_loss', 'preference_pairs', 'DPODataset',
-           'dpo_collate', 'dpo_dataloaders', 'response_logps', 'DPOModel', 'reward_accuracy', 'dpo_learner']
+           'replace_linears', 'quantize_linears', 'model_bytes', 'qlora_model', 'finetune_stats', 'dequantize_linears',
+           'merge_qlora', 'adapt', 'StepTimer', 'train_bytes', 'finetune_run', 'dpo_loss', 'preference_pairs',
+           'DPODataset', 'dpo_collate', 'dpo_dataloaders', 'response_logps', 'DPOModel', 'reward_accuracy',
+           'dpo_learner']
 
 # %% ../nbs/08_finetune.ipynb #5d673698
 LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate', 'up', 'down',  # attention and SwiGLU projections of `pathllm.lm.LM`
@@ -86,6 +87,17 @@ def load_lora(model:PathVLM, # the base model the adapters were trained on
     return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
 
 # %% ../nbs/08_finetune.ipynb #bb7b6318
+def replace_linears(module:nn.Module, # changed in place
+                    make, # `make(linear) -> module` computing the same map (e.g. a quantised copy)
+                    skip:tuple=('lm_head',), # last name parts of linear layers to keep as they are
+                   )->nn.Module: # `module`
+    "Swap each `nn.Linear` of `module` whose name does not end in `skip` for `make(linear)`, moved to the linear's device"
+    for name, lin in list(module.named_modules()):
+        if not isinstance(lin, nn.Linear) or name.split('.')[-1] in skip: continue
+        parent, _, attr = name.rpartition('.')
+        setattr(module.get_submodule(parent), attr, make(lin).to(lin.weight.device))  # for bitsandbytes, moving to a device quantises
+    return module
+
 def quantize_linears(module:nn.Module, # changed in place
                      skip:tuple=('lm_head',), # last name parts of linear layers to keep in full precision
                      quant_type:str='nf4', # 'nf4' or 'fp4'
@@ -94,16 +106,14 @@ def quantize_linears(module:nn.Module, # changed in place
                     )->nn.Module: # `module`
     "Replace the `nn.Linear` layers of `module` (except `skip`) by frozen 4-bit `bitsandbytes` layers"
     import bitsandbytes as bnb
-    for name, lin in list(module.named_modules()):
-        if not isinstance(lin, nn.Linear) or name.split('.')[-1] in skip: continue
+    def make(lin):
         q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=compute_dtype,
                               compress_statistics=double_quant, quant_type=quant_type, device='meta')
         q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, compress_statistics=double_quant, quant_type=quant_type)
         if lin.bias is not None: q.bias = nn.Parameter(lin.bias.data, requires_grad=False)
         q.support_avx512bf16_for_cpu = False  # else the first CPU eval forward repacks the weights with bf16 scales, for good
-        parent, _, attr = name.rpartition('.')
-        setattr(module.get_submodule(parent), attr, q.to(lin.weight.device))  # moving to a device quantises
-    return module
+        return q
+    return replace_linears(module, make, skip)
 
 # %% ../nbs/08_finetune.ipynb #d4129c35
 def model_bytes(model:nn.Module, # any model, 4-bit layers included

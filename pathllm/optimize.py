@@ -17,7 +17,7 @@ from .captions import QUESTIONS, read_jsonl
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, Rotary, IGNORE, lm_loss, pack_tokens
 from .fusion import PathVLM, VLMConfig, vlm_learner, to_images, init_vision, fit_stage, vlm_accuracy
-from .finetune import quantize_linears
+from .finetune import quantize_linears, replace_linears
 
 # %% auto #0
 __all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'quantize_model', 'disk_bytes', 'peak_memory',
@@ -60,15 +60,13 @@ def bnb_int8_linears(module:nn.Module, # changed in place
                     )->nn.Module: # `module`
     "Replace the `nn.Linear` layers of `module` by frozen `bitsandbytes` int8 layers (LLM.int8())"
     import bitsandbytes as bnb
-    for name, lin in list(module.named_modules()):
-        if not isinstance(lin, nn.Linear) or name.split('.')[-1] in skip: continue
+    def make(lin):
         q = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None, has_fp16_weights=False,
                                 threshold=threshold, device='meta')
         q.weight = bnb.nn.Int8Params(lin.weight.data, requires_grad=False, has_fp16_weights=False)
         if lin.bias is not None: q.bias = nn.Parameter(lin.bias.data, requires_grad=False)
-        parent, _, attr = name.rpartition('.')
-        setattr(module.get_submodule(parent), attr, q.to(lin.weight.device))  # moving to a device quantises
-    return module
+        return q
+    return replace_linears(module, make, skip)
 
 # %% ../nbs/09_optimization.ipynb #fc238c92
 def quantize_model(model:PathVLM, # the fp32 model (not changed)
