@@ -259,10 +259,11 @@ def from_pretrained(cls:HFVLM, path:str|Path, # folder written by `HFVLM.save_pr
     return m.to(device).eval() if device else m.eval()
 
 # %% ../nbs/05b_hf.ipynb #7eefd060
-def load_vlm(path:str|Path, # folder written by `PathVLM.save_pretrained` or `HFVLM.save_pretrained`
+def load_vlm(path:str|Path|PathVLM, # folder written by `PathVLM.save_pretrained` or `HFVLM.save_pretrained`; a model is returned as is
              device=None, # where to put it (default: where it was loaded)
             )->PathVLM: # the model, in eval mode
     "Load a saved fused model of either backend: from-scratch `PathVLM`, or `HFVLM` (the folder holds `hf.json`)"
+    if isinstance(path, PathVLM): return path
     path = Path(path)
     if not path.is_dir(): raise FileNotFoundError(f"model: no such folder {path}")
     if (path/'hf.json').exists(): return HFVLM.from_pretrained(path, device)

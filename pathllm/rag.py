@@ -18,6 +18,7 @@ from .captions import measure, caption, FEATURES, QUESTIONS
 from .lm import LM, attn_mask, get_position_ids
 from .vision import VisionEncoder
 from .fusion import PathVLM, to_images
+from .hf import load_vlm
 from .prompting import PROMPTS, answer_logprobs, generate_chat
 
 # %% auto #0
@@ -374,8 +375,6 @@ def knn_answer(model:PathVLM|VisionEncoder, # embeds the images (see `image_embe
                 text=[c[0] for c in o['neighbours'].captions], neighbours=o['neighbours'])
 
 # %% ../nbs/07_rag.ipynb #af42799a
-def _model(m)->PathVLM: return m if isinstance(m, PathVLM) else PathVLM.from_pretrained(m)
-
 def build_index(model_dir:str|Path|PathVLM, # saved model folder (`PathVLM.save_pretrained`), or a loaded model
                 data:str|Path|PatchDataset, # patches in any format `load_patches` reads
                 out:str|Path|None, # folder to save the index to (None: do not save)
@@ -388,7 +387,7 @@ def build_index(model_dir:str|Path|PathVLM, # saved model folder (`PathVLM.save_
                )->PatchIndex: # the index (saved to `out`)
     "Index a data set split with a saved model's image embeddings, captions and labels; save it with its provenance"
     from pathllm.data import load_patches
-    model, ds = _model(model_dir), data if isinstance(data, PatchDataset) else load_patches(data)
+    model, ds = load_vlm(model_dir), data if isinstance(data, PatchDataset) else load_patches(data)
     ds = ds.split(split) if split else ds
     if n and n < len(ds): ds = ds.subset(sorted(np.random.default_rng(seed).permutation(len(ds))[:n]))
     ix = index_patches(ds, partial(image_embeddings, model, bs=bs), split=None, kind=kind, captions=captions, bs=bs)
@@ -406,7 +405,7 @@ def rag_predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `P
                 query_ids:list|None=None, # ids of the images if they are in the index (excluded from their retrieval)
                )->list: # per image a dict: `label`, `prob` (of that label), `caption`, `neighbours` (ids)
     "Class, its probability and a caption for each image, each with its `k` most similar indexed patches in the prompt"
-    model, ix = _model(model_dir), index if isinstance(index, PatchIndex) else PatchIndex.load(index)
+    model, ix = load_vlm(model_dir), index if isinstance(index, PatchIndex) else PatchIndex.load(index)
     e = image_embeddings(model, images)
     if e.shape[1] != ix.dim: raise ValueError(f"index: {ix.dim}-d vectors, but this model embeds images in {e.shape[1]} dimensions; "
                                               f"build the index with this model (`build_index`, index made with {ix.info.get('model') or 'another model'})")

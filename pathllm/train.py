@@ -308,7 +308,7 @@ def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathV
             max_new_tokens:int=64, # tokens per caption at most
            )->list: # per image a dict: `label`, `prob` (of that label), `caption`
     "Class, its probability and a caption for each image"
-    model = model_dir if isinstance(model_dir, PathVLM) else load_vlm(model_dir)
+    model = load_vlm(model_dir)
     imgs = [_open(i) for i in images]
     res, caps = model.classify(imgs, generate=False), model.caption(imgs, max_new_tokens=max_new_tokens)
     return [dict(label=l, prob=float(p.max()), caption=c) for l, p, c in zip(res['label'], res['probs'], caps)]
