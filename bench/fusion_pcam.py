@@ -1,13 +1,14 @@
 """The main job on real PCam: image-only baseline vs fused model, and grounded vs free captions.
 
-Trains everything with `pathllm.train.run_train` (the `pcam` config by default: a from-scratch ResNet-10-T baseline,
-its encoder frozen in the fused model), then captions the same validation patches with each caption grounding mode of
-`PathVLM.caption` ('none', 'class', 'rerank') and scores them against the patches' measurements.
+Trains everything with `pathllm.train.run_train` (the `small` config by default: a from-scratch ResNet-10-T baseline on
+the centre 64 pixels of all training patches, its encoder frozen in the fused model, both scored with dihedral TTA),
+then captions the same validation patches with each caption grounding mode of `PathVLM.caption` ('none', 'class',
+'rerank') and scores them against the patches' measurements.
 
 Writes `OUT/fusion_pcam.json` and `OUT/fusion_pcam.md`; the run itself (report, plots, model) is in `OUT/run`.
 
-    python bench/fusion_pcam.py                          # real PCam from `pathllm.data.pcam_dir()`, config 'pcam'
-    python bench/fusion_pcam.py --config small --out /tmp/fp --resume
+    python bench/fusion_pcam.py                          # real PCam from `pathllm.data.pcam_dir()`, config 'small'
+    python bench/fusion_pcam.py --config debug --out /tmp/fp --resume
 """
 import argparse, json, os, platform, time
 from pathlib import Path
@@ -67,7 +68,7 @@ def markdown(res):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--data', default=None, help="PCam folder (default: pathllm.data.pcam_dir())")
-    ap.add_argument('--config', default='pcam', help="named config or JSON file for run_train")
+    ap.add_argument('--config', default='small', help="named config or JSON file for run_train")
     ap.add_argument('--out', default='bench/results/fusion_pcam', help="output folder")
     ap.add_argument('--resume', action='store_true', help="skip the finished stages of OUT/run")
     ap.add_argument('--n-captions', type=int, default=128, help="validation patches captioned per grounding mode")
@@ -84,7 +85,7 @@ def main():
     prep = json.loads((out/'run'/'data.json').read_text())
     val = load_patches(data).subset(prep['valid'])
     fused, base = rep, rep['baseline']
-    ok = fused['accuracy'] >= 0.85 and fused['auc'] >= 0.92 and fused['accuracy'] >= base['accuracy'] - 0.01
+    ok = fused['accuracy'] >= 0.85 and fused['auc'] >= 0.92 and all(fused[k] >= base[k] - 0.01 for k in ('accuracy', 'auc'))
     res = dict(config=rep['config']['train'], n_train=len(prep['train']), n_valid=len(prep['valid']), run_seconds=run_s,
                stages=rep['config']['stages'], machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
                baseline={k: base.get(k) for k in CLS_KEYS}, fused={k: fused.get(k) for k in CLS_KEYS}, targets_met=bool(ok),

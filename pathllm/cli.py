@@ -143,10 +143,11 @@ def eval_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `path
              out:Path=typer.Option(..., help="Folder for the report"),
              split:str=typer.Option(None, help="Split to score (default: valid or test if present, else all)"),
              n:int=typer.Option(None, help="Score a random subset of this many patches"),
-             n_captions:int=typer.Option(32, help="Patches captioned for the text metrics")):
+             n_captions:int=typer.Option(32, help="Patches captioned for the text metrics"),
+             tta:bool=typer.Option(False, help="Average the class probabilities over the 8 rotations/reflections of each patch")):
     "Classify and caption labelled patches with a saved model; write report.json, report.md and plots."
     from pathllm.train import run_eval
-    try: r = run_eval(model, data, out, split=split, n=n, n_captions=n_captions)
+    try: r = run_eval(model, data, out, split=split, n=n, n_captions=n_captions, tta=tta)
     except (ValueError, OSError) as e: _fail(e)
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json and plots")
 

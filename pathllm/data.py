@@ -782,6 +782,8 @@ def get_dls(source:PatchDataset|Path|str, # a `PatchDataset`, or anything `load_
             seed:int=42, # fixes shuffling and augmentation
             normalize:str|StainNormalizer|None=None, # stain normalisation: 'macenko', 'reinhard', a fitted `StainNormalizer` or none
             augment:bool=True, # random dihedral and stain jitter on the training set
+            stain_sigma:float=0.05, # stain jitter: each H, E, DAB concentration scaled by U(1-s, 1+s) (see `stain_jitter`)
+            stain_bias:float=0.01, # ... and shifted by U(-b, b)
             valid:str|None=None, # validation split (default: 'valid', else 'test')
             num_workers:int=0, # DataLoader worker processes
            ):
@@ -791,7 +793,7 @@ def get_dls(source:PatchDataset|Path|str, # a `PatchDataset`, or anything `load_
     trn, val = _train_valid(ds, valid)
     tfms = [Resize(size, method='squish')] if size else []  # squish: no random crop, which could drop the labelled centre
     if (sn := _stain_tfm(normalize, ds, trn)) is not None: tfms.append(sn)
-    if augment: tfms += [RandDihedral(seed=seed), RandStainJitter(seed=seed)]
+    if augment: tfms += [RandDihedral(seed=seed), RandStainJitter(sigma=stain_sigma, bias=stain_bias, seed=seed)]
     names = np.array(ds.classes)[ds.labels]
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=list(ds.classes))), get_x=lambda i: ds.image(i), get_y=lambda i: names[i],
                        splitter=lambda _: (list(range(len(trn))), list(range(len(trn), len(trn)+len(val)))), item_tfms=tfms)

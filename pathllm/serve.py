@@ -210,10 +210,11 @@ def _prep(self:Pipeline, images)->tuple: # (RGB images at the model's size, sing
 @patch
 def classify(self:Pipeline, images, # one image or a list (any form `load_image` takes)
               generate:bool=False, # add the generated free-text answer
+              tta:bool=False, # average the probabilities over the 8 rotations/reflections of each image (8x the compute)
              ): # per image a dict: `label`, `prob` (of that label), `probs` (class -> probability)[, `answer`]
     "Class of each image with its probability"
     xs, single = self._prep(images)
-    with self.lock: r = self.model.classify(xs, generate=generate and self.generative)
+    with self.lock: r = self.model.classify(xs, generate=generate and self.generative, tta=tta)
     names = list(LABEL_NAMES[self.kind])
     out = [dict(label=l, prob=float(p.max()), probs={n: float(v) for n, v in zip(names, p)}) for l, p in zip(r['label'], r['probs'].cpu())]
     if generate and self.generative:
@@ -399,8 +400,9 @@ def _routes(app, pipe:Pipeline, lim:Limits, gate:_Gate):
         return dict(model=pipe.name, results=await gate.run(fn, data, *args, **kw))
 
     @app.post('/classify', summary='Class and probabilities of each image')
-    async def classify(image:Images, generate:Annotated[bool, Form(description='also generate the free-text answer')]=False):
-        return await run(pipe.classify, image, generate=generate)
+    async def classify(image:Images, generate:Annotated[bool, Form(description='also generate the free-text answer')]=False,
+                       tta:Annotated[bool, Form(description='average over the 8 rotations/reflections (8x the compute)')]=False):
+        return await run(pipe.classify, image, generate=generate, tta=tta)
     @app.post('/caption', summary='A caption of each image')
     async def caption(image:Images, gen:Gen, rag:Rag=None): return await run(pipe.caption, image, rag=rag, **gen)
     @app.post('/report', summary='A structured report of each image')

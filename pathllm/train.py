@@ -16,7 +16,7 @@ from .data import (LABEL_NAMES, PatchDataset, load_patches, make_synthetic, get_
                           data_fingerprint, environment_info, _open_image)
 from .captions import caption_dataset, read_corpus
 from .lm import train_lm, CheckpointCallback, _SIZES as LM_SIZES
-from .vision import vision_learner_for, vision_names
+from .vision import vision_learner_for, vision_names, classifier_probs
 from .fusion import VLMConfig, PathVLM, train_vlm, fit_stage
 from .hf import load_vlm
 from .evaluate import classification_metrics, evaluate_model, write_report
@@ -40,7 +40,9 @@ class TrainConfig:
     bs:int=32 # batch size of every stage
     seed:int=0 # seed of subsampling, init and shuffling
     vit_name:str='pathvit_nano' # vision encoder of baseline and fused model (`get_vision` name)
-    vit_kw:dict=field(default_factory=lambda: dict(pool='mean')) # more `get_vision` arguments
+    vit_kw:dict=field(default_factory=lambda: dict(pool='mean')) # more `get_vision` arguments (e.g. `crop`)
+    stain_sigma:float=0.05 # baseline augmentation: stain concentrations scaled by U(1-s, 1+s) (`get_dls`)
+    stain_bias:float=0.01 # ... and shifted by U(-b, b)
     vision_epochs:int=8 # baseline epochs
     vision_lr:float=2e-3 # baseline peak learning rate
     lm_size:str='nano' # `LMConfig.from_name` size
@@ -63,6 +65,7 @@ class TrainConfig:
     class_repeat:int=1 # fusion stage 2 sees each classification row this many times (weights the class task)
     xattn_every:int=0 # gated cross-attention layer before every k-th LM block of the fused model (0: none)
     max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
+    tta:bool=False # score baseline and fused model by the mean over the 8 rotations/reflections of each validation patch
 
     def __post_init__(self):
         for f in fields(self): _check_field(f.name, getattr(self, f.name), _hints()[f.name])
@@ -99,23 +102,21 @@ _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAM
               stage1_epochs=(_pos, "must be >= 1"), stage2_epochs=(_pos, "must be >= 1"),
               lr1=(lambda v: 0 < v < 1, "must be in (0, 1)"), lr2=(lambda v: 0 < v < 1, "must be in (0, 1)"),
               max_rows=(_opt, "must be None or >= 2"), eval_captions=(lambda v: v >= 0, "must be >= 0"),
-              caption_tokens=(_pos, "must be >= 1"), class_repeat=(_pos, "must be >= 1"),
+              caption_tokens=(_pos, "must be >= 1"), stain_sigma=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
+              stain_bias=(lambda v: 0 <= v < 1, "must be in [0, 1)"), class_repeat=(_pos, "must be >= 1"),
               xattn_every=(lambda v: v >= 0, "must be >= 0"), max_valid_rows=(_opt, "must be None or >= 2"))
 
 # %% ../nbs/11_train.ipynb #e5b6ba9a
 CONFIGS = dict(
     debug=dict(name='debug', n_images=400, vision_epochs=8, vision_lr=2e-3, lm_epochs=1, stage1_epochs=1, stage2_epochs=2,
                max_rows=2000, eval_captions=32),
-    small=dict(name='small', max_train=3000, max_valid=1000, bs=64, vit_kw=dict(pool='mean', patch_size=8, n_embd=96, n_layer=3, n_head=3),
-               mp_shuffle=4, vision_epochs=5, vision_lr=2e-3, lm_kw=dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2), lm_epochs=1,
-               stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=6000, eval_captions=64),
+    small=dict(name='small', bs=64, vit_name='timm:resnet10t', vit_kw=dict(crop=64), vision_epochs=10, vision_lr=2e-3,
+               stain_sigma=0.2, stain_bias=0.05, lm_kw=dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2), lm_epochs=1,
+               mp_shuffle=1, stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=20_000, eval_captions=64,
+               freeze_vision=True, class_repeat=5, max_valid_rows=1000, tta=True),
     full=dict(name='full', bs=128, vit_name='pathvit_r18', vit_kw=dict(pool='mean'), mp_shuffle=1, vision_epochs=10,
               vision_lr=1e-3, lm_size='micro', lm_epochs=3, vocab_size=2048, stage1_epochs=1, stage2_epochs=3, lr2=5e-4,
-              max_rows=200_000, eval_captions=256, caption_tokens=96),
-    pcam=dict(name='pcam', max_train=4000, max_valid=1000, bs=64, vit_name='timm:resnet10t', vit_kw={}, mp_shuffle=1,
-              vision_epochs=3, vision_lr=2e-3, lm_kw=dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2), lm_epochs=1,
-              stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=6000, eval_captions=64, freeze_vision=True, class_repeat=5,
-              max_valid_rows=1000))
+              max_rows=200_000, eval_captions=256, caption_tokens=96))
 
 # %% ../nbs/11_train.ipynb #8d596aab
 def config_from_dict(d:dict, # field -> value, e.g. read from JSON
@@ -195,11 +196,11 @@ def _rel(p, out:Path)->str: # `p` relative to `out` when inside it (the run fold
 # %% ../nbs/11_train.ipynb #368fb33e
 def _baseline(cfg:TrainConfig, ds:PatchDataset, out:Path, resume:bool, progress:bool)->dict: # metrics, losses
     from safetensors.torch import save_file
-    dls = get_dls(ds, bs=cfg.bs, size=cfg.img_size, seed=cfg.seed); set_seed(cfg.seed)
+    dls = get_dls(ds, bs=cfg.bs, size=cfg.img_size, seed=cfg.seed, stain_sigma=cfg.stain_sigma, stain_bias=cfg.stain_bias); set_seed(cfg.seed)
     learn = vision_learner_for(dls, cfg.vit_name, img_size=cfg.img_size, lr=cfg.vision_lr, **cfg.vit_kw)
     learn.add_cb(CheckpointCallback(out, resume))
     hist = fit_stage(learn, cfg.vision_epochs, cfg.vision_lr, progress)
-    with learn.no_bar(): probs, y = learn.get_preds(dl=dls.valid)
+    probs, y = classifier_probs(learn.model, dls.valid, cfg.tta)
     met = classification_metrics(y.tolist(), probs[:, 1].tolist())
     sd = {k: v.detach().contiguous().cpu() for k, v in learn.model.encoder.state_dict().items()}
     atomic_write(out/'encoder.safetensors', lambda p: save_file(sd, p))
@@ -234,8 +235,9 @@ class _Captioner:
     def __init__(self, model:PathVLM, bs:int, max_new_tokens:int): self.model, self.bs, self.mnt = model, bs, max_new_tokens
     def caption(self, imgs:list)->list: return [c for i in range(0, len(imgs), self.bs) for c in self.model.caption(imgs[i:i+self.bs], max_new_tokens=self.mnt)]
 
-def _class_probs(model:PathVLM, imgs:list, bs:int)->np.ndarray: # (N, K) class probabilities
-    return torch.cat([model.classify(imgs[i:i+bs], generate=False)['probs'].cpu() for i in range(0, len(imgs), bs)]).numpy()
+def _class_probs(model:PathVLM, imgs:list, bs:int, tta:bool=False)->np.ndarray: # (N, K) class probabilities
+    kw = dict(tta=True) if tta else {}  # image-only adapters (bench) take no `tta`
+    return torch.cat([model.classify(imgs[i:i+bs], generate=False, **kw)['probs'].cpu() for i in range(0, len(imgs), bs)]).numpy()
 
 def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify(images, generate=False)` (and `caption`)
                  ds:PatchDataset, # labelled patches to score
@@ -243,11 +245,12 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
                  n_captions:int=32, # patches captioned for the text metrics (0: classification only)
                  bs:int=32, # images per batch
                  max_new_tokens:int=64, # tokens per caption at most
+                 tta:bool=False, # class probabilities averaged over the 8 rotations/reflections of each patch
                  **report_kw, # more `write_report` arguments (`baseline`, `history`, `config`)
                 )->dict: # the contents of `out/report.json`
     "Score `model` on `ds`: classification metrics from its class probabilities, text metrics from its captions; write the report"
     imgs, y = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels]
-    probs = _class_probs(model, imgs, bs)
+    probs = _class_probs(model, imgs, bs, tta)
     met = dict(classification_metrics(y, probs[:, 1]), n_images=len(ds))
     tm, o = evaluate_model(_Captioner(model, bs, max_new_tokens), ds, kind=model.cfg.vlm_kind, n=n_captions) if n_captions else ({}, {})
     met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
@@ -276,7 +279,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     def evaluate():
         model = PathVLM.from_pretrained(out/'vlm'); model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
-        return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, baseline=base['metrics'], history=hist,
+        return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, cfg.tta, baseline=base['metrics'], history=hist,
                          config=dict(train=asdict(cfg), data=dict(source=str(src), n_train=len(prep['train']), n_valid=len(prep['valid']),
                                                                fingerprint=data_fingerprint(ds)), environment=environment_info(),
                                      lm=lm, stages=log, seconds=round(time.time() - t0, 1)))
@@ -291,6 +294,7 @@ def run_eval(model_dir:str|Path, # a saved model folder of either backend (e.g. 
              n_captions:int=32, # patches captioned for the text metrics
              bs:int=32, # batch size
              max_new_tokens:int=64, # tokens per caption at most
+             tta:bool=False, # class probabilities averaged over the 8 rotations/reflections of each patch
             )->dict: # the contents of `out/report.json`
     "Classify and caption labelled patches with a saved model; write the same report as `run_train`"
     model, ds = load_vlm(model_dir), load_patches(data)
@@ -298,8 +302,8 @@ def run_eval(model_dir:str|Path, # a saved model folder of either backend (e.g. 
     idx = np.flatnonzero((ds.items.split == split).to_numpy()) if split else np.arange(len(ds))
     if not len(idx): raise ValueError(f"split: {data} has no {split!r} patches; splits present: {list(ds.splits)}")
     idx = np.random.default_rng(0).permutation(idx)[:n or len(idx)].tolist()
-    return evaluate_vlm(model, ds.subset(idx), Path(out), n_captions, bs, max_new_tokens,
-                     config=dict(model=str(model_dir), data=str(data), split=split or 'all', fingerprint=data_fingerprint(ds),
+    return evaluate_vlm(model, ds.subset(idx), Path(out), n_captions, bs, max_new_tokens, tta,
+                     config=dict(model=str(model_dir), data=str(data), split=split or 'all', tta=tta, fingerprint=data_fingerprint(ds),
                                     environment=environment_info()))
 
 # %% ../nbs/11_train.ipynb #4490b73e

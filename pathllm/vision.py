@@ -20,9 +20,10 @@ import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .lm import LMConfig, TransformerEncoder, save_weights, read_weights
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VisionOutput', 'VisionEncoder', 'ViTConfig', 'ViT', 'vit_config_from_timm',
-           'vit_from_timm', 'PretrainedUnavailable', 'timm_backbone', 'TimmEncoder', 'vision_names', 'get_vision',
-           'ImageClassifier', 'image_classifier', 'vision_splitter', 'vision_learner_for']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VisionOutput', 'centre_crop', 'VisionEncoder', 'ViTConfig', 'ViT',
+           'vit_config_from_timm', 'vit_from_timm', 'PretrainedUnavailable', 'timm_backbone', 'TimmEncoder',
+           'vision_names', 'get_vision', 'ImageClassifier', 'image_classifier', 'vision_splitter', 'dihedral_views',
+           'classifier_probs', 'vision_learner_for']
 
 # %% ../nbs/04_vision.ipynb #2917b18b
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -35,6 +36,17 @@ class VisionOutput:
     def __iter__(self): return iter((self.tokens, self.pooled))
 
 # %% ../nbs/04_vision.ipynb #77281ee7
+def centre_crop(x:torch.Tensor, # (..., H, W) images
+                size:int, # side of the square kept
+                shift:int=0, # move the square by a random offset of up to this many pixels (one offset per batch)
+               )->torch.Tensor: # (..., size, size)
+    "The centre `size` x `size` square of `x`, or with `shift` a randomly moved one (always inside the image)"
+    H, W = x.shape[-2:]
+    if size > min(H, W): raise ValueError(f"crop: {size} is larger than the {H}x{W} images")
+    t, l = (H - size) // 2, (W - size) // 2
+    if shift: t, l = (min(max(c + int(torch.randint(-shift, shift + 1, ())), 0), m - size) for c, m in ((t, H), (l, W)))
+    return x[..., t:t+size, l:l+size]
+
 class VisionEncoder(Module):
     "Base of all image encoders: `forward(x (B, 3, H, W) normalised)` -> `VisionOutput`"
     dim:int # D, width of tokens and pooled embedding
@@ -42,9 +54,11 @@ class VisionEncoder(Module):
     img_size:int # input side in pixels
     mean:tuple = IMAGENET_MEAN # per-channel mean the weights expect (inputs in [0, 1] before normalising)
     std:tuple = IMAGENET_STD # per-channel std
+    crop:int|None = None # side of the centre square the network sees (set by `get_vision(crop=)`); `None`: the whole image
     def forward(self, x:torch.Tensor)->VisionOutput: raise NotImplementedError
     def normalize(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> normalised input
-        "Normalise `[0, 1]` images with this encoder's `mean` and `std`"
+        "Normalise `[0, 1]` images with this encoder's `mean` and `std`; with `crop`, keep the centre square (moved randomly while training)"
+        if self.crop and x.shape[-1] != self.crop: x = centre_crop(x, self.crop, (x.shape[-1] - self.crop) // 4 if self.training else 0)
         return (x - x.new_tensor(self.mean)[:, None, None]) / x.new_tensor(self.std)[:, None, None]
 
 # %% ../nbs/04_vision.ipynb #657c3391
@@ -111,7 +125,7 @@ class ViT(VisionEncoder):
         self.encoder = TransformerEncoder(cfg.lm_config)
 
     def forward(self, x:torch.Tensor)->VisionOutput: # x (B, C, H, W) normalised
-        if tuple(x.shape[-2:]) != (self.img_size,)*2: raise ValueError(f"images are {tuple(x.shape[-2:])}, this ViT expects img_size={self.img_size}")
+        if tuple(x.shape[-2:]) != (self.cfg.img_size,)*2: raise ValueError(f"images are {tuple(x.shape[-2:])}, this ViT expects img_size={self.cfg.img_size}")
         if self.stem is not None: x = self.stem(x)[-1]                   # (B, C_s, H/r, W/r)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)               # (B, N, D)
         if self.cls_token is not None: x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1)  # (B, 1+N, D)
@@ -262,9 +276,16 @@ def get_vision(name:str, # a registered name (see `vision_names`) or 'timm:<any 
                pretrained:bool=False, # load pretrained weights (timm hub cache, or `checkpoint_path`)
                checkpoint_path:str|Path|None=None, # local weights: a file, or a `save_pretrained` folder for `pathvit_*`
                on_missing:str='raise', # pretrained weights unreachable: 'raise' or 'warn' and use random init
+               crop:int|None=None, # the network sees the centre `crop` square of the `img_size` input (see `VisionEncoder.normalize`)
                **kw, # `ViTConfig` overrides for `pathvit_*`, `timm.create_model` arguments otherwise
               )->VisionEncoder: # the encoder, random init unless pretrained
     "Build a registered vision encoder by name"
+    if crop is not None and not 8 <= crop <= img_size: raise ValueError(f"crop: must be between 8 and img_size={img_size}, got {crop}")
+    enc = _build_vision(name, crop or img_size, pretrained, checkpoint_path, on_missing, **kw)
+    if crop: enc.crop, enc.img_size = crop, img_size  # built for the crop; fed `img_size` images
+    return enc
+
+def _build_vision(name, img_size, pretrained, checkpoint_path, on_missing, **kw):
     spec = dict(timm=name[5:]) if name.startswith('timm:') else _VISION.get(name)
     if spec is None: raise ValueError(f"name: unknown vision backbone {name!r}; choose from {vision_names()} or 'timm:<name>'")
     if 'cfg' not in spec: return TimmEncoder(timm_backbone(spec['timm'], img_size, pretrained, checkpoint_path, on_missing, **kw), img_size)
@@ -295,6 +316,25 @@ def vision_splitter(m:ImageClassifier, # the classifier to split
                    )->list: # parameter groups: [encoder, head]
     "Split an `ImageClassifier` into backbone and head parameters"
     return [params(m.encoder), params(m.head)]
+
+# %% ../nbs/04_vision.ipynb #ce3ddcef
+def dihedral_views(x:torch.Tensor, # (..., H, W) images
+                  )->list: # the 8 rotations and reflections, identity first (the order of `pathllm.data.dihedral`)
+    "The 8 dihedral views of a batch of images, for test-time augmentation"
+    r = [torch.rot90(x, k, (-2, -1)) for k in range(4)]
+    return r + [v.flip(-1) for v in r]
+
+@torch.no_grad()
+def classifier_probs(model:nn.Module, # maps a batch of `[0, 1]` images to logits (e.g. an `ImageClassifier`)
+                     dl, # yields `(images, targets)` batches (e.g. `dls.valid`)
+                     tta:bool=False, # average the probabilities over the 8 `dihedral_views`
+                    )->tuple: # probabilities (N, K), targets (N,)
+    "Softmax probabilities of `model` over `dl`, optionally with dihedral test-time augmentation"
+    model.eval(); ps, ys = [], []
+    for x, y in dl:
+        x = x.as_subclass(torch.Tensor)
+        ps.append(torch.stack([model(v).softmax(-1) for v in (dihedral_views(x) if tta else [x])]).mean(0)); ys.append(y)
+    return torch.cat(ps).cpu(), torch.cat(ys).cpu()
 
 # %% ../nbs/04_vision.ipynb #7a5750cb
 def vision_learner_for(dls, # fastai `DataLoaders` of `(image in [0, 1], label)`, e.g. from `pathllm.data.get_dls`
