@@ -110,7 +110,7 @@ _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAM
 CONFIGS = dict(
     debug=dict(name='debug', n_images=400, vision_epochs=8, vision_lr=2e-3, lm_epochs=1, stage1_epochs=1, stage2_epochs=2,
                max_rows=2000, eval_captions=32),
-    small=dict(name='small', bs=64, vit_name='timm:resnet10t', vit_kw=dict(crop=64), vision_epochs=10, vision_lr=2e-3,
+    small=dict(name='small', bs=64, vit_name='timm:resnet10t', vit_kw=dict(crop=64), vision_epochs=12, vision_lr=2e-3,
                stain_sigma=0.2, stain_bias=0.05, lm_kw=dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2), lm_epochs=1,
                mp_shuffle=1, stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=20_000, eval_captions=64,
                freeze_vision=True, class_repeat=5, max_valid_rows=1000, tta=True),
