@@ -24,7 +24,7 @@ from .data import LABEL_NAMES, PatchDataset, atomic_write
 from .captions import QUESTIONS, DIAGNOSIS, IMPRESSION, caption_dataset, read_jsonl, measure, extract_claims, check_claims
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity, CheckpointCallback, save_weights, read_weights
-from .vision import get_vision, VisionEncoder, dihedral_views
+from .vision import get_vision, VisionEncoder, dihedral_mean
 
 # %% auto #0
 __all__ = ['CONNECTORS', 'GROUNDING', 'VLMConfig', 'pixel_shuffle', 'Projector', 'QFormerBlock', 'QFormer', 'GatedCrossAttention',
@@ -502,13 +502,12 @@ def class_logprobs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
 @patch
 def classify(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
              generate:bool=True, # also generate the free-text answer (generative designs)
-             tta:bool=False, # average the class probabilities over the 8 rotations and reflections (`dihedral_views`)
+             tta:bool=False, # average the class probabilities over the 8 rotations and reflections (`dihedral_mean`)
             )->dict: # `probs` (B, K) summing to 1, `pred` (B,) class ids, `label` names, `answer` strings
     "Class probabilities (likelihood of each class answer, or zero-shot for 'dual') and the generated answer"
     names = list(LABEL_NAMES[self.cfg.vlm_kind])
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
-    f = self.zero_shot if self.dual else lambda v: self.class_logprobs(v, names).softmax(-1)
-    probs = torch.stack([f(v) for v in (dihedral_views(x) if tta else [x])]).mean(0)
+    probs = dihedral_mean(self.zero_shot if self.dual else lambda v: self.class_logprobs(v, names).softmax(-1), x, tta)
     pred = probs.argmax(-1)
     ans = self.generate(x, QUESTIONS[self.cfg.vlm_kind, 'class'][0], max_new_tokens=8) if generate and not self.dual else [names[i] for i in pred]
     return dict(probs=probs, pred=pred, label=[names[i] for i in pred], answer=ans)

@@ -23,7 +23,7 @@ from .lm import LMConfig, TransformerEncoder, save_weights, read_weights
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VisionOutput', 'centre_crop', 'VisionEncoder', 'ViTConfig', 'ViT',
            'vit_config_from_timm', 'vit_from_timm', 'PretrainedUnavailable', 'timm_backbone', 'TimmEncoder',
            'vision_names', 'get_vision', 'ImageClassifier', 'image_classifier', 'vision_splitter', 'dihedral_views',
-           'classifier_probs', 'vision_learner_for']
+           'dihedral_mean', 'classifier_probs', 'vision_learner_for']
 
 # %% ../nbs/04_vision.ipynb #2917b18b
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -324,6 +324,13 @@ def dihedral_views(x:torch.Tensor, # (..., H, W) images
     r = [torch.rot90(x, k, (-2, -1)) for k in range(4)]
     return r + [v.flip(-1) for v in r]
 
+def dihedral_mean(f, # maps a batch of images to probabilities (or any per-image output)
+                  x:torch.Tensor, # (B, 3, H, W) images
+                  tta:bool=True, # `False`: just `f(x)`
+                 )->torch.Tensor: # `f`'s output, averaged over the views
+    "Test-time augmentation: the mean of `f` over the 8 `dihedral_views` of `x` (or `f(x)` alone)"
+    return torch.stack([f(v) for v in dihedral_views(x)]).mean(0) if tta else f(x)
+
 @torch.no_grad()
 def classifier_probs(model:nn.Module, # maps a batch of `[0, 1]` images to logits (e.g. an `ImageClassifier`)
                      dl, # yields `(images, targets)` batches (e.g. `dls.valid`)
@@ -333,7 +340,7 @@ def classifier_probs(model:nn.Module, # maps a batch of `[0, 1]` images to logit
     model.eval(); ps, ys = [], []
     for x, y in dl:
         x = x.as_subclass(torch.Tensor)
-        ps.append(torch.stack([model(v).softmax(-1) for v in (dihedral_views(x) if tta else [x])]).mean(0)); ys.append(y)
+        ps.append(dihedral_mean(lambda v: model(v).softmax(-1), x, tta)); ys.append(y)
     return torch.cat(ps).cpu(), torch.cat(ys).cpu()
 
 # %% ../nbs/04_vision.ipynb #7a5750cb
