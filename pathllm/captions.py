@@ -18,12 +18,13 @@ from skimage.segmentation import watershed
 from .data import HE_STAINS, LABEL_NAMES, synth_patch, atomic_write
 
 # %% auto #0
-__all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'THRESHOLDS', 'VOCAB', 'DIAGNOSIS', 'INTRO', 'TEMPLATES',
-           'DX_PATTERNS', 'IMPRESSION', 'QUESTIONS', 'FEATURE_QUESTIONS', 'CAPTION_COLUMNS', 'SHOW_FEATURES',
-           'stain_od', 'segment_nuclei', 'nuclei_props', 'Morphology', 'centre_box', 'measure', 'Thresholds',
-           'calibrate', 'level', 'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate', 'report',
-           'parse_report', 'vqa_pairs', 'conversation', 'llava_record', 'flat_records', 'write_jsonl', 'read_jsonl',
-           'caption_dataset', 'text_corpus', 'read_corpus', 'plot_feature_hists', 'show_captions']
+__all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEATURES', 'THRESHOLDS', 'VOCAB', 'CAPTION_MARGIN',
+           'DIAGNOSIS', 'INTRO', 'TEMPLATES', 'DX_PATTERNS', 'IMPRESSION', 'QUESTIONS', 'FEATURE_QUESTIONS',
+           'CAPTION_COLUMNS', 'SHOW_FEATURES', 'stain_od', 'segment_nuclei', 'nuclei_props', 'Morphology', 'centre_box',
+           'measure', 'Thresholds', 'calibrate', 'level', 'levels', 'caption', 'extract_claims', 'check_claims',
+           'hallucination_rate', 'report', 'parse_report', 'vqa_pairs', 'conversation', 'llava_record', 'flat_records',
+           'write_jsonl', 'read_jsonl', 'caption_dataset', 'read_thresholds', 'text_corpus', 'read_corpus',
+           'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -171,6 +172,7 @@ class Thresholds:
     lumen_circ:tuple=(0.8, 1.0)  # white-space circularity: serrated / mildly irregular / smooth
 
 WORD_FEATURES = [f.name for f in fields(Thresholds)]
+CAPTION_FEATURES = {'pcam': WORD_FEATURES[:7], 'mhist': WORD_FEATURES}  # the features each data set's captions can name
 
 # %% ../nbs/01_captions.ipynb #c100ac4a
 def calibrate(morphs:list, # `Morphology` of a reference set of patches
@@ -221,13 +223,19 @@ def level(v:float, # a measured value
     return None if v is None or math.isnan(v) else int(v >= cuts[0]) + int(v >= cuts[1])
 
 # %% ../nbs/01_captions.ipynb #ef4d544f
+CAPTION_MARGIN = 0.2  # training text leaves out features closer than this share of the bin width to a cut point
+
 def levels(morph:Morphology, # measured features
            kind:str='pcam', # data set: sets the region and default thresholds
            thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
+           margin:float=0., # a value closer than `margin * (hi - lo)` to a cut point gets `None`: too close to call
           )->dict: # feature -> bin (0, 1, 2 or None)
     "Word bin of every feature of `morph` in the region captions describe"
     thr = thr or THRESHOLDS[kind]
-    return {f: level(getattr(morph, REGION[kind] + f), getattr(thr, f)) for f in WORD_FEATURES}
+    def one(f):
+        v, (lo, hi) = getattr(morph, REGION[kind] + f), getattr(thr, f)
+        return None if margin and v is not None and min(abs(v - lo), abs(v - hi)) < margin*(hi - lo) else level(v, (lo, hi))
+    return {f: one(f) for f in WORD_FEATURES}
 
 # %% ../nbs/01_captions.ipynb #49cf21f1
 DIAGNOSIS = {  # (kind, label) -> (clause paraphrases, sentence paraphrases)
@@ -251,27 +259,43 @@ INTRO = {'pcam': ('Lymph node tissue', 'A lymph node section', 'Sentinel lymph n
          'mhist': ('Colonic mucosa', 'A colorectal polyp', 'Colorectal mucosa', 'A fragment of colonic polyp')}
 
 # %% ../nbs/01_captions.ipynb #9e692bb7
-TEMPLATES = {
+TEMPLATES = {  # a template is used when every word it names is available (measured, and clear of the cut points)
     'pcam': ('{intro} with {crowd}, {nuc} nuclei in the centre, {dx}.',
              'The central region is {cell}, with {nuc} nuclei that are {crowd}. {DX}',
              '{DX} The centre contains {nuc} nuclei that are {crowd}, with {stroma}.',
              '{intro}: the centre is {cell}, with {nuc}, {crowd} nuclei and {stroma}; {dx}.',
              'Centre of the patch: {nuc} nuclei, {crowd}. {DX}',
-             '{intro} whose centre holds {crowd}, {nuc} nuclei ({cell}), {dx}.'),
+             '{intro} whose centre holds {crowd}, {nuc} nuclei ({cell}), {dx}.',
+             '{intro} with {nuc} nuclei in the centre and {stroma}, {dx}.',
+             'The central region is {cell}, with {nuc} nuclei. {DX}',
+             '{DX} The centre holds {nuc} nuclei.',
+             '{intro}: the centre is {cell}, with {stroma}; {dx}.',
+             '{DX} The nuclei in the centre are {crowd}.',
+             '{intro} with {stroma} in the centre, {dx}.',
+             '{intro}, {dx}.'),
     'mhist': ('{intro} with {lum} crypts with {circ} luminal outlines, lined by {nuc} nuclei, {dx}.',
               '{intro} showing {lum}, {circ} crypts and {stroma}; the epithelial nuclei are {nuc}. {DX}',
               '{DX} Crypts are {lum} with {circ} outlines; nuclei are {nuc}.',
-              '{intro}: {circ}, {lum} crypts in {stroma}, with {nuc} nuclei; {dx}.'),
-    'sparse': ('{intro} with few nuclei in the centre and {stroma}, {dx}.', '{DX} The centre is {cell}, with {stroma}.'),
+              '{intro}: {circ}, {lum} crypts in {stroma}, with {nuc} nuclei; {dx}.',
+              '{intro} with {circ} crypt outlines, {dx}.', '{DX} The crypts are {lum}.',
+              '{intro} with {nuc} epithelial nuclei and {stroma}, {dx}.', '{intro}, {dx}.'),
 }
+_SLOTS = {'nuc', 'crowd', 'cell', 'stroma', 'lum', 'circ'}  # the descriptive slots; intro and diagnosis are always there
 
 def _word(rng, f, b): return str(rng.choice(VOCAB[f][b])) if b is not None else None
 
 def _nuc_words(rng, lv, feats=('area', 'ecc', 'h_od', 'area_cv')):
-    "2-4 nuclear adjectives from the measured bins, a random subset in the usual order: size, shape, chromatin, variation"
+    "An adjective for every available nuclear feature, in the usual order: size, shape, chromatin, variation"
     ws = [_word(rng, f, lv[f]) for f in feats if lv[f] is not None]
-    ws = [ws[i] for i in sorted(rng.permutation(len(ws))[:rng.integers(2, 5)])]
-    return ', '.join(ws[:-1]) + (' and ' if len(ws) > 1 else '') + ws[-1] if ws else 'scattered'
+    return ', '.join(ws[:-1]) + (' and ' if len(ws) > 1 else '') + ws[-1] if ws else None
+
+def _template(rng, kind, w):
+    "A random template among those that use every available slot but at most one"
+    tpls = [(t, {s for s in _SLOTS if '{' + s + '}' in t}) for t in TEMPLATES[kind]]
+    have = {s for s in _SLOTS if w.get(s)}
+    ok = [(t, s) for t, s in tpls if s <= have]
+    best = max(len(s) for _, s in ok)
+    return str(rng.choice([t for t, s in ok if len(s) >= best - 1]))
 
 # %% ../nbs/01_captions.ipynb #8cda981f
 def caption(morph:Morphology, # measured features of the patch
@@ -279,16 +303,15 @@ def caption(morph:Morphology, # measured features of the patch
             kind:str='pcam', # 'pcam' or 'mhist'
             seed:int=0, # picks template and paraphrases
             thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
+            margin:float=0., # leave out features closer than this share of the bin width to a cut point (see `levels`)
            )->str: # one or two clinical-style sentences
     "A clinical-style caption of a patch: descriptive words from `morph`, diagnosis from `label`"
-    rng, lv = np.random.default_rng(seed), levels(morph, kind, thr)
+    rng, lv = np.random.default_rng(seed), levels(morph, kind, thr, margin)
     dx, DX = (str(rng.choice(o)) for o in DIAGNOSIS[kind, label])
     w = dict(intro=str(rng.choice(INTRO[kind])), dx=dx, DX=DX, nuc=_nuc_words(rng, lv), cell=_word(rng, 'density', lv['density']),
              stroma=_word(rng, 'stroma', lv['stroma']), crowd=_word(rng, 'crowding', lv['crowding']),
              lum=_word(rng, 'lumen_area', lv['lumen_area']), circ=_word(rng, 'lumen_circ', lv['lumen_circ']))
-    need = ('crowd',) if kind == 'pcam' else ('lum', 'circ')
-    tpl = TEMPLATES[kind if all(w[k] for k in need) and lv['area'] is not None else 'sparse']
-    return str(rng.choice(tpl)).format(**w)
+    return _template(rng, kind, w).format(**w)
 
 # %% ../nbs/01_captions.ipynb #4b941bb3
 DX_PATTERNS = {  # kind -> [(regex, class claimed)], matched in order
@@ -346,10 +369,11 @@ def hallucination_rate(texts:list, # generated texts, one per patch
                        labels:list|None=None, # class ids, to check diagnoses too
                        kind:str='pcam', # 'pcam' or 'mhist'
                        tol:float=0.1, # tolerance of `check_claims`
+                       thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
                       )->float: # contradicted claims / checkable claims (0 when there are none)
     "Fraction of the claims in `texts` that their patches' measurements contradict"
     labels = labels if labels is not None else [None]*len(texts)
-    n_bad = sum(len(check_claims(t, m, kind, y, tol=tol)) for t, m, y in zip(texts, morphs, labels))
+    n_bad = sum(len(check_claims(t, m, kind, y, thr, tol)) for t, m, y in zip(texts, morphs, labels))
     n = sum(sum(f != 'diagnosis' or y is not None for _, f, _ in extract_claims(t, kind)) for t, y in zip(texts, labels))
     return n_bad/n if n else 0.
 
@@ -441,18 +465,20 @@ def vqa_pairs(morph:Morphology, # measured features
               kind:str='pcam', # 'pcam' or 'mhist'
               seed:int=0, # picks question paraphrases and the feature asked about
               thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
+              margin:float=0., # caption and yes/no questions leave out features this close to a cut point (see `levels`)
              )->list: # dicts with `q`, `a` and `task` ('caption', 'report', 'closed', 'class', 'open')
     "Question-answer pairs about one patch, grounded in `morph` and `label`"
     rng, lv = np.random.default_rng(seed), levels(morph, kind, thr)
     q = lambda k: str(rng.choice(QUESTIONS[k]))
-    out = [dict(q=q('caption'), a=caption(morph, label, kind, seed, thr), task='caption'),
+    out = [dict(q=q('caption'), a=caption(morph, label, kind, seed, thr, margin), task='caption'),
            dict(q=q('report'), a=report(morph, label, kind, thr), task='report'),
            dict(q=q((kind, 'closed')), a='Yes.' if label else 'No.', task='closed'),
            dict(q=q((kind, 'class')), a=LABEL_NAMES[kind][label], task='class'),
            dict(q=q('nuclei'), a=_nuclei_answer(morph, kind, lv), task='open'),
            dict(q=q('density'), a=_density_answer(morph, kind, lv), task='open')]
     if kind == 'mhist': out.append(dict(q=q('crypts'), a=_crypts_answer(morph, kind, lv), task='open'))
-    fs = [f for f in FEATURE_QUESTIONS if lv[f] is not None]
+    clear = levels(morph, kind, thr, margin)
+    fs = [f for f in FEATURE_QUESTIONS if clear[f] is not None]
     if fs:
         f = str(rng.choice(fs)); fq, yes = FEATURE_QUESTIONS[f]
         out.append(dict(q=fq, a=f"{'Yes' if lv[f] == yes else 'No'}: they are {VOCAB[f][lv[f]][0]}.", task='closed'))
@@ -464,9 +490,10 @@ def conversation(morph:Morphology, # measured features
                  kind:str='pcam', # 'pcam' or 'mhist'
                  seed:int=0, # picks paraphrases
                  thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
+                 margin:float=0., # the caption leaves out features this close to a cut point
                 )->list: # (question, answer) turns
     "A three-to-four turn conversation about one patch: describe, classify, justify"
-    qa = {o['task'] if o['task'] != 'open' else o['q']: o for o in vqa_pairs(morph, label, kind, seed, thr)}
+    qa = {o['task'] if o['task'] != 'open' else o['q']: o for o in vqa_pairs(morph, label, kind, seed, thr, margin)}
     turns = [(qa['caption']['q'], qa['caption']['a']), (qa['class']['q'], qa['class']['a']),
              ('Which features support this?', _nuclei_answer(morph, kind, levels(morph, kind, thr)))]
     if kind == 'mhist': turns.append(('And the crypts?', _crypts_answer(morph, kind, levels(morph, kind, thr))))
@@ -519,22 +546,35 @@ def _image_path(ds, item, i, root, out):
     (out/rel).parent.mkdir(parents=True, exist_ok=True); item.img.save(out/rel)
     return rel.as_posix()
 
-def _patch_records(ds, i, kind, seed, thr, root, out):
-    "Measure patch `i`; its captions.csv row, report, LLaVA record and flat records"
-    item = ds[i]; m, y = measure(item.img, kind), int(item.label)
-    pid, img = f'{kind}_{item.split}_{i:06d}', _image_path(ds, item, i, root, out)
-    row = dict(id=pid, split=item.split, label=y, label_name=item.label_name, image=img,
-               caption=caption(m, y, kind, seed + i, thr), **asdict(m))
-    rep = dict(id=pid, split=item.split, label=y, image=img, report=report(m, y, kind, thr))
-    return row, rep, llava_record(pid, img, conversation(m, y, kind, seed + i, thr)), flat_records(pid, img, vqa_pairs(m, y, kind, seed + i, thr))
+def _measured(ds, i, kind, root, out):
+    "Measure patch `i`: its captions.csv row without the caption, and its `Morphology`"
+    item = ds[i]; m = measure(item.img, kind)
+    return dict(id=f'{kind}_{item.split}_{i:06d}', split=item.split, label=int(item.label), label_name=item.label_name,
+                image=_image_path(ds, item, i, root, out), **asdict(m)), m
+
+def _patch_records(r, m, kind, seed, thr, margin, n_captions):
+    "The text of one measured patch: caption, report, LLaVA record and flat records (`n_captions` caption paraphrases)"
+    pid, img, y, s = r['id'], r['image'], r['label'], seed + int(r['id'].rsplit('_', 1)[1])
+    pairs = vqa_pairs(m, y, kind, s, thr, margin)
+    pairs += [dict(q=str(np.random.default_rng(s + k).choice(QUESTIONS['caption'])), a=caption(m, y, kind, s + 7919*k, thr, margin),
+                   task='caption') for k in range(1, n_captions)]
+    rep = dict(id=pid, split=r['split'], label=y, image=img, report=report(m, y, kind, thr))
+    return {**r, 'caption': pairs[0]['a']}, rep, llava_record(pid, img, conversation(m, y, kind, s, thr, margin)), flat_records(pid, img, pairs)
 
 # %% ../nbs/01_captions.ipynb #16a7d340
+def _train_thresholds(rows, morphs, kind):
+    "Cut points calibrated on the measured patches of the train split (all patches when there is none)"
+    trn = [m for r, m in zip(rows, morphs) if r['split'] == 'train'] or morphs
+    return calibrate(trn, kind)
+
 def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patches`
                     out:Path|str|None=None, # where to write (default: the data set folder)
                     kind:str|None=None, # 'pcam' or 'mhist' (default: the data set's)
                     on_error:str='raise', # 'raise' or 'skip' (with a warning) patches that fail to load or measure
                     seed:int=0, # base seed of the paraphrase choices
-                    thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
+                    thr:Thresholds|str|None=None, # cut points; 'train' (default): calibrated on the train split's patches; 'default': `THRESHOLDS[kind]`
+                    margin:float=CAPTION_MARGIN, # captions leave out features this close to a cut point (share of the bin width, see `levels`)
+                    n_captions:int=3, # caption paraphrases per patch in the instruction records
                     progress:bool=True, # show a progress bar
                    )->Path: # the folder written to
     "Measure every patch of `src` and write captions, reports, LLaVA and instruction files next to it"
@@ -550,27 +590,41 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
     if out is None and root is None: raise ValueError('out: required when the data set has no folder (`root`)')
     out, kind = Path(out or root), kind or ds.kind
     out.mkdir(parents=True, exist_ok=True)
-    rows, reps, llava, inst = [], [], {}, {}
-    errs = []
+    rows, morphs, errs = [], [], []
     for i in tqdm(range(len(ds)), disable=not progress, leave=False, desc='measuring patches'):
-        try: row, rep, conv, flat = _patch_records(ds, i, kind, seed, thr, root, out)
+        try: r, m = _measured(ds, i, kind, root, out)
         except Exception as e:
             if on_error != 'skip': raise
             errs.append(f'patch {i}: {e!r}'); continue
-        rows.append(row); reps.append(rep)
-        llava.setdefault(row['split'], []).append(conv); inst.setdefault(row['split'], []).extend(flat)
+        rows.append(r); morphs.append(m)
     report_errors(errs, on_error, 'patches')
-    return _write_all(out, rows, reps, llava, inst)
+    thr = THRESHOLDS[kind] if thr == 'default' else _train_thresholds(rows, morphs, kind) if thr in (None, 'train') else thr
+    recs = [_patch_records(r, m, kind, seed, thr, margin, n_captions) for r, m in zip(rows, morphs)]
+    return _write_all(out, recs, thr)
 
 # %% ../nbs/01_captions.ipynb #fb379530
 CAPTION_COLUMNS = ['id', 'split', 'label', 'label_name', 'image', 'caption'] + FEATURES
 
-def _write_all(out, rows, reps, llava, inst):
-    "Write the caption files of `caption_dataset` into `out`"
+def _write_all(out, recs, thr):
+    "Write the caption files of `caption_dataset` into `out`: captions.csv, reports, LLaVA and instruction records, cut points"
+    rows, reps, llava, inst = [o[0] for o in recs], [o[1] for o in recs], {}, {}
+    for row, _, conv, flat in recs: llava.setdefault(row['split'], []).append(conv); inst.setdefault(row['split'], []).extend(flat)
     atomic_write(out/'captions.csv', pd.DataFrame(rows, columns=CAPTION_COLUMNS).to_csv(index=False))
     write_jsonl(out/'reports.jsonl', reps)
     for s in llava: write_jsonl(out/f'llava_{s}.jsonl', llava[s]); write_jsonl(out/f'instructions_{s}.jsonl', inst[s])
+    atomic_write(out/'thresholds.json', json.dumps(asdict(thr), indent=2))
     return out
+
+def read_thresholds(folder:Path|str, # a folder written by `caption_dataset` (or a model folder holding `thresholds.json`)
+                   )->Thresholds|None: # its cut points, `None` when the folder has none
+    "The cut points a captioned data set (or a model trained on one) uses for its words"
+    p = Path(folder)/'thresholds.json'
+    if not p.exists(): return None
+    try: d = json.loads(p.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f'{p}: malformed JSON ({e.msg}, line {e.lineno})') from None
+    if not isinstance(d, dict) or (bad := [k for k in d if k not in WORD_FEATURES]):
+        raise ValueError(f'{p}: unknown feature {bad[0] if isinstance(d, dict) else d!r}; expected {WORD_FEATURES}')
+    return Thresholds(**{k: tuple(v) for k, v in d.items()})
 
 # %% ../nbs/01_captions.ipynb #2405a353
 def text_corpus(kind:str='pcam', # 'pcam' or 'mhist'

@@ -13,15 +13,20 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import ndimage
 from PIL import Image
-from fastcore.basics import patch
+import torch
+from fastcore.basics import patch, store_attr
+from fastai.callback.core import Callback
+from fastai.data.load import DataLoader
+from fastai.data.core import DataLoaders
 
 # %% auto #0
 __all__ = ['HE_STAINS', 'LABEL_NAMES', 'PATCH_SIZE', 'MHIST_COLS', 'HUB_NAMES', 'project_root', 'pcam_dir', 'od_to_rgb',
            'smooth_noise', 'draw_blob', 'place_points', 'synth_pcam', 'synth_mhist', 'synth_patch', 'atomic_write',
-           'DataError', 'make_synthetic', 'PatchItem', 'check_image', 'report_errors', 'PatchDataset', 'load_patches',
-           'rgb_to_od', 'od_to_uint8', 'macenko_fit', 'macenko_normalize', 'reinhard_stats', 'reinhard_normalize',
-           'StainNormalizer', 'dihedral', 'RandDihedral', 'stain_jitter', 'RandStainJitter', 'get_dls',
-           'data_fingerprint', 'environment_info']
+           'DataError', 'make_synthetic', 'PatchItem', 'check_image', 'open_image', 'report_errors', 'PatchDataset',
+           'load_patches', 'rgb_to_od', 'od_to_uint8', 'macenko_fit', 'macenko_normalize', 'reinhard_stats',
+           'reinhard_normalize', 'StainNormalizer', 'dihedral', 'RandDihedral', 'stain_transform', 'stain_jitter',
+           'RandStainJitter', 'get_dls', 'image_tensor', 'patch_tensor', 'batch_dihedral', 'batch_stain',
+           'BatchAugment', 'TensorRows', 'tensor_dls', 'data_fingerprint', 'environment_info']
 
 # %% ../nbs/00_data.ipynb #9a53149e
 def project_root(start:Path|str|None=None, # where to start looking (default: working directory)
@@ -346,7 +351,8 @@ def check_image(img:Image.Image|np.ndarray, # decoded image or (H, W, C) array
     return img
 
 # %% ../nbs/00_data.ipynb #b7385360
-def _open_image(fn):
+def open_image(fn:str|Path, # an image file
+              )->Image.Image: # the decoded image, as stored
     "Decode the image file `fn` (fully, so truncation shows now), raising a `DataError` naming it"
     try:
         with Image.open(fn) as im: im.load(); return im
@@ -417,6 +423,22 @@ def split(self:PatchDataset, name:str, # split name, e.g. 'train', 'valid' or 't
     if not m.any(): raise DataError(f'{self.source}: split {name!r} is empty; splits present: {list(self.splits)}')
     return self.subset(np.flatnonzero(m))
 
+# %% ../nbs/00_data.ipynb #3f5a594c
+@patch
+def carve(self:PatchDataset, name:str='dev', # the new split's name
+          frac:float=0.1, # share of each class of `src` moved into it
+          src:str='train', # the split it is carved from
+          seed:int=0, # which patches
+         )->PatchDataset: # a copy in which those patches belong to split `name`
+    "Move a seeded, class-stratified share of split `src` into a new split (e.g. a `dev` split for choosing settings)"
+    if not 0 < frac < 1: raise ValueError(f'frac: must be in (0, 1), got {frac}')
+    s, rng, items = self.items.split.to_numpy(), np.random.default_rng(seed), self.items.copy()
+    if not (s == src).any(): raise DataError(f'{self.source}: no {src!r} split to carve {name!r} from; splits present: {list(self.splits)}')
+    for c in np.unique(self._lbl[s == src]):
+        idx = rng.permutation(np.flatnonzero((s == src) & (self._lbl == c)))
+        items.loc[idx[:int(round(len(idx)*frac))], 'split'] = name
+    return PatchDataset(items, self.kind, self.reader, self.source)
+
 # %% ../nbs/00_data.ipynb #ced12f50
 @patch
 def counts(self:PatchDataset)->pd.DataFrame:
@@ -477,7 +499,7 @@ def _dataset(df, kind, reader, source, split, on_error, where):
     if not keep: raise DataError(f'{source}: no usable patches')
     return PatchDataset(df.iloc[keep].assign(label=ids), kind, reader, source)
 
-def _read_file(r): return _open_image(r.path)
+def _read_file(r): return open_image(r.path)
 
 # %% ../nbs/00_data.ipynb #8f0aee82
 def _read_csv(fn, cols):
@@ -740,14 +762,21 @@ class RandDihedral(RandTransform):
     def encodes(self, x:PILImage): return PILImage.create(dihedral(x, self.k))
 
 # %% ../nbs/00_data.ipynb #3a5487a7
+def stain_transform(img:np.ndarray, # uint8 RGB image
+                    scale, # (3,) factors of the H, E and DAB concentrations
+                    shift=0., # (3,) added to them (optical density)
+                   )->np.ndarray: # uint8 RGB
+    "Scale and shift the H, E and DAB concentrations of `img`: a re-staining (colour deconvolution, then recomposition)"
+    hed = rgb_to_od(img) @ np.linalg.inv(HE_STAINS)  # colour deconvolution: OD = concentrations @ stains
+    return od_to_uint8((hed*np.asarray(scale) + np.asarray(shift)) @ HE_STAINS)
+
 def stain_jitter(img:np.ndarray, # uint8 RGB image
                  rng:np.random.Generator, # random generator
                  sigma:float=0.05, # each stain is scaled by U(1-sigma, 1+sigma)
                  bias:float=0.01, # ... and shifted by U(-bias, bias) (HED optical density)
                 )->np.ndarray: # uint8 RGB
     "Randomly scale and shift the H, E and DAB concentrations of `img`"
-    hed = rgb_to_od(img) @ np.linalg.inv(HE_STAINS)  # colour deconvolution: OD = concentrations @ stains
-    return od_to_uint8((hed*rng.uniform(1-sigma, 1+sigma, 3) + rng.uniform(-bias, bias, 3)) @ HE_STAINS)
+    return stain_transform(img, rng.uniform(1-sigma, 1+sigma, 3), rng.uniform(-bias, bias, 3))
 
 # %% ../nbs/00_data.ipynb #99d15441
 class RandStainJitter(RandTransform):
@@ -799,6 +828,105 @@ def get_dls(source:PatchDataset|Path|str, # a `PatchDataset`, or anything `load_
                        splitter=lambda _: (list(range(len(trn))), list(range(len(trn), len(trn)+len(val)))), item_tfms=tfms)
     dls = dblock.dataloaders(trn + val, bs=bs, num_workers=num_workers)
     for i, dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
+    return dls
+
+# %% ../nbs/00_data.ipynb #7b3e1522
+def image_tensor(images, # image files, PIL images or uint8 (H, W, 3) arrays
+                 size:int|None=None, # resize to `size` x `size` (default: keep; then all must have one size)
+                 progress:bool=False, # show a progress bar
+                 n:int|None=None, # number of images (for the progress bar, when `images` is a generator)
+                )->torch.Tensor: # uint8 (N, 3, H, W)
+    "Decode images once into one uint8 tensor (channels first): the cache the fast training path reads"
+    from tqdm.auto import tqdm
+    def one(im):
+        im = open_image(im) if isinstance(im, (str, Path)) else im
+        im = im.convert('RGB') if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)).convert('RGB')
+        if size and im.size != (size, size): im = im.resize((size, size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+    ims = [one(i) for i in tqdm(images, total=n, disable=not progress, leave=False, desc='decoding images')]
+    if len(shapes := {tuple(t.shape[1:]) for t in ims}) > 1: raise DataError(f'images: sizes differ {sorted(shapes)}; pass `size`')
+    return torch.stack(ims) if ims else torch.zeros(0, 3, size or 1, size or 1, dtype=torch.uint8)
+
+def patch_tensor(ds:PatchDataset, # the patches
+                 idxs:list|None=None, # positions to decode (default: all)
+                 size:int|None=None, # resize to `size` x `size` (default: keep)
+                 progress:bool=False, # show a progress bar
+                )->torch.Tensor: # uint8 (N, 3, H, W)
+    "The patches of `ds` (checked as `PatchDataset.image` does) in one uint8 tensor"
+    idxs = range(len(ds)) if idxs is None else idxs
+    return image_tensor((ds.image(int(i)) for i in idxs), size, progress, len(idxs))
+
+# %% ../nbs/00_data.ipynb #65c7fde7
+def batch_dihedral(x:torch.Tensor, # (B, C, H, W) square images
+                   k:torch.Tensor, # (B,) the view of each image, 0-7 as in `dihedral`
+                  )->torch.Tensor: # each image in its own view
+    "`dihedral` applied per image of a batch"
+    out = x.clone()
+    for j in k.unique().tolist():
+        i = (k == j).nonzero()[:, 0]; v = torch.rot90(x[i], j % 4, (-2, -1))
+        out[i] = v.flip(-1) if j >= 4 else v
+    return out
+
+def batch_stain(x:torch.Tensor, # (B, 3, H, W) RGB in [0, 1]
+                scale:torch.Tensor, # (B, 3) factors of each image's H, E and DAB concentrations
+                shift:torch.Tensor, # (B, 3) added to them (optical density)
+               )->torch.Tensor: # (B, 3, H, W) in [0, 1], on the 8-bit grid like `stain_transform`
+    "`stain_transform` per image of a batch"
+    he = torch.tensor(HE_STAINS, dtype=torch.float32, device=x.device)
+    c = torch.einsum('bchw,cd->bdhw', -torch.log((x*255 + 1)/256), torch.linalg.inv(he))   # stain concentrations
+    od = torch.einsum('bdhw,dc->bchw', c*scale[..., None, None] + shift[..., None, None], he)
+    return (256*torch.exp(-od) - 1).round().clamp(0, 255)/255
+
+# %% ../nbs/00_data.ipynb #87130f2d
+class BatchAugment(Callback):
+    "uint8 batches to `[0, 1]`; training batches also get a random dihedral view and stain jitter per patch, from a seeded generator"
+    order = -5  # before the model sees the batch, after fastai moved it to the device
+    def __init__(self, sigma:float=0.05, # stain scale range: U(1-sigma, 1+sigma), as `stain_jitter`
+                 bias:float=0.01, # stain shift range: U(-bias, bias)
+                 dihedral:bool=True, # random rotations and reflections
+                 seed:int=0): # seed of the augmentation generator
+        store_attr('sigma,bias,dihedral'); self.g = torch.Generator().manual_seed(seed)
+        self.k = self.scale = self.shift = None  # the last training batch's draws (for targets that depend on the stain)
+    def draw(self, n:int)->tuple: # `k` (n,), `scale` (n, 3), `shift` (n, 3)
+        "The random parameters of `n` patches"
+        k = torch.randint(0, 8, (n,), generator=self.g) if self.dihedral else torch.zeros(n, dtype=torch.long)
+        u = torch.rand(n, 6, generator=self.g)
+        return k, 1 + self.sigma*(2*u[:, :3] - 1), self.bias*(2*u[:, 3:] - 1)
+    def before_batch(self):
+        x = self.xb[0]; x = x.float()/255 if x.dtype == torch.uint8 else x
+        if self.training:
+            self.k, self.scale, self.shift = (t.to(x.device) for t in self.draw(len(x)))
+            x = batch_dihedral(x, self.k)
+            if self.sigma or self.bias: x = batch_stain(x, self.scale, self.shift)
+        self.learn.xb = (x, *self.xb[1:])
+
+# %% ../nbs/00_data.ipynb #c2864c44
+class TensorRows:
+    "Rows of equal-length tensors: `ds[i]` is the tuple of the `i`-th rows; the first is the input"
+    n_inp = 1
+    def __init__(self, *ts:torch.Tensor):
+        if len({len(t) for t in ts}) > 1: raise ValueError(f'tensors: lengths differ {[len(t) for t in ts]}')
+        self.ts = ts
+    def __len__(self): return len(self.ts[0])
+    def __getitem__(self, i): return tuple(t[i] for t in self.ts)
+
+class _RowsDL(DataLoader):
+    n_inp = 1  # one input (the images), the rest are targets
+
+def tensor_dls(x:torch.Tensor, # uint8 (N, 3, H, W) images, e.g. from `patch_tensor`
+               *ys:torch.Tensor, # targets, one row per image (class ids, and more for multi-task training)
+               train:list, # positions of the training rows
+               valid:list, # positions of the validation rows
+               bs:int=64, # batch size
+               seed:int=0, # shuffling seed
+               device=None, # where batches go (default: CUDA if available)
+              )->DataLoaders: # uint8 batches; add `BatchAugment` to the `Learner` to scale and augment them
+    "fastai `DataLoaders` over tensors in memory: no decoding, no per-item Python transforms"
+    if not len(train) or not len(valid): raise DataError(f'tensor_dls: need training and validation rows, got {len(train)} and {len(valid)}')
+    t, v = torch.as_tensor(train), torch.as_tensor(valid)
+    mk = lambda i, **kw: _RowsDL(TensorRows(x[i], *(y[i] for y in ys)), bs=bs, **kw)
+    dls = DataLoaders(mk(t, shuffle=True, drop_last=len(t) > bs), mk(v), device=device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    dls.train.rng = random.Random(seed)
     return dls
 
 # %% ../nbs/00_data.ipynb #2dd73527

@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 from .data import LABEL_NAMES, atomic_write
-from .captions import (VOCAB, QUESTIONS, show_captions, hallucination_rate, measure, caption, report, parse_report)
+from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_captions, hallucination_rate, extract_claims,
+                              check_claims, level, levels, measure, caption, report, parse_report, vqa_pairs, CAPTION_MARGIN)
 
 # %% auto #0
 __all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'to_preds', 'accuracy', 'confusion', 'balanced_accuracy', 'f1',
            'roc_auc', 'classification_metrics', 'bleu4', 'rouge_l', 'cider', 'normalize_answer', 'exact_match',
-           'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'hallucination', 'bertscore',
-           'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion', 'write_report', 'evaluate_model']
+           'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'hallucination',
+           'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
+           'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
+           'plot_claims', 'write_report', 'caption_metrics', 'vqa_metrics', 'evaluate_model']
 
 # %% ../nbs/10_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -247,11 +250,67 @@ def hallucination(texts:list, # generated texts, one per patch
                   morphs:list, # `Morphology` of each patch (`pathllm.captions.measure`)
                   labels:list|None=None, # class ids, to check diagnosis claims too
                   kind:str='pcam', # 'pcam' or 'mhist'
+                  thr:Thresholds|None=None, # the words' cut points (default `THRESHOLDS[kind]`)
                  )->float: # contradicted claims / checkable claims
     "Share of the claims in `texts` contradicted by their patches' measurements or labels"
     _check_len(texts, morphs, 'texts', 'morphs')
     if labels is not None: _check_len(texts, labels, 'texts', 'labels')
-    return float(hallucination_rate(list(texts), list(morphs), None if labels is None else list(labels), kind))
+    return float(hallucination_rate(list(texts), list(morphs), None if labels is None else list(labels), kind, thr=thr))
+
+# %% ../nbs/10_evaluate.ipynb #ba1287c9
+def _descriptive(text, kind): return [(p, f, b) for p, f, b in extract_claims(text, kind) if f != 'diagnosis']
+
+def claims_per_text(texts:list, # generated texts
+                    kind:str='pcam', # 'pcam' or 'mhist'
+                   )->float: # mean number of descriptive (non-diagnosis) claims per text
+    "Descriptive claims per text: the counterweight of the hallucination rate"
+    if not len(texts): raise ValueError("texts: empty; nothing to evaluate")
+    return float(np.mean([len(_descriptive(t, kind)) for t in texts]))
+
+def attribute_accuracy(texts:list, # generated texts, one per patch
+                       morphs:list, # `Morphology` of each patch
+                       kind:str='pcam', # 'pcam' or 'mhist'
+                       thr:Thresholds|None=None, # the words' cut points (default `THRESHOLDS[kind]`)
+                      )->dict: # `mean` over features claimed, `per_feature` accuracy and `n` claims per feature
+    "Per feature, the share of claims whose word is exactly the measured word"
+    _check_len(texts, morphs, 'texts', 'morphs')
+    thr, ok = thr or THRESHOLDS[kind], {}
+    for t, m in zip(texts, morphs):
+        for _, f, b in _descriptive(t, kind):
+            lv = level(getattr(m, REGION[kind] + f), getattr(thr, f))
+            if lv is not None: ok.setdefault(f, []).append(b == lv)
+    per = {f: float(np.mean(v)) for f, v in ok.items()}
+    return dict(mean=float(np.mean(list(per.values()))) if per else float('nan'), per_feature=per, n={f: len(v) for f, v in ok.items()})
+
+# %% ../nbs/10_evaluate.ipynb #73e3b1eb
+def distinct_ratio(texts:list, # generated texts, one per patch
+                  )->float: # distinct texts / texts
+    "Distinct texts per patch (1: every patch described differently)"
+    if not len(texts): raise ValueError("texts: empty; nothing to evaluate")
+    return len(set(texts)) / len(texts)
+
+def _words(text:str)->list: return re.findall(r"[a-z]+", text.lower())
+
+def text_vocab(texts:list, # training texts (e.g. `pathllm.captions.read_corpus`)
+              )->set: # the lower-case words they use
+    "The words of a training corpus"
+    return {w for t in texts for w in _words(t)}
+
+def nonword_rate(texts:list, # generated texts
+                 vocab:set, # words of the training text (`text_vocab`)
+                )->float: # words not in `vocab` / all words (0 when there are no words)
+    "Share of generated words never seen in the training text: broken or invented words"
+    ws = [w for t in texts for w in _words(t)]
+    return sum(w not in vocab for w in ws) / len(ws) if ws else 0.
+
+def diagnosis_agreement(texts:list, # generated texts, one per patch
+                        classes:list, # class id per patch (the model's prediction, or the label)
+                        kind:str='pcam', # 'pcam' or 'mhist'
+                       )->float: # share of texts that state a diagnosis and state only `classes[i]`
+    "Share of texts whose stated diagnosis is the given class (a text without a diagnosis does not agree)"
+    _check_len(texts, classes, 'texts', 'classes')
+    dx = [{b for _, f, b in extract_claims(t, kind) if f == 'diagnosis'} for t in texts]
+    return float(np.mean([d == {int(c)} for d, c in zip(dx, classes)]))
 
 # %% ../nbs/10_evaluate.ipynb #c0cd92bd
 @lru_cache(4)
@@ -279,6 +338,7 @@ def text_metrics(preds:list, # generated texts
                  morphs:list|None=None, # `Morphology` per patch: adds `hallucination`
                  labels:list|None=None, # class ids: diagnosis claims are checked too
                  kind:str='pcam', # 'pcam' or 'mhist'
+                 thr:Thresholds|None=None, # the words' cut points (default `THRESHOLDS[kind]`)
                  bert_model:str|None=None, # encoder for BERTScore: adds `bertscore_f1`
                  bert_layers:int|None=None, # its layer (default: the last)
                 )->dict: # bleu4, rouge_l, cider, exact_match, token_f1, term_recall [, hallucination, bertscore_f1]
@@ -286,7 +346,7 @@ def text_metrics(preds:list, # generated texts
     rs = _refs(preds, refs)
     out = dict(bleu4=bleu4(preds, rs), rouge_l=rouge_l(preds, rs), cider=cider(preds, rs), exact_match=exact_match(preds, rs),
                token_f1=token_f1(preds, rs), term_recall=open_recall(preds, rs))
-    if morphs is not None: out['hallucination'] = hallucination(preds, morphs, labels, kind)
+    if morphs is not None: out['hallucination'] = hallucination(preds, morphs, labels, kind, thr)
     if bert_model is not None: out['bertscore_f1'] = bertscore(preds, rs, bert_model, bert_layers)['f1']
     return out
 
@@ -343,6 +403,43 @@ def plot_confusion(cm:list, # (C, C) counts, rows true class
     ax.set(xticks=range(len(cm)), yticks=range(len(cm)), xticklabels=classes, yticklabels=classes, xlabel='predicted', ylabel='true')
     return fig
 
+# %% ../nbs/10_evaluate.ipynb #5f61047b
+def plot_claims(images:list, # patches
+                texts:list, # one generated text per patch
+                morphs:list, # `Morphology` of each patch
+                kind:str='pcam', # 'pcam' or 'mhist'
+                thr:Thresholds|None=None, # the words' cut points (default `THRESHOLDS[kind]`)
+                labels:list|None=None, # class ids: diagnosis claims are checked too
+                ncols:int=4, # patches per row
+                width:int=36, # characters per text line
+               ): # `matplotlib.figure.Figure`
+    "Patches with their generated text; under each, its checkable claims marked agreed (green) or contradicted (red)"
+    from matplotlib.figure import Figure
+    _check_len(images, texts, 'images', 'texts'); _check_len(images, morphs, 'images', 'morphs')
+    ncols = min(ncols, len(images)); nrows = -(-len(images)//ncols)
+    fig = Figure(figsize=(3.8*ncols, 5.2*nrows)); axs = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axs.flat: ax.axis('off')
+    labels = labels if labels is not None else [None]*len(images)
+    for ax, im, t, m, y in zip(axs.flat, images, texts, morphs, labels):
+        bad = {b.split("'")[1] for b in check_claims(t, m, kind, y, thr)}
+        cl = [p for p, f, _ in extract_claims(t, kind) if f != 'diagnosis' or y is not None]
+        ax.imshow(np.asarray(im)); ax.set_title(textwrap.fill(str(t), width), fontsize=7, loc='left')
+        for i, (ok, col) in enumerate(((True, 'tab:green'), (False, 'tab:red'))):
+            ps = [p for p in cl if (p not in bad) == ok]
+            ax.text(0, -0.04 - 0.1*i, textwrap.fill(('agreed: ' if ok else 'contradicted: ') + (', '.join(ps) or '-'), width),
+                    transform=ax.transAxes, va='top', fontsize=7, color=col)
+    fig.tight_layout()
+    return fig
+
+def _nested_tables(metrics:dict)->list: # markdown tables of the metrics that are dicts of dicts (e.g. `groundings`)
+    out = []
+    for k, v in metrics.items():
+        if not (isinstance(v, dict) and v and all(isinstance(r, dict) for r in v.values())): continue
+        cols = list(dict.fromkeys(c for r in v.values() for c in r))
+        out += [f'\n## {k}\n', '| | ' + ' | '.join(cols) + ' |', '|---|' + '---:|'*len(cols)]
+        out += [f'| {name} | ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |' for name, r in v.items()]
+    return out
+
 # %% ../nbs/10_evaluate.ipynb #2eef3d06
 def _fmt(v)->str: return '—' if v is None or (isinstance(v, float) and not math.isfinite(v)) else f'{v:.4f}'
 
@@ -369,6 +466,9 @@ def write_report(out_dir:Path|str, # folder to write into (created)
                  config:dict|None=None, # settings of the run, stored in `report.json`
                  classes:list|None=None, # class names for the confusion matrix
                  max_images:int=16, # patches in the caption grid
+                 morphs:list|None=None, # `Morphology` of `images`: the caption grid marks each claim agreed or contradicted
+                 kind:str='pcam', # 'pcam' or 'mhist', for the claims
+                 thr:Thresholds|None=None, # the words' cut points, for the claims
                 )->dict: # name -> path of each file written
     "Write `report.json`, `report.md` and the plots of one evaluation to `out_dir`"
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -379,11 +479,14 @@ def write_report(out_dir:Path|str, # folder to write into (created)
         files['roc'] = _save_fig(plot_roc(y_true, probs), out/'roc.png')
     if 'confusion' in metrics: files['confusion'] = _save_fig(plot_confusion(metrics['confusion'], classes), out/'confusion.png')
     if images is not None and captions is not None:
-        files['captions'] = _save_fig(show_captions(images[:max_images], captions[:max_images]), out/'captions.png')
+        k = max_images
+        fig = plot_claims(images[:k], captions[:k], morphs[:k], kind, thr, y_true[:k] if y_true is not None else None) if morphs is not None \
+              else show_captions(images[:k], captions[:k])
+        files['captions'] = _save_fig(fig, out/'captions.png')
     js = {**metrics, 'n_images': n, **({'baseline': baseline} if baseline is not None else {}),
           **({'config': config} if config is not None else {}), 'plots': {k: p.name for k, p in files.items()}}
     files['json'] = atomic_write(out/'report.json', json.dumps(_jsonable(js), indent=2, allow_nan=False))
-    md = [f'# Evaluation report\n\n{n} images.\n', _md_table(metrics, baseline)]
+    md = [f'# Evaluation report\n\n{n} images.\n', _md_table(metrics, baseline)] + _nested_tables(metrics)
     md += [f'\n## {k}\n\n![{k}]({p.name})' for k, p in files.items() if p.suffix == '.png']
     files['md'] = atomic_write(out/'report.md', '\n'.join(md) + '\n')
     return files
@@ -402,33 +505,76 @@ def _items(ds, n):
     return [ds[i][0] for i in range(n)], [int(ds[i][1]) for i in range(n)]
 
 # %% ../nbs/10_evaluate.ipynb #1ad64ced
+def caption_metrics(texts:list, # generated captions, one per patch
+                    morphs:list, # `Morphology` of each patch
+                    labels:list, # class id of each patch
+                    refs:list, # reference captions per patch
+                    kind:str='pcam', # 'pcam' or 'mhist'
+                    thr:Thresholds|None=None, # the words' cut points (default `THRESHOLDS[kind]`)
+                    classes:list|None=None, # the model's predicted class per patch: adds `dx_agrees_class`
+                    vocab:set|None=None, # words of the training text: adds `nonword_rate`
+                   )->dict: # text overlap, hallucination and the metrics of "Does the text follow the image?"
+    "Everything measured of a model's captions: overlap with references, grounding, and whether they follow the image"
+    aa = attribute_accuracy(texts, morphs, kind, thr)
+    out = dict(text_metrics(texts, refs, morphs, labels, kind, thr), claims_per_caption=claims_per_text(texts, kind),
+               attribute_acc=aa['mean'], **{f'attr_acc_{f}': v for f, v in sorted(aa['per_feature'].items())},
+               distinct=distinct_ratio(texts), dx_agrees_label=diagnosis_agreement(texts, labels, kind))
+    if classes is not None: out['dx_agrees_class'] = diagnosis_agreement(texts, classes, kind)
+    if vocab is not None: out['nonword_rate'] = nonword_rate(texts, vocab)
+    return out
+
+def _ask(model, imgs:list, qs:list)->list: # `model.answer` of each (image index, question), batched by question
+    out, by_q = [None]*len(qs), {}
+    for j, (i, q) in enumerate(qs): by_q.setdefault(q, []).append((j, i))
+    for q, js in by_q.items():
+        for (j, _), a in zip(js, model.answer([imgs[i] for _, i in js], q)): out[j] = a
+    return out
+
+def vqa_metrics(model, # anything with `answer(images, question)`
+                imgs:list, # the patches
+                morphs:list, # their `Morphology`
+                labels:list, # their class ids
+                kind:str='pcam', # 'pcam' or 'mhist'
+                thr:Thresholds|None=None, # the words' cut points
+                margin:float=CAPTION_MARGIN, # feature yes/no questions are asked only where the answer is clear (see `vqa_pairs`)
+               )->dict: # `vqa_closed_acc` (yes/no questions: diagnosis and features), `vqa_open_recall` (term recall), counts
+    "Closed (yes/no) and open questions of `pathllm.captions.vqa_pairs` about each patch, answered by the model"
+    qa = [(i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in vqa_pairs(m, l, kind, i, thr, margin) if o['task'] in ('closed', 'open')]
+    ans = _ask(model, imgs, [(i, o['q']) for i, o in qa])
+    closed = [(a, o['a']) for a, (_, o) in zip(ans, qa) if o['task'] == 'closed']
+    opn = [(a, o['a']) for a, (_, o) in zip(ans, qa) if o['task'] == 'open']
+    return dict(vqa_closed_acc=closed_accuracy(*zip(*closed)), vqa_open_recall=open_recall(*zip(*opn)), n_closed=len(closed), n_open=len(opn))
+
 def evaluate_model(model, # any object with some of `classify`, `caption`, `report`, `answer`
                    ds, # a `PatchDataset`, or a list of `(image, label)`
                    kind:str|None=None, # 'pcam' or 'mhist' (default `ds.kind`)
                    n:int|None=None, # evaluate the first `n` patches (default all)
                    n_refs:int=3, # reference caption paraphrases per patch
-                  )->tuple: # (metrics dict, outputs dict: y_true, probs, captions, reports, images)
+                   thr:Thresholds|None=None, # the words' cut points (default: the model's `thresholds`, else `THRESHOLDS[kind]`)
+                   vocab:set|None=None, # words of the training text: adds the non-word rate
+                   margin:float=CAPTION_MARGIN, # the references' margin (see `pathllm.captions.caption`)
+                   classes:list|None=None, # the model's predicted class per patch (default: from `classify`, when it runs)
+                   tasks:tuple|None=None, # the tasks to run, among 'classify', 'caption', 'report', 'answer' (default: all the model has)
+                  )->tuple: # (metrics dict, outputs dict: y_true, probs, captions, reports, images, morphs)
     "Run the tasks `model` has on `ds` and score them"
-    kind = kind or getattr(ds, 'kind', 'pcam')
+    kind, thr = kind or getattr(ds, 'kind', 'pcam'), thr or getattr(model, 'thresholds', None)
     if len(ds) == 0: raise ValueError("ds: empty; nothing to evaluate")
+    has = lambda t: hasattr(model, t) and (tasks is None or t in tasks)
     imgs, y = _items(ds, n)
     ms = [measure(im, kind) for im in imgs]
-    met, outs = dict(n_images=len(imgs)), dict(y_true=y, images=imgs)
-    if hasattr(model, 'classify'):
+    met, outs, pred = dict(n_images=len(imgs)), dict(y_true=y, images=imgs, morphs=ms), classes
+    if has('classify'):
         ans, outs['probs'] = _probs_of(model.classify(imgs))
-        met.update(classification_metrics(y, outs['probs']))
+        met.update(classification_metrics(y, outs['probs'])); pred = list(to_preds(outs['probs'])) if pred is None else pred
         if ans is not None: met['class_answer_acc'] = closed_accuracy(list(ans), [LABEL_NAMES[kind][l] for l in y])
-    if hasattr(model, 'caption'):
+    if has('caption'):
         outs['captions'] = list(model.caption(imgs))
-        refs = [[caption(m, l, kind, seed=s) for s in range(n_refs)] for m, l in zip(ms, y)]
-        met.update(text_metrics(outs['captions'], refs, ms, y, kind))
-    if hasattr(model, 'report'):
+        refs = [[caption(m, l, kind, s, thr, margin) for s in range(n_refs)] for m, l in zip(ms, y)]
+        met.update(caption_metrics(outs['captions'], ms, y, refs, kind, thr, pred, vocab))
+    if has('report'):
         outs['reports'] = list(model.report(imgs))
-        tr = text_metrics(outs['reports'], [report(m, l, kind) for m, l in zip(ms, y)], ms, y, kind)
+        tr = text_metrics(outs['reports'], [report(m, l, kind, thr) for m, l in zip(ms, y)], ms, y, kind, thr)
         met.update({f'report_{k}': tr[k] for k in ('bleu4', 'rouge_l', 'cider', 'hallucination')})
         met['report_impression_acc'] = closed_accuracy([parse_report(r)['impression'] for r in outs['reports']], [LABEL_NAMES[kind][l] for l in y])
-    if hasattr(model, 'answer'):
-        qa = [(QUESTIONS[kind, 'closed'][0], ['No.', 'Yes.']), (QUESTIONS[kind, 'class'][0], list(LABEL_NAMES[kind]))]
-        preds = [a for q, _ in qa for a in model.answer(imgs, q)]
-        met['vqa_closed_acc'] = closed_accuracy(preds, [r[l] for _, r in qa for l in y])
+    if has('answer'): met.update(vqa_metrics(model, imgs, ms, y, kind, thr, margin))
     return met, outs

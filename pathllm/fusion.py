@@ -21,16 +21,17 @@ from fastai.learner import Learner
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import LABEL_NAMES, PatchDataset, atomic_write
-from .captions import QUESTIONS, DIAGNOSIS, IMPRESSION, caption_dataset, read_jsonl, measure, extract_claims, check_claims
+from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, Thresholds, caption_dataset, read_jsonl,
+                              read_thresholds, measure, extract_claims, check_claims)
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity, CheckpointCallback, save_weights, read_weights
-from .vision import get_vision, VisionEncoder, dihedral_mean
+from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedral_mean
 
 # %% auto #0
 __all__ = ['CONNECTORS', 'GROUNDING', 'VLMConfig', 'pixel_shuffle', 'Projector', 'QFormerBlock', 'QFormer', 'GatedCrossAttention',
-           'TextEncoder', 'ContrastiveHead', 'clip_loss', 'merge_image_tokens', 'PathVLM', 'vlm_records', 'VLMDataset',
-           'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'vlm_learner', 'to_images', 'retrieval_recall',
-           'init_vision', 'fit_stage', 'vlm_accuracy', 'train_vlm']
+           'ConceptTokens', 'TextEncoder', 'ContrastiveHead', 'clip_loss', 'merge_image_tokens', 'PathVLM',
+           'vlm_records', 'VLMDataset', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'vlm_learner', 'to_images',
+           'retrieval_recall', 'init_vision', 'fit_stage', 'vlm_accuracy', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 CONNECTORS = ('projector', 'qformer', 'dual', 'xattn')
@@ -70,7 +71,9 @@ class VLMConfig:
     clip_temp:float=0.07 # initial softmax temperature (learned, as `log(1/T)`)
     clip_img_pool:str='mean' # image embedding: 'mean' of patch tokens, or the encoder's 'pooled' output (e.g. its CLS token)
     xattn_every:int=0 # a tanh-gated cross-attention layer to the image tokens before every k-th LM block (0: none)
-    vlm_ground:str='class' # default grounding of `caption`/`report`: 'none', 'class' (diagnosis from `class_logprobs`) or 'rerank'
+    vlm_readout:dict|None=None # heads of a multi-task baseline (`n_classes`, `n_morph`, `centre` of `pathllm.vision.Readout`): their predictions become concept tokens
+    vlm_thresholds:dict|None=None # word cut points of the data the model was trained on (`pathllm.captions.Thresholds` fields); default `THRESHOLDS[vlm_kind]`
+    vlm_ground:str='none' # default grounding of `caption`/`report`: 'none' (the model's own words), 'class' (diagnosis from `class_logprobs`) or 'rerank' (uses the measurement tool)
     vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
 
     def __post_init__(self):
@@ -82,6 +85,8 @@ class VLMConfig:
         if self.vlm_ground not in GROUNDING: raise ValueError(f"vlm_ground: must be one of {list(GROUNDING)}, got {self.vlm_ground!r}")
         if self.xattn_every < 0 or (self.xattn_every and self.vlm_connector == 'dual'): raise ValueError(f"xattn_every: must be >= 0 and 0 for 'dual', got {self.xattn_every}")
         if self.vlm_connector == 'xattn' and not self.xattn_every: raise ValueError("xattn_every: vlm_connector='xattn' needs xattn_every >= 1")
+        if self.vlm_readout is not None and (bad := set(self.vlm_readout) - {'n_classes', 'n_morph', 'centre'}): raise ValueError(f"vlm_readout: unknown keys {sorted(bad)}; expected n_classes, n_morph, centre")
+        if self.vlm_thresholds is not None and (bad := set(self.vlm_thresholds) - set(WORD_FEATURES)): raise ValueError(f"vlm_thresholds: unknown features {sorted(bad)}")
         self.lm_config  # validates the LM sizes
 
     @property
@@ -173,6 +178,22 @@ class GatedCrossAttention(Module):
     def hook(self, block:nn.Module, args:tuple)->tuple: # forward pre-hook of an LM `Block`: `(x, *rest)` -> `(self(x), *rest)`
         return (self(args[0]), *args[1:])
 
+# %% ../nbs/05_fusion.ipynb #f0c1af22
+class ConceptTokens(Module):
+    "A readout's predictions as LM tokens: one for the class, one per morphology feature (word probabilities and value)"
+    def __init__(self, n_classes:int, # classes of the readout's class head
+                 n_morph:int, # morphology features of its morphology head (0: none)
+                 C:int): # LM width
+        self.cls = nn.Linear(n_classes, C)
+        self.morph = nn.Parameter(torch.randn(n_morph, 4, C) / 2)            # per feature: [p_low, p_mid, p_high, z] -> C
+        self.emb = nn.Parameter(0.02 * torch.randn(1 + n_morph, C))          # which slot is which
+        self.n_tokens = 1 + n_morph
+    def forward(self, out)->torch.Tensor: # a `Readout` output: logits (B, K), or `(logits, bins (B, F, 3), z (B, F))` -> (B, 1+F, C)
+        logits, *rest = out if isinstance(out, tuple) else (out,)
+        t = [self.cls(logits.softmax(-1))[:, None]]                              # (B, 1, C)
+        if rest: t.append(torch.einsum('bfk,fkc->bfc', torch.cat([rest[0].softmax(-1), rest[1][..., None]], -1), self.morph))
+        return torch.cat(t, 1) + self.emb                                        # (B, 1+F, C)
+
 # %% ../nbs/05_fusion.ipynb #06383029
 class TextEncoder(Module):
     "CLIP text tower: token embeddings, bidirectional `TransformerEncoder`, pooling at `<eos>` or mean"
@@ -248,13 +269,20 @@ class PathVLM(Module):
         if self.dual: self.lm = TextEncoder(cfg)
         else: self.lm = LM.from_pretrained(cfg.lm_path).train() if load_backbone and cfg.lm_path else LM(cfg.lm_config)
         self.connector = _CONNECT[cfg.vlm_connector](cfg, self.vision.dim, self.vision.n_tokens)
+        ro = cfg.vlm_readout if not self.dual else None  # a multi-task baseline's heads: their predictions become concept tokens
+        self.readout = Readout(self.vision.dim, **ro) if ro else None
+        self.concepts = ConceptTokens(ro['n_classes'], ro.get('n_morph', 0), cfg.lm_n_embd) if ro else None
         k, L = cfg.xattn_every, cfg.lm_config.n_layer
         self.xattn = nn.ModuleList(GatedCrossAttention(cfg.lm_n_embd, cfg.lm_n_head) for _ in range(0, L, k)) if k else None
         for j, i in enumerate(range(0, L, k) if k else []): self.lm.blocks[i].register_forward_pre_hook(self.xattn[j].hook)
         if tok is not None and len(tok) != cfg.lm_vocab_size: raise ValueError(f"lm_vocab_size={cfg.lm_vocab_size} but the tokenizer has {len(tok)} tokens")
 
     @property
-    def n_image_tokens(self)->int: return self.connector.n_tokens  # image tokens per `<image>` in the LM
+    def n_image_tokens(self)->int: return self.connector.n_tokens + (self.concepts.n_tokens if self.concepts else 0)  # image tokens per `<image>` in the LM
+    @property
+    def thresholds(self)->Thresholds: # the word cut points of the data the model learned its words on
+        t = self.cfg.vlm_thresholds
+        return Thresholds(**{k: tuple(v) for k, v in t.items()}) if t else THRESHOLDS[self.cfg.vlm_kind]
     _image_id = 4  # `<image>` in `SPECIAL_TOKENS` order, used when no tokenizer is attached
     def _img(self, images): return self.vision(self.vision.normalize(images))
     def _img_vec(self, images): # (B, D) image vector of the dual encoder
@@ -265,9 +293,10 @@ class PathVLM(Module):
 @patch
 def encode_images(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
                  )->torch.Tensor: # (B, n, C) image tokens in the LM width
-    "Vision encoder then connector"
+    "Vision encoder then connector (then the concept tokens of the readout, when the model has one)"
     if self.dual: raise ValueError("vlm_connector: 'dual' models have no image tokens; use `embed_images`")
-    return self.connector(self._img(images).tokens)
+    o = self._img(images); e = self.connector(o.tokens)                          # (B, n, C)
+    return torch.cat([e, self.concepts(self.readout(o))], 1) if self.concepts is not None else e
 
 @patch
 def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with `<image>` tokens
@@ -345,8 +374,8 @@ def vlm_collate(batch:list, # `VLMDataset` items
     return imgs, ids[:, :-1], mask[:, :-1], tgt[:, 1:]
 
 # %% ../nbs/05_fusion.ipynb #2453c4dc
-def _valid_split(root:Path)->str|None:
-    return next((s for s in ('valid', 'test') if (Path(root)/f'instructions_{s}.jsonl').exists()), None)
+def _valid_split(root:Path)->str|None: # the split training validates on: 'dev' (carved from train) when there is one
+    return next((s for s in ('dev', 'valid', 'test') if (Path(root)/f'instructions_{s}.jsonl').exists()), None)
 
 def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
                     tok:PathTokenizer, # tokenizer
@@ -378,9 +407,10 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
 
 # %% ../nbs/05_fusion.ipynb #0b5e59d3
 def vlm_splitter(m:PathVLM, # the model to split
-                )->list: # parameter groups [vision, lm, connector and cross-attention layers]
+                )->list: # parameter groups [vision (and its readout), lm, connector (concept tokens, cross-attention layers)]
     "Split a `PathVLM` into vision, language/text model and connector parameters"
-    return [params(m.vision), params(m.lm), params(m.connector) + (params(m.xattn) if m.xattn is not None else [])]
+    opt = lambda mod: params(mod) if mod is not None else []
+    return [params(m.vision) + opt(m.readout), params(m.lm), params(m.connector) + opt(m.concepts) + opt(m.xattn)]
 
 def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 model:PathVLM, # the model
@@ -539,7 +569,7 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
     cands = [gen()] + [gen(temperature=sample_temperature, seed=seed + i) for i in range((n_samples or self.cfg.vlm_n_samples) - 1 if g == 'rerank' else 0)]
     if len(cands) == 1: return cands[0]
     ms = [measure(im, kind) for im in (x * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
-    score = lambda t, m, c: (len(check_claims(t, m, kind, c)), -len(extract_claims(t, kind)))
+    score = lambda t, m, c: (len(check_claims(t, m, kind, c, self.thresholds)), -len(extract_claims(t, kind)))
     return [min(cs, key=lambda t: score(t, m, c)) for cs, m, c in zip(zip(*cands), ms, pred)]
 
 # %% ../nbs/05_fusion.ipynb #bbf3fadf
@@ -605,18 +635,26 @@ def from_pretrained(cls:PathVLM, path:str|Path, # folder written by `save_pretra
     return m.to(device).eval() if device else m.eval()
 
 # %% ../nbs/05_fusion.ipynb #0ecd28d6
-def init_vision(model:PathVLM, # the model whose `vision` tower is overwritten
-                src:nn.Module|str|Path, # a `VisionEncoder` (e.g. a trained baseline's `encoder`), or a safetensors file / folder of its state dict
+def _load(mod:nn.Module, sd:dict, what:str): # `mod.load_state_dict(sd)` with an error naming `what` does not fit
+    try: mod.load_state_dict(sd)
+    except RuntimeError as e: raise ValueError(f"vision_init: {what} ({str(e).splitlines()[0]})") from None
+
+def init_vision(model:PathVLM, # the model whose `vision` tower (and `readout`) is overwritten
+                src:nn.Module|str|Path, # a `VisionEncoder`, a trained `ImageClassifier` (e.g. the baseline), or a safetensors file / folder of either's state dict
                )->PathVLM: # `model`
-    "Start `model.vision` from trained encoder weights, e.g. of the image-only baseline"
+    "Start `model.vision` from trained encoder weights, e.g. of the image-only baseline (and `model.readout` from its heads)"
     if isinstance(src, nn.Module): sd = src.state_dict()
     else:
         from safetensors.torch import load_file
         p = Path(src); p = p/'model.safetensors' if p.is_dir() else p
         if not p.exists(): raise FileNotFoundError(f"vision_init: no weights at {p}")
         sd = load_file(p)
-    try: model.vision.load_state_dict(sd)
-    except RuntimeError as e: raise ValueError(f"vision_init: weights do not fit vit_name={model.cfg.vit_name!r} ({str(e).splitlines()[0]})") from None
+    part = lambda pre: {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+    enc, ro = (part('encoder.'), part('readout.')) if any(k.startswith('readout.') for k in sd) else (sd, {})  # a whole classifier
+    _load(model.vision, enc, f"weights do not fit vit_name={model.cfg.vit_name!r}")
+    if model.readout is not None:
+        if not ro: raise ValueError("vision_init: the model reads concept tokens (`vlm_readout`) but the weights have no heads; pass a multi-task `ImageClassifier` or its folder")
+        _load(model.readout, ro, f"the heads do not fit vlm_readout={model.cfg.vlm_readout}")
     return model
 
 # %% ../nbs/05_fusion.ipynb #f772646c
@@ -667,7 +705,7 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
               max_rows:int|None=None, # cap on stage-2 training rows
               seed:int=0, # seed for init, split and shuffling
               resume:bool=False, # continue from the stage checkpoints in `out_dir`
-              vision_init:nn.Module|str|Path|None=None, # trained encoder to start the vision tower from (see `init_vision`)
+              vision_init:nn.Module|str|Path|None=None, # trained encoder or multi-task classifier to start the vision tower (and readout) from (see `init_vision`)
               progress:bool=False, # show fastai's progress bars and per-epoch table
               freeze_vision:bool=False, # keep the vision tower frozen in stage 2 too (e.g. a trained `vision_init`)
               repeat:dict|None=None, # stage 2: task -> times each of its rows appears (e.g. `{'class': 3}`)
@@ -678,6 +716,8 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     "Caption, tokenize, build and train a `PathVLM` in two stages; save everything to `out_dir`"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     root, cfg = _captioned(src, out_dir), model.cfg if model is not None else cfg or VLMConfig.from_name(size, **cfg_kw)
+    if cfg.vlm_thresholds is None and (thr := read_thresholds(root)) is not None: cfg = replace(cfg, vlm_thresholds=asdict(thr))  # the words' cut points
+    if model is not None: model.cfg = cfg
     tok = model.tok if model is not None else tok
     if cfg.lm_path and not cfg.vlm_connector == 'dual' and model is None:
         cfg = cfg.with_lm(LMConfig(**json.loads((Path(cfg.lm_path)/'config.json').read_text())))

@@ -9,21 +9,21 @@ from __future__ import annotations
 import functools, json, time, typing, warnings
 from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
-import numpy as np, torch
+import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
-from .data import (LABEL_NAMES, PatchDataset, load_patches, make_synthetic, get_dls, atomic_write, project_root,
-                          data_fingerprint, environment_info, _open_image)
-from .captions import caption_dataset, read_corpus
+from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls, BatchAugment,
+                          atomic_write, project_root, data_fingerprint, environment_info, open_image)
+from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
 from .lm import train_lm, CheckpointCallback, _SIZES as LM_SIZES
-from .vision import vision_learner_for, vision_names, classifier_probs
-from .fusion import VLMConfig, PathVLM, train_vlm, fit_stage
+from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier
+from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, fit_stage
 from .hf import load_vlm
-from .evaluate import classification_metrics, evaluate_model, write_report
+from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab
 
 # %% auto #0
-__all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'vlm_config',
-           'evaluate_vlm', 'run_train', 'run_eval', 'predict']
+__all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'GROUNDED_KEYS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config',
+           'vlm_config', 'evaluate_vlm', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 CONNECTORS_TRAIN = ('projector', 'qformer', 'xattn')  # generative connectors: they classify and caption
@@ -45,12 +45,18 @@ class TrainConfig:
     stain_bias:float=0.01 # ... and shifted by U(-b, b)
     vision_epochs:int=8 # baseline epochs
     vision_lr:float=2e-3 # baseline peak learning rate
+    vision_morph:float=1.0 # weight of the baseline's morphology loss (multi-task encoder); 0: class only
+    vision_centre:float|None=None # the baseline's heads also read the centre tokens (this fraction of the grid side)
+    concept_tokens:bool=True # the fused model reads the baseline's heads (class and morphology) as concept tokens
+    dev_frac:float=0.1 # share of the training patches carved into a `dev` split: per-epoch validation and every choice
     lm_size:str='nano' # `LMConfig.from_name` size
     lm_kw:dict=field(default_factory=dict) # `LMConfig` overrides (`n_layer`, `n_embd`, ...)
     lm_epochs:int=2 # language-model epochs
     lm_lr:float=3e-3 # language-model peak learning rate
     lm_seq_len:int=128 # tokens per language-model window
     vocab_size:int=512 # BPE vocabulary size
+    n_captions:int=3 # caption paraphrases per patch in the instruction data
+    caption_margin:float=CAPTION_MARGIN # the training text leaves out features this close to a cut point (share of the bin width)
     vlm_connector:str='projector' # 'projector' (LLaVA), 'qformer' (BLIP) or 'xattn' (Flamingo, needs `xattn_every`)
     mp_shuffle:int=2 # pixel-shuffle factor of the projector
     vlm_max_len:int=256 # text tokens per fusion training row
@@ -66,6 +72,7 @@ class TrainConfig:
     xattn_every:int=0 # gated cross-attention layer before every k-th LM block of the fused model (0: none)
     max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
     tta:bool=False # score baseline and fused model by the mean over the 8 rotations/reflections of each validation patch
+    eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # caption groundings scored (the first is the model's default)
 
     def __post_init__(self):
         for f in fields(self): _check_field(f.name, getattr(self, f.name), _hints()[f.name])
@@ -104,7 +111,11 @@ _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAM
               max_rows=(_opt, "must be None or >= 2"), eval_captions=(lambda v: v >= 0, "must be >= 0"),
               caption_tokens=(_pos, "must be >= 1"), stain_sigma=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
               stain_bias=(lambda v: 0 <= v < 1, "must be in [0, 1)"), class_repeat=(_pos, "must be >= 1"),
-              xattn_every=(lambda v: v >= 0, "must be >= 0"), max_valid_rows=(_opt, "must be None or >= 2"))
+              xattn_every=(lambda v: v >= 0, "must be >= 0"), max_valid_rows=(_opt, "must be None or >= 2"),
+              vision_morph=(lambda v: v >= 0, "must be >= 0"), vision_centre=(lambda v: v is None or 0 < v <= 1, "must be None or in (0, 1]"),
+              dev_frac=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"), n_captions=(_pos, "must be >= 1"),
+              caption_margin=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+              eval_groundings=(lambda v: len(v) >= 1 and set(v) <= set(GROUNDING), f"must be a non-empty list of {list(GROUNDING)}"))
 
 # %% ../nbs/11_train.ipynb #e5b6ba9a
 CONFIGS = dict(
@@ -180,31 +191,53 @@ def _pick(ds:PatchDataset, split:str, n:int|None, rng)->list: # positions of a r
 
 def _valid_name(ds:PatchDataset)->str: return next((s for s in ('valid', 'test') if s in ds.splits), 'valid')
 
-def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `source`, `root` (captioned folder), `train` and `valid` positions
+def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `source`, `root` (captioned folder), positions of each split
     if data is None: data = make_synthetic(out/'data', cfg.kind, cfg.n_images, cfg.seed, progress=progress)
-    ds, rng = load_patches(data), np.random.default_rng(cfg.seed)
-    trn, val = _pick(ds, 'train', cfg.max_train, rng), _pick(ds, _valid_name(ds), cfg.max_valid, rng)
-    whole = len(trn) + len(val) == len(ds) and Path(data).is_dir()
-    root = Path(data) if whole and (Path(data)/'instructions_train.jsonl').exists() else caption_dataset(ds.subset(trn + val), out=out/'data', progress=progress)
+    ds, rng, vs = load_patches(data), np.random.default_rng(cfg.seed), None
+    vs = _valid_name(ds); trn, val = _pick(ds, 'train', cfg.max_train, rng), _pick(ds, vs, cfg.max_valid, rng)
+    sub = ds.subset(trn + val)
+    if cfg.dev_frac: sub = sub.carve('dev', cfg.dev_frac, seed=cfg.seed)
+    pos = {s: [p for p, t in zip(trn + val, sub.items.split) if t == s] for s in ('train', 'dev', vs)}
+    whole = len(trn) + len(val) == len(ds) and Path(data).is_dir() and not cfg.dev_frac
+    root = Path(data) if whole and (Path(data)/'instructions_train.jsonl').exists() else \
+        caption_dataset(sub, out=out/'data', margin=cfg.caption_margin, n_captions=cfg.n_captions, progress=progress)
     src = _rel(data, out) if Path(data).exists() else str(data)  # a hub name stays as it is
-    return _write_json(out/'data.json', dict(source=src, root=_rel(root, out), kind=ds.kind, train=trn, valid=val))
+    return _write_json(out/'data.json', dict(source=src, root=_rel(root, out), kind=ds.kind, valid_split=vs, train=pos['train'],
+                                             dev=pos['dev'], valid=pos[vs]))
 
 def _rel(p, out:Path)->str: # `p` relative to `out` when inside it (the run folder can move), else absolute
     p, o = Path(p).resolve(), out.resolve()
     return str(p.relative_to(o)) if p.is_relative_to(o) else str(p)
 
 # %% ../nbs/11_train.ipynb #368fb33e
-def _baseline(cfg:TrainConfig, ds:PatchDataset, out:Path, resume:bool, progress:bool)->dict: # metrics, losses
-    from safetensors.torch import save_file
-    dls = get_dls(ds, bs=cfg.bs, size=cfg.img_size, seed=cfg.seed, stain_sigma=cfg.stain_sigma, stain_bias=cfg.stain_bias); set_seed(cfg.seed)
-    learn = vision_learner_for(dls, cfg.vit_name, img_size=cfg.img_size, lr=cfg.vision_lr, **cfg.vit_kw)
-    learn.add_cb(CheckpointCallback(out, resume))
+def _captioned_table(root:Path, kind:str)->tuple: # captions.csv, its measured values (N, F), the feature names
+    df = pd.read_csv(root/'captions.csv'); names = CAPTION_FEATURES[kind]
+    return df, torch.tensor(df[[REGION[kind] + f for f in names]].to_numpy(np.float32)), names
+
+def _rows(df:pd.DataFrame, split:str)->list: return np.flatnonzero((df.split == split).to_numpy()).tolist()
+
+def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)->dict: # word accuracy of each feature
+    spec = MorphSpec(**model.cfg.morph)
+    pred = torch.cat([model.morphology(x[i:i+bs])['bins'].argmax(-1) for i in range(0, len(x), bs)])
+    b = spec.bins(v); ok = (pred == b) & (b >= 0)
+    return {f: float(ok[:, j].sum() / (b[:, j] >= 0).sum().clamp(min=1)) for j, f in enumerate(spec.names)}
+
+def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:bool, progress:bool)->dict: # metrics, losses
+    df, v, names = _captioned_table(root, kind)
+    x, y = image_tensor([root/p for p in df.image], cfg.img_size, progress, len(df)), torch.tensor(df.label.to_numpy())
+    trn, dev, val = _rows(df, 'train'), _rows(df, 'dev'), _rows(df, vs)
+    spec = MorphSpec.fit(v[trn].numpy(), names, read_thresholds(root)) if cfg.vision_morph else None
+    dls = tensor_dls(x, y, v, train=trn, valid=dev or val, bs=cfg.bs, seed=cfg.seed); set_seed(cfg.seed)
+    learn = vision_learner_for(dls, cfg.vit_name, len(LABEL_NAMES[kind]), img_size=cfg.img_size, lr=cfg.vision_lr, spec=spec,
+                               lam=cfg.vision_morph, centre=cfg.vision_centre, classes=list(LABEL_NAMES[kind]),
+                               cbs=[BatchAugment(cfg.stain_sigma, cfg.stain_bias, seed=cfg.seed), CheckpointCallback(out, resume)], **cfg.vit_kw)
     hist = fit_stage(learn, cfg.vision_epochs, cfg.vision_lr, progress)
-    probs, y = classifier_probs(learn.model, dls.valid, cfg.tta)
-    met = classification_metrics(y.tolist(), probs[:, 1].tolist())
-    sd = {k: v.detach().contiguous().cpu() for k, v in learn.model.encoder.state_dict().items()}
-    atomic_write(out/'encoder.safetensors', lambda p: save_file(sd, p))
-    return _write_json(out/'metrics.json', dict(metrics=met, history=hist))
+    m = learn.model.eval(); m.save_pretrained(out)
+    batches = lambda rows: [(x[rows[i:i+cfg.bs]], y[rows[i:i+cfg.bs]]) for i in range(0, len(rows), cfg.bs)]
+    score = lambda rows: classification_metrics(y[rows].tolist(), classifier_probs(m, batches(rows), cfg.tta)[0][:, 1].tolist())
+    res = dict(metrics=score(val), dev_metrics=score(dev) if dev else None, history=hist)
+    if spec: res['morph_accuracy'] = _morph_scores(m, x[val], v[val], cfg.bs)
+    return _write_json(out/'metrics.json', res)
 
 # %% ../nbs/11_train.ipynb #cc38348d
 def _lm(cfg:TrainConfig, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_lm` metrics
@@ -217,45 +250,60 @@ def vlm_config(cfg:TrainConfig, # the run's config
                lm_path:str|None=None, # folder of the trained language model to start from
               )->VLMConfig: # the fused model's config
     "The `VLMConfig` of the fused model `run_train` builds from `cfg`"
+    ro = dict(n_classes=len(LABEL_NAMES[kind]), n_morph=len(CAPTION_FEATURES[kind]) if cfg.vision_morph else 0, centre=cfg.vision_centre)
     return VLMConfig(vlm_connector=cfg.vlm_connector, vlm_kind=kind, vlm_max_len=cfg.vlm_max_len, vit_name=cfg.vit_name,
                      vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw), lm_path=lm_path, mp_shuffle=cfg.mp_shuffle,
-                     xattn_every=cfg.xattn_every)
+                     xattn_every=cfg.xattn_every, vlm_readout=ro if cfg.concept_tokens else None)
 
 def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_vlm` metrics
     vc = vlm_config(cfg, kind, str(out.parent/'lm'))
     _, m = train_vlm(root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
-                     bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline'/'encoder.safetensors',
+                     bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline',
                      progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
                      max_valid_rows=cfg.max_valid_rows)
     return m
 
 # %% ../nbs/11_train.ipynb #79bd9ee0
-class _Captioner:
-    "Only the batched `caption` task of a `PathVLM`: what `evaluate_model` then scores"
-    def __init__(self, model:PathVLM, bs:int, max_new_tokens:int): self.model, self.bs, self.mnt = model, bs, max_new_tokens
-    def caption(self, imgs:list)->list: return [c for i in range(0, len(imgs), self.bs) for c in self.model.caption(imgs[i:i+self.bs], max_new_tokens=self.mnt)]
+class _Batched:
+    "The batched `caption` (with one grounding, for a `PathVLM`) and `answer` tasks of a model: what `evaluate_model` then scores"
+    def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none'):
+        self.model, self.bs, self.thresholds = model, bs, getattr(model, 'thresholds', None)
+        self.kw = dict(max_new_tokens=max_new_tokens, **(dict(ground=ground) if isinstance(model, PathVLM) else {}))
+    def _b(self, f, imgs:list)->list: return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs])]
+    def caption(self, imgs:list)->list: return self._b(lambda b: self.model.caption(b, **self.kw), imgs)
+    def answer(self, imgs:list, q:str)->list: return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens']), imgs)
 
 def _class_probs(model:PathVLM, imgs:list, bs:int, tta:bool=False)->np.ndarray: # (N, K) class probabilities
     kw = dict(tta=True) if tta else {}  # image-only adapters (bench) take no `tta`
     return torch.cat([model.classify(imgs[i:i+bs], generate=False, **kw)['probs'].cpu() for i in range(0, len(imgs), bs)]).numpy()
 
-def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify(images, generate=False)` (and `caption`)
+GROUNDED_KEYS = ('hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider', 'rouge_l')
+
+def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify(images, generate=False)` (and `caption`, `answer`)
                  ds:PatchDataset, # labelled patches to score
                  out:Path, # folder for `report.json`, `report.md` and plots
-                 n_captions:int=32, # patches captioned for the text metrics (0: classification only)
+                 n_captions:int=32, # patches captioned and questioned for the text metrics (0: classification only)
                  bs:int=32, # images per batch
                  max_new_tokens:int=64, # tokens per caption at most
                  tta:bool=False, # class probabilities averaged over the 8 rotations/reflections of each patch
+                 groundings:tuple=('none',), # caption groundings scored (a `PathVLM`'s); the first gives the main text metrics
+                 vocab:set|None=None, # words of the training text: adds the non-word rate
                  **report_kw, # more `write_report` arguments (`baseline`, `history`, `config`)
                 )->dict: # the contents of `out/report.json`
-    "Score `model` on `ds`: classification metrics from its class probabilities, text metrics from its captions; write the report"
-    imgs, y = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels]
+    "Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers; write the report"
+    imgs, y, kind = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels], model.cfg.vlm_kind
     probs = _class_probs(model, imgs, bs, tta)
-    met = dict(classification_metrics(y, probs[:, 1]), n_images=len(ds))
-    tm, o = evaluate_model(_Captioner(model, bs, max_new_tokens), ds, kind=model.cfg.vlm_kind, n=n_captions) if n_captions else ({}, {})
+    met, sub, pred = dict(classification_metrics(y, probs[:, 1]), n_images=len(ds)), [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))], probs.argmax(1)
+    tm, o, grounded = {}, {}, {}
+    for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
+        tasks = [t for t in (('caption', 'answer') if j == 0 else ('caption',)) if hasattr(model, t)]   # questions are asked once
+        r, oo = evaluate_model(_Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=pred[:len(sub)].tolist(), tasks=tasks)
+        if j == 0: tm, o = r, oo
+        grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
     met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
+    if len(grounded) > 1: met['groundings'] = grounded
     write_report(out, met, y_true=y, probs=probs[:, 1], images=o.get('images'), captions=o.get('captions'),
-                 classes=list(LABEL_NAMES[model.cfg.vlm_kind]), **report_kw)
+                 classes=list(LABEL_NAMES[kind]), kind=kind, thr=getattr(model, 'thresholds', None), **report_kw)
     return json.loads((out/'report.json').read_text())
 
 # %% ../nbs/11_train.ipynb #4d9c6e41
@@ -271,18 +319,19 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     out.mkdir(parents=True, exist_ok=True); _write_json(out/'config.json', asdict(cfg))
     prep = _stage('data', out/'data.json', resume, log, lambda: _prepare(cfg, data, out, progress))
     src = out/prep['source'] if (out/prep['source']).exists() else prep['source']
-    ds, root = load_patches(src), out/prep['root']
-    trn_val, val = ds.subset(prep['train'] + prep['valid']), ds.subset(prep['valid'])
-    base = _stage('baseline', out/'baseline'/'metrics.json', resume, log, lambda: _baseline(cfg, trn_val, out/'baseline', resume, progress))
+    ds, root, kind, vs = load_patches(src), out/prep['root'], prep['kind'], prep.get('valid_split', 'valid')
+    val = ds.subset(prep['valid'])
+    base = _stage('baseline', out/'baseline'/'metrics.json', resume, log, lambda: _baseline(cfg, root, kind, vs, out/'baseline', resume, progress))
     lm = _stage('lm', out/'lm'/'metrics.json', resume, log, lambda: _lm(cfg, root, out/'lm', resume, progress))
-    fus = _stage('fusion', out/'vlm'/'metrics.json', resume, log, lambda: _fusion(cfg, prep['kind'], root, out/'vlm', resume, progress))
+    fus = _stage('fusion', out/'vlm'/'metrics.json', resume, log, lambda: _fusion(cfg, kind, root, out/'vlm', resume, progress))
     def evaluate():
         model = PathVLM.from_pretrained(out/'vlm'); model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
-        return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, cfg.tta, baseline=base['metrics'], history=hist,
-                         config=dict(train=asdict(cfg), data=dict(source=str(src), n_train=len(prep['train']), n_valid=len(prep['valid']),
-                                                               fingerprint=data_fingerprint(ds)), environment=environment_info(),
-                                     lm=lm, stages=log, seconds=round(time.time() - t0, 1)))
+        return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, cfg.tta, cfg.eval_groundings,
+                            text_vocab(read_corpus(root, 'train')), baseline=base['metrics'], history=hist,
+                            config=dict(train=asdict(cfg), data=dict(source=str(src), n_train=len(prep['train']), n_dev=len(prep.get('dev', [])),
+                                                                     n_valid=len(prep['valid']), fingerprint=data_fingerprint(ds)),
+                                        environment=environment_info(), baseline=base, lm=lm, stages=log, seconds=round(time.time() - t0, 1)))
     return _stage('eval', out/'report.json', resume, log, evaluate)
 
 # %% ../nbs/11_train.ipynb #b28ec7be
@@ -318,4 +367,4 @@ def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathV
     return [dict(label=l, prob=float(p.max()), caption=c) for l, p, c in zip(res['label'], res['probs'], caps)]
 
 def _open(i): # an image file -> RGB PIL image (a `DataError` naming a missing or unreadable file); anything else unchanged
-    return _open_image(i).convert('RGB') if isinstance(i, (str, Path)) else i
+    return open_image(i).convert('RGB') if isinstance(i, (str, Path)) else i

@@ -7,23 +7,27 @@ Docs: https://pathllm.github.io/pathllm/vision.html.md"""
 # %% ../nbs/04_vision.ipynb #2799c51b
 from __future__ import annotations
 import json, math, warnings
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, asdict, replace, field
 from pathlib import Path
-import torch, torch.nn as nn
+import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch
 from fastai.torch_core import Module, params
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy, RocAucBinary
+from fastai.metrics import accuracy, RocAucBinary, Metric
+from fastai.callback.core import Callback
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
+from .data import BatchAugment
 from .lm import LMConfig, TransformerEncoder, save_weights, read_weights
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VisionOutput', 'centre_crop', 'VisionEncoder', 'ViTConfig', 'ViT',
            'vit_config_from_timm', 'vit_from_timm', 'PretrainedUnavailable', 'timm_backbone', 'TimmEncoder',
-           'vision_names', 'get_vision', 'ImageClassifier', 'image_classifier', 'vision_splitter', 'dihedral_views',
-           'dihedral_mean', 'classifier_probs', 'vision_learner_for']
+           'vision_names', 'get_vision', 'centre_pool', 'Readout', 'ImageClassifier', 'image_classifier',
+           'vision_splitter', 'class_logits', 'dihedral_views', 'dihedral_mean', 'classifier_probs', 'MorphSpec',
+           'MultiTaskLoss', 'StainTargets', 'ClassAccuracy', 'MorphAccuracy', 'ClassifierConfig',
+           'classifier_from_config', 'vision_learner_for', 'probe_morphology']
 
 # %% ../nbs/04_vision.ipynb #2917b18b
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -55,10 +59,12 @@ class VisionEncoder(Module):
     mean:tuple = IMAGENET_MEAN # per-channel mean the weights expect (inputs in [0, 1] before normalising)
     std:tuple = IMAGENET_STD # per-channel std
     crop:int|None = None # side of the centre square the network sees (set by `get_vision(crop=)`); `None`: the whole image
+    crop_shift:float = 0.5 # while training the square moves by up to this share of the margin on each side
     def forward(self, x:torch.Tensor)->VisionOutput: raise NotImplementedError
-    def normalize(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> normalised input
+    def normalize(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] (or uint8) -> normalised input
         "Normalise `[0, 1]` images with this encoder's `mean` and `std`; with `crop`, keep the centre square (moved randomly while training)"
-        if self.crop and x.shape[-1] != self.crop: x = centre_crop(x, self.crop, (x.shape[-1] - self.crop) // 4 if self.training else 0)
+        x = x.float()/255 if x.dtype == torch.uint8 else x
+        if self.crop and x.shape[-1] != self.crop: x = centre_crop(x, self.crop, int((x.shape[-1] - self.crop)/2*self.crop_shift) if self.training else 0)
         return (x - x.new_tensor(self.mean)[:, None, None]) / x.new_tensor(self.std)[:, None, None]
 
 # %% ../nbs/04_vision.ipynb #657c3391
@@ -277,12 +283,13 @@ def get_vision(name:str, # a registered name (see `vision_names`) or 'timm:<any 
                checkpoint_path:str|Path|None=None, # local weights: a file, or a `save_pretrained` folder for `pathvit_*`
                on_missing:str='raise', # pretrained weights unreachable: 'raise' or 'warn' and use random init
                crop:int|None=None, # the network sees the centre `crop` square of the `img_size` input (see `VisionEncoder.normalize`)
+               crop_shift:float=0.5, # while training the crop moves by up to this share of the margin on each side
                **kw, # `ViTConfig` overrides for `pathvit_*`, `timm.create_model` arguments otherwise
               )->VisionEncoder: # the encoder, random init unless pretrained
     "Build a registered vision encoder by name"
     if crop is not None and not 8 <= crop <= img_size: raise ValueError(f"crop: must be between 8 and img_size={img_size}, got {crop}")
     enc = _build_vision(name, crop or img_size, pretrained, checkpoint_path, on_missing, **kw)
-    if crop: enc.crop, enc.img_size = crop, img_size  # built for the crop; fed `img_size` images
+    if crop: enc.crop, enc.img_size, enc.crop_shift = crop, img_size, crop_shift  # built for the crop; fed `img_size` images
     return enc
 
 def _build_vision(name, img_size, pretrained, checkpoint_path, on_missing, **kw):
@@ -295,27 +302,63 @@ def _build_vision(name, img_size, pretrained, checkpoint_path, on_missing, **kw)
     return vit_from_timm(timm_backbone(spec['timm'], img_size, True, checkpoint_path, on_missing), **kw)
 
 # %% ../nbs/04_vision.ipynb #1577f2d1
+def centre_pool(tokens:torch.Tensor, # (B, N, D) tokens of a square grid
+                frac:float=0.5, # side of the centre square, as a fraction of the grid side (at least one token)
+               )->torch.Tensor: # (B, D) mean of the centre tokens
+    "Mean of the tokens over the centre square of the grid: the region a PCam label speaks about"
+    B, N, D = tokens.shape; h = math.isqrt(N)
+    if h*h != N: raise ValueError(f'centre_pool: needs a square token grid, got N={N}')
+    c = max(1, round(h*frac)); a = (h - c) // 2
+    return tokens.view(B, h, h, D)[:, a:a+c, a:a+c].mean((1, 2))
+
+class Readout(Module):
+    "Heads on an encoder's output: class logits and, with `n_morph`, per-feature morphology bins (3 words) and values"
+    def __init__(self, d:int, # encoder width
+                 n_classes:int=2, # output classes
+                 n_morph:int=0, # morphology features predicted (0: none)
+                 centre:float|None=None, # also pool the centre tokens (this fraction of the grid side) and concatenate
+                 p:float=0.0): # dropout before the heads
+        self.centre, self.n_morph, d_in = centre, n_morph, d*(2 if centre else 1)
+        self.head = nn.Sequential(nn.Dropout(p), nn.Linear(d_in, n_classes))
+        self.morph = nn.Sequential(nn.Dropout(p), nn.Linear(d_in, 4*n_morph)) if n_morph else None
+        self.dim = d_in
+    def embed(self, o:VisionOutput)->torch.Tensor: # (B, d_in) the vector the heads read
+        return torch.cat([o.pooled, centre_pool(o.tokens, self.centre)], -1) if self.centre else o.pooled
+    def forward(self, o:VisionOutput): # logits (B, K); with `n_morph` also bins (B, F, 3) and standardised values (B, F)
+        e = self.embed(o); logits = self.head(e)
+        if not self.n_morph: return logits
+        m = self.morph(e)
+        return logits, m[:, :3*self.n_morph].view(len(e), self.n_morph, 3), m[:, 3*self.n_morph:]
+
 class ImageClassifier(Module):
-    "Image-only classifier: encoder -> pooled embedding -> dropout -> linear head"
+    "Image-only classifier: encoder -> pooled embedding (and centre tokens) -> dropout -> linear heads (`Readout`)"
     def __init__(self, encoder:VisionEncoder, # any `VisionEncoder`
                  n_classes:int=2, # output classes
-                 p:float=0.0): # dropout before the head
-        self.encoder, self.head = encoder, nn.Sequential(nn.Dropout(p), nn.Linear(encoder.dim, n_classes))
-    def forward(self, x:torch.Tensor)->torch.Tensor: # x (B, 3, H, W) in [0, 1] -> logits (B, n_classes)
-        return self.head(self.encoder(self.encoder.normalize(x)).pooled)
+                 p:float=0.0, # dropout before the heads
+                 n_morph:int=0, # morphology features predicted beside the class (multi-task)
+                 centre:float|None=None): # pool the centre tokens too (fraction of the grid side), see `centre_pool`
+        self.encoder, self.readout = encoder, Readout(encoder.dim, n_classes, n_morph, centre, p)
+    def forward(self, x:torch.Tensor): # x (B, 3, H, W) in [0, 1] -> logits (B, n_classes), or `(logits, bins, values)` with `n_morph`
+        return self.readout(self.encoder(self.encoder.normalize(x)))
 
 def image_classifier(encoder:VisionEncoder|str, # an encoder, or a name for `get_vision`
                      n_classes:int=2, # output classes
-                     p:float=0.0, # dropout before the head
+                     p:float=0.0, # dropout before the heads
+                     n_morph:int=0, # morphology features predicted beside the class
+                     centre:float|None=None, # pool the centre tokens too (fraction of the grid side)
                      **kw, # `get_vision` arguments when `encoder` is a name
                     )->ImageClassifier: # the classifier
-    "A linear classifier on `encoder`'s pooled embedding"
-    return ImageClassifier(get_vision(encoder, **kw) if isinstance(encoder, str) else encoder, n_classes, p)
+    "A linear classifier (and morphology head) on `encoder`'s pooled embedding"
+    return ImageClassifier(get_vision(encoder, **kw) if isinstance(encoder, str) else encoder, n_classes, p, n_morph, centre)
 
 def vision_splitter(m:ImageClassifier, # the classifier to split
-                   )->list: # parameter groups: [encoder, head]
+                   )->list: # parameter groups: [encoder, heads]
     "Split an `ImageClassifier` into backbone and head parameters"
-    return [params(m.encoder), params(m.head)]
+    return [params(m.encoder), params(m.readout)]
+
+def class_logits(out)->torch.Tensor: # the class logits of a classifier's output (a tensor, or the first of a tuple)
+    "Class logits from the output of a single- or multi-task classifier"
+    return out[0] if isinstance(out, tuple) else out
 
 # %% ../nbs/04_vision.ipynb #ce3ddcef
 def dihedral_views(x:torch.Tensor, # (..., H, W) images
@@ -332,34 +375,192 @@ def dihedral_mean(f, # maps a batch of images to probabilities (or any per-image
     return torch.stack([f(v) for v in dihedral_views(x)]).mean(0) if tta else f(x)
 
 @torch.no_grad()
-def classifier_probs(model:nn.Module, # maps a batch of `[0, 1]` images to logits (e.g. an `ImageClassifier`)
-                     dl, # yields `(images, targets)` batches (e.g. `dls.valid`)
+def classifier_probs(model:nn.Module, # maps a batch of images to logits (or a multi-task output), e.g. an `ImageClassifier`
+                     dl, # yields `(images, targets, ...)` batches (e.g. `dls.valid`); uint8 images are scaled to `[0, 1]`
                      tta:bool=False, # average the probabilities over the 8 `dihedral_views`
                     )->tuple: # probabilities (N, K), targets (N,)
-    "Softmax probabilities of `model` over `dl`, optionally with dihedral test-time augmentation"
+    "Softmax class probabilities of `model` over `dl`, optionally with dihedral test-time augmentation"
     model.eval(); ps, ys = [], []
-    for x, y in dl:
-        x = x.as_subclass(torch.Tensor)
-        ps.append(dihedral_mean(lambda v: model(v).softmax(-1), x, tta)); ys.append(y)
+    for x, y, *_ in dl:
+        x = x.as_subclass(torch.Tensor); x = x.float()/255 if x.dtype == torch.uint8 else x
+        ps.append(dihedral_mean(lambda v: class_logits(model(v)).softmax(-1), x, tta)); ys.append(y)
     return torch.cat(ps).cpu(), torch.cat(ys).cpu()
 
+# %% ../nbs/04_vision.ipynb #05ebe2d7
+@dataclass
+class MorphSpec:
+    "What a morphology head predicts: word features, their cut points (the head's 3 bins are the captions' 3 words) and value scale"
+    names:list # feature names (fields of `pathllm.captions.Thresholds`, e.g. 'area', 'h_od')
+    cuts:list # per feature the (lo, hi) cut points of its words
+    mean:list # per feature mean of the training values: regression targets are standardised
+    std:list # per feature standard deviation of the training values
+    stain:str|None='h_od' # the feature that follows the hematoxylin concentration: its targets move with stain jitter
+
+    @classmethod
+    def fit(cls, values:np.ndarray, # (N, F) measured training values (NaN where unmeasurable)
+            names:list, # the F feature names
+            thr, # `pathllm.captions.Thresholds`: the word cut points
+           )->MorphSpec:
+        "A spec from training measurements and the cut points the captions use"
+        v = np.asarray(values, float)
+        if v.ndim != 2 or v.shape[1] != len(names): raise ValueError(f'values: expected (N, {len(names)}), got {v.shape}')
+        return cls(list(names), [list(getattr(thr, n)) for n in names], np.nanmean(v, 0).tolist(), np.maximum(np.nanstd(v, 0), 1e-8).tolist())
+
+    def bins(self, v:torch.Tensor)->torch.Tensor: # (..., F) values -> long bins 0/1/2, `IGNORE` (-100) where NaN
+        "The word bin of each value"
+        c = torch.tensor(self.cuts, dtype=v.dtype, device=v.device)
+        b = (v >= c[:, 0]).long() + (v >= c[:, 1]).long()
+        return b.masked_fill(v.isnan(), -100)
+    def z(self, v:torch.Tensor)->torch.Tensor: # (..., F) values -> standardised (NaN kept)
+        return (v - v.new_tensor(self.mean)) / v.new_tensor(self.std)
+    def value(self, z:torch.Tensor)->torch.Tensor: # standardised -> values
+        return z * z.new_tensor(self.std) + z.new_tensor(self.mean)
+
+# %% ../nbs/04_vision.ipynb #91d56c7a
+class MultiTaskLoss:
+    "Cross-entropy on the class, plus `lam` times the morphology loss: cross-entropy on each feature's word bin and half the squared error of its standardised value"
+    def __init__(self, spec:MorphSpec, # the morphology targets' spec
+                 lam:float=1.0): # weight of the morphology loss (0: class only)
+        self.spec, self.lam = spec, lam
+    def __call__(self, out:tuple, # `(logits, bins, z)` from a multi-task `ImageClassifier`
+                 y:torch.Tensor, # (B,) class ids
+                 v:torch.Tensor, # (B, F) measured values, NaN where unmeasurable
+                )->torch.Tensor:
+        logits, bins, z = out
+        loss = F.cross_entropy(logits, y.long())
+        b, m = self.spec.bins(v), ~v.isnan()
+        if not self.lam or not m.any(): return loss
+        lb = F.cross_entropy(bins.reshape(-1, 3), b.reshape(-1), ignore_index=-100)
+        lz = ((z - self.spec.z(v).nan_to_num())**2 * m).sum() / m.sum()
+        return loss + self.lam*(lb + 0.5*lz)
+
+class StainTargets(Callback):
+    "While training, the stain-dependent feature's target follows `BatchAugment`'s jitter: value * H scale + H shift"
+    order = BatchAugment.order + 1
+    def __init__(self, j:int): self.j = j  # column of the feature (e.g. 'h_od') in the targets
+    def before_batch(self):
+        ba = getattr(self.learn, 'batch_augment', None)
+        if not self.training or ba is None or ba.scale is None: return
+        v = self.yb[1].clone(); v[:, self.j] = v[:, self.j]*ba.scale[:, 0] + ba.shift[:, 0]
+        self.learn.yb = (self.yb[0], v, *self.yb[2:])
+
+# %% ../nbs/04_vision.ipynb #6066e402
+class ClassAccuracy(Metric):
+    "Accuracy of the class head of a single- or multi-task classifier"
+    def reset(self): self.n = self.ok = 0
+    def accumulate(self, learn):
+        p = class_logits(learn.pred).argmax(-1); self.ok += int((p == learn.yb[0]).sum()); self.n += len(p)
+    @property
+    def value(self): return self.ok / max(self.n, 1)
+    @property
+    def name(self): return 'accuracy'
+
+class MorphAccuracy(Metric):
+    "Mean over features of the morphology head's word-bin accuracy (measured patches only)"
+    def __init__(self, spec:MorphSpec): self.spec = spec
+    def reset(self): self.ok = self.n = 0
+    def accumulate(self, learn):
+        b = self.spec.bins(learn.yb[1]); m = b >= 0
+        self.ok = self.ok + ((learn.pred[1].argmax(-1) == b) & m).sum(0).cpu(); self.n = self.n + m.sum(0).cpu()
+    @property
+    def value(self): return float((self.ok / self.n.clamp(min=1)).mean()) if torch.is_tensor(self.n) else float('nan')
+    @property
+    def name(self): return 'morph_acc'
+
 # %% ../nbs/04_vision.ipynb #7a5750cb
-def vision_learner_for(dls, # fastai `DataLoaders` of `(image in [0, 1], label)`, e.g. from `pathllm.data.get_dls`
+@dataclass
+class ClassifierConfig:
+    "Everything that rebuilds an `ImageClassifier` by name: encoder and its options, classes, heads and morphology spec"
+    vit_name:str='pathvit_nano' # `get_vision` name
+    img_size:int=96 # input side in pixels
+    vit_kw:dict=field(default_factory=dict) # more `get_vision` arguments (e.g. `crop`, `output_stride`)
+    classes:list=field(default_factory=lambda: ['normal', 'tumor']) # class names, in label order
+    centre:float|None=None # centre-token pooling of the heads (see `centre_pool`)
+    morph:dict|None=None # the `MorphSpec` (as a dict) of a multi-task classifier
+
+def classifier_from_config(cfg:ClassifierConfig, # what to build
+                           p:float=0.0, # dropout before the heads (training only)
+                          )->ImageClassifier: # random init; `cfg` kept as `.cfg`
+    "An `ImageClassifier` built from its config"
+    n_morph = len(cfg.morph['names']) if cfg.morph else 0
+    m = image_classifier(cfg.vit_name, len(cfg.classes), p, n_morph, cfg.centre, img_size=cfg.img_size, **cfg.vit_kw)
+    m.cfg = cfg; return m
+
+@patch
+def save_pretrained(self:ImageClassifier, path:str|Path, # folder for `config.json` and `model.safetensors`
+                   )->Path: # the folder
+    "Save the config and weights of a classifier built by `classifier_from_config`, atomically"
+    if getattr(self, 'cfg', None) is None: raise ValueError('save_pretrained: the classifier has no `cfg`; build it with `classifier_from_config`')
+    return save_weights(self, path, self.cfg)
+
+@patch(cls_method=True)
+def from_pretrained(cls:ImageClassifier, path:str|Path, # folder written by `ImageClassifier.save_pretrained`
+                   )->ImageClassifier: # the classifier, in eval mode
+    "Load a classifier saved with `save_pretrained`"
+    cfg, sd = read_weights(path)
+    m = classifier_from_config(ClassifierConfig(**cfg)); m.load_state_dict(sd)
+    return m.eval()
+
+@patch
+@torch.no_grad()
+def morphology(self:ImageClassifier, x:torch.Tensor, # (B, 3, H, W) images in [0, 1] (or uint8)
+              )->dict: # `bins` (B, F, 3) word probabilities, `values` (B, F) predicted measurements
+    "The morphology head's predictions, as word probabilities and values"
+    if not self.readout.n_morph: raise ValueError('morphology: this classifier has no morphology head (n_morph=0)')
+    _, b, z = self(x)
+    return dict(bins=b.softmax(-1), values=MorphSpec(**self.cfg.morph).value(z))
+
+def vision_learner_for(dls, # fastai `DataLoaders` of `(image, label[, measured values])`: `get_dls`, or `tensor_dls` with `BatchAugment`
                        arch:str|VisionEncoder='resnet18', # a `get_vision` name or an encoder
                        n_classes:int|None=None, # default: `dls.c`
                        pretrained:bool=False, # pretrained backbone, frozen at first (call `learn.unfreeze()` to fine-tune)
                        img_size:int|None=None, # default: the side of the images in `dls`
-                       p:float=0.0, # dropout before the head
+                       p:float=0.0, # dropout before the heads
                        lr:float=1e-3, # default learning rate
                        wd:float=0.05, # decoupled weight decay
-                       metrics:list|None=None, # default: accuracy, plus ROC AUC for two classes
+                       metrics:list|None=None, # default: accuracy (and ROC AUC for two classes, or morphology accuracy)
+                       spec:MorphSpec|None=None, # multi-task: also predict these morphology features (the batches' third element)
+                       lam:float=1.0, # weight of the morphology loss
+                       centre:float|None=None, # heads also read the centre tokens (fraction of the grid side)
+                       classes:list|None=None, # class names, stored in the model's config (default: `dls.vocab`, else the ids)
+                       cbs:list|None=None, # more callbacks (e.g. `BatchAugment` for `tensor_dls`)
                        **kw, # more `get_vision` arguments
-                      )->Learner: # cross-entropy `Learner` with backbone/head splitter
-    "Image-only baseline `Learner`: an encoder by name or instance, a linear head, accuracy and ROC AUC"
+                      )->Learner: # `Learner` with backbone/head splitter; a model built by name keeps its `ClassifierConfig`
+    "Image-only baseline `Learner`: an encoder by name or instance, linear heads (class, and morphology with `spec`)"
     n = n_classes or dls.c
-    if isinstance(arch, str): arch = get_vision(arch, img_size or dls.one_batch()[0].shape[-1], pretrained, **kw)
-    if metrics is None: metrics = [accuracy] + ([RocAucBinary()] if n == 2 else [])
-    learn = Learner(dls, image_classifier(arch, n, p), loss_func=CrossEntropyLossFlat(), opt_func=Adam, lr=lr, wd=wd,
-                    metrics=metrics, splitter=vision_splitter)
+    classes = list(classes or getattr(dls, 'vocab', None) or range(n))
+    if isinstance(arch, str):
+        cfg = ClassifierConfig(arch, img_size or dls.one_batch()[0].shape[-1], dict(kw), [str(c) for c in classes], centre,
+                               asdict(spec) if spec else None)
+        model = classifier_from_config(cfg, p)
+        if pretrained: model.encoder = get_vision(arch, cfg.img_size, True, **kw)
+    else: model = image_classifier(arch, n, p, len(spec.names) if spec else 0, centre)
+    if metrics is None: metrics = [ClassAccuracy(), MorphAccuracy(spec)] if spec else [accuracy] + ([RocAucBinary()] if n == 2 else [])
+    cbs = list(cbs or []) + ([StainTargets(spec.names.index(spec.stain))] if spec and spec.stain in spec.names else [])
+    learn = Learner(dls, model, loss_func=MultiTaskLoss(spec, lam) if spec else CrossEntropyLossFlat(), opt_func=Adam, lr=lr, wd=wd,
+                    metrics=metrics, splitter=vision_splitter, cbs=cbs)
     if pretrained: learn.freeze()
     return learn
+
+# %% ../nbs/04_vision.ipynb #4417bd3e
+def probe_morphology(train:tuple, # (embeddings (N, D), measured values (N, F)) of the patches the probes are fit on
+                     test:tuple, # the same for the patches they are scored on
+                     spec:MorphSpec, # features and their word cut points
+                     k:int=32, # principal components of the (standardised) embeddings the probes read
+                    )->pd.DataFrame: # per feature: `r2` of a ridge regression, `bin_acc` of a logistic regression on the 3 word bins
+    "Linear probes of frozen embeddings, one per morphology feature: how much of each measurement the embedding carries"
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import RidgeCV, LogisticRegression
+    from sklearn.metrics import r2_score
+    (et, vt), (es, vs) = [(np.asarray(e, np.float32), np.asarray(v, np.float64)) for e, v in (train, test)]
+    mu, sd = et.mean(0), et.std(0) + 1e-6
+    pca = PCA(min(k, len(et) - 1, et.shape[1]), random_state=0).fit((et - mu)/sd)
+    et, es = pca.transform((et - mu)/sd), pca.transform((es - mu)/sd)
+    bt, bs = [spec.bins(torch.tensor(v)).numpy() for v in (vt, vs)]
+    rows = []
+    for j, f in enumerate(spec.names):
+        mt, ms = ~np.isnan(vt[:, j]), ~np.isnan(vs[:, j])
+        r2 = r2_score(vs[ms, j], RidgeCV(np.logspace(-2, 4, 13)).fit(et[mt], vt[mt, j]).predict(es[ms]))
+        acc = (LogisticRegression(C=0.1, max_iter=2000).fit(et[mt], bt[mt, j]).predict(es[ms]) == bs[ms, j]).mean()
+        rows.append(dict(feature=f, r2=float(r2), bin_acc=float(acc), n=int(ms.sum())))
+    return pd.DataFrame(rows).set_index('feature')
