@@ -37,7 +37,7 @@ function bars(probs, label) {
 function claims(list) {
   const ul = $('claims'); ul.replaceChildren();
   for (const c of list) {
-    const li = el('li', 'claim ' + c.status);
+    const li = el('li', 'claim'); li.dataset.status = c.status;
     li.append(el('span', 'badge ' + c.status, c.status), el('span', 'phrase', `“${c.phrase}” (${c.source}, ${c.feature})`));
     if (c.detail) li.title = c.detail;
     ul.append(li);
@@ -50,7 +50,7 @@ function refs(list) {
   for (const r of list || []) {
     const d = el('figure', 'ref');
     if (r.thumbnail && r.thumbnail.startsWith('data:image/')) { const img = el('img'); img.src = r.thumbnail; img.alt = `reference ${r.id}`; d.append(img); }
-    d.append(el('div', 'label', `${r.label_name ?? 'unlabelled'} · similarity ${r.score.toFixed(2)}`), el('div', 'muted', r.caption));
+    d.append(el('div', 'label', `${r.label_name ?? 'unlabelled'} · similarity ${r.score.toFixed(3)}`), el('div', 'muted', r.caption));
     box.append(d);
   }
   show('refsbox', !!(list && list.length));
