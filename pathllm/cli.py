@@ -278,7 +278,7 @@ def optimize_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `
     with _errors(_new_folder(out)): _check_model(model); r = optimize_model(model, variant, out, tuple(p.strip() for p in parts.split(',') if p.strip()))
     typer.echo(f"{variant}: {r['fp32_bytes'] / 2**20:.2f} MB -> {r['size_bytes'] / 2**20:.2f} MB; wrote {out}")
 
-# %% ../nbs/99_cli.ipynb #2d53d4ff
+# %% ../nbs/99_cli.ipynb #512a80b3
 @app.command('serve')
 def serve_cmd(model:Path=typer.Option(..., help="Model or pipeline folder (OUT/model of `pathllm train`)"),
               host:str=typer.Option('127.0.0.1', help="Interface to bind; 0.0.0.0 exposes the server to the network"),
@@ -290,9 +290,10 @@ def serve_cmd(model:Path=typer.Option(..., help="Model or pipeline folder (OUT/m
               max_batch:int=typer.Option(32, help="Images per model batch (concurrent requests are batched)"),
               timeout:float=typer.Option(60., help="Seconds before a request is answered 504 and its generation stopped"),
               max_new_tokens:int=typer.Option(256, help="Cap on generated tokens per request"),
-              max_upload_mb:float=typer.Option(8., help="Maximum size of one uploaded image, in MiB")):
+              max_upload_mb:float=typer.Option(8., help="Maximum size of one uploaded image, in MiB"),
+              workers:int=typer.Option(1, help="Server processes, each with its own copy of the model (for machines with cores or devices to spare)")):
     "Serve the web page at /, the REST API (contract at /openapi.json) and OpenAI-compatible /v1/chat/completions."
     from pathllm.serve import serve
     with _errors(): serve(model, host=host, port=port, api_key_file=api_key_file, insecure_public=insecure_public, device=device,
                           max_concurrency=max_concurrency, max_batch=max_batch, timeout_s=timeout, max_new_tokens=max_new_tokens,
-                          max_upload_bytes=int(max_upload_mb * 2**20))
+                          max_upload_bytes=int(max_upload_mb * 2**20), workers=workers)

@@ -14,12 +14,12 @@ __all__ = ['FORMATS', 'MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'SEED_MAX', 'LOADE
            'server_config', 'api_key_from', 'serve', 'main', 'free_port', 'server_process', 'chromium_driver',
            'load_test']
 
-# %% ../nbs/12_serve.ipynb #8c58697d
+# %% ../nbs/12_serve.ipynb #13ecc935
 import argparse, asyncio, base64, binascii, contextvars, io, ipaddress, json, logging, math, os, re, secrets, shutil, socket, subprocess, sys, tempfile, threading, time, uuid, warnings, weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from http import HTTPStatus
 from importlib import import_module
@@ -1015,7 +1015,7 @@ class _H11(H11Protocol):
         head = f'HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n'
         self.transport.write(head.encode() + body); self.transport.close()
 
-# %% ../nbs/12_serve.ipynb #123c25a0
+# %% ../nbs/12_serve.ipynb #1010d886
 class _NoQuery(logging.Filter):
     "Access-log filter: drop the query string of the logged path"
     def filter(self, r):
@@ -1030,20 +1030,21 @@ def _log_config()->dict: # uvicorn's logging config with `_NoQuery` on the acces
     c['handlers']['access']['filters'] = ['no_query']
     return c
 
-def server_config(app, # the ASGI app
+def server_config(app, # the ASGI app, or the 'module:factory' of each worker's
                   host:str='127.0.0.1', port:int=8000, # where to listen
                   limits:Limits|None=None, # connection bounds (default `Limits()`)
                   log_level:str='info', # uvicorn log level
+                  **kw, # more `uvicorn.Config` arguments (`workers`, `factory`)
                  ): # a `uvicorn.Config`
     "uvicorn settings that bound headers, idle sockets and keep-alive"
     import uvicorn
     lim = limits or Limits()
     c = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_H11, h11_max_incomplete_event_size=2 * lim.max_header_bytes,
-                       limit_concurrency=lim.max_connections, timeout_keep_alive=lim.keep_alive_s, log_config=_log_config(), server_header=False)
+                       limit_concurrency=lim.max_connections, timeout_keep_alive=lim.keep_alive_s, log_config=_log_config(), server_header=False, **kw)
     c.max_header_bytes, c.read_timeout_s = lim.max_header_bytes, lim.read_timeout_s
     return c
 
-# %% ../nbs/12_serve.ipynb #6680f09e
+# %% ../nbs/12_serve.ipynb #9c99b4a0
 def api_key_from(key:str|None=None, # a key (from Python)
                  key_file:str|Path|None=None, # a file whose first line is the key
                 )->str|None: # the key, else the first line of `key_file`, else $PATHLLM_API_KEY, else None
@@ -1060,6 +1061,10 @@ def _loopback(host:str)->bool:
     try: return host == 'localhost' or ipaddress.ip_address(host).is_loopback
     except ValueError: return False
 
+def _app_from_env(): # the app of each worker process of `serve(workers=n)`: settings from $PATHLLM_SERVE, key from $PATHLLM_API_KEY
+    s = json.loads(os.environ['PATHLLM_SERVE'])
+    return create_app(Pipeline.from_pretrained(s['model'], s['device']), os.environ.get('PATHLLM_API_KEY') or None, Limits(**s['limits']))
+
 def serve(model_dir:str|Path, # a model or pipeline folder
           host:str='127.0.0.1', # interface to bind; anything but loopback needs a key or `insecure_public`
           port:int=8000, # TCP port
@@ -1068,6 +1073,7 @@ def serve(model_dir:str|Path, # a model or pipeline folder
           insecure_public:bool=False, # allow a non-loopback `host` without a key
           device:str|None=None, # 'cpu', 'cuda', ... (default: cuda when available)
           log_level:str='info', # uvicorn log level
+          workers:int=1, # server processes, each with its own copy of the model
           **limits, # `Limits` fields, e.g. `max_concurrency=8`, `timeout_s=30`
          ):
     "Serve the model in `model_dir` over HTTP until interrupted"
@@ -1076,10 +1082,16 @@ def serve(model_dir:str|Path, # a model or pipeline folder
     if not (_loopback(host) or api_key):
         if not insecure_public: raise ValueError(f'host: {host} is reachable from the network and no API key is set; set $PATHLLM_API_KEY or an API key file, or allow it with --insecure-public')
         warnings.warn(f'serve: listening on {host} without an API key; anyone who can reach it can use the model')
-    app = create_app(Pipeline.from_pretrained(model_dir, device), api_key, lim)
-    uvicorn.Server(server_config(app, host, port, lim, log_level)).run()
+    if workers == 1: return uvicorn.Server(server_config(create_app(Pipeline.from_pretrained(model_dir, device), api_key, lim), host, port, lim, log_level)).run()
+    if workers < 1: raise ValueError(f'workers: must be >= 1, got {workers}')
+    from uvicorn.supervisors import Multiprocess
+    check_model_files(Path(model_dir)/read_spec(model_dir)['model'])  # fail here, once, rather than in every worker
+    os.environ.update(PATHLLM_SERVE=json.dumps(dict(model=str(model_dir), device=device, limits=asdict(lim))), PATHLLM_API_KEY=api_key or '')
+    c = server_config('pathllm.serve:_app_from_env', host, port, lim, log_level, workers=workers, factory=True,
+                      timeout_worker_healthcheck=300)  # a worker imports torch and loads its model before it answers
+    Multiprocess(c, sockets=[c.bind_socket()]).run()
 
-# %% ../nbs/12_serve.ipynb #b6204474
+# %% ../nbs/12_serve.ipynb #13fb377e
 def _arg_parser()->argparse.ArgumentParser:
     ap = argparse.ArgumentParser('python -m pathllm.serve', description='Serve a pathllm model over HTTP.', allow_abbrev=False)
     ap.add_argument('--model', required=True, help='model or pipeline folder')
@@ -1087,6 +1099,7 @@ def _arg_parser()->argparse.ArgumentParser:
     ap.add_argument('--api-key-file', default=None, help='file holding the required key (default: $PATHLLM_API_KEY)')
     ap.add_argument('--insecure-public', action='store_true', help='allow a non-loopback --host without a key')
     ap.add_argument('--device', default=None); ap.add_argument('--log-level', default='info')
+    ap.add_argument('--workers', type=int, default=1, help='server processes, each with its own copy of the model')
     for f in fields(Limits): ap.add_argument('--' + f.name.replace('_', '-'), type=type(f.default), default=f.default)
     return ap
 
