@@ -1163,18 +1163,27 @@ def chromium_driver(binary:str='/usr/bin/chromium', # the browser
     for f in CHROMIUM_FLAGS + (f'--user-data-dir={tempfile.mkdtemp(prefix="pathllm-chromium-")}',): o.add_argument(f)
     return webdriver.Chrome(service=Service(driver), options=o)
 
-# %% ../nbs/12_serve.ipynb #57b65dfe
-async def _level(url:str, path:str, body:dict, headers:dict, c:int, n:int, timeout:float)->tuple: # (latencies, statuses, wall seconds)
-    import httpx
+# %% ../nbs/12_serve.ipynb #e7e36b30
+async def _response(r:asyncio.StreamReader)->tuple: # (status, closing?) of one HTTP/1.1 response with a Content-Length
+    head = (await r.readuntil(b'\r\n\r\n')).decode('latin-1').split('\r\n')
+    h = {k.strip().lower(): v.strip() for k, _, v in (l.partition(':') for l in head[1:] if l)}
+    await r.readexactly(int(h.get('content-length', 0)))
+    return int(head[0].split()[1]), h.get('connection', '').lower() == 'close'
+
+async def _level(host:str, port:int, req:bytes, c:int, n:int, timeout:float)->tuple: # (latencies, statuses, wall seconds)
     lat, status, todo = [], [], iter(range(n))
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=httpx.Limits(max_connections=c, max_keepalive_connections=c)) as cl:
-        async def client():
-            for _ in todo:
-                t = time.perf_counter()
-                try: s = (await cl.post(path, json=body, headers=headers)).status_code
-                except httpx.HTTPError: s = 0
-                lat.append(time.perf_counter() - t); status.append(s)
-        t0 = time.perf_counter(); await asyncio.gather(*[client() for _ in range(c)])
+    async def client(): # one keep-alive connection, one request at a time
+        r = w = None
+        for _ in todo:
+            t = time.perf_counter()
+            try:
+                if w is None: r, w = await asyncio.open_connection(host, port)
+                w.write(req); s, closing = await asyncio.wait_for(_response(r), timeout)
+            except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError): s, closing = 0, True
+            if closing and w is not None: w.close(); r = w = None
+            lat.append(time.perf_counter() - t); status.append(s)
+        if w is not None: w.close()
+    t0 = time.perf_counter(); await asyncio.gather(*[client() for _ in range(c)])
     return lat, status, time.perf_counter() - t0
 
 def load_test(url:str, # base URL of a running server, e.g. from `server_process`
@@ -1188,13 +1197,14 @@ def load_test(url:str, # base URL of a running server, e.g. from `server_process
              )->list: # per level: `clients`, `requests`, `ok`, `busy` (503), `failed`, `req_per_s`, `p50_ms`, `p95_ms`
     "Requests/s and p50/p95 latency of `path` at each level of concurrent clients, with `idle` silent sockets open"
     from pathllm.data import synth_patch
-    host, port = url.split('//')[1].split(':')[0], int(url.rsplit(':', 1)[1])
-    body = body or dict(image=[data_url(synth_patch('pcam', 1, 0))])
-    headers, out = {'X-API-Key': api_key} if api_key else {}, []
+    host, port, out = url.split('//')[1].split(':')[0], int(url.rsplit(':', 1)[1]), []
+    payload = json.dumps(body or dict(image=[data_url(synth_patch('pcam', 1, 0))])).encode()
+    req = (f'POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n'
+           + (f'X-API-Key: {api_key}\r\n' if api_key else '') + '\r\n').encode() + payload  # built once: the client costs the CPU little
     for c in concurrency:
         socks = [socket.create_connection((host, port)) for _ in range(idle)]
         try:
-            with ThreadPoolExecutor(1) as ex: lat, st, wall = ex.submit(asyncio.run, _level(url, path, body, headers, c, requests, timeout)).result()
+            with ThreadPoolExecutor(1) as ex: lat, st, wall = ex.submit(asyncio.run, _level(host, port, req, c, requests, timeout)).result()
         finally:
             for s in socks: s.close()
         ok = [l for l, s in zip(lat, st) if s == 200]
