@@ -238,9 +238,10 @@ def atomic_write(path:Path|str, # destination file
                  data:str|bytes|callable, # text, bytes, or a function `write(tmp_path)` that writes the file
                 )->Path: # `path`
     "Write `path` atomically: into a temporary file in the same folder, then `os.replace`; never half a file"
-    import tempfile
+    import secrets
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
+    tmp = str(path.parent/f'.{path.name}.{secrets.token_hex(6)}.tmp')
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # as `open` does: the umask sets the mode (mkstemp's is 0600)
     try:
         if callable(data): data(tmp)
         else: Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
