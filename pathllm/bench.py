@@ -14,7 +14,7 @@ import numpy as np, torch
 from fastai.torch_core import set_seed
 from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint, environment_info
 from .captions import QUESTIONS
-from .vision import vision_learner_for
+from .vision import vision_learner_for, class_logits, ImageClassifier
 from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
 from .rag import image_embeddings, index_patches, knn_classify, rag_prompt
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
@@ -80,7 +80,7 @@ class ImageOnly:
                  img_size:int=96): self.model, self.cfg, self.sz = model.eval(), types.SimpleNamespace(vlm_kind=kind), img_size  # side the images are resized to
     @torch.no_grad()
     def classify(self, images, generate:bool=False)->dict:
-        return dict(probs=self.model(to_images(images, self.sz, next(self.model.parameters()).device)).softmax(-1))
+        return dict(probs=class_logits(self.model(to_images(images, self.sz, next(self.model.parameters()).device))).softmax(-1))
 
 class KNN:
     "The scoring interface of a kNN classifier: votes of the `k` nearest indexed patches (embedded by `encoder`)"
@@ -146,9 +146,7 @@ def _row_cnn(c:_Run):
     return ImageOnly(learn.model, c.kind, c.cfg.img_size), dict(params=_n_params(learn.model), train_s=round(time.time() - t0, 1))
 
 def _row_vit(c:_Run): # the baseline `run_train` trained, rebuilt from its checkpoint
-    from pathllm.vision import image_classifier
-    m = image_classifier(c.cfg.vit_name, len(LABEL_NAMES[c.kind]), img_size=c.cfg.img_size, **c.cfg.vit_kw)
-    m.load_state_dict(torch.load(c.run/'baseline'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
+    m = ImageClassifier.from_pretrained(c.run/'baseline')
     return ImageOnly(m, c.kind, c.cfg.img_size), dict(params=_n_params(m), train_s=c.stages['baseline']['seconds'])
 
 def _train_connector(c:_Run, connector:str): # a fused model with another connector ('dual', 'qformer'), trained like the main job's
@@ -156,7 +154,7 @@ def _train_connector(c:_Run, connector:str): # a fused model with another connec
     vc = replace(vlm_config(c.cfg, c.kind, None if dual else str(c.run/'lm')), vlm_connector=connector)
     kw = dict(vocab_size=c.cfg.vocab_size) if dual else dict(max_rows=c.cfg.max_rows)
     m, met = train_vlm(c.root, c.run.parent/'rows'/connector/'model', vc, stage1_epochs=c.cfg.stage1_epochs, stage2_epochs=c.cfg.stage2_epochs,
-                       lr1=c.cfg.lr1, lr2=c.cfg.lr2, bs=c.cfg.bs, seed=c.cfg.seed, vision_init=c.run/'baseline'/'encoder.safetensors', **kw)
+                       lr1=c.cfg.lr1, lr2=c.cfg.lr2, bs=c.cfg.bs, seed=c.cfg.seed, vision_init=c.run/'baseline', **kw)
     return m.eval(), dict(params=_n_params(m), train_s=met['seconds'])
 
 def _row_knn(c:_Run):

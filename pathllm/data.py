@@ -893,6 +893,8 @@ class BatchAugment(Callback):
         k = torch.randint(0, 8, (n,), generator=self.g) if self.dihedral else torch.zeros(n, dtype=torch.long)
         u = torch.rand(n, 6, generator=self.g)
         return k, 1 + self.sigma*(2*u[:, :3] - 1), self.bias*(2*u[:, 3:] - 1)
+    def get_rng_state(self)->torch.Tensor: return self.g.get_state()  # saved in checkpoints, for exact resume
+    def set_rng_state(self, s:torch.Tensor): self.g.set_state(s)
     def before_batch(self):
         x = self.xb[0]; x = x.float()/255 if x.dtype == torch.uint8 else x
         if self.training:

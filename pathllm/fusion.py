@@ -16,6 +16,7 @@ from fastcore.basics import patch
 from fastai.torch_core import Module, params, set_seed
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from fastai.callback.core import Callback
 from fastai.callback.training import GradientClip, BnFreeze
 from fastai.learner import Learner
 from fastai.optimizer import Adam
@@ -30,8 +31,9 @@ from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedra
 # %% auto #0
 __all__ = ['CONNECTORS', 'GROUNDING', 'VLMConfig', 'pixel_shuffle', 'Projector', 'QFormerBlock', 'QFormer', 'GatedCrossAttention',
            'ConceptTokens', 'TextEncoder', 'ContrastiveHead', 'clip_loss', 'merge_image_tokens', 'PathVLM',
-           'vlm_records', 'VLMDataset', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'vlm_learner', 'to_images',
-           'retrieval_recall', 'init_vision', 'fit_stage', 'vlm_accuracy', 'train_vlm']
+           'VisionFeatures', 'vlm_records', 'VLMDataset', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter',
+           'FrozenVisionCache', 'vlm_learner', 'to_images', 'retrieval_recall', 'init_vision', 'fit_stage',
+           'vlm_accuracy', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 CONNECTORS = ('projector', 'qformer', 'dual', 'xattn')
@@ -290,12 +292,29 @@ class PathVLM(Module):
         return o.tokens.mean(1) if self.cfg.clip_img_pool == 'mean' else o.pooled
 
 # %% ../nbs/05_fusion.ipynb #b3fb6357
+@dataclass
+class VisionFeatures:
+    "What the vision tower saw in a batch of images: all the rest of the model needs from them"
+    tokens:torch.Tensor # (B, N, D) patch tokens
+    pooled:torch.Tensor # (B, D) pooled embedding
+    def __len__(self): return len(self.tokens)
+    def __getitem__(self, i): return VisionFeatures(self.tokens[i], self.pooled[i])
+    @classmethod
+    def stack(cls, fs:list)->VisionFeatures: return cls(torch.stack([f.tokens for f in fs]), torch.stack([f.pooled for f in fs]))
+
 @patch
-def encode_images(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
+def vision_features(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
+                   )->VisionFeatures:
+    "The vision tower's output for `images`"
+    o = self._img(images); return VisionFeatures(o.tokens, o.pooled)
+
+@patch
+def encode_images(self:PathVLM, images:torch.Tensor|VisionFeatures, # (B, 3, H, W) in [0, 1], or their `vision_features`
                  )->torch.Tensor: # (B, n, C) image tokens in the LM width
     "Vision encoder then connector (then the concept tokens of the readout, when the model has one)"
     if self.dual: raise ValueError("vlm_connector: 'dual' models have no image tokens; use `embed_images`")
-    o = self._img(images); e = self.connector(o.tokens)                          # (B, n, C)
+    o = images if isinstance(images, VisionFeatures) else self.vision_features(images)
+    e = self.connector(o.tokens)                                                 # (B, n, C)
     return torch.cat([e, self.concepts(self.readout(o))], 1) if self.concepts is not None else e
 
 @patch
@@ -412,6 +431,21 @@ def vlm_splitter(m:PathVLM, # the model to split
     opt = lambda mod: params(mod) if mod is not None else []
     return [params(m.vision) + opt(m.readout), params(m.lm), params(m.connector) + opt(m.concepts) + opt(m.xattn)]
 
+class FrozenVisionCache(Callback):
+    "While the vision tower is frozen, each image goes through it once: later rows and epochs of the same image reuse its features"
+    order = -4  # after fastai moved the batch to the device, before the model sees it
+    def __init__(self, cache:dict|None=None): self.cache = {} if cache is None else cache  # content hash -> `VisionFeatures` of one image
+    def before_batch(self):
+        m, x = self.learn.model, self.xb[0]
+        if m.dual or not torch.is_tensor(x) or any(p.requires_grad for p in m.vision.parameters()): return
+        keys = [hash(xi.cpu().numpy().tobytes()) for xi in x]
+        if miss := [i for i, k in enumerate(keys) if k not in self.cache]:
+            was = m.vision.training; m.vision.eval()  # a frozen tower is a fixed function: no crop shift, no dropout
+            with torch.no_grad(): f = m.vision_features(x[miss])
+            m.vision.train(was)
+            for j, i in enumerate(miss): self.cache[keys[i]] = f[j]
+        self.learn.xb = (VisionFeatures.stack([self.cache[k] for k in keys]), *self.xb[1:])
+
 def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 model:PathVLM, # the model
                 stage:int=1, # 1: train the connector only; 2: train everything
@@ -422,10 +456,11 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 resume:bool=False, # continue from the checkpoint in `ckpt_dir`
                 cbs:list|None=None, # extra callbacks
                 freeze_vision:bool=False, # stage 2: keep the vision tower frozen (LM and connector train)
+                cache:dict|None=None, # share the frozen tower's features across learners (see `FrozenVisionCache`)
                )->Learner: # a fastai `Learner`, frozen for stage 1
     "A fastai `Learner` for one training stage of a `PathVLM`"
     if stage not in (1, 2): raise ValueError(f"stage: must be 1 or 2, got {stage}")
-    cbs = [GradientClip(clip), BnFreeze()] + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else []) + list(cbs or [])
+    cbs = [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache)] + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else []) + list(cbs or [])
     learn = Learner(dls, model, loss_func=clip_loss if model.dual else lm_loss, lr=lr, wd=wd, splitter=vlm_splitter, cbs=cbs, train_bn=False,
                     opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if model.dual else [TokenPerplexity()])
     learn.freeze_to(-1) if stage == 1 else learn.freeze_to(1) if freeze_vision else learn.unfreeze()
@@ -729,9 +764,10 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     if vision_init is not None: init_vision(model, vision_init)
     dl = partial(vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed, text_only=dual,
                  max_valid_rows=max_valid_rows)
-    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume), stage1_epochs, lr1, progress)
+    cache = {}  # features of the frozen vision tower, shared by both stages
+    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume, cache=cache), stage1_epochs, lr1, progress)
     dls2 = dl(tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat)
-    learn2 = vlm_learner(dls2, model, 2, lr2, ckpt_dir=out_dir/'stage2', resume=resume, freeze_vision=freeze_vision)
+    learn2 = vlm_learner(dls2, model, 2, lr2, ckpt_dir=out_dir/'stage2', resume=resume, freeze_vision=freeze_vision, cache=cache)
     h2 = fit_stage(learn2, stage2_epochs, np.array([lr2/10, lr2, lr2]), progress)
     model.eval(); vs = _valid_split(root)
     acc = vlm_accuracy(model, VLMDataset(vlm_records(root, vs or 'train', ['class']), root, tok, cfg.vit_img_size))

@@ -15,7 +15,7 @@ from fastcore.basics import patch, store_attr
 from fastai.torch_core import Module, set_seed
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
-from fastai.callback.core import Callback, CancelEpochException
+from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 from fastai.callback.training import GradientClip
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
@@ -27,8 +27,8 @@ from .tokenizer import PathTokenizer
 __all__ = ['IGNORE', 'LMConfig', 'RMSNorm', 'make_norm', 'rotate_half', 'apply_rotary', 'Rotary', 'attn_mask', 'get_position_ids',
            'KVCache', 'Attention', 'SwiGLU', 'GeluMLP', 'Block', 'lm_loss', 'LM', 'TransformerEncoder',
            'lm_config_from_llama', 'lm_from_llama', 'lm_to_llama', 'sample_next', 'save_weights', 'read_weights',
-           'pack_tokens', 'lm_dataloaders', 'chat_dataloaders', 'LMOutputCallback', 'TokenPerplexity',
-           'CheckpointCallback', 'lm_learner', 'train_lm', 'generate_text', 'ngram_perplexity']
+           'pack_tokens', 'lm_dataloaders', 'chat_dataloaders', 'LMOutputCallback', 'TokenPerplexity', 'rng_states',
+           'set_rng_states', 'CheckpointCallback', 'lm_learner', 'train_lm', 'generate_text', 'ngram_perplexity']
 
 # %% ../nbs/03_lm.ipynb #051d8997
 _SIZES = dict(nano=dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2),
@@ -521,12 +521,35 @@ class TokenPerplexity(Metric):
     def name(self): return 'perplexity'
 
 # %% ../nbs/03_lm.ipynb #ed97029c
+def rng_states(learn=None, # a `Learner`: also its data loaders' and callbacks' generators
+              )->dict: # every random state that decides what happens next
+    "The random states of Python, NumPy, torch (and CUDA), and of `learn`'s data loaders and callbacks"
+    import random, numpy as np
+    s = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+             cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    if learn is not None:
+        s['loaders'] = [getattr(dl, 'rng', None) and dl.rng.getstate() for dl in learn.dls.loaders]
+        s['callbacks'] = {type(c).__name__: c.get_rng_state() for c in learn.cbs if hasattr(c, 'get_rng_state')}
+    return s
+
+def set_rng_states(s:dict, # from `rng_states`
+                   learn=None): # the `Learner` whose loaders and callbacks get their generators back
+    "Restore the random states saved by `rng_states`"
+    import random, numpy as np
+    random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
+    if s.get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    if learn is None: return
+    for dl, st in zip(learn.dls.loaders, s.get('loaders', [])):
+        if st is not None: dl.rng.setstate(st)
+    for c in learn.cbs:
+        if type(c).__name__ in s.get('callbacks', {}): c.set_rng_state(s['callbacks'][type(c).__name__])
+
 class CheckpointCallback(Callback):
-    "Save model + optimizer + epoch atomically after each training epoch; with `resume`, continue from the saved epoch"
+    "Save model, optimizer, epoch and random states atomically after each training epoch; with `resume`, continue exactly from there"
     order = 70  # like fastai's `SkipToEpoch`: after the recorder
     def __init__(self, path:str|Path, # folder for `checkpoint.pth`
                  resume:bool=False): # load the checkpoint (if any) when training starts and skip finished epochs
-        self.path, self.resume, self.start_epoch, self._loaded, self._trained = Path(path), resume, 0, False, False
+        self.path, self.resume, self.start_epoch, self._loaded, self._trained, self._rng = Path(path), resume, 0, False, False, None
     @property
     def fname(self): return self.path/'checkpoint.pth'
     # fastai's `get_preds`/`validate` also fire `before_fit`/`before_epoch`/`after_epoch`, but never `before_train`:
@@ -538,13 +561,14 @@ class CheckpointCallback(Callback):
             if self.resume and self.fname.exists():
                 ck = torch.load(self.fname, map_location=next(self.model.parameters()).device, weights_only=False)
                 self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['opt'])
-                self.start_epoch = ck['epoch']
+                self.start_epoch, self._rng = ck['epoch'], ck.get('rng')
         if self.epoch < self.start_epoch: raise CancelEpochException
+        if self._rng is not None: set_rng_states(self._rng, self.learn); self._rng = None  # the first epoch after the checkpoint
         self._trained = True
     def after_epoch(self):
         if not self._trained: return
         self._trained = False
-        ck = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), epoch=self.epoch + 1)
+        ck = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), epoch=self.epoch + 1, rng=rng_states(self.learn))
         atomic_write(self.fname, lambda p: torch.save(ck, p))
 
 # %% ../nbs/03_lm.ipynb #367b90e1
