@@ -24,7 +24,10 @@ from pathllm.captions import measure, caption
 from pathllm.fusion import PathVLM, vlm_dataloaders, vlm_learner, init_vision, fit_stage
 from pathllm.train import run_train, load_config
 from pathllm.evaluate import classification_metrics, cider
-from pathllm.optimize import VARIANTS, compare_variants, distill, variant_outputs, speed_report, speed_markdown
+from pathllm.optimize import (VARIANTS, compare_variants, distill, variant_outputs, speed_report, speed_markdown, compile_model,
+                              train_step_seconds, GradAccum)
+from pathllm.captions import read_corpus
+from pathllm.lm import lm_loss, pack_tokens
 
 # the teacher: the bench's `debug` training config (pathllm.bench.BENCH_CONFIGS['debug'])
 TEACHER = dict(name='bench-debug', max_train=1200, max_valid=400, vision_epochs=4, stage2_epochs=2, max_rows=2400, eval_captions=32,
@@ -51,13 +54,13 @@ def _model(a, out):
 
 
 def _eval_set(a, data, prep, split):
-    """Patches to score: 'valid' (the teacher's validation patches, or the data's valid/test split), or 'dev': training-split
+    """Patches to score: 'valid' (the teacher's validation patches), 'valid_all' (the data's valid/test split), or 'dev': training-split
     patches the teacher was not trained on (settings are chosen there; 'valid' is scored once per published configuration)"""
     ds = load_patches(data)
     if split == 'dev':
         used = set(prep['train']) if prep else set()
         idx = [i for i in np.flatnonzero((ds.items.split == 'train').to_numpy()) if i not in used]
-    elif prep and prep.get('valid'): idx = prep['valid']
+    elif prep and prep.get('valid') and split == 'valid': idx = prep['valid']
     else: idx = np.flatnonzero((ds.items.split == next(s for s in ('valid', 'test', 'train') if s in ds.splits)).to_numpy())
     idx = [int(i) for i in np.random.default_rng(a.seed + 1).permutation(idx)[:a.n_eval]]
     imgs, y = [ds.image(i) for i in idx], [int(ds.labels[i]) for i in idx]
@@ -100,6 +103,44 @@ def _summary(rows):
     return out
 
 
+def _train_speed(a, teacher, root):
+    """Training step time of the teacher's LM (packed text windows) and of the whole fused model (stage-2 rows), eager and compiled
+    (inductor, dynamic shapes), in interleaved rounds after a warm-up that pays the compilation; and fused-model samples/s of
+    one epoch at batch `bs` against `bs/4` with `GradAccum(4)` (the same effective batch)"""
+    import copy
+    tok, steps = teacher.tok, a.train_steps
+    win = pack_tokens([tok.encode(t, add_bos=True, add_eos=True) for t in read_corpus(root, 'train')], 128)
+    lm_b = [(w[:, :-1], w[:, 1:]) for w in win[:a.bs * 4].split(a.bs)]
+    d = vlm_dataloaders(root, tok, bs=a.bs, img_size=teacher.cfg.vit_img_size, max_rows=a.bs * 4, seed=a.seed)
+    vlm_b = [tuple(t.cpu() for t in b) for b in d.train]
+    cases = dict(lm=(teacher.lm, lm_b, lambda m, b: lm_loss(m(b[0])[0], b[1])), fused=(teacher, vlm_b, lambda m, b: lm_loss(m(*b[:3]), b[3])))
+    rows = []
+    for name, (model, batches, loss) in cases.items():
+        eager, comp = copy.deepcopy(model), compile_model(copy.deepcopy(model))
+        warm = train_step_seconds(comp, batches, loss, steps=0, warmup=a.compile_warmup)['warmup_seconds']
+        train_step_seconds(eager, batches, loss, steps=0, warmup=2)
+        te, tc = [], []
+        for _ in range(a.rounds):
+            te.append(np.median(train_step_seconds(eager, batches, loss, steps=steps, warmup=0)['seconds']))
+            tc.append(np.median(train_step_seconds(comp, batches, loss, steps=steps, warmup=0)['seconds']))
+        rat = [c / e for c, e in zip(tc, te)]
+        rows.append(dict(model=name, bs=a.bs, eager_s=float(np.median(te)), compiled_s=float(np.median(tc)), compiled_ratio=float(np.median(rat)),
+                         compiled_ratio_min=min(rat), compiled_ratio_max=max(rat), compile_warmup_s=round(warm, 1), rounds=a.rounds, steps_per_round=steps))
+    acc = []
+    for _ in range(a.rounds):
+        r = {}
+        for k, (bs, cbs) in dict(batch=(a.bs, []), accum=(a.bs // 4, [GradAccum(4)])).items():
+            torch.manual_seed(0); m = copy.deepcopy(teacher).train()
+            dl = vlm_dataloaders(root, tok, bs=bs, img_size=teacher.cfg.vit_img_size, max_rows=a.bs * 8, max_valid_rows=8, seed=a.seed)
+            learn = vlm_learner(dl, m, stage=2, lr=1e-4, cbs=cbs)
+            t0 = time.perf_counter(); fit_stage(learn, 1, 1e-4); r[k] = a.bs * 8 / (time.perf_counter() - t0)
+        acc.append(r)
+    rat = [r['accum'] / r['batch'] for r in acc]
+    grad = dict(model='fused', rows=a.bs * 8, batch=a.bs, micro_batch=a.bs // 4, n_acc=4, samples_per_s_batch=float(np.median([r['batch'] for r in acc])),
+                samples_per_s_accum=float(np.median([r['accum'] for r in acc])), accum_ratio=float(np.median(rat)), accum_ratio_min=min(rat), accum_ratio_max=max(rat))
+    return rows, grad
+
+
 def _plot(rows, path):
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 3, figsize=(12, 3.5))
@@ -118,14 +159,16 @@ def main():
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'optimize'))
     ap.add_argument('--variants', default=','.join(VARIANTS))
     ap.add_argument('--students', default=','.join(STUDENTS), help=f'student kinds, from {list(STUDENTS)}')
-    ap.add_argument('--split', default='valid', choices=['valid', 'dev'], help="'dev': unseen training-split patches, for choosing settings")
+    ap.add_argument('--split', default='valid', choices=['valid', 'valid_all', 'dev'],
+                    help="'valid': the teacher's validation patches; 'valid_all': the data's whole valid split; 'dev': unseen training-split patches, for choosing settings")
     ap.add_argument('--tiny', action='store_true', help='a tiny teacher and few patches: checks every code path in minutes')
+    ap.add_argument('--train-speed', action='store_true', help='also time training steps eager vs compiled, and gradient accumulation')
     for k, v in dict(n_eval=400, n_captions=32, bs=32, n_tokens=32, rounds=5, threads=1, seed=0, seeds=3, distill_epochs=4, distill_rows=2400,
-                     class_repeat=3, student_layers=2, student_embd=48).items():
+                     class_repeat=3, student_layers=2, student_embd=48, train_steps=5, compile_warmup=4).items():
         ap.add_argument('--' + k.replace('_', '-'), type=int, default=v)
     for k, v in dict(distill_lr=3e-3, kd_T=2.0).items(): ap.add_argument('--' + k.replace('_', '-'), type=float, default=v)
     a = ap.parse_args()
-    if a.tiny: a.n_eval, a.n_captions, a.n_tokens, a.rounds, a.seeds, a.distill_epochs, a.distill_rows, a.data = 32, 4, 8, 2, 1, 1, 128, None
+    if a.tiny: a.n_eval, a.n_captions, a.n_tokens, a.rounds, a.seeds, a.distill_epochs, a.distill_rows, a.data, a.train_steps, a.bs = 32, 4, 8, 2, 1, 1, 128, None, 2, 8
     if a.threads: torch.set_num_threads(a.threads)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     a.data = a.data or (str(pcam_dir()) if pcam_dir() and not a.tiny else None)
@@ -138,8 +181,10 @@ def main():
     rows, _ = compare_variants(teacher, imgs, tuple(a.variants.split(',')), score=score, bs=a.bs, n_tokens=a.n_tokens, rounds=a.rounds,
                                n_captions=a.n_captions)
     kd = _student(a, teacher, root, score, imgs) if a.distill_epochs and root else []
+    ts, ga = _train_speed(a, teacher, root) if a.train_speed and root else ([], {})
     res = dict(config=vars(a), eval=ev, teacher_training=trained, environment=environment_info(('torch', 'onnxruntime', 'onnx', 'bitsandbytes', 'numpy')),
-               seconds=round(time.time() - t0, 1), variants=rows, distillation=kd, distillation_summary=_summary(kd) if kd else [])
+               seconds=round(time.time() - t0, 1), variants=rows, distillation=kd, distillation_summary=_summary(kd) if kd else [],
+               train_speed=ts, grad_accum=ga)
     atomic_write(out/'optimize.json', json.dumps(res, indent=2, default=str))
     speed_report(rows, out, dict(eval=ev, bs=a.bs, n_tokens=a.n_tokens, rounds=a.rounds, threads=torch.get_num_threads()))
     vc = ['variant', 'size_mb', 'size_ratio', 'peak_mb', 'agreement', 'max_prob_diff', 'accuracy', 'accuracy_retained', 'auc', 'auc_retained',
@@ -153,6 +198,9 @@ def main():
     if kd: md += (f"\n## Distillation (student: teacher's vision encoder frozen, {a.student_layers}-layer {a.student_embd}-wide LM; "
                   f"{a.distill_epochs} epochs, class rows x{a.class_repeat}, T={a.kd_T}; seeds {a.seed}..{a.seed + a.seeds - 1})\n\n{_md(kd, kc)}\n\n"
                   f"{_md(res['distillation_summary'], ['model', 'seeds', 'params_frac', 'accuracy_mean', 'accuracy_frac_mean', 'accuracy_frac_min', 'accuracy_frac_max'])}\n")
+    if ts: md += (f"\n## Training steps: compiled (inductor, dynamic shapes) vs eager, seconds per step at batch {a.bs} (median of {a.rounds} "
+                  f"interleaved rounds of {a.train_steps} steps)\n\n{_md(ts, list(ts[0]))}\n\n## Gradient accumulation: one epoch of {ga['rows']} rows, "
+                  f"batch {ga['batch']} vs {ga['micro_batch']} x {ga['n_acc']} accumulated\n\n{_md([ga], list(ga))}\n")
     atomic_write(out/'optimize.md', md)
     _plot(rows, out/'optimize.png')
     print(md)

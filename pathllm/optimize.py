@@ -1,4 +1,4 @@
-"""Make a `PathVLM` smaller and faster and learn how it scales: post-training quantization (int8, bitsandbytes 8/4-bit, fp16/bf16), knowledge distillation into a smaller student, and scaling laws with power-law fits.
+"""Make a `PathVLM` smaller and faster and learn how it scales: post-training quantization (int8, bitsandbytes 8/4-bit, fp16/bf16, ONNX Runtime int8 on CPU), knowledge distillation into a smaller student, gradient accumulation and `torch.compile` for training, and scaling laws with power-law fits.
 
 Docs: https://pathllm.github.io/pathllm/optimization.html.md"""
 
@@ -72,21 +72,21 @@ def bnb_int8_linears(module:nn.Module, # changed in place
 
 # %% ../nbs/09_optimization.ipynb #7c24d369
 class ClassScorer(Module):
-    "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes, for export: the K answer rows are constants"
+    "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes, for export and for training on the class decision"
     def __init__(self, model:PathVLM): # a generative `PathVLM` with a tokenizer, connector 'projector' or 'qformer'
         if model.dual or model.xattn is not None or model.cfg.vlm_connector == 'xattn':
             raise ValueError(f"vlm_connector: ClassScorer needs image tokens in the prompt ('projector' or 'qformer'), got {model.cfg.vlm_connector!r}")
         tok, p = model.tok, model._prompt(QUESTIONS[model.cfg.vlm_kind, 'class'][0])
-        ids, am = pad_ids([p + tok.encode(n) + [tok.end_id] for n in LABEL_NAMES[model.cfg.vlm_kind]], tok.pad_id)  # (K, T), right-padded
-        t = torch.arange(len(p) - 1, ids.shape[1] - 1)                       # positions whose next token is an answer token
-        self.model, self.i, self.n = model, p.index(tok.image_id), model.n_image_tokens
-        for k, v in dict(ids=ids, tgt=ids[:, t + 1], w=am[:, t + 1].float(), sel=t + self.n - 1).items(): self.register_buffer(k, v, persistent=False)
+        ids, am = pad_ids([tok.encode(n) + [tok.end_id] for n in LABEL_NAMES[model.cfg.vlm_kind]], tok.pad_id)  # (K, A) answers, right-padded
+        self.model, self.i = model, p.index(tok.image_id)
+        for k, v in dict(prompt=torch.tensor(p), ids=ids, w=am.float()).items(): self.register_buffer(k, v, persistent=False)
     def forward(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> (B, K) log-likelihood of each class answer
-        img, K = self.model.encode_images(x), len(self.ids)                                  # (B, n, C)
-        B, tok = len(img), self.model.lm.tok_emb(self.ids).repeat(len(img), 1, 1)             # (B*K, T, C)
-        h = torch.cat([tok[:, :self.i], img.repeat_interleave(K, 0), tok[:, self.i + 1:]], 1)  # `<image>` -> n image tokens
-        lp = self.model.lm(inputs_embeds=h)[0][:, self.sel].float().log_softmax(-1)           # (B*K, A, V) at the answer positions
-        return (lp.gather(-1, self.tgt.repeat(B, 1)[..., None])[..., 0] * self.w.repeat(B, 1)).sum(1).view(B, K)
+        lm, img, K = self.model.lm, self.model.encode_images(x), len(self.ids)              # img (B, n, C)
+        B, p = len(img), lm.tok_emb(self.prompt)[None].expand(len(img), -1, -1)            # (B, P, C)
+        h = torch.cat([p[:, :self.i], img, p[:, self.i + 1:]], 1)                           # (B, L, C): `<image>` -> n image tokens
+        rows = torch.cat([h.repeat_interleave(K, 0), lm.tok_emb(self.ids[:, :-1]).repeat(B, 1, 1)], 1)  # (B*K, L+A-1, C)
+        lp = lm(inputs_embeds=rows)[0][:, h.shape[1] - 1:].float().log_softmax(-1)          # (B*K, A, V); right padding: causal mask suffices
+        return (lp.gather(-1, self.ids.repeat(B, 1)[..., None])[..., 0] * self.w.repeat(B, 1)).sum(1).view(B, K)
 
 # %% ../nbs/09_optimization.ipynb #3f1418e2
 def onnx_graph(module:nn.Module, # maps one tensor to one tensor
@@ -489,13 +489,14 @@ def train_step_seconds(model:nn.Module, # trained in place (AdamW)
                        lr:float=1e-4, # AdamW learning rate
                       )->dict: # `seconds` per timed step (list), `warmup_seconds` in all
     "Wall time of the training steps (forward, backward, optimizer step) of `model` on `batches`"
-    opt, ts = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr), []
-    model.train(); t00 = time.perf_counter()
+    opt, ts, tw = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr), [], 0.
+    model.train()
     for i in range(warmup + steps):
-        if i == warmup: tw = time.perf_counter() - t00
         t0 = time.perf_counter(); loss(model, batches[i % len(batches)]).backward(); opt.step(); opt.zero_grad()
-        if i >= warmup: ts.append(time.perf_counter() - t0)
-    return dict(seconds=ts, warmup_seconds=tw if warmup else 0.)
+        dt = time.perf_counter() - t0
+        if i < warmup: tw += dt
+        else: ts.append(dt)
+    return dict(seconds=ts, warmup_seconds=tw)
 
 # %% ../nbs/09_optimization.ipynb #2770db16
 def train_flops(n_params:float, # parameters (non-embedding, by convention)
@@ -563,10 +564,10 @@ def lm_scaling_run(train:torch.Tensor, # (N, T+1) training windows from `pack_to
     "Train `LM(cfg)` on a FLOP budget (or a step count) and report its validation loss"
     if (flops is None) == (steps is None): raise ValueError("flops: give exactly one of flops and steps")
     N, T = non_embedding_params(cfg), train.shape[1] - 1
-    steps = steps or max(1, round(flops / train_flops(N, bs * T)))
+    steps = max(3, steps or round(flops / train_flops(N, bs * T)))  # one-cycle needs 3 steps or more
     set_seed(seed); m, g = LM(cfg), torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    sch = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    sch = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=max(0.1, 2 / steps))
     m.train()
     for _ in range(steps):
         b = train[torch.randint(len(train), (bs,), generator=g)]
@@ -611,7 +612,7 @@ def vlm_scaling_run(dls, # from `vlm_dataloaders`
     n = lambda mod: sum(p.numel() for p in mod.parameters())
     n_lm = non_embedding_params(cfg.lm_config) + n(m.connector)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    sch, it, tokens, m_ = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1), iter(dls.train), 0, m.train()
+    sch, it, tokens, m_ = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=max(0.1, 2 / steps)), iter(dls.train), 0, m.train()
     for _ in range(steps):
         try: b = next(it)
         except StopIteration: it = iter(dls.train); b = next(it)
