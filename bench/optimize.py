@@ -46,7 +46,7 @@ def _model(a, out):
         run = Path(a.model); prep = json.loads((run/'data.json').read_text())
         return PathVLM.from_pretrained(run/'model'), run/prep['root'], dict(run=str(run), report={k: json.loads((run/'report.json').read_text()).get(k) for k in ('accuracy', 'auc')}), prep
     if a.model: return PathVLM.from_pretrained(a.model), (Path(a.root) if a.root else None), None, None
-    cfg = load_config(a.config, **(TEACHER if a.config == 'debug' else {}), **(TINY if a.tiny else {}), seed=a.seed)
+    cfg = load_config(a.config, **{**(TEACHER if a.config == 'debug' else {}), **(TINY if a.tiny else {})}, seed=a.seed)
     t0 = time.time(); rep = run_train(cfg, data=a.data, out=out/'train', progress=False)
     prep = json.loads((out/'train'/'data.json').read_text())
     trained = dict(config=cfg.__dict__, seconds=round(time.time() - t0, 1), report={k: rep.get(k) for k in ('accuracy', 'auc', 'cider', 'bleu4')})
