@@ -20,12 +20,13 @@ from .fusion import PathVLM, VLMConfig, vlm_learner, to_images, init_vision, fit
 from .finetune import quantize_linears, replace_linears
 
 # %% auto #0
-__all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'ClassScorer', 'onnx_graph', 'ort_session', 'OrtVLM',
-           'ort_vlm', 'quantize_model', 'disk_bytes', 'peak_memory', 'median_time', 'variant_outputs', 'time_models',
-           'speed_rows', 'speed_markdown', 'compare_variants', 'speed_report', 'save_optimized', 'load_optimized',
-           'optimize_model', 'kd_loss', 'class_kd_loss', 'DistillCallback', 'distill', 'teacher_dataset', 'n_targets',
-           'GradAccum', 'compile_model', 'train_step_seconds', 'train_flops', 'power_law', 'fit_power_law',
-           'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
+__all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'PromptCache', 'ClassScorer', 'onnx_graph',
+           'ort_session', 'OrtVLM', 'ort_vlm', 'quantize_model', 'disk_bytes', 'peak_memory', 'median_time',
+           'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants', 'speed_report',
+           'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss', 'DistillCallback',
+           'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'train_step_seconds', 'train_flops',
+           'power_law', 'fit_power_law', 'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling',
+           'vlm_scaling_run', 'tokenizer_run']
 
 # %% ../nbs/09_optimization.ipynb #82c37487
 VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8')  # names `quantize_model` accepts
@@ -71,8 +72,16 @@ def bnb_int8_linears(module:nn.Module, # changed in place
     return replace_linears(module, make, skip)
 
 # %% ../nbs/09_optimization.ipynb #7c24d369
+class PromptCache:
+    "Keys and values of a shared prompt for `LM.forward(kv_cache=)`: `update` concatenates, so it exports to ONNX and back-propagates"
+    def __init__(self, n_layer:int): self.kv, self.pos = [None] * n_layer, 0  # per layer (k, v) (B, nkv, S, d); positions seen
+    def update(self, layer:int, k:torch.Tensor, v:torch.Tensor)->tuple: # (B, nkv, T, d) each -> all keys, values so far
+        if self.kv[layer] is not None: k, v = torch.cat([self.kv[layer][0], k], 2), torch.cat([self.kv[layer][1], v], 2)
+        self.kv[layer] = (k, v); return k, v
+    def repeat(self, n:int): self.kv = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv]  # each row n times
+
 class ClassScorer(Module):
-    "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes, for export and for training on the class decision"
+    "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes: the prompt runs once per image, the K answers read its cache"
     def __init__(self, model:PathVLM): # a generative `PathVLM` with a tokenizer, connector 'projector' or 'qformer'
         if model.dual or model.xattn is not None or model.cfg.vlm_connector == 'xattn':
             raise ValueError(f"vlm_connector: ClassScorer needs image tokens in the prompt ('projector' or 'qformer'), got {model.cfg.vlm_connector!r}")
@@ -82,10 +91,12 @@ class ClassScorer(Module):
         for k, v in dict(prompt=torch.tensor(p), ids=ids, w=am.float()).items(): self.register_buffer(k, v, persistent=False)
     def forward(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> (B, K) log-likelihood of each class answer
         lm, img, K = self.model.lm, self.model.encode_images(x), len(self.ids)              # img (B, n, C)
-        B, p = len(img), lm.tok_emb(self.prompt)[None].expand(len(img), -1, -1)            # (B, P, C)
+        B, p, cache = len(img), lm.tok_emb(self.prompt)[None].expand(len(img), -1, -1), PromptCache(lm.cfg.n_layer)
         h = torch.cat([p[:, :self.i], img, p[:, self.i + 1:]], 1)                           # (B, L, C): `<image>` -> n image tokens
-        rows = torch.cat([h.repeat_interleave(K, 0), lm.tok_emb(self.ids[:, :-1]).repeat(B, 1, 1)], 1)  # (B*K, L+A-1, C)
-        lp = lm(inputs_embeds=rows)[0][:, h.shape[1] - 1:].float().log_softmax(-1)          # (B*K, A, V); right padding: causal mask suffices
+        first = lm(inputs_embeds=h, kv_cache=cache)[0][:, -1:].repeat_interleave(K, 0)      # (B*K, 1, V): the first answer token
+        cache.repeat(K)
+        rest = lm(self.ids[:, :-1].repeat(B, 1), kv_cache=cache)[0]                          # (B*K, A-1, V); right padding: causal suffices
+        lp = torch.cat([first, rest], 1).float().log_softmax(-1)                             # (B*K, A, V)
         return (lp.gather(-1, self.ids.repeat(B, 1)[..., None])[..., 0] * self.w.repeat(B, 1)).sum(1).view(B, K)
 
 # %% ../nbs/09_optimization.ipynb #3f1418e2
