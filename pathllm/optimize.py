@@ -24,9 +24,9 @@ __all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'Prompt
            'ort_session', 'OrtVLM', 'ort_vlm', 'quantize_model', 'disk_bytes', 'peak_memory', 'median_time',
            'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants', 'speed_report',
            'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss', 'DistillCallback',
-           'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'train_step_seconds', 'train_flops',
-           'power_law', 'fit_power_law', 'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling',
-           'vlm_scaling_run', 'tokenizer_run']
+           'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel',
+           'train_step_seconds', 'train_flops', 'power_law', 'fit_power_law', 'flat_point', 'non_embedding_params',
+           'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
 
 # %% ../nbs/09_optimization.ipynb #82c37487
 VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8')  # names `quantize_model` accepts
@@ -490,6 +490,14 @@ def compile_model(model:nn.Module, # compiled in place: weights, state-dict keys
     "Compile `model`'s forward with `torch.compile`, in place, so a `Learner` trains the compiled model unchanged"
     model.compile(dynamic=dynamic, backend=backend, **kw)
     return model
+
+# %% ../nbs/09_optimization.ipynb #f52e98f1
+class CompileModel(Callback):
+    "Compile the `Learner`'s model in place when training starts (`compile_model`), once"
+    order = -10  # before anything runs the model
+    def __init__(self, **kw): self.kw = kw  # `compile_model` arguments (`dynamic`, `backend`, `mode`)
+    def before_fit(self):
+        if self.learn.model._compiled_call_impl is None: compile_model(self.learn.model, **self.kw)
 
 # %% ../nbs/09_optimization.ipynb #ad9eab70
 def train_step_seconds(model:nn.Module, # trained in place (AdamW)
