@@ -10,7 +10,8 @@ Axes, each a set of short runs with the functions of `pathllm.optimize`:
 
 Writes `<out>/scaling.json`, `<out>/scaling.md` and `<out>/scaling.png`.
 
-    python bench/scaling.py --grid reduced                  # a few minutes on 2 CPU cores
+    python bench/scaling.py --grid tiny --n-train 60 --n-valid 20   # every code path, a few minutes
+    python bench/scaling.py --grid reduced                  # longer, on 2 CPU cores
     python bench/scaling.py --grid full --n-train 4000      # the full grid (GPU when available)
 """
 import argparse, json, math, os, platform, time
@@ -27,6 +28,8 @@ from pathllm.fusion import VLMConfig, vlm_records, vlm_dataloaders
 from pathllm.optimize import lm_scaling_run, vlm_scaling_run, tokenizer_run, fit_power_law, flat_point, plot_scaling
 
 GRIDS = dict(
+    tiny=dict(widths=(16, 32), depths=(1,), steps=10, budgets=(1e9, 4e9), data_fracs=(1/8, 1/4, 1/2, 1.), vocabs=(300,),
+              vit=('pathvit_nano',), shuffles=(1, 2), vlm_steps=10, vlm_rows=(16, 32)),  # checks every code path in a few minutes
     reduced=dict(widths=(32, 64, 96), depths=(1, 2), steps=150, budgets=(1e10, 4e10), data_fracs=(1/32, 1/8, 1/2, 1.), vocabs=(300, 512, 1024),
                  vit=('pathvit_nano',), shuffles=(1, 2, 3), vlm_steps=40, vlm_rows=(100, 400, 1600)),
     full=dict(widths=(32, 64, 128, 192, 256), depths=(1, 2, 4), steps=600, budgets=(1e11, 4e11, 1.6e12), data_fracs=(1/64, 1/16, 1/4, 1.),

@@ -18,12 +18,14 @@ from .vision import vision_learner_for, class_logits, ImageClassifier
 from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
 from .rag import image_embeddings, index_patches, knn_classify, rag_prompt
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
-from .optimize import quantize_model, disk_bytes
+from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
+from .evaluate import classification_metrics
 from .fusion import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, evaluate_vlm, vlm_config
 
 # %% auto #0
-__all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench']
+__all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench',
+           'run_speed']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
 ROWS = ('cnn', 'vit', 'dual', 'knn', 'projector', 'projector_rag', 'projector_stage1', 'qformer', 'lora', 'qlora', 'int8', 'nf4')
@@ -261,3 +263,21 @@ def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, 
     atomic_write(out/'bench.md', _md(rows, info))
     plot_bench(rows, out/'bench.png')
     return res
+
+# %% ../nbs/13_bench.ipynb #059f2cc9
+def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job model (`train/model`) and validation patches are used
+              variants:tuple=('fp32', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'), # `pathllm.optimize.VARIANTS`
+              n_images:int=256, # validation patches classified (accuracy, AUC) and timed
+              bs:int=32, # batch of the batched timing
+              rounds:int=5, # interleaved timing rounds
+              n_tokens:int=16, # generated tokens per timed generation
+             )->list: # one row per variant (`compare_variants` rows)
+    "The bench's speed section: ms/image and tokens/s of each inference variant as ratios to fp32 from the same run; writes `speed.json`, `speed.md`"
+    out = Path(out); run = out/'train'; prep = json.loads((run/'data.json').read_text())
+    src = run/prep['source'] if (run/prep['source']).exists() else prep['source']
+    val = load_patches(src).subset(prep['valid'][:n_images])
+    imgs, y = [val.image(i) for i in range(len(val))], [int(l) for l in val.labels]
+    score = lambda p, c: {k: v for k, v in classification_metrics(y, p[:, 1].numpy()).items() if k in ('accuracy', 'auc')}
+    rows, _ = compare_variants(PathVLM.from_pretrained(run/'model'), imgs, variants, score, bs=bs, n_tokens=n_tokens, rounds=rounds)
+    speed_report(rows, out, dict(model=str(run/'model'), n_images=len(imgs), bs=bs, rounds=rounds, n_tokens=n_tokens, threads=torch.get_num_threads()))
+    return rows

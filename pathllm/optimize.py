@@ -1,4 +1,4 @@
-"""Make a `PathVLM` smaller and faster and learn how it scales: post-training quantization (int8, bitsandbytes 8/4-bit, fp16/bf16), knowledge distillation into a smaller student, and scaling laws with power-law fits.
+"""Make a `PathVLM` smaller and faster and learn how it scales: post-training quantization (int8, bitsandbytes 8/4-bit, fp16/bf16, ONNX Runtime int8 on CPU), knowledge distillation into a smaller student, gradient accumulation and `torch.compile` for training, and scaling laws with power-law fits.
 
 Docs: https://pathllm.github.io/pathllm/optimization.html.md"""
 
@@ -6,13 +6,13 @@ Docs: https://pathllm.github.io/pathllm/optimization.html.md"""
 
 # %% ../nbs/09_optimization.ipynb #c80805b2
 from __future__ import annotations
-import copy, io, json, math, statistics, time, warnings
+import contextlib, copy, io, json, math, statistics, tempfile, time, warnings
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr
-from fastai.callback.core import Callback
-from fastai.torch_core import set_seed
-from .data import atomic_write
+from fastai.callback.core import Callback, CancelBatchException
+from fastai.torch_core import set_seed, Module
+from .data import atomic_write, LABEL_NAMES, environment_info
 from .captions import QUESTIONS, read_jsonl
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, Rotary, IGNORE, lm_loss, pack_tokens
@@ -20,13 +20,16 @@ from .fusion import PathVLM, VLMConfig, vlm_learner, to_images, init_vision, fit
 from .finetune import quantize_linears, replace_linears
 
 # %% auto #0
-__all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'quantize_model', 'disk_bytes', 'peak_memory',
-           'median_time', 'variant_stats', 'compare_variants', 'save_optimized', 'load_optimized', 'optimize_model',
-           'kd_loss', 'DistillCallback', 'distill', 'teacher_dataset', 'train_flops', 'power_law', 'fit_power_law',
-           'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
+__all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'PromptCache', 'ClassScorer', 'onnx_graph',
+           'ort_session', 'OrtVLM', 'ort_vlm', 'quantize_model', 'disk_bytes', 'peak_memory', 'median_time',
+           'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants', 'speed_report',
+           'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss', 'DistillCallback',
+           'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel',
+           'train_step_seconds', 'train_flops', 'power_law', 'fit_power_law', 'flat_point', 'non_embedding_params',
+           'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
 
 # %% ../nbs/09_optimization.ipynb #82c37487
-VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4')  # names `quantize_model` accepts
+VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8')  # names `quantize_model` accepts
 _DTYPES = dict(fp16=torch.float16, bf16=torch.bfloat16)
 
 # %% ../nbs/09_optimization.ipynb #425ff9e9
@@ -68,10 +71,87 @@ def bnb_int8_linears(module:nn.Module, # changed in place
         return q
     return replace_linears(module, make, skip)
 
+# %% ../nbs/09_optimization.ipynb #7c24d369
+class PromptCache:
+    "Keys and values of a shared prompt for `LM.forward(kv_cache=)`: `update` concatenates, so it exports to ONNX and back-propagates"
+    def __init__(self, n_layer:int): self.kv, self.pos = [None] * n_layer, 0  # per layer (k, v) (B, nkv, S, d); positions seen
+    def update(self, layer:int, k:torch.Tensor, v:torch.Tensor)->tuple: # (B, nkv, T, d) each -> all keys, values so far
+        if self.kv[layer] is not None: k, v = torch.cat([self.kv[layer][0], k], 2), torch.cat([self.kv[layer][1], v], 2)
+        self.kv[layer] = (k, v); return k, v
+    def repeat(self, n:int): self.kv = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv]  # each row n times
+
+class ClassScorer(Module):
+    "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes: the prompt runs once per image, the K answers read its cache"
+    def __init__(self, model:PathVLM): # a generative `PathVLM` with a tokenizer, connector 'projector' or 'qformer'
+        if model.dual or model.xattn is not None or model.cfg.vlm_connector == 'xattn':
+            raise ValueError(f"vlm_connector: ClassScorer needs image tokens in the prompt ('projector' or 'qformer'), got {model.cfg.vlm_connector!r}")
+        tok, p = model.tok, model._prompt(QUESTIONS[model.cfg.vlm_kind, 'class'][0])
+        ids, am = pad_ids([tok.encode(n) + [tok.end_id] for n in LABEL_NAMES[model.cfg.vlm_kind]], tok.pad_id)  # (K, A) answers, right-padded
+        self.model, self.i = model, p.index(tok.image_id)
+        for k, v in dict(prompt=torch.tensor(p), ids=ids, w=am.float()).items(): self.register_buffer(k, v, persistent=False)
+    def forward(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> (B, K) log-likelihood of each class answer
+        lm, img, K = self.model.lm, self.model.encode_images(x), len(self.ids)              # img (B, n, C)
+        B, p, cache = len(img), lm.tok_emb(self.prompt)[None].expand(len(img), -1, -1), PromptCache(lm.cfg.n_layer)
+        h = torch.cat([p[:, :self.i], img, p[:, self.i + 1:]], 1)                           # (B, L, C): `<image>` -> n image tokens
+        first = lm(inputs_embeds=h, kv_cache=cache)[0][:, -1:].repeat_interleave(K, 0)      # (B*K, 1, V): the first answer token
+        cache.repeat(K)
+        rest = lm(self.ids[:, :-1].repeat(B, 1), kv_cache=cache)[0]                          # (B*K, A-1, V); right padding: causal suffices
+        lp = torch.cat([first, rest], 1).float().log_softmax(-1)                             # (B*K, A, V)
+        return (lp.gather(-1, self.ids.repeat(B, 1)[..., None])[..., 0] * self.w.repeat(B, 1)).sum(1).view(B, K)
+
+# %% ../nbs/09_optimization.ipynb #3f1418e2
+def onnx_graph(module:nn.Module, # maps one tensor to one tensor
+               example:torch.Tensor, # an input; the graph is fixed to its shape
+               int8:bool=False, # int8 weights in every MatMul/Gemm (per output channel), activations quantized on the fly
+              )->bytes: # the serialised ONNX model
+    "Export `module` to ONNX with `torch.export`, optionally with int8 matrix multiplies (ONNX Runtime quantization)"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter('ignore')
+        proto = torch.onnx.export(module.eval(), (example,), input_names=['x'], output_names=['y'], dynamo=True, external_data=False).model_proto
+    if not int8: return proto.SerializeToString()
+    from onnxruntime.quantization import quantize_dynamic, QuantType
+    with tempfile.TemporaryDirectory() as d:
+        quantize_dynamic(proto, Path(d)/'q.onnx', op_types_to_quantize=['MatMul', 'Gemm'], per_channel=True, weight_type=QuantType.QInt8)
+        return (Path(d)/'q.onnx').read_bytes()
+
+def ort_session(graph:bytes, # from `onnx_graph`
+                threads:int|None=None, # intra-op threads (default: `torch.get_num_threads()`, what PyTorch uses)
+               ): # an `onnxruntime.InferenceSession` on the CPU
+    "An ONNX Runtime CPU session with PyTorch's thread count"
+    import onnxruntime as ort
+    so = ort.SessionOptions(); so.intra_op_num_threads, so.inter_op_num_threads = threads or torch.get_num_threads(), 1
+    return ort.InferenceSession(graph, so, providers=['CPUExecutionProvider'])
+
+# %% ../nbs/09_optimization.ipynb #ba76a182
+class OrtVLM(PathVLM):
+    "A `PathVLM` whose class scores run in ONNX Runtime (a graph per input shape, built on first use); generation stays in PyTorch"
+    def __init__(self, cfg:VLMConfig, # the model's config
+                 tok:PathTokenizer, # its tokenizer
+                 int8:bool=True): # int8 matrix multiplies in the graph
+        super().__init__(cfg, tok); self.int8, self._sessions = int8, {}
+    def load_state_dict(self, *args, **kw): self._sessions = {}; return super().load_state_dict(*args, **kw)  # graphs hold the old weights
+    def _session(self, x:torch.Tensor):
+        if x.shape not in self._sessions: self._sessions[x.shape] = ort_session(onnx_graph(ClassScorer(self), x, self.int8))
+        return self._sessions[x.shape]
+    @torch.no_grad()
+    def class_logprobs(self, images, names:list|None=None, question:str|None=None)->torch.Tensor: # (B, K)
+        "`PathVLM.class_logprobs`, in ONNX Runtime for the default class names and question"
+        if question is not None or (names is not None and list(names) != list(LABEL_NAMES[self.cfg.vlm_kind])):
+            return super().class_logprobs(images, names, question)
+        x = to_images(images, self.cfg.vit_img_size).float().cpu()
+        return torch.from_numpy(self._session(x).run(None, {'x': x.numpy()})[0])
+
+def ort_vlm(model:PathVLM, # the fp32 model (not changed)
+            int8:bool=True, # int8 matrix multiplies (else the fp32 graph)
+           )->OrtVLM: # a copy, in eval mode
+    "A copy of `model` that classifies in ONNX Runtime"
+    m = OrtVLM(model.cfg, model.tok, int8); m.load_state_dict(model.state_dict())
+    return m.eval()
+
 # %% ../nbs/09_optimization.ipynb #fc238c92
 def quantize_model(model:PathVLM, # the fp32 model (not changed)
                    variant:str='int8_dynamic', # one of `VARIANTS`
-                   parts:tuple=('lm', 'connector'), # submodules whose linear layers are quantized (also 'vision')
+                   parts:tuple=('lm', 'connector'), # submodules whose linear layers are quantized (also 'vision'); not for 'ort_*'
                    skip:tuple=('lm_head',), # linear layers kept in fp32 (the head is tied to the embedding)
                   )->PathVLM: # a quantized copy, in eval mode
     "A copy of `model` with weights in the format `variant`"
@@ -79,6 +159,7 @@ def quantize_model(model:PathVLM, # the fp32 model (not changed)
     bad = [p for p in parts if p not in ('vision', 'lm', 'connector')]
     if bad: raise ValueError(f"parts: unknown {bad}; choose from ['vision', 'lm', 'connector']")
     if variant in _DTYPES: return cast_model(model, _DTYPES[variant]).eval()
+    if variant.startswith('ort_'): return ort_vlm(model, int8=variant == 'ort_int8')
     m = copy.deepcopy(model).eval()
     for p in parts if variant != 'fp32' else ():
         sub = getattr(m, p)
@@ -117,7 +198,7 @@ def median_time(fn, # a function of no arguments
         sync(); t0 = time.perf_counter(); fn(); sync(); ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
-# %% ../nbs/09_optimization.ipynb #efa70e0b
+# %% ../nbs/09_optimization.ipynb #394d1aff
 @torch.no_grad()
 def _gen_tokens(model:PathVLM, x:torch.Tensor, n:int)->torch.Tensor: # (B, n) greedy caption tokens, no early stop
     ids, am = pad_ids([model._prompt(QUESTIONS['caption'][0])] * len(x), model.tok.pad_id, 'left')
@@ -125,49 +206,110 @@ def _gen_tokens(model:PathVLM, x:torch.Tensor, n:int)->torch.Tensor: # (B, n) gr
     return model.lm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=n)
 
 @torch.no_grad()
-def variant_stats(model:PathVLM, # a model with a tokenizer, e.g. from `quantize_model`
-                  images, # images `to_images` accepts (list of PIL / arrays, or a (B, 3, H, W) tensor)
-                  bs:int=32, # batch size of classification and captioning
-                  n_latency:int=8, # images per timed `classify` batch
-                  n_tokens:int=16, # generated tokens per timed generation
-                  reps:int=3, # timed repetitions (median)
-                  n_captions:int=0, # caption the first this many images (for CIDEr)
-                  max_new_tokens:int=48, # tokens per caption at most
-                 )->dict: # size_bytes, peak_bytes, s_per_image, tokens_per_s, probs (N, K), captions
-    "Size, memory, speed and outputs of one model variant on `images`"
+def variant_outputs(model:PathVLM, # a model with a tokenizer, e.g. from `quantize_model`
+                    images, # images `to_images` accepts (list of PIL / arrays, or a (B, 3, H, W) tensor)
+                    bs:int=32, # batch size of classification and captioning
+                    n_captions:int=0, # caption the first this many images (for CIDEr)
+                    max_new_tokens:int=48, # tokens per caption at most
+                   )->dict: # size_bytes, peak_bytes, probs (N, K), captions
+    "Size, memory and outputs of one model variant on `images` (`time_models` times it)"
     x = to_images(images, model.cfg.vit_img_size, next(model.parameters()).device)
     cls = lambda b: model.classify(b, generate=False)['probs'].float().cpu()
-    probs = torch.cat([cls(x[i:i+bs]) for i in range(0, len(x), bs)])
-    xl, size, n_captions = x[:n_latency], disk_bytes(model), min(n_captions, len(x))
+    probs, size, n_captions = torch.cat([cls(x[i:i+bs]) for i in range(0, len(x), bs)]), disk_bytes(model), min(n_captions, len(x))
     caps = [c for i in range(0, n_captions, bs) for c in model.caption(x[i:min(i+bs, n_captions)], max_new_tokens=max_new_tokens)]
-    return dict(size_bytes=size, peak_bytes=size + peak_memory(lambda: cls(xl)),
-                s_per_image=median_time(lambda: cls(xl), reps) / len(xl),
-                tokens_per_s=n_tokens / median_time(lambda: _gen_tokens(model, x[:1], n_tokens), reps), probs=probs, captions=caps)
+    return dict(size_bytes=size, peak_bytes=size + peak_memory(lambda: cls(x[:bs])), probs=probs, captions=caps)
 
-# %% ../nbs/09_optimization.ipynb #dd23f482
+# %% ../nbs/09_optimization.ipynb #74a82d98
+def _timers(model:PathVLM, x:torch.Tensor, bs:int, n_tokens:int)->dict: # measure -> (function, images or tokens per call)
+    cls = lambda b: model.classify(b, generate=False)
+    return {'ms_b1': (lambda: cls(x[:1]), 1), f'ms_b{bs}': (lambda: cls(x[:bs]), len(x[:bs])),
+            'tokens_per_s': (lambda: _gen_tokens(model, x[:1], n_tokens), n_tokens)}
+
+@torch.no_grad()
+def time_models(models:dict, # name -> `PathVLM` (e.g. from `quantize_model`), all of one input size
+                images, # images `to_images` accepts
+                bs:int=32, # images per batch of the batched measure
+                n_tokens:int=16, # greedy tokens per timed generation (one image, KV cache, no early stop)
+                rounds:int=5, # timed rounds; each round times every model once
+               )->dict: # name -> measure -> `rounds` values: `ms_b1`, `ms_b{bs}` (ms per image), `tokens_per_s`
+    "Interleaved timings of several models on the same images: classification at batch 1 and `bs`, and generation"
+    x = to_images(images, next(iter(models.values())).cfg.vit_img_size)
+    fns = {k: _timers(m, x, bs, n_tokens) for k, m in models.items()}
+    for f in fns.values():
+        for g, _ in f.values(): g()                                      # warm-up (ONNX Runtime graphs are built here)
+    res = {k: {q: [] for q in f} for k, f in fns.items()}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            for q, (g, n) in f.items():
+                t0 = time.perf_counter(); g(); dt = time.perf_counter() - t0
+                res[k][q].append(n / dt if q == 'tokens_per_s' else 1e3 * dt / n)
+    return res
+
+# %% ../nbs/09_optimization.ipynb #c7688ee0
+def speed_rows(times:dict, # from `time_models`
+               ref:str='fp32', # the model every ratio is to
+              )->list: # per model: each measure's median, `_min`, `_max`, and `_ratio` (median of same-round ratios) with its `_ratio_min`, `_ratio_max`
+    "Medians, ranges and same-round ratios to `ref` of `time_models` results"
+    rows = []
+    for k, ms in times.items():
+        r = dict(variant=k)
+        for q, v in ms.items():
+            rat = [a / b for a, b in zip(v, times[ref][q])]
+            r |= {q: statistics.median(v), f'{q}_min': min(v), f'{q}_max': max(v),
+                  f'{q}_ratio': statistics.median(rat), f'{q}_ratio_min': min(rat), f'{q}_ratio_max': max(rat)}
+        rows.append(r)
+    return rows
+
+def speed_markdown(rows:list, # from `speed_rows`, possibly with more columns (e.g. from `compare_variants`)
+                   cols:tuple=('size_mb', 'accuracy', 'auc'), # more columns after the variant, where present
+                  )->str: # a markdown table: each measure as `median [min, max]`, then its ratio `median [min, max]`
+    "The speed table: per variant the timings and their same-round ratios to the reference, with ranges over the rounds"
+    qs, extra = [q for q in rows[0] if f'{q}_ratio' in rows[0]], [c for c in cols if c in rows[0]]
+    f = lambda v: f'{v:.3g}' if isinstance(v, float) else str(v)
+    rng = lambda r, q: f"{f(r[q])} [{f(r[q + '_min'])}, {f(r[q + '_max'])}]"
+    hdr = ['variant', *extra, *[h for q in qs for h in (q, f'{q} ratio')]]
+    body = [[r['variant'], *[f(r.get(c, '')) for c in extra], *[c for q in qs for c in (rng(r, q), rng(r, q + '_ratio'))]] for r in rows]
+    return '\n'.join('| ' + ' | '.join(l) + ' |' for l in [hdr, ['---'] * len(hdr), *body])
+
+# %% ../nbs/09_optimization.ipynb #87fa8b43
 def compare_variants(model:PathVLM, # the fp32 model
                      images, # evaluation images
                      variants:tuple=VARIANTS, # variants to measure; fp32 is always measured first
                      score=None, # optional `score(probs, captions) -> dict` of task metrics (accuracy, auc, cider, ...)
                      parts:tuple=('lm', 'connector'), # what `quantize_model` quantizes
-                     **kw, # `variant_stats` arguments
-                    )->tuple: # (rows: one dict per variant, outputs: variant -> `variant_stats` dict)
+                     bs:int=32, # batch size of classification, captioning and the batched timing
+                     n_tokens:int=16, # tokens per timed generation
+                     rounds:int=3, # interleaved timing rounds (`time_models`)
+                     **kw, # `variant_outputs` arguments (`n_captions`, `max_new_tokens`)
+                    )->tuple: # (rows: one dict per variant, outputs: variant -> `variant_outputs` dict)
     "Measure quantized variants of `model` on the same images, with ratios to fp32 from the same run"
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad: raise ValueError(f"variants: unknown {bad}; choose from {list(VARIANTS)}")
-    outs, rows = {}, []
-    for v in dict.fromkeys(('fp32', *variants)):
-        outs[v] = variant_stats(quantize_model(model, v, parts), images, **kw)
-        outs[v]['metrics'] = score(outs[v]['probs'], outs[v]['captions']) if score else {}
-    b = outs['fp32']
-    for v, o in outs.items():
+    if bad := [v for v in variants if v not in VARIANTS]: raise ValueError(f"variants: unknown {bad}; choose from {list(VARIANTS)}")
+    models = {v: quantize_model(model, v, parts) for v in dict.fromkeys(('fp32', *variants))}
+    outs = {v: variant_outputs(m, images, bs, **kw) for v, m in models.items()}
+    speed, b, rows = speed_rows(time_models(models, images, bs, n_tokens, rounds)), outs['fp32'], []
+    for (v, o), sp in zip(outs.items(), speed):
+        m = score(o['probs'], o['captions']) if score else {}
         r = dict(variant=v, size_mb=o['size_bytes'] / 2**20, size_ratio=o['size_bytes'] / b['size_bytes'], peak_mb=o['peak_bytes'] / 2**20,
-                 ms_per_image=1e3 * o['s_per_image'], speedup=b['s_per_image'] / o['s_per_image'], tokens_per_s=o['tokens_per_s'],
-                 gen_speedup=o['tokens_per_s'] / b['tokens_per_s'], agreement=float((o['probs'].argmax(-1) == b['probs'].argmax(-1)).float().mean()),
-                 max_prob_diff=float((o['probs'] - b['probs']).abs().max()))
-        for k, val in o['metrics'].items(): r[k], r[f'{k}_retained'] = val, val / b['metrics'][k] if b['metrics'][k] else float('nan')
-        rows.append(r)
+                 agreement=float((o['probs'].argmax(-1) == b['probs'].argmax(-1)).float().mean()),
+                 max_prob_diff=float((o['probs'] - b['probs']).abs().max()), **m)
+        rows.append(r | sp); o['metrics'] = m
+    for r in rows: r |= {f'{k}_retained': r[k] / outs['fp32']['metrics'][k] if outs['fp32']['metrics'][k] else float('nan') for k in outs['fp32']['metrics']}
     return rows, outs
+
+def speed_report(rows:list, # from `compare_variants` or `speed_rows`
+                 out:str|Path, # folder for `<name>.json` and `<name>.md`
+                 info:dict|None=None, # what was measured (model, data, settings), stored with the rows
+                 name:str='speed', # file name stem
+                 title:str='Inference speed', # markdown title
+                )->str: # the markdown written
+    "Write speed rows as JSON (with the environment) and as a markdown table, both from the same numbers"
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    env = environment_info(('torch', 'onnxruntime', 'onnx', 'bitsandbytes', 'numpy'))
+    atomic_write(out/f'{name}.json', json.dumps(dict(rows=rows, info=info or {}, environment=env), indent=2, default=str))
+    md = (f"# {title}\n\nRatios are to `{rows[0]['variant']}` measured in the same run, round by round; `[min, max]` over the rounds. "
+          f"Measured {env['date']} on {env['device']}, torch {env['packages']['torch']}.\n\n{speed_markdown(rows)}\n")
+    atomic_write(out/f'{name}.md', md)
+    return md
 
 # %% ../nbs/09_optimization.ipynb #437ee405
 def save_optimized(model:PathVLM, # a model from `quantize_model`
@@ -234,23 +376,42 @@ def kd_loss(student_logits:torch.Tensor, # (B, T, V)
          if keep.any() else s.sum() * 0
     return kl if alpha == 1 or targets is None else alpha * kl + (1 - alpha) * lm_loss(s, targets)
 
+# %% ../nbs/09_optimization.ipynb #67b20ae0
+def class_kd_loss(student:torch.Tensor, # (B, K) class scores of the student (log-likelihoods or logits)
+                  teacher:torch.Tensor, # (B, K) class scores of the teacher
+                  T:float=1.0, # softmax temperature
+                  balanced:bool=True, # weight rows so that each class the teacher predicts counts equally
+                 )->torch.Tensor: # scalar loss
+    "Distillation of the class decision: `T^2 KL(p_t || p_s)` over the K classes, optionally class-balanced"
+    t, s = F.log_softmax(teacher.float() / T, -1), F.log_softmax(student.float() / T, -1)
+    kl = (t.exp() * (t - s)).sum(-1) * T * T                                   # (B,)
+    if not balanced: return kl.mean()
+    c = teacher.argmax(-1); w = 1 / torch.bincount(c, minlength=teacher.shape[-1]).float()[c]
+    return (w * kl).sum() / w.sum()
+
 # %% ../nbs/09_optimization.ipynb #21ae10b8
 class DistillCallback(Callback):
-    "Train the `Learner`'s model on `kd_loss` against a frozen `teacher` run on the same batch; validation keeps the task loss"
+    "Train the `Learner`'s model on `kd_loss` (and `class_kd_loss`) against a frozen `teacher` run on the same batch; validation keeps the task loss"
     order = 0
     def __init__(self, teacher:nn.Module, # the teacher, same tokenizer (vocabulary) as the student
                  T:float=2.0, # softmax temperature
-                 alpha:float=0.5): # weight of the KL term (the rest is the task loss)
+                 alpha:float=0.5, # weight of the token KL term (the rest is the task loss)
+                 cls_weight:float=0., # weight of `class_kd_loss` on the batch's images (0: off)
+                 balanced:bool=True): # class-balanced `class_kd_loss`
         store_attr()
     def before_fit(self):
         ts, ss = self.teacher.cfg.lm_vocab_size, self.learn.model.cfg.lm_vocab_size
         if ts != ss: raise ValueError(f"lm_vocab_size: teacher has {ts} tokens, student {ss}; they must share the tokenizer")
         self.teacher.to(next(self.learn.model.parameters()).device).eval().requires_grad_(False)
+        self.scorers = (ClassScorer(self.learn.model), ClassScorer(self.teacher)) if self.cls_weight else None
     def after_loss(self):
         if not self.training: return
         with torch.no_grad(): t = self.teacher(*self.xb)
-        self.learn.loss_grad = kd_loss(self.pred, t, self.yb[0], self.T, self.alpha)
-        self.learn.loss = self.learn.loss_grad.clone()
+        loss = kd_loss(self.pred, t, self.yb[0], self.T, self.alpha)
+        if self.cls_weight:
+            with torch.no_grad(): ct = self.scorers[1](self.xb[0])
+            loss = loss + self.cls_weight * class_kd_loss(self.scorers[0](self.xb[0]), ct, self.T, self.balanced)
+        self.learn.loss_grad, self.learn.loss = loss, loss.detach().clone()
 
 # %% ../nbs/09_optimization.ipynb #f6a1b0bc
 def distill(teacher:PathVLM, # the trained teacher (frozen)
@@ -259,12 +420,15 @@ def distill(teacher:PathVLM, # the trained teacher (frozen)
             epochs:int=2, # one-cycle epochs
             lr:float=3e-3, # peak learning rate
             T:float=2.0, # softmax temperature
-            alpha:float=0.5, # weight of the KL term
+            alpha:float=0.5, # weight of the token KL term
+            cls_weight:float=0., # weight of the class-decision KL (`class_kd_loss`)
+            balanced:bool=True, # class-balanced class-decision KL
+            freeze_vision:bool=False, # keep the student's vision tower frozen (e.g. the teacher's, copied in with `init_vision`)
             progress:bool=False, # show fastai's progress bars
            )->dict: # `losses` (per batch), `train_loss`, `valid_loss` (task loss) per epoch
-    "Train `student` on every weight with `DistillCallback(teacher)`"
-    learn = vlm_learner(dls, student, stage=2, lr=lr, cbs=[DistillCallback(teacher, T, alpha)])
-    return fit_stage(learn, epochs, lr, progress)
+    "Train `student` with `DistillCallback(teacher)`"
+    cb = DistillCallback(teacher, T, alpha, cls_weight, balanced)
+    return fit_stage(vlm_learner(dls, student, stage=2, lr=lr, cbs=[cb], freeze_vision=freeze_vision), epochs, lr, progress)
 
 # %% ../nbs/09_optimization.ipynb #49fb50ed
 def _abs(r:dict, root:Path)->dict: return {**r, 'image': str((root/r['image']).resolve())}
@@ -291,6 +455,67 @@ def teacher_dataset(teacher:PathVLM, # the trained teacher
     for f in sorted(root.glob('*.jsonl')):
         if f.name != 'instructions_train.jsonl' and f.name.startswith(('instructions_', 'llava_')): atomic_write(out/f.name, dump([_abs(r, root) for r in read_jsonl(f)]))
     return out
+
+# %% ../nbs/09_optimization.ipynb #2e645139
+def n_targets(yb:tuple, # a batch's targets, as in `Learner.yb`
+             )->int: # how many targets the batch's mean loss averages over
+    "Counted targets of a batch: tokens other than `IGNORE` for (B, T) token targets, else the batch size"
+    y = yb[0]
+    return int((y != IGNORE).sum()) if y.ndim > 1 and not y.is_floating_point() else len(y)
+
+class GradAccum(Callback):
+    "Step the optimizer every `n_acc` batches with the gradient of their union's mean loss (batches weighted by `weight`)"
+    order, run_valid = 6, False  # after `DistillCallback` sets the loss, before `GradientClip` clips the summed gradient
+    def __init__(self, n_acc:int=2, # batches per optimizer step
+                 weight=n_targets): # `weight(yb)`: how much a batch counts in the mean loss
+        if n_acc < 1: raise ValueError(f"n_acc: must be >= 1, got {n_acc}")
+        store_attr()
+    def before_fit(self): self.n, self.total = 0, 0.
+    def after_loss(self):
+        w = self.weight(self.learn.yb); self.total += w
+        self.learn.loss_grad = self.learn.loss_grad * w                 # the batch's summed loss
+    def before_step(self):
+        self.n += 1
+        if self.n < self.n_acc: raise CancelBatchException()            # keep the gradients: no step, no zero_grad
+        for p in self.learn.model.parameters():
+            if p.grad is not None: p.grad.div_(self.total)
+        self.n, self.total = 0, 0.
+
+# %% ../nbs/09_optimization.ipynb #c94dc8c8
+def compile_model(model:nn.Module, # compiled in place: weights, state-dict keys and attributes stay as they are
+                  dynamic:bool|None=True, # symbolic shapes: batches of varying sequence length share one graph
+                  backend:str='inductor', # 'inductor' (generated C++/Triton kernels) or 'aot_eager' (traced, no code generation)
+                  **kw, # more `torch.compile` arguments (`mode`, `fullgraph`)
+                 )->nn.Module: # `model`
+    "Compile `model`'s forward with `torch.compile`, in place, so a `Learner` trains the compiled model unchanged"
+    model.compile(dynamic=dynamic, backend=backend, **kw)
+    return model
+
+# %% ../nbs/09_optimization.ipynb #f52e98f1
+class CompileModel(Callback):
+    "Compile the `Learner`'s model in place when training starts (`compile_model`), once"
+    order = -10  # before anything runs the model
+    def __init__(self, **kw): self.kw = kw  # `compile_model` arguments (`dynamic`, `backend`, `mode`)
+    def before_fit(self):
+        if self.learn.model._compiled_call_impl is None: compile_model(self.learn.model, **self.kw)
+
+# %% ../nbs/09_optimization.ipynb #ad9eab70
+def train_step_seconds(model:nn.Module, # trained in place (AdamW)
+                       batches:list, # tuples the `loss` function takes, cycled
+                       loss, # `loss(model, batch) -> scalar`
+                       steps:int=20, # timed steps
+                       warmup:int=3, # untimed first steps (compilation happens here)
+                       lr:float=1e-4, # AdamW learning rate
+                      )->dict: # `seconds` per timed step (list), `warmup_seconds` in all
+    "Wall time of the training steps (forward, backward, optimizer step) of `model` on `batches`"
+    opt, ts, tw = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr), [], 0.
+    model.train()
+    for i in range(warmup + steps):
+        t0 = time.perf_counter(); loss(model, batches[i % len(batches)]).backward(); opt.step(); opt.zero_grad()
+        dt = time.perf_counter() - t0
+        if i < warmup: tw += dt
+        else: ts.append(dt)
+    return dict(seconds=ts, warmup_seconds=tw)
 
 # %% ../nbs/09_optimization.ipynb #2770db16
 def train_flops(n_params:float, # parameters (non-embedding, by convention)
@@ -358,10 +583,10 @@ def lm_scaling_run(train:torch.Tensor, # (N, T+1) training windows from `pack_to
     "Train `LM(cfg)` on a FLOP budget (or a step count) and report its validation loss"
     if (flops is None) == (steps is None): raise ValueError("flops: give exactly one of flops and steps")
     N, T = non_embedding_params(cfg), train.shape[1] - 1
-    steps = steps or max(1, round(flops / train_flops(N, bs * T)))
+    steps = max(3, steps or round(flops / train_flops(N, bs * T)))  # one-cycle needs 3 steps or more
     set_seed(seed); m, g = LM(cfg), torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    sch = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    sch = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=max(0.1, 2 / steps))
     m.train()
     for _ in range(steps):
         b = train[torch.randint(len(train), (bs,), generator=g)]
@@ -406,7 +631,7 @@ def vlm_scaling_run(dls, # from `vlm_dataloaders`
     n = lambda mod: sum(p.numel() for p in mod.parameters())
     n_lm = non_embedding_params(cfg.lm_config) + n(m.connector)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    sch, it, tokens, m_ = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1), iter(dls.train), 0, m.train()
+    sch, it, tokens, m_ = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=max(0.1, 2 / steps)), iter(dls.train), 0, m.train()
     for _ in range(steps):
         try: b = next(it)
         except StopIteration: it = iter(dls.train); b = next(it)
