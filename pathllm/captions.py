@@ -19,12 +19,15 @@ from .data import HE_STAINS, LABEL_NAMES, synth_patch, atomic_write
 
 # %% auto #0
 __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEATURES', 'THRESHOLDS', 'VOCAB', 'CAPTION_MARGIN',
-           'DIAGNOSIS', 'INTRO', 'TEMPLATES', 'DX_PATTERNS', 'IMPRESSION', 'QUESTIONS', 'FEATURE_QUESTIONS',
-           'CAPTION_COLUMNS', 'SHOW_FEATURES', 'stain_od', 'segment_nuclei', 'nuclei_props', 'Morphology', 'centre_box',
-           'measure', 'Thresholds', 'calibrate', 'level', 'levels', 'caption', 'extract_claims', 'check_claims',
-           'hallucination_rate', 'report', 'parse_report', 'vqa_pairs', 'conversation', 'llava_record', 'flat_records',
-           'write_jsonl', 'read_jsonl', 'caption_dataset', 'read_thresholds', 'text_corpus', 'read_corpus',
-           'plot_feature_hists', 'show_captions']
+           'DIAGNOSIS', 'INTRO', 'TEMPLATES', 'DX_PATTERNS', 'IMPRESSION', 'NUMBERS', 'QUESTIONS', 'FEATURE_QUESTIONS',
+           'ASK', 'FOLLOW_UPS', 'CLASS_ASK', 'COT_QUESTION', 'COT_MARKER', 'CAPTION_COLUMNS', 'SHOW_FEATURES',
+           'stain_od', 'segment_nuclei', 'nuclei_props', 'Morphology', 'centre_box', 'measure', 'Thresholds',
+           'calibrate', 'level', 'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate',
+           'measurement_text', 'report', 'parse_report', 'report_numbers', 'check_numbers', 'level_odds',
+           'check_consistency', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type', 'answer_form',
+           'conversation', 'held_out_questions', 'llava_record', 'record_images', 'flat_records', 'write_jsonl',
+           'read_jsonl', 'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds', 'text_corpus',
+           'read_corpus', 'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -382,24 +385,37 @@ IMPRESSION = {('pcam', 0): 'No metastatic tumour in the central region; benign l
               ('pcam', 1): 'Metastatic carcinoma in the central region.',
               ('mhist', 0): 'Hyperplastic polyp (HP).', ('mhist', 1): 'Sessile serrated adenoma (SSA).'}
 
-def _fmt(v, fmt, f, lv, unit=''):
-    "`v` formatted with `unit`, then its word in brackets; 'not measurable' for NaN"
-    return 'not measurable' if math.isnan(v) else f"{v:{fmt}}{unit} ({VOCAB[f][lv[f]][0]})"
+NUMBERS = {  # feature -> (name in text, format, unit, scale): how a measurement is written in reports and measurement lines alike
+    'n_nuclei': ('nuclei', '.0f', '', 1), 'density': ('density', ',.0f', '/mm^2', 1), 'area': ('mean area', '.1f', ' um^2', 1),
+    'area_cv': ('size CV', '.2f', '', 1), 'ecc': ('mean eccentricity', '.2f', '', 1), 'h_od': ('mean hematoxylin OD', '.2f', '', 1),
+    'nn_dist': ('nearest-neighbour distance', '.1f', ' um', 1), 'crowding': ('crowding index', '.2f', '', 1),
+    'stroma': ('stroma fraction', '.0f', '%', 100), 'lumen': ('white space', '.0f', '%', 100),
+    'lumen_area': ('mean lumen area', ',.0f', ' um^2', 1), 'lumen_circ': ('outline circularity', '.2f', '', 1)}
+_LINES = [('Cellularity', ('n_nuclei', 'density')), ('Nuclear size', ('area', 'area_cv')), ('Nuclear shape', ('ecc',)),
+          ('Chromatin', ('h_od',)), ('Arrangement', ('nn_dist', 'crowding')), ('Stroma', ('stroma', 'lumen'))]
+_MHIST_LINES = [('Crypts', ('lumen_area', 'lumen_circ'))]
 
-def _findings(m, kind, thr=None):
-    "The findings lines of a report"
-    g, lv = (lambda f: getattr(m, REGION[kind] + f)), levels(m, kind, thr)
+def _num(m, kind, f): # "mean area 23.4 um^2", or "mean area not measurable"
+    name, fmt, unit, sc = NUMBERS[f]; v = getattr(m, REGION[kind] + f)
+    return f"{name} {'not measurable' if math.isnan(v) else f'{v*sc:{fmt}}{unit}'}"
+
+def measurement_text(morph:Morphology, # measured features
+                     kind:str='pcam', # 'pcam' or 'mhist': the region and the features
+                    )->str: # 'Measurements: nuclei 8; density 8,269/mm^2; ...'
+    "The measured numbers of a patch as one line: what the measurement tool tells the language model"
+    fs = [f for _, l in _LINES + (_MHIST_LINES if kind == 'mhist' else []) for f in l]
+    return 'Measurements: ' + '; '.join(_num(morph, kind, f) for f in fs) + '.'
+
+def _findings(m, kind, thr=None, numbers=True, margin=0.):
+    "The findings lines of a report: numbers and their words, or words only (clear ones, with `margin`)"
+    lv = levels(m, kind, thr, 0. if numbers else margin)
     where = 'central 1/3 of a lymph node patch' if kind == 'pcam' else 'whole colorectal polyp patch'
-    out = [f"Region: {where}.",
-           f"Cellularity: {g('n_nuclei'):.0f} nuclei, {_fmt(g('density'), ',.0f', 'density', lv, ' nuclei/mm^2')}.",
-           f"Nuclear size: mean area {_fmt(g('area'), '.1f', 'area', lv, ' um^2')}; size CV {_fmt(g('area_cv'), '.2f', 'area_cv', lv)}.",
-           f"Nuclear shape: mean eccentricity {_fmt(g('ecc'), '.2f', 'ecc', lv)}.",
-           f"Chromatin: mean hematoxylin OD {_fmt(g('h_od'), '.2f', 'h_od', lv)}.",
-           f"Arrangement: nearest-neighbour distance {g('nn_dist'):.1f} um, crowding index {_fmt(g('crowding'), '.2f', 'crowding', lv)}.",
-           f"Stroma: {_fmt(g('stroma')*100, '.0f', 'stroma', lv, '% of the region')}; white space {g('lumen')*100:.0f}%."]
-    if kind == 'mhist':
-        out.append(f"Crypts: mean lumen area {_fmt(g('lumen_area'), ',.0f', 'lumen_area', lv, ' um^2')}, "
-                   f"outline circularity {_fmt(g('lumen_circ'), '.2f', 'lumen_circ', lv)}.")
+    word = lambda f: VOCAB[f][lv[f]][0] if f in lv and lv[f] is not None else None
+    out = [f"Region: {where}."]
+    for name, fs in _LINES + (_MHIST_LINES if kind == 'mhist' else []):
+        if numbers: parts = [_num(m, kind, f) + (f' ({w})' if (w := word(f)) else '') for f in fs]
+        else: parts = [w + (' in size' if f == 'area_cv' else '') for f in fs if (w := word(f))]
+        out.append(f"{name}: {'; '.join(parts) if parts else 'indeterminate'}.")
     return out
 
 # %% ../nbs/01_captions.ipynb #4a081043
@@ -407,9 +423,11 @@ def report(morph:Morphology, # measured features
            label:int, # class id, gives the impression
            kind:str='pcam', # 'pcam' or 'mhist'
            thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
+           numbers:bool=True, # findings with the measured numbers (each with its word); `False`: words only
+           margin:float=0., # words-only findings leave out features this close to a cut point (see `levels`)
           )->str: # 'Findings:' with one '- ' line per finding, then 'Impression:'
-    "A structured pathology report of one patch: findings in words and numbers, impression from `label`"
-    lines = '\n'.join(f'- {o}' for o in _findings(morph, kind, thr))
+    "A structured pathology report of one patch: findings in words (and numbers), impression from `label`"
+    lines = '\n'.join(f'- {o}' for o in _findings(morph, kind, thr, numbers, margin))
     return f"Findings:\n{lines}\nImpression: {IMPRESSION[kind, label]}"
 
 def parse_report(text:str, # a report as written by `report` (or a model imitating it)
@@ -419,6 +437,66 @@ def parse_report(text:str, # a report as written by `report` (or a model imitati
     f, i = (m.group(1), m.group(2) or '') if m else ('', '')
     if not m and 'Impression:' in text: i = text.split('Impression:', 1)[1].strip()
     return dict(findings=f, impression=i)
+
+# %% ../nbs/01_captions.ipynb #a2bdb4de
+_NUM = r"(-?\d[\d,]*(?:\.\d+)?)"
+
+def report_numbers(text:str, # a report, answer or measurement line
+                  )->list: # (feature, stated value in the measurement's units) for every number `text` states
+    "The numbers a text states about measured features, read back in the formats of `NUMBERS`"
+    return [(f, float(mt.group(1).replace(',', ''))/sc) for f, (name, _, _, sc) in NUMBERS.items()
+            for mt in re.finditer(rf"(?<![\w-]){re.escape(name)}\s+{_NUM}", text)]
+
+def check_numbers(text:str, # a report or answer
+                  morph:Morphology, # the patch's measurements
+                  kind:str='pcam', # 'pcam' or 'mhist': the region
+                 )->list: # per stated number: `feature`, `stated`, `measured`, `rel_err` (inf when the measurement is 0 or missing)
+    "Every number of `text` against the patch's measurement"
+    out = []
+    for f, s in report_numbers(text):
+        v = getattr(morph, REGION[kind] + f)
+        err = abs(s - v)/abs(v) if v and not math.isnan(v) else (0. if s == v else math.inf)
+        out.append(dict(feature=f, stated=s, measured=v, rel_err=err))
+    return out
+
+# %% ../nbs/01_captions.ipynb #3ce59174
+def level_odds(morphs:list, # `Morphology` of reference (training) patches
+               labels:list, # their class ids
+               kind:str='pcam', # 'pcam' or 'mhist'
+               thr:Thresholds|None=None, # the words' cut points
+              )->dict: # feature -> [level][class] log-probability of the word level given the class (add-one smoothed)
+    "How much each word level speaks for each class, from reference patches: what makes findings 'tumour-like'"
+    lv, y, out = [levels(m, kind, thr) for m in morphs], np.asarray(labels), {}
+    for f in CAPTION_FEATURES[kind]:
+        c = np.ones((3, int(y.max()) + 1))
+        for l, k in zip(lv, y):
+            if l[f] is not None: c[l[f], k] += 1
+        out[f] = np.log(c / c.sum(0)).round(4).tolist()
+    return out
+
+def check_consistency(text:str, # a report or answer
+                      kind:str='pcam', # 'pcam' or 'mhist'
+                      thr:Thresholds|None=None, # the words' cut points
+                      cls:int|None=None, # the model's class: the impression must state it
+                      odds:dict|None=None, # `level_odds`: the findings must not speak against the impression by more than `ratio`
+                      ratio:float=9., # ... this many times
+                     )->list: # one message per inconsistency
+    "Inconsistencies inside a text: a word that does not fit its own number, an impression that is not the class or that its findings argue against"
+    thr, bad = thr or THRESHOLDS[kind], []
+    for f, (name, fmt, _, sc) in NUMBERS.items():
+        if f not in WORD_FEATURES: continue
+        h = 0.5*10**-int(fmt[-2])/sc  # the number is rounded: any value within half its last digit could be meant
+        for mt in re.finditer(rf"(?<![\w-]){re.escape(name)}\s+{_NUM}[^(;\n]*\(([^)]*)\)", text):
+            v, w = float(mt.group(1).replace(',', ''))/sc, [c for c in extract_claims(mt.group(2), kind) if c[1] == f]
+            if w and w[0][2] not in {level(v + d, getattr(thr, f)) for d in (-h, 0, h)}: bad.append(f"'{w[0][0]}' does not fit its number {mt.group(1)} ({name})")
+    rep = parse_report(text); imp = [b for _, f, b in extract_claims(rep['impression'] or text, kind) if f == 'diagnosis']
+    if cls is not None and imp and set(imp) != {cls}: bad.append(f"impression says {LABEL_NAMES[kind][imp[0]]}, the model's class is {LABEL_NAMES[kind][cls]}")
+    if odds and imp and rep['findings']:
+        claims = [(f, b) for _, f, b in extract_claims(rep['findings'], kind) if f in odds]
+        s = np.sum([odds[f][b] for f, b in claims], 0) if claims else None
+        if s is not None and s.max() - s[imp[0]] > math.log(ratio):
+            bad.append(f"findings speak for {LABEL_NAMES[kind][int(s.argmax())]} over the impression's {LABEL_NAMES[kind][imp[0]]} ({math.exp(s.max() - s[imp[0]]):.0f}:1)")
+    return bad
 
 # %% ../nbs/01_captions.ipynb #bc938c5a
 QUESTIONS = {
@@ -430,86 +508,223 @@ QUESTIONS = {
     'caption': ('Describe this image.', 'Write a short caption for this H&E patch.', 'What does this patch show?'),
     'report': ('Write a structured pathology report for this patch.', 'Report the findings and impression.'),
     'nuclei': ('Describe the nuclei.', 'What do the nuclei look like?', 'Comment on nuclear morphology.'),
-    'density': ('What is the nuclear density?', 'How cellular is it?', 'How many nuclei are there?'),
     'crypts': ('Describe the crypts.', 'What do the crypts look like?'),
 }
 FEATURE_QUESTIONS = {'area': ('Are the nuclei enlarged?', 2), 'area_cv': ('Are the nuclei pleomorphic?', 2),
                      'h_od': ('Are the nuclei hyperchromatic?', 2), 'crowding': ('Are the nuclei crowded?', 2),
                      'lumen_area': ('Are the crypts dilated?', 2), 'lumen_circ': ('Are the crypt outlines serrated?', 0)}
+ASK = {  # question type -> (feature, training phrasings, held-out phrasings: never in the training text, for evaluation)
+    'size': ('area', ('What size are the nuclei?', 'How big are the nuclei?', 'Describe the nuclear size.'),
+             ('How large are the nuclei in the centre?', 'Comment on the size of the nuclei.')),
+    'shape': ('ecc', ('What shape are the nuclei?', 'Describe the nuclear shape.'),
+              ('How would you describe the outline of the nuclei?', 'Comment on the shape of the nuclei.')),
+    'chromatin': ('h_od', ('How darkly stained are the nuclei?', 'Describe the chromatin.'),
+                  ('How intense is the nuclear staining?', 'Comment on the chromatin.')),
+    'pleomorphism': ('area_cv', ('How variable are the nuclei in size?', 'Describe the nuclear pleomorphism.'),
+                     ('How much do the nuclear sizes vary?', 'Comment on nuclear pleomorphism.')),
+    'crowding': ('crowding', ('How crowded are the nuclei?', 'Describe the arrangement of the nuclei.'),
+                 ('How closely packed are the nuclei?', 'Comment on the spacing of the nuclei.')),
+    'cellularity': ('density', ('How cellular is the region?', 'What is the cellularity?'),
+                    ('How densely populated with cells is the region?', 'Comment on the cellularity.')),
+    'stroma': ('stroma', ('How much stroma is there?', 'Describe the stroma.'),
+               ('How much connective tissue is present?', 'Comment on the stroma.')),
+    'crypt_size': ('lumen_area', ('How wide are the crypts?', 'Describe the crypt lumens.'), ('Comment on the crypt calibre.',)),
+    'crypt_outline': ('lumen_circ', ('Describe the crypt outlines.', 'How regular are the crypt outlines?'), ('Comment on the crypt contours.',)),
+}
+FOLLOW_UPS = {  # question type -> (training, held-out) follow-up phrasings that lean on the conversation so far
+    'size': (('And their size?', 'What about their size?'), ('How big are they?',)),
+    'shape': (('And their shape?', 'What about their shape?'), ('What shape are they?',)),
+    'chromatin': (('And the chromatin?', 'What about their staining?'), ('How dark are they?',)),
+    'pleomorphism': (('How variable are they?', 'And their variability?'), ('How uniform are they?',)),
+    'crowding': (('And their spacing?', 'How are they arranged?'), ('How tightly packed are they?',)),
+    'cellularity': (('And the cellularity?', 'What about the cellularity?'), ('How cellular is it overall?',)),
+    'stroma': (('And the stroma?', 'What about the stroma?'), ('How much stroma?',)),
+    'crypt_size': (('And the crypt lumens?',), ('How wide are they?',)),
+    'crypt_outline': (('And the crypt outlines?',), ('What about their borders?',)),
+}
+CLASS_ASK = {  # (kind, type) -> (training, held-out) phrasings of the questions about the diagnosis
+    ('pcam', 'diagnosis'): (QUESTIONS['pcam', 'closed'], ('Do you see metastatic carcinoma in the central region?',
+                                                          'Is the centre of this node involved by tumour?')),
+    ('mhist', 'diagnosis'): (QUESTIONS['mhist', 'closed'], ('Is this polyp a sessile serrated lesion?', 'Would you call this an SSA?')),
+    ('pcam', 'location'): (('Where is the tumour?', 'Which region does the diagnosis refer to?'),
+                           ('In which part of the patch is the lesion?', 'Where exactly is the abnormality?')),
+    ('pcam', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?'),
+                             ('How certain is this diagnosis?', 'How likely is your answer to be right?')),
+    ('mhist', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?'),
+                              ('How certain is this diagnosis?', 'How likely is your answer to be right?')),
+}
 
 # %% ../nbs/01_captions.ipynb #1f6f01d1
 def _where(kind): return 'in the centre' if kind == 'pcam' else 'in this patch'
+_SUBJECT = {'density': 'the region is {}', 'stroma': 'there is {}', 'lumen_area': 'the crypts are {}', 'lumen_circ': 'the crypt outlines are {}'}
+
+def _feature_answer(m, kind, f, lv, rng):
+    "The answer to an open question about feature `f`: its word first, then a sentence"
+    if lv[f] is None: return f"Not assessable: it could not be measured {_where(kind)}."
+    w0, w = VOCAB[f][lv[f]][0], _word(rng, f, lv[f])
+    return f"{w0[0].upper() + w0[1:]}: {_SUBJECT.get(f, 'the nuclei ' + _where(kind) + ' are {}').format(w)}."
+
+def _yesno_answer(f, lv, yes):
+    return f"{'Yes' if lv[f] == yes else 'No'}: they are {VOCAB[f][lv[f]][0]}."
+
+def _diagnosis_answer(label, kind):
+    if kind == 'pcam': return 'Yes: metastatic carcinoma in the centre.' if label else 'No: no metastatic tumour in the centre.'
+    return 'Yes: sessile serrated adenoma.' if label else 'No: hyperplastic polyp, not a sessile serrated lesion.'
+
+def _location_answer(label, kind):
+    return ('In the centre: the tumour occupies the central region of the patch.' if label else
+            'Nowhere: no tumour is seen; the central region is benign lymph node tissue.')
 
 def _nuclei_answer(m, kind, lv):
-    g = lambda f: getattr(m, REGION[kind] + f)
-    if lv['area'] is None: return f"No nuclei could be measured {_where(kind)}."
-    parts = [f"{VOCAB['area'][lv['area']][0]} (mean area {g('area'):.0f} um^2)"]
-    if lv['ecc'] is not None: parts.append(f"{VOCAB['ecc'][lv['ecc']][0]} (eccentricity {g('ecc'):.2f})")
-    if lv['h_od'] is not None: parts.append(f"{VOCAB['h_od'][lv['h_od']][0]} (hematoxylin OD {g('h_od'):.2f})")
-    if lv['area_cv'] is not None: parts.append(f"{VOCAB['area_cv'][lv['area_cv']][0]} in size (CV {g('area_cv'):.2f})")
-    return f"The nuclei {_where(kind)} are " + ', '.join(parts[:-1]) + (' and ' if len(parts) > 1 else '') + parts[-1] + '.'
-
-def _density_answer(m, kind, lv):
-    g = lambda f: getattr(m, REGION[kind] + f)
-    return (f"{g('n_nuclei'):.0f} nuclei {_where(kind)}, about {g('density'):,.0f} per mm^2: "
-            f"{VOCAB['density'][lv['density']][0]}.")
+    "A words-only description of the nuclei: every clear nuclear feature"
+    ws = [VOCAB[f][lv[f]][0] + (' in size' if f == 'area_cv' else '') for f in ('area', 'ecc', 'h_od', 'area_cv') if lv[f] is not None]
+    if not ws: return f"No nuclei could be assessed {_where(kind)}."
+    return f"The nuclei {_where(kind)} are " + ', '.join(ws[:-1]) + (' and ' if len(ws) > 1 else '') + ws[-1] + '.'
 
 def _crypts_answer(m, kind, lv):
-    if lv['lumen_area'] is None: return "No crypt lumens could be measured."
-    return (f"The crypts are {VOCAB['lumen_area'][lv['lumen_area']][0]} (mean lumen area {m.lumen_area:,.0f} um^2) "
-            f"with {VOCAB['lumen_circ'][lv['lumen_circ']][0]} outlines (circularity {m.lumen_circ:.2f}).")
+    if lv['lumen_area'] is None or lv['lumen_circ'] is None: return "The crypts could not be assessed."
+    return f"The crypts are {VOCAB['lumen_area'][lv['lumen_area']][0]} with {VOCAB['lumen_circ'][lv['lumen_circ']][0]} outlines."
+
+def confidence_answer(probs:list, # class probabilities of one image
+                      names:list, # class names
+                     )->str: # 'Very sure: tumor, probability 0.97.'
+    "The answer to 'how sure are you?': the model's class and its probability, in words and number"
+    i = int(np.argmax(probs)); p = float(probs[i])
+    return f"{'Very sure' if p >= 0.9 else 'Fairly sure' if p >= 0.7 else 'Unsure'}: {names[i]}, probability {p:.2f}."
+
+# %% ../nbs/01_captions.ipynb #036e09a2
+COT_QUESTION = 'Describe the nuclei and the tissue first, then give your impression: {a} or {b}. End with "Answer: <{a} or {b}>".'
+COT_MARKER = 'Answer:'  # what precedes the class at the end of a chain-of-thought answer
+
+def cot_answer(morph:Morphology, # measured features
+               label:int, # class id
+               kind:str='pcam', # 'pcam' or 'mhist'
+               thr:Thresholds|None=None, # cut points
+               margin:float=0., # only features clear of the cut points are stated
+              )->str: # findings, then 'Answer: <class>'
+    "A chain-of-thought answer: the clear findings in words, then the class after `COT_MARKER`"
+    lv = levels(morph, kind, thr, margin)
+    tissue = [VOCAB[f][lv[f]][0] for f in ('density', 'stroma') if lv[f] is not None]
+    t = f" The region is {' with '.join(tissue)}." if tissue else ''
+    return f"{_nuclei_answer(morph, kind, lv)}{t} {COT_MARKER} {LABEL_NAMES[kind][label]}"
 
 # %% ../nbs/01_captions.ipynb #8b8fa500
+def _open_types(kind, clear): return [t for t, (f, _, _) in ASK.items() if f in CAPTION_FEATURES[kind] and clear[f] is not None]
+
 def vqa_pairs(morph:Morphology, # measured features
               label:int, # class id
               kind:str='pcam', # 'pcam' or 'mhist'
-              seed:int=0, # picks question paraphrases and the feature asked about
+              seed:int=0, # picks question paraphrases and the features asked about
               thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
-              margin:float=0., # caption and yes/no questions leave out features this close to a cut point (see `levels`)
+              margin:float=0., # captions and questions leave out features this close to a cut point (see `levels`)
              )->list: # dicts with `q`, `a` and `task` ('caption', 'report', 'closed', 'class', 'open')
-    "Question-answer pairs about one patch, grounded in `morph` and `label`"
-    rng, lv = np.random.default_rng(seed), levels(morph, kind, thr)
-    q = lambda k: str(rng.choice(QUESTIONS[k]))
-    out = [dict(q=q('caption'), a=caption(morph, label, kind, seed, thr, margin), task='caption'),
-           dict(q=q('report'), a=report(morph, label, kind, thr), task='report'),
-           dict(q=q((kind, 'closed')), a='Yes.' if label else 'No.', task='closed'),
-           dict(q=q((kind, 'class')), a=LABEL_NAMES[kind][label], task='class'),
-           dict(q=q('nuclei'), a=_nuclei_answer(morph, kind, lv), task='open'),
-           dict(q=q('density'), a=_density_answer(morph, kind, lv), task='open')]
-    if kind == 'mhist': out.append(dict(q=q('crypts'), a=_crypts_answer(morph, kind, lv), task='open'))
-    clear = levels(morph, kind, thr, margin)
-    fs = [f for f in FEATURE_QUESTIONS if clear[f] is not None]
-    if fs:
+    "Question-answer pairs about one patch, grounded in `morph` and `label`, with the training phrasings"
+    rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin)
+    q = lambda opts: str(rng.choice(opts))
+    numbers = bool(rng.random() < 0.5)  # half the reports get the measurement tool's numbers in the prompt and copy them
+    out = [dict(q=q(QUESTIONS['caption']), a=caption(morph, label, kind, seed, thr, margin), task='caption'),
+           dict(q=q(QUESTIONS['report']) + ('\n' + measurement_text(morph, kind) if numbers else ''),
+                a=report(morph, label, kind, thr, numbers, margin), task='report'),
+           dict(q=q(CLASS_ASK[kind, 'diagnosis'][0]), a=_diagnosis_answer(label, kind), task='closed'),
+           dict(q=q(QUESTIONS[kind, 'class']), a=LABEL_NAMES[kind][label], task='class'),
+           dict(q=q(QUESTIONS['nuclei']), a=_nuclei_answer(morph, kind, clear), task='open')]
+    if kind == 'mhist': out.append(dict(q=q(QUESTIONS['crypts']), a=_crypts_answer(morph, kind, clear), task='open'))
+    if (kind, 'location') in CLASS_ASK: out.append(dict(q=q(CLASS_ASK[kind, 'location'][0]), a=_location_answer(label, kind), task='open'))
+    for t in rng.permutation(_open_types(kind, clear))[:2]:
+        out.append(dict(q=q(ASK[t][1]), a=_feature_answer(morph, kind, ASK[t][0], lv, rng), task='open'))
+    if fs := [f for f in FEATURE_QUESTIONS if f in CAPTION_FEATURES[kind] and clear[f] is not None]:
         f = str(rng.choice(fs)); fq, yes = FEATURE_QUESTIONS[f]
-        out.append(dict(q=fq, a=f"{'Yes' if lv[f] == yes else 'No'}: they are {VOCAB[f][lv[f]][0]}.", task='closed'))
-    return out
+        out.append(dict(q=fq, a=_yesno_answer(f, lv, yes), task='closed'))
+    return out + [dict(q=COT_QUESTION.format(**dict(zip('ab', LABEL_NAMES[kind]))), a=cot_answer(morph, label, kind, thr, margin), task='cot')]
+
+# %% ../nbs/01_captions.ipynb #a07b1193
+_QTYPES = [('confidence', r'\b(?:sure|confiden\w*|certain\w*|probab\w*|likel\w*)\b'), ('location', r'\b(?:where|which (?:region|part))\b'),
+           ('report', r'\breport\b'), ('crypt_size', r'\b(?:lumens?|wide|widened|dilated|dilation|calibre)\b'),
+           ('crypt_outline', r'\b(?:contours?|borders?|saw-?toothed)\b|\bcrypt outlines?\b'),
+           ('pleomorphism', r'\b(?:pleomorph\w*|vary|variab\w*|uniform)'), ('size', r'\b(?:size|sizes|large|big|small|enlarged)\b'),
+           ('shape', r'\b(?:shape|round|oval|elongated|outline)\b'), ('chromatin', r'\b(?:chromatin|stain\w*|dark\w*|hyperchromatic|pale)\b'),
+           ('crowding', r'\b(?:crowd\w*|spac\w*|arrange\w*|packed|overlap\w*|apart)\b'),
+           ('diagnosis', r'\b(?:tumou?r\w*|carcinoma|metasta\w*|malignan\w*|benign|normal|diagnos\w*|ssa|sessile|hyperplastic|polyp|lesion|hp)\b'),
+           ('cellularity', r'\b(?:cellular\w*|cells?|dens\w*|how many)\b'), ('stroma', r'\b(?:stroma\w*|connective)\b'),
+           ('caption', r'\b(?:caption|image|patch|show)\b'), ('nuclei', r'\bnucle\w*'), ('crypts', r'\bcrypts?\b')]
+_YESNO = ('is', 'are', 'does', 'do', 'can', 'has', 'have', 'would', 'could', 'was', 'were')
+
+def question_type(q:str, # a question
+                  kind:str='pcam', # 'pcam' or 'mhist'
+                 )->str|None: # 'caption', 'report', 'nuclei', 'crypts', 'diagnosis', 'location', 'confidence', an `ASK` type, or 'yesno:<feature>'; `None` if unknown
+    "What a question asks about: its phrasing in the question banks, else keywords; yes/no questions about a feature are 'yesno:<feature>'"
+    t = q.strip().lower()
+    for typ, pat in _QTYPES:
+        if re.search(pat, t): break
+    else: return None
+    if typ in ASK and t.split()[0] in _YESNO: return f'yesno:{ASK[typ][0]}'
+    return typ
+
+def answer_form(answer:str, # an answer
+                kind:str='pcam', # 'pcam' or 'mhist'
+               )->str|None: # 'yesno', 'confidence', 'diagnosis', the `ASK` type of its first claim, or `None`
+    "What kind of answer a text starts with: yes/no, a probability, a diagnosis, or the word of one feature"
+    t = answer.strip().lower()
+    if (w := re.match(r"\W*(\w+)", t)) and w.group(1) in ('yes', 'no'): return 'yesno'
+    if re.search(r'\bprobability\s+\d', t): return 'confidence'
+    cl = sorted(((t.find(p), f) for p, f, _ in extract_claims(t, kind)), key=lambda o: o[0])
+    if not cl: return None
+    f = cl[0][1]
+    return 'diagnosis' if f == 'diagnosis' else next((k for k, (ff, _, _) in ASK.items() if ff == f), None)
 
 # %% ../nbs/01_captions.ipynb #dcbdb56d
 def conversation(morph:Morphology, # measured features
                  label:int, # class id
                  kind:str='pcam', # 'pcam' or 'mhist'
-                 seed:int=0, # picks paraphrases
+                 seed:int=0, # picks paraphrases and follow-ups
                  thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
-                 margin:float=0., # the caption leaves out features this close to a cut point
+                 margin:float=0., # the caption and the follow-ups leave out features this close to a cut point
                 )->list: # (question, answer) turns
-    "A three-to-four turn conversation about one patch: describe, classify, justify"
-    qa = {o['task'] if o['task'] != 'open' else o['q']: o for o in vqa_pairs(morph, label, kind, seed, thr, margin)}
-    turns = [(qa['caption']['q'], qa['caption']['a']), (qa['class']['q'], qa['class']['a']),
-             ('Which features support this?', _nuclei_answer(morph, kind, levels(morph, kind, thr)))]
-    if kind == 'mhist': turns.append(('And the crypts?', _crypts_answer(morph, kind, levels(morph, kind, thr))))
+    "A multi-turn conversation about one patch: describe, classify, justify, then follow-ups that lean on the context"
+    rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin)
+    turns = [(str(rng.choice(QUESTIONS['caption'])), caption(morph, label, kind, seed, thr, margin)),
+             (str(rng.choice(QUESTIONS[kind, 'class'])), LABEL_NAMES[kind][label]),
+             ('Which features support this?', _nuclei_answer(morph, kind, clear))]
+    if kind == 'mhist': turns.append(('And the crypts?', _crypts_answer(morph, kind, clear)))
+    for t in rng.permutation(_open_types(kind, clear))[:2]:
+        turns.append((str(rng.choice(FOLLOW_UPS[t][0])), _feature_answer(morph, kind, ASK[t][0], lv, rng)))
     return turns
+
+def held_out_questions(morph:Morphology, # measured features
+                       label:int, # class id
+                       kind:str='pcam', # 'pcam' or 'mhist'
+                       seed:int=0, # picks the phrasings
+                       thr:Thresholds|None=None, # cut points
+                       margin:float=0., # feature questions only where the feature is clear of the cut points
+                      )->list: # dicts with `q`, `a` (the reference answer; `None` for 'confidence') and `type`
+    "One question of every type about a patch, in phrasings never used in training: diagnosis, location, confidence, each clear feature (open and yes/no)"
+    rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin)
+    q = lambda opts: str(rng.choice(opts))
+    out = [dict(q=q(CLASS_ASK[kind, 'diagnosis'][1]), a=_diagnosis_answer(label, kind), type='diagnosis'),
+           dict(q=q(CLASS_ASK[kind, 'confidence'][1]), a=None, type='confidence')]
+    if (kind, 'location') in CLASS_ASK: out.append(dict(q=q(CLASS_ASK[kind, 'location'][1]), a=_location_answer(label, kind), type='location'))
+    for t in _open_types(kind, clear): out.append(dict(q=q(ASK[t][2]), a=_feature_answer(morph, kind, ASK[t][0], lv, rng), type=t))
+    return out
 
 # %% ../nbs/01_captions.ipynb #0e0c296a
 def llava_record(id:str, # unique record id
-                 image:str, # image path, relative to the data set folder
+                 image:str|list, # image path, relative to the data set folder; a list: one image per turn (in-context examples first)
                  turns:list, # (question, answer) pairs
-                )->dict: # {'id', 'image', 'conversations': [{'from': 'human'|'gpt', 'value'}]}
-    "A LLaVA-format conversation record"
+                )->dict: # {'id', 'image' (or 'images'), 'conversations': [{'from': 'human'|'gpt', 'value'}]}
+    "A LLaVA-format conversation record: the image opens the first human turn, or with several images, each turn"
+    multi = isinstance(image, (list, tuple))
+    if multi and len(image) != len(turns): raise ValueError(f"image: {len(image)} images for {len(turns)} turns")
     conv = []
     for i, (q, a) in enumerate(turns):
-        conv += [dict(value=('<image>\n' if i == 0 else '') + q), dict(value=a)]
+        conv += [dict(value=('<image>\n' if i == 0 or multi else '') + q), dict(value=a)]
         conv[-2]['from'], conv[-1]['from'] = 'human', 'gpt'
-    return {'id': id, 'image': image, 'conversations': [{'from': c['from'], 'value': c['value']} for c in conv]}
+    return {'id': id, ('images' if multi else 'image'): list(image) if multi else image,
+            'conversations': [{'from': c['from'], 'value': c['value']} for c in conv]}
+
+def record_images(r:dict, # an instruction or LLaVA record
+                 )->list: # its image paths, in the order of its `<image>` tokens
+    "The images of a record: `images` (several, in-context examples first) or `image`"
+    return list(r['images']) if 'images' in r else [r['image']]
 
 # %% ../nbs/01_captions.ipynb #4b9daf89
 def flat_records(id:str, # id prefix of the patch
@@ -552,6 +767,26 @@ def _measured(ds, i, kind, root, out):
     return dict(id=f'{kind}_{item.split}_{i:06d}', split=item.split, label=int(item.label), label_name=item.label_name,
                 image=_image_path(ds, item, i, root, out), **asdict(m)), m
 
+def few_shot_turns(labels:list, # class ids of the in-context examples, then of the query
+                   kind:str='pcam', # 'pcam' or 'mhist'
+                  )->list: # (question, answer) turns: each example asked and answered, then the query
+    "The turns of an in-context (few-shot) conversation: the class question about every image, answered with its class"
+    return [(QUESTIONS[kind, 'class'][0], LABEL_NAMES[kind][int(l)]) for l in labels]
+
+def _few_shot_records(rows, kind, seed, share=1/3, k=2):
+    "Few-shot records for a `share` of the train and dev patches: `k` training examples (one class each, in turn), then the patch"
+    rng, trn = np.random.default_rng(seed + 1), [r for r in rows if r['split'] == 'train']
+    by = {c: [r for r in trn if r['label'] == c] for c in sorted({r['label'] for r in trn})}
+    out = {}
+    for r in rows:
+        if r['split'] not in ('train', 'dev') or rng.random() >= share or len(by) < 2: continue
+        cs = rng.permutation(list(by))[:k]
+        pools = [[e for e in by[c] if e['id'] != r['id']] for c in cs]   # never the patch itself
+        ex = [pl[int(rng.integers(len(pl)))] for pl in pools if pl]
+        turns = few_shot_turns([e['label'] for e in ex] + [r['label']], kind)
+        out.setdefault(r['split'], []).append(llava_record(r['id'] + '_fs', [e['image'] for e in ex] + [r['image']], turns))
+    return out
+
 def _patch_records(r, m, kind, seed, thr, margin, n_captions):
     "The text of one measured patch: caption, report, LLaVA record and flat records (`n_captions` caption paraphrases)"
     pid, img, y, s = r['id'], r['image'], r['label'], seed + int(r['id'].rsplit('_', 1)[1])
@@ -575,6 +810,7 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
                     thr:Thresholds|str|None=None, # cut points; 'train' (default): calibrated on the train split's patches; 'default': `THRESHOLDS[kind]`
                     margin:float=CAPTION_MARGIN, # captions leave out features this close to a cut point (share of the bin width, see `levels`)
                     n_captions:int=3, # caption paraphrases per patch in the instruction records
+                    few_shot:bool=True, # add in-context (few-shot) conversations with the images of 2 training examples
                     progress:bool=True, # show a progress bar
                    )->Path: # the folder written to
     "Measure every patch of `src` and write captions, reports, LLaVA and instruction files next to it"
@@ -600,19 +836,22 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
     report_errors(errs, on_error, 'patches')
     thr = THRESHOLDS[kind] if thr == 'default' else _train_thresholds(rows, morphs, kind) if thr in (None, 'train') else thr
     recs = [_patch_records(r, m, kind, seed, thr, margin, n_captions) for r, m in zip(rows, morphs)]
-    return _write_all(out, recs, thr)
+    trn = [(m, r['label']) for r, m in zip(rows, morphs) if r['split'] == 'train'] or [(m, r['label']) for r, m in zip(rows, morphs)]
+    return _write_all(out, recs, thr, level_odds(*zip(*trn), kind, thr), _few_shot_records(rows, kind, seed) if few_shot else None)
 
 # %% ../nbs/01_captions.ipynb #fb379530
 CAPTION_COLUMNS = ['id', 'split', 'label', 'label_name', 'image', 'caption'] + FEATURES
 
-def _write_all(out, recs, thr):
-    "Write the caption files of `caption_dataset` into `out`: captions.csv, reports, LLaVA and instruction records, cut points"
+def _write_all(out, recs, thr, odds, few_shot=None):
+    "Write the caption files of `caption_dataset` into `out`: captions.csv, reports, LLaVA and instruction records, cut points, level odds"
     rows, reps, llava, inst = [o[0] for o in recs], [o[1] for o in recs], {}, {}
     for row, _, conv, flat in recs: llava.setdefault(row['split'], []).append(conv); inst.setdefault(row['split'], []).extend(flat)
+    for s, fs in (few_shot or {}).items(): llava[s] = llava.get(s, []) + fs
     atomic_write(out/'captions.csv', pd.DataFrame(rows, columns=CAPTION_COLUMNS).to_csv(index=False))
     write_jsonl(out/'reports.jsonl', reps)
     for s in llava: write_jsonl(out/f'llava_{s}.jsonl', llava[s]); write_jsonl(out/f'instructions_{s}.jsonl', inst[s])
     atomic_write(out/'thresholds.json', json.dumps(asdict(thr), indent=2))
+    atomic_write(out/'level_odds.json', json.dumps(odds))
     return out
 
 def read_thresholds(folder:Path|str, # a folder written by `caption_dataset` (or a model folder holding `thresholds.json`)
@@ -625,6 +864,12 @@ def read_thresholds(folder:Path|str, # a folder written by `caption_dataset` (or
     if not isinstance(d, dict) or (bad := [k for k in d if k not in WORD_FEATURES]):
         raise ValueError(f'{p}: unknown feature {bad[0] if isinstance(d, dict) else d!r}; expected {WORD_FEATURES}')
     return Thresholds(**{k: tuple(v) for k, v in d.items()})
+
+def read_level_odds(folder:Path|str, # a folder written by `caption_dataset`
+                   )->dict|None: # `level_odds` of its training patches, `None` when absent
+    "What each word level says about each class in a captioned data set (see `check_consistency`)"
+    p = Path(folder)/'level_odds.json'
+    return json.loads(p.read_text()) if p.exists() else None
 
 # %% ../nbs/01_captions.ipynb #2405a353
 def text_corpus(kind:str='pcam', # 'pcam' or 'mhist'

@@ -14,7 +14,8 @@ import numpy as np
 from sklearn import metrics as skm
 from .data import LABEL_NAMES, atomic_write
 from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_captions, hallucination_rate, extract_claims,
-                              check_claims, level, levels, measure, caption, report, parse_report, vqa_pairs, CAPTION_MARGIN)
+                              check_claims, level, levels, measure, caption, report, parse_report, vqa_pairs, CAPTION_MARGIN,
+                              check_numbers, check_consistency, held_out_questions, answer_form, ASK, FOLLOW_UPS)
 
 # %% auto #0
 __all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'to_preds', 'accuracy', 'confusion', 'balanced_accuracy', 'f1',
@@ -22,7 +23,8 @@ __all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'to_preds', 'a
            'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'hallucination',
            'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
            'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
-           'plot_claims', 'write_report', 'caption_metrics', 'vqa_metrics', 'evaluate_model']
+           'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
+           'vqa_metrics', 'evaluate_model']
 
 # %% ../nbs/10_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -491,6 +493,82 @@ def write_report(out_dir:Path|str, # folder to write into (created)
     files['md'] = atomic_write(out/'report.md', '\n'.join(md) + '\n')
     return files
 
+# %% ../nbs/10_evaluate.ipynb #841d84c6
+def report_metrics(reports:list, # generated reports, one per patch
+                   morphs:list, # `Morphology` of each patch
+                   kind:str='pcam', # 'pcam' or 'mhist'
+                   thr:Thresholds|None=None, # the words' cut points
+                   classes:list|None=None, # the model's class per patch: the impression must state it
+                   odds:dict|None=None, # `pathllm.captions.level_odds`: the findings must not argue against the impression
+                  )->dict: # number error, consistency rates, impression agreement
+    "Whether reports' numbers are true and their parts agree with each other and with the model's class"
+    _check_len(reports, morphs, 'reports', 'morphs')
+    nums = [o for r, m in zip(reports, morphs) for o in check_numbers(r, m, kind)]
+    errs = [min(o['rel_err'], 10.) for o in nums]
+    word_num = [any('does not fit its number' in b for b in check_consistency(r, kind, thr)) for r in reports]
+    out = dict(report_numbers=len(nums), report_numbers_per_report=len(nums)/len(reports),
+               report_number_rel_err=float(np.median(errs)) if errs else float('nan'), report_word_number_inconsistent=float(np.mean(word_num)))
+    if classes is not None:
+        imp = [parse_report(r)['impression'] for r in reports]
+        out['report_impression_agrees_class'] = diagnosis_agreement(imp, classes, kind)
+    if odds is not None: out['report_findings_contradict_impression'] = float(np.mean([any('findings speak' in b for b in check_consistency(r, kind, thr, odds=odds)) for r in reports]))
+    return out
+
+# %% ../nbs/10_evaluate.ipynb #501dfa14
+def _ask(model, imgs:list, qs:list)->list: # `model.answer` of each (image index, question), batched by question
+    out, by_q = [None]*len(qs), {}
+    for j, (i, q) in enumerate(qs): by_q.setdefault(q, []).append((j, i))
+    for q, js in by_q.items():
+        for (j, _), a in zip(js, model.answer([imgs[i] for _, i in js], q)): out[j] = a
+    return out
+
+def _on_topic(answer, t, kind): # the claims of `answer` all concern what a question of type `t` asks
+    f = 'diagnosis' if t in ('diagnosis', 'location') else t.split(':')[1] if t.startswith('yesno:') else ASK[t][0] if t in ASK else None
+    fs = {g for _, g, _ in extract_claims(answer, kind)}
+    return bool(fs) and fs <= {f}
+
+def qa_metrics(model, # anything with `answer(images, questions)`
+               imgs:list, # the patches
+               morphs:list, # their `Morphology`
+               labels:list, # their class ids
+               kind:str='pcam', # 'pcam' or 'mhist'
+               thr:Thresholds|None=None, # the words' cut points
+               probs:list|None=None, # the model's class probabilities per patch: scores the 'confidence' answers
+               margin:float=CAPTION_MARGIN, # feature questions only where the feature is clear
+              )->dict: # answer-form and topic rates, correctness per type, confidence agreement
+    "The held-out questions of every type about each patch: is each answer of the form asked, on topic, right"
+    qs = [(i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in held_out_questions(m, l, kind, i, thr, margin)]
+    ans = _ask(model, imgs, [(i, o['q']) for i, o in qs])
+    form, topic, right = {}, {}, {}
+    for a, (i, o) in zip(ans, qs):
+        t = o['type']
+        if t == 'confidence':
+            st = re.search(r'probability\s+(\d*\.?\d+)', a)
+            ok = probs is not None and st is not None and abs(float(st.group(1)) - max(probs[i])) <= 0.01
+            form.setdefault(t, []).append(answer_form(a, kind) == 'confidence'); right.setdefault(t, []).append(ok); continue
+        want = 'yesno' if t == 'diagnosis' else 'diagnosis' if t == 'location' else t
+        form.setdefault(t, []).append(answer_form(a, kind) == want or (t == 'location' and a.lower().startswith(('in the centre', 'nowhere'))))
+        topic.setdefault(t, []).append(_on_topic(a, t, kind))
+        right.setdefault(t, []).append(not check_claims(a, morphs[i], kind, labels[i], thr) and (t != 'diagnosis' or closed_answer(a, True) == closed_answer(o['a'], True)))
+    mean = lambda d: float(np.mean([v for vs in d.values() for v in vs])) if d else float('nan')
+    return dict(qa_form=mean(form), qa_topic=mean(topic), qa_correct=mean(right), n_questions=len(qs),
+                qa_correct_by_type={t: float(np.mean(v)) for t, v in right.items()},
+                **({'qa_confidence_matches_prob': float(np.mean(right['confidence']))} if 'confidence' in right else {}))
+
+def chat_consistency(model, # anything with `chat(image, message, history)` -> `(reply, history)`
+                     imgs:list, # the patches
+                     kind:str='pcam', # 'pcam' or 'mhist'
+                    )->float: # share of patches whose nuclear-size word is the same when asked twice
+    "Ask the nuclear size, then something else, then the size again in other words: does the size word stay the same?"
+    same = []
+    for i, im in enumerate(imgs):
+        a1, h = model.chat(im, ASK['size'][1][i % len(ASK['size'][1])])
+        _, h = model.chat(im, ASK['stroma'][1][0], h)
+        a2, _ = model.chat(im, FOLLOW_UPS['size'][1][0], h)
+        w1, w2 = [{b for _, f, b in extract_claims(a, kind) if f == 'area'} for a in (a1, a2)]
+        same.append(bool(w1) and w1 == w2)
+    return float(np.mean(same))
+
 # %% ../nbs/10_evaluate.ipynb #7c1f6c82
 def _probs_of(out):
     "Class probabilities from a `classify` output: `(answers, probs)`, a dict with `probs`, or the probabilities"
@@ -521,13 +599,6 @@ def caption_metrics(texts:list, # generated captions, one per patch
                distinct=distinct_ratio(texts), dx_agrees_label=diagnosis_agreement(texts, labels, kind))
     if classes is not None: out['dx_agrees_class'] = diagnosis_agreement(texts, classes, kind)
     if vocab is not None: out['nonword_rate'] = nonword_rate(texts, vocab)
-    return out
-
-def _ask(model, imgs:list, qs:list)->list: # `model.answer` of each (image index, question), batched by question
-    out, by_q = [None]*len(qs), {}
-    for j, (i, q) in enumerate(qs): by_q.setdefault(q, []).append((j, i))
-    for q, js in by_q.items():
-        for (j, _), a in zip(js, model.answer([imgs[i] for _, i in js], q)): out[j] = a
     return out
 
 def vqa_metrics(model, # anything with `answer(images, question)`
@@ -576,5 +647,9 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
         tr = text_metrics(outs['reports'], [report(m, l, kind, thr) for m, l in zip(ms, y)], ms, y, kind, thr)
         met.update({f'report_{k}': tr[k] for k in ('bleu4', 'rouge_l', 'cider', 'hallucination')})
         met['report_impression_acc'] = closed_accuracy([parse_report(r)['impression'] for r in outs['reports']], [LABEL_NAMES[kind][l] for l in y])
-    if has('answer'): met.update(vqa_metrics(model, imgs, ms, y, kind, thr, margin))
+        met.update(report_metrics(outs['reports'], ms, kind, thr, pred, getattr(model, 'level_odds', None)))
+    if has('answer'):
+        met.update(vqa_metrics(model, imgs, ms, y, kind, thr, margin))
+        met.update(qa_metrics(model, imgs, ms, y, kind, thr, None if outs.get('probs') is None else np.asarray(outs['probs']).tolist(), margin))
+    if has('chat'): met['chat_consistency'] = chat_consistency(model, imgs, kind)
     return met, outs

@@ -23,7 +23,8 @@ from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import LABEL_NAMES, PatchDataset, atomic_write
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, Thresholds, caption_dataset, read_jsonl,
-                              read_thresholds, measure, extract_claims, check_claims)
+                              read_thresholds, read_level_odds, record_images, measure, measurement_text, extract_claims, check_claims,
+                              question_type, confidence_answer)
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity, CheckpointCallback, save_weights, read_weights
 from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedral_mean
@@ -75,6 +76,7 @@ class VLMConfig:
     xattn_every:int=0 # a tanh-gated cross-attention layer to the image tokens before every k-th LM block (0: none)
     vlm_readout:dict|None=None # heads of a multi-task baseline (`n_classes`, `n_morph`, `centre` of `pathllm.vision.Readout`): their predictions become concept tokens
     vlm_thresholds:dict|None=None # word cut points of the data the model was trained on (`pathllm.captions.Thresholds` fields); default `THRESHOLDS[vlm_kind]`
+    vlm_level_odds:dict|None=None # what each word level says about each class on that data (`pathllm.captions.level_odds`), for consistency checks
     vlm_ground:str='none' # default grounding of `caption`/`report`: 'none' (the model's own words), 'class' (diagnosis from `class_logprobs`) or 'rerank' (uses the measurement tool)
     vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
 
@@ -285,6 +287,8 @@ class PathVLM(Module):
     def thresholds(self)->Thresholds: # the word cut points of the data the model learned its words on
         t = self.cfg.vlm_thresholds
         return Thresholds(**{k: tuple(v) for k, v in t.items()}) if t else THRESHOLDS[self.cfg.vlm_kind]
+    @property
+    def level_odds(self)->dict|None: return self.cfg.vlm_level_odds  # what word levels say about each class (for consistency checks)
     _image_id = 4  # `<image>` in `SPECIAL_TOKENS` order, used when no tokenizer is attached
     def _img(self, images): return self.vision(self.vision.normalize(images))
     def _img_vec(self, images): # (B, D) image vector of the dual encoder
@@ -297,10 +301,11 @@ class VisionFeatures:
     "What the vision tower saw in a batch of images: all the rest of the model needs from them"
     tokens:torch.Tensor # (B, N, D) patch tokens
     pooled:torch.Tensor # (B, D) pooled embedding
+    group:int=1 # images per row: rows of several images (in-context examples) are `group` consecutive images
     def __len__(self): return len(self.tokens)
     def __getitem__(self, i): return VisionFeatures(self.tokens[i], self.pooled[i])
     @classmethod
-    def stack(cls, fs:list)->VisionFeatures: return cls(torch.stack([f.tokens for f in fs]), torch.stack([f.pooled for f in fs]))
+    def stack(cls, fs:list, group:int=1)->VisionFeatures: return cls(torch.stack([f.tokens for f in fs]), torch.stack([f.pooled for f in fs]), group)
 
 @patch
 def vision_features(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
@@ -309,13 +314,15 @@ def vision_features(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
     o = self._img(images); return VisionFeatures(o.tokens, o.pooled)
 
 @patch
-def encode_images(self:PathVLM, images:torch.Tensor|VisionFeatures, # (B, 3, H, W) in [0, 1], or their `vision_features`
-                 )->torch.Tensor: # (B, n, C) image tokens in the LM width
+def encode_images(self:PathVLM, images:torch.Tensor|VisionFeatures, # (B, 3, H, W) in [0, 1], (B, m, 3, H, W) for m images per row, or `vision_features`
+                 )->torch.Tensor: # (B, n, C) image tokens in the LM width; (B, m, n, C) for m images per row
     "Vision encoder then connector (then the concept tokens of the readout, when the model has one)"
     if self.dual: raise ValueError("vlm_connector: 'dual' models have no image tokens; use `embed_images`")
+    if torch.is_tensor(images) and images.ndim == 5: return self.encode_images(images.flatten(0, 1)).unflatten(0, images.shape[:2])
     o = images if isinstance(images, VisionFeatures) else self.vision_features(images)
     e = self.connector(o.tokens)                                                 # (B, n, C)
-    return torch.cat([e, self.concepts(self.readout(o))], 1) if self.concepts is not None else e
+    e = torch.cat([e, self.concepts(self.readout(o))], 1) if self.concepts is not None else e
+    return e.unflatten(0, (-1, o.group)) if o.group > 1 else e
 
 @patch
 def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with `<image>` tokens
@@ -371,11 +378,13 @@ class VLMDataset:
                  max_len:int=256, # rows are truncated to this many tokens
                  text_only:bool=False): # rows are `<bos> response <eos>` (dual encoder), else chat turns
         self.recs, self.tok = records, tok
-        self.images = {p: _load_img(Path(root)/p, img_size) for p in dict.fromkeys(r['image'] for r in records)}
+        self.images = {p: _load_img(Path(root)/p, img_size) for p in dict.fromkeys(p for r in records for p in record_images(r))}
         enc = lambda r: (tok.encode(r['response'], True, True),) * 2 if text_only else tok.apply_chat_template(_conv(r))
         self.rows = [[torch.tensor(o[:max_len]) for o in enc(r)] for r in records]
     def __len__(self): return len(self.recs)
-    def __getitem__(self, i): return (self.images[self.recs[i]['image']], *self.rows[i])
+    def __getitem__(self, i): # (image (3, H, W) or images (m, 3, H, W) of an in-context row, ids, loss mask)
+        ims = [self.images[p] for p in record_images(self.recs[i])]
+        return (ims[0] if len(ims) == 1 else torch.stack(ims), *self.rows[i])
 
 # %% ../nbs/05_fusion.ipynb #0fc31e29
 def vlm_collate(batch:list, # `VLMDataset` items
@@ -383,7 +392,11 @@ def vlm_collate(batch:list, # `VLMDataset` items
                 text_only:bool=False, # dual-encoder rows: no shift, targets `arange(B)`
                )->tuple: # images (B, 3, H, W) in [0, 1], ids (B, T), attention mask (B, T), targets
     "Stack images and right-pad ids, attention and (shifted, masked) targets"
-    imgs = torch.stack([b[0] for b in batch]).float() / 255
+    ims = [b[0] for b in batch]
+    if all(i.ndim == 3 for i in ims): imgs = torch.stack(ims).float() / 255
+    else:  # rows with several images (in-context examples): (B, m, 3, H, W), zero images where a row has fewer
+        ims = [i[None] if i.ndim == 3 else i for i in ims]; imgs = torch.zeros(len(ims), max(len(i) for i in ims), *ims[0].shape[1:])
+        for k, i in enumerate(ims): imgs[k, :len(i)] = i.float() / 255
     T = max(len(b[1]) for b in batch)
     ids, mask = torch.full((len(batch), T), pad_id), torch.zeros(len(batch), T, dtype=torch.long)
     tgt = torch.full((len(batch), T), IGNORE)
@@ -408,12 +421,14 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
                     seed:int=0, # shuffle seed
                     repeat:dict|None=None, # task -> times each of its training rows appears (e.g. `{'class': 3}`), before `max_rows`
                     max_valid_rows:int|None=None, # cap the validation rows (a seeded random subset): validation each epoch costs less
+                    extra:list|None=None, # more training records (e.g. `pathllm.rag.rag_rows`), added before `repeat` and `max_rows`
                    )->DataLoaders: # batches of `vlm_collate`
     "Train/valid `DataLoaders` of `VLMDataset`s from a captioned data set folder"
     root = Path(root); tr = vlm_records(root, 'train', tasks, conversations)
     vs = _valid_split(root)
     if vs: va = vlm_records(root, vs, tasks, conversations)
     else: tr, va = tr[len(tr)//10:], tr[:max(1, len(tr)//10)]
+    tr = tr + list(extra or [])
     if repeat: tr = [r for r in tr for _ in range(int((repeat or {}).get(r.get('task'), 1)))]
     if max_rows and len(tr) > max_rows: tr = [tr[i] for i in np.random.default_rng(seed).permutation(len(tr))[:max_rows]]
     if max_valid_rows and len(va) > max_valid_rows: va = [va[i] for i in np.random.default_rng(seed).permutation(len(va))[:max_valid_rows]]
@@ -438,13 +453,14 @@ class FrozenVisionCache(Callback):
     def before_batch(self):
         m, x = self.learn.model, self.xb[0]
         if m.dual or not torch.is_tensor(x) or any(p.requires_grad for p in m.vision.parameters()): return
+        group = x.shape[1] if x.ndim == 5 else 1; x = x.flatten(0, 1) if x.ndim == 5 else x  # in-context rows: several images each
         keys = [hash(xi.cpu().numpy().tobytes()) for xi in x]
         if miss := [i for i, k in enumerate(keys) if k not in self.cache]:
             was = m.vision.training; m.vision.eval()  # a frozen tower is a fixed function: no crop shift, no dropout
             with torch.no_grad(): f = m.vision_features(x[miss])
             m.vision.train(was)
             for j, i in enumerate(miss): self.cache[keys[i]] = f[j]
-        self.learn.xb = (VisionFeatures.stack([self.cache[k] for k in keys]), *self.xb[1:])
+        self.learn.xb = (VisionFeatures.stack([self.cache[k] for k in keys], group), *self.xb[1:])
 
 def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 model:PathVLM, # the model
@@ -524,23 +540,34 @@ def caption(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
 def report(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
            max_new_tokens:int=192, # tokens to generate at most
            ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
+           tool:bool=True, # the measurement tool's numbers go into the prompt and the report copies them; `False`: words only
            **kw)->list: # a 'Findings ... Impression' report per image
     "Write a structured pathology report of each image"
-    return self._grounded(images, 'report', ground, max_new_tokens=max_new_tokens, **kw)
+    return self._grounded(images, 'report', ground, max_new_tokens=max_new_tokens, tool=tool, **kw)
 
 @patch
-def answer(self:PathVLM, images, question:str|list, **kw)->list: # an answer per image
-    "Answer a question (one for all, or one per image)"
-    return self.generate(images, question, **kw)
+def answer(self:PathVLM, images, question:str|list, # one question for all images, or one per image
+           histories:list|None=None, # per image, earlier `(user, assistant)` turns
+           **kw)->list: # an answer per image
+    "Answer a question; 'how sure are you?' is answered from the class probability (`confidence_answer`), the rest by generation"
+    x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
+    qs = [question] * len(x) if isinstance(question, str) else list(question)
+    hs, kind, out = histories or [()] * len(x), self.cfg.vlm_kind, [None] * len(x)
+    conf = [i for i, q in enumerate(qs) if question_type(q, kind) == 'confidence']
+    if rest := [i for i in range(len(x)) if i not in conf]:
+        for i, a in zip(rest, self.generate(x[rest], [qs[i] for i in rest], [hs[i] for i in rest], **kw)): out[i] = a
+    if conf:
+        for i, p in zip(conf, self.classify(x[conf], generate=False)['probs'].tolist()): out[i] = confidence_answer(p, LABEL_NAMES[kind])
+    return out
 
 @patch
 def chat(self:PathVLM, image, # one image: (3, H, W) tensor, PIL image or array
          message:str, # the user's message
          history:list|None=None, # earlier `(user, assistant)` turns about this image
          **kw)->tuple: # (reply, history with this turn appended)
-    "One turn of a multi-turn conversation about one image"
+    "One turn of a multi-turn conversation about one image (the history is the context of follow-ups)"
     x = image[None] if isinstance(image, torch.Tensor) and image.ndim == 3 else [image]
-    reply = self.generate(x, message, [list(history or [])], **kw)[0]
+    reply = self.answer(x, message, [list(history or [])], **kw)[0]
     return reply, list(history or []) + [(message, reply)]
 
 # %% ../nbs/05_fusion.ipynb #335f9461
@@ -585,25 +612,30 @@ def _consistent(text:str, cls:int, kind:str)->str: # `text` without sentences wh
 def _with_impression(text:str, cls:int, kind:str)->str: # a report whose impression is that of class `cls`
     return text.split('Impression:')[0].rstrip() + f"\nImpression: {IMPRESSION[kind, cls]}"
 
+def _measure_all(x:torch.Tensor, kind:str)->list: # `measure` of each image of a [0, 1] batch
+    return [measure(im, kind) for im in (x * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
+
 @patch
 def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
               ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
               n_samples:int|None=None, # candidates per image with 'rerank' (default `cfg.vlm_n_samples`)
               sample_temperature:float=0.7, # temperature of the sampled candidates
               seed:int=0, # seed of the first sampled candidate
+              tool:bool=False, # report: give the model the measurement tool's numbers (`measurement_text`) in the prompt
               **kw)->list: # one text per image
     "Texts of `task` whose diagnosis is the predicted class ('class'), reranked against the measured patch ('rerank')"
-    g, kind, q = ground or self.cfg.vlm_ground, self.cfg.vlm_kind, QUESTIONS[task][0]
+    g, kind = ground or self.cfg.vlm_ground, self.cfg.vlm_kind
     if g not in GROUNDING: raise ValueError(f"ground: must be one of {list(GROUNDING)}, got {g!r}")
-    if g == 'none': return self.generate(images, q, **kw)
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
+    ms = _measure_all(x, kind) if tool or g == 'rerank' else None
+    q = [QUESTIONS[task][0] + '\n' + measurement_text(m, kind) for m in ms] if tool else QUESTIONS[task][0]
+    if g == 'none': return self.generate(x, q, **kw)
     pred = self.class_logprobs(x).argmax(-1).tolist()
     fix = _with_impression if task == 'report' else _consistent
     pre = None if task == 'report' else [DIAGNOSIS[kind, c][1][0] for c in pred]
     gen = lambda **o: [fix(t, c, kind) for t, c in zip(self.generate(x, q, prefix=pre, **{**kw, **o}), pred)]
     cands = [gen()] + [gen(temperature=sample_temperature, seed=seed + i) for i in range((n_samples or self.cfg.vlm_n_samples) - 1 if g == 'rerank' else 0)]
     if len(cands) == 1: return cands[0]
-    ms = [measure(im, kind) for im in (x * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
     score = lambda t, m, c: (len(check_claims(t, m, kind, c, self.thresholds)), -len(extract_claims(t, kind)))
     return [min(cs, key=lambda t: score(t, m, c)) for cs, m, c in zip(zip(*cands), ms, pred)]
 
@@ -746,12 +778,15 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
               repeat:dict|None=None, # stage 2: task -> times each of its rows appears (e.g. `{'class': 3}`)
               max_valid_rows:int|None=None, # cap the validation rows of both stages (the final accuracy uses every valid patch)
               model:PathVLM|None=None, # a model to train instead of building one (e.g. `pathllm.hf.hf_vlm`); its `cfg` and `tok` are used
+              cbs:list|None=None, # more callbacks for both stages (e.g. `pathllm.optimize.GradAccum`, `CompileModel`)
+              extra_rows:list|None=None, # more stage-2 training records (e.g. retrieval-augmented ones, `pathllm.rag.rag_rows`)
               **cfg_kw, # `VLMConfig` overrides with `size`
              )->tuple: # (model, metrics dict)
     "Caption, tokenize, build and train a `PathVLM` in two stages; save everything to `out_dir`"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     root, cfg = _captioned(src, out_dir), model.cfg if model is not None else cfg or VLMConfig.from_name(size, **cfg_kw)
     if cfg.vlm_thresholds is None and (thr := read_thresholds(root)) is not None: cfg = replace(cfg, vlm_thresholds=asdict(thr))  # the words' cut points
+    if cfg.vlm_level_odds is None: cfg = replace(cfg, vlm_level_odds=read_level_odds(root))
     if model is not None: model.cfg = cfg
     tok = model.tok if model is not None else tok
     if cfg.lm_path and not cfg.vlm_connector == 'dual' and model is None:
@@ -765,9 +800,9 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     dl = partial(vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed, text_only=dual,
                  max_valid_rows=max_valid_rows)
     cache = {}  # features of the frozen vision tower, shared by both stages
-    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume, cache=cache), stage1_epochs, lr1, progress)
-    dls2 = dl(tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat)
-    learn2 = vlm_learner(dls2, model, 2, lr2, ckpt_dir=out_dir/'stage2', resume=resume, freeze_vision=freeze_vision, cache=cache)
+    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume, cache=cache, cbs=cbs), stage1_epochs, lr1, progress)
+    dls2 = dl(tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat, extra=None if dual else extra_rows)
+    learn2 = vlm_learner(dls2, model, 2, lr2, ckpt_dir=out_dir/'stage2', resume=resume, freeze_vision=freeze_vision, cache=cache, cbs=cbs)
     h2 = fit_stage(learn2, stage2_epochs, np.array([lr2/10, lr2, lr2]), progress)
     model.eval(); vs = _valid_split(root)
     acc = vlm_accuracy(model, VLMDataset(vlm_records(root, vs or 'train', ['class']), root, tok, cfg.vit_img_size))

@@ -601,6 +601,7 @@ def train_lm(texts:list[str], # training documents
              seed:int=0, # seed for split, init and shuffling
              resume:bool=False, # continue an interrupted run in `out_dir`
              progress:bool=True, # show fastai's progress bars and per-epoch table
+             cbs:list|None=None, # more callbacks (e.g. `pathllm.optimize.GradAccum`, `CompileModel`)
              **cfg_kw, # `LMConfig` overrides (`n_layer=2`, `dropout=0.1`, ...)
             )->tuple: # (model, tokenizer, metrics dict)
     "Train a BPE tokenizer and a language model on `texts`; save everything to `out_dir`"
@@ -609,7 +610,7 @@ def train_lm(texts:list[str], # training documents
     tok.save(out_dir)
     dls = lm_dataloaders(texts, tok, seq_len, bs, valid_pct, seed)
     set_seed(seed); model = LM(LMConfig.from_name(size, vocab_size=len(tok), **cfg_kw))
-    learn = lm_learner(dls, model, lr=lr, ckpt_dir=out_dir, resume=resume)
+    learn = lm_learner(dls, model, lr=lr, ckpt_dir=out_dir, resume=resume, cbs=cbs)
     t0 = time.time()
     if progress: learn.fit_one_cycle(epochs, lr)
     else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from fastcore.meta import delegates
 from .data import LABEL_NAMES
-from .captions import QUESTIONS
+from .captions import QUESTIONS, COT_QUESTION
 from .tokenizer import pad_ids
 from .fusion import PathVLM, to_images
 
@@ -109,7 +109,7 @@ PROMPTS = {p.name: p for p in [
     PromptTemplate('describe', 'Describe this image.', describes=True),
     PromptTemplate('report', 'Write a structured pathology report for this patch.', describes=True),
     PromptTemplate('example', 'Reference case: {caption}\nDiagnosis?'),
-    PromptTemplate('cot', 'Describe the nuclei and the tissue first, then give your impression: {a} or {b}. End with "Answer: <{a} or {b}>".'),
+    PromptTemplate('cot', COT_QUESTION),  # the training rows' chain-of-thought question (`pathllm.captions.cot_answer`)
 ]}
 
 # %% ../nbs/06_prompting.ipynb #1ddec994
@@ -250,7 +250,7 @@ def few_shot(model:PathVLM, # a generative `PathVLM`
 # %% ../nbs/06_prompting.ipynb #0a77e6a6
 def chain_of_thought(model:PathVLM, # a generative `PathVLM`
                      images, # the images
-                     mode:str='two_turn', # 'two_turn' (describe, then classify), 'report' or 'single'
+                     mode:str='single', # 'single' (the trained `cot` format), 'two_turn' (describe, then classify) or 'report'
                      max_new_tokens:int=64, # reasoning length
                      **kw)->dict: # as `zero_shot`, plus the `reasoning` texts (also as `text`)
     "Describe the morphology first, then the impression; the class is parsed from the end"

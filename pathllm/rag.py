@@ -23,9 +23,9 @@ from .prompting import PROMPTS, answer_logprobs, generate_chat
 
 # %% auto #0
 __all__ = ['INDEX_KINDS', 'l2norm', 'image_embeddings', 'lm_hidden', 'text_embeddings', 'morph_features', 'Neighbour',
-           'SearchResult', 'PatchIndex', 'recall_at_k', 'knn_classify', 'index_patches', 'rag_prompt', 'rag_generate',
-           'rag_classify', 'rag_answer', 'knn_answer', 'build_index', 'rag_predict', 'neighbour_agreement',
-           'caption_retrieval', 'show_neighbours']
+           'SearchResult', 'PatchIndex', 'recall_at_k', 'knn_classify', 'index_patches', 'rag_prompt', 'rag_rows',
+           'rag_generate', 'rag_classify', 'rag_answer', 'knn_answer', 'build_index', 'rag_predict',
+           'neighbour_agreement', 'caption_retrieval', 'show_neighbours']
 
 # %% ../nbs/07_rag.ipynb #3d380f9b
 def l2norm(x:np.ndarray|torch.Tensor, # (N, D) vectors
@@ -303,6 +303,34 @@ def rag_prompt(question:str, # the question about the query image
         dx = f' [diagnosis: {names[n.label]}]' if with_labels and 0 <= n.label < len(names) else ''
         lines.append(f'{j}. {n.caption.strip()}{dx}')
     return f"{header}\n" + '\n'.join(lines) + f"\n\n{question}" if lines else question
+
+# %% ../nbs/07_rag.ipynb #03866752
+def rag_rows(records:list, # instruction records (`prompt`, `response`, `image`, `task`) of the training split
+             index:PatchIndex, # index of the training patches, whose ids are the records' `image` paths
+             embeddings:dict, # `image` path -> its embedding (the index's)
+             kind:str='pcam', # class names of the references' diagnoses
+             share:float=0.2, # share of the records that get a retrieval-augmented copy
+             ks:tuple=(1, 4, 8), # reference cases per prompt, drawn per row
+             shuffled:float=0.25, # share of those whose references are random training patches (often disagreeing)
+             tasks:tuple=('caption', 'class', 'closed', 'report'), # tasks that get references
+             seed:int=0, # which rows, which `k`
+            )->list: # new records: `prompt` = `rag_prompt(prompt, references)`, the same `response`, `task` + '_rag', the references' ids in `refs`
+    "Training rows in the retrieval-augmented prompt format of `rag_prompt`: neighbours' captions and diagnoses, never the patch itself"
+    rng = np.random.default_rng(seed)
+    pick = [r for r in records if r.get('task') in tasks and r['image'] in embeddings and rng.random() < share]
+    if not pick: return []
+    kk = rng.choice(ks, len(pick)); kmax = int(max(ks))
+    res = index.search(np.stack([embeddings[r['image']] for r in pick]), kmax, exclude_ids=[[r['image']] for r in pick])
+    ids, labels, caps = index.ids, index.labels, index.captions
+    out = []
+    for i, (r, k) in enumerate(zip(pick, kk)):
+        if rng.random() < shuffled:
+            rows = [j for j in rng.choice(len(ids), k + 1, replace=False) if ids[j] != r['image']][:k]
+            nb = [Neighbour(ids[j], 0., int(labels[j]), caps[j]) for j in rows]
+        else: nb = res[i][:k]
+        out.append({**r, 'id': f"{r['id']}_rag", 'prompt': rag_prompt(r['prompt'], nb, True, kind), 'task': r['task'] + '_rag',
+                    'refs': [n.id for n in nb]})
+    return out
 
 # %% ../nbs/07_rag.ipynb #0e1906ba
 def rag_generate(model:PathVLM, # a generative `PathVLM` (projector or Q-Former)

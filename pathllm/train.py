@@ -17,8 +17,10 @@ from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synt
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
 from .lm import train_lm, CheckpointCallback, _SIZES as LM_SIZES
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier
-from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, fit_stage
+from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, fit_stage, vlm_records
 from .hf import load_vlm
+from .optimize import GradAccum, CompileModel
+from .rag import PatchIndex, image_embeddings, rag_rows
 from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab
 
 # %% auto #0
@@ -54,9 +56,11 @@ class TrainConfig:
     lm_epochs:int=2 # language-model epochs
     lm_lr:float=3e-3 # language-model peak learning rate
     lm_seq_len:int=128 # tokens per language-model window
+    lm_max_texts:int|None=None # the language model reads a seeded random subset of this many training texts (`None`: all)
     vocab_size:int=512 # BPE vocabulary size
     n_captions:int=3 # caption paraphrases per patch in the instruction data
     caption_margin:float=CAPTION_MARGIN # the training text leaves out features this close to a cut point (share of the bin width)
+    rag_share:float=0.0 # share of stage-2 rows that also appear with retrieved training neighbours in the prompt (`pathllm.rag.rag_rows`)
     vlm_connector:str='projector' # 'projector' (LLaVA), 'qformer' (BLIP) or 'xattn' (Flamingo, needs `xattn_every`)
     mp_shuffle:int=2 # pixel-shuffle factor of the projector
     vlm_max_len:int=256 # text tokens per fusion training row
@@ -73,6 +77,9 @@ class TrainConfig:
     max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
     tta:bool=False # score baseline and fused model by the mean over the 8 rotations/reflections of each validation patch
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # caption groundings scored (the first is the model's default)
+    grad_accum:int=1 # every stage steps the optimizer every this many batches (`pathllm.optimize.GradAccum`): batch `bs * grad_accum`
+    compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
+    threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
 
     def __post_init__(self):
         for f in fields(self): _check_field(f.name, getattr(self, f.name), _hints()[f.name])
@@ -115,7 +122,9 @@ _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAM
               vision_morph=(lambda v: v >= 0, "must be >= 0"), vision_centre=(lambda v: v is None or 0 < v <= 1, "must be None or in (0, 1]"),
               dev_frac=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"), n_captions=(_pos, "must be >= 1"),
               caption_margin=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
-              eval_groundings=(lambda v: len(v) >= 1 and set(v) <= set(GROUNDING), f"must be a non-empty list of {list(GROUNDING)}"))
+              eval_groundings=(lambda v: len(v) >= 1 and set(v) <= set(GROUNDING), f"must be a non-empty list of {list(GROUNDING)}"),
+              grad_accum=(_pos, "must be >= 1"), threads=(lambda v: v is None or v >= 1, "must be None or >= 1"),
+              lm_max_texts=(_opt, "must be None or >= 2"), rag_share=(lambda v: 0 <= v <= 1, "must be in [0, 1]"))
 
 # %% ../nbs/11_train.ipynb #e5b6ba9a
 CONFIGS = dict(
@@ -222,6 +231,9 @@ def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)
     b = spec.bins(v); ok = (pred == b) & (b >= 0)
     return {f: float(ok[:, j].sum() / (b[:, j] >= 0).sum().clamp(min=1)) for j, f in enumerate(spec.names)}
 
+def _cbs(cfg:TrainConfig)->list: # the callbacks every training stage gets from the config
+    return ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
+
 def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:bool, progress:bool)->dict: # metrics, losses
     df, v, names = _captioned_table(root, kind)
     x, y = image_tensor([root/p for p in df.image], cfg.img_size, progress, len(df)), torch.tensor(df.label.to_numpy())
@@ -230,7 +242,7 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
     dls = tensor_dls(x, y, v, train=trn, valid=dev or val, bs=cfg.bs, seed=cfg.seed); set_seed(cfg.seed)
     learn = vision_learner_for(dls, cfg.vit_name, len(LABEL_NAMES[kind]), img_size=cfg.img_size, lr=cfg.vision_lr, spec=spec,
                                lam=cfg.vision_morph, centre=cfg.vision_centre, classes=list(LABEL_NAMES[kind]),
-                               cbs=[BatchAugment(cfg.stain_sigma, cfg.stain_bias, seed=cfg.seed), CheckpointCallback(out, resume)], **cfg.vit_kw)
+                               cbs=[BatchAugment(cfg.stain_sigma, cfg.stain_bias, seed=cfg.seed), CheckpointCallback(out, resume), *_cbs(cfg)], **cfg.vit_kw)
     hist = fit_stage(learn, cfg.vision_epochs, cfg.vision_lr, progress)
     m = learn.model.eval(); m.save_pretrained(out)
     batches = lambda rows: [(x[rows[i:i+cfg.bs]], y[rows[i:i+cfg.bs]]) for i in range(0, len(rows), cfg.bs)]
@@ -241,8 +253,10 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
 
 # %% ../nbs/11_train.ipynb #cc38348d
 def _lm(cfg:TrainConfig, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_lm` metrics
-    _, _, m = train_lm(read_corpus(root, 'train'), out, size=cfg.lm_size, epochs=cfg.lm_epochs, lr=cfg.lm_lr, seq_len=cfg.lm_seq_len,
-                       vocab_size=cfg.vocab_size, bs=cfg.bs, seed=cfg.seed, resume=resume, progress=progress, **cfg.lm_kw)
+    texts = read_corpus(root, 'train')
+    if cfg.lm_max_texts and len(texts) > cfg.lm_max_texts: texts = [texts[i] for i in sorted(np.random.default_rng(cfg.seed).permutation(len(texts))[:cfg.lm_max_texts])]
+    _, _, m = train_lm(texts, out, size=cfg.lm_size, epochs=cfg.lm_epochs, lr=cfg.lm_lr, seq_len=cfg.lm_seq_len,
+                       vocab_size=cfg.vocab_size, bs=cfg.bs, seed=cfg.seed, resume=resume, progress=progress, cbs=_cbs(cfg), **cfg.lm_kw)
     return m
 
 def vlm_config(cfg:TrainConfig, # the run's config
@@ -255,23 +269,32 @@ def vlm_config(cfg:TrainConfig, # the run's config
                      vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw), lm_path=lm_path, mp_shuffle=cfg.mp_shuffle,
                      xattn_every=cfg.xattn_every, vlm_readout=ro if cfg.concept_tokens else None)
 
+def _rag_rows(cfg:TrainConfig, kind:str, root:Path, base:Path)->list: # retrieval-augmented stage-2 rows (`rag_rows`)
+    if not cfg.rag_share: return []
+    df = pd.read_csv(root/'captions.csv'); trn = df[df.split == 'train']
+    emb = image_embeddings(ImageClassifier.from_pretrained(base).encoder, image_tensor([root/p for p in trn.image], cfg.img_size), bs=cfg.bs)
+    ix = PatchIndex(emb.shape[1]).add(emb, list(trn.image), trn.label.tolist(), trn.caption.tolist())
+    return rag_rows(vlm_records(root, 'train'), ix, dict(zip(trn.image, emb)), kind, cfg.rag_share, seed=cfg.seed)
+
 def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_vlm` metrics
     vc = vlm_config(cfg, kind, str(out.parent/'lm'))
     _, m = train_vlm(root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
                      bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline',
                      progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
-                     max_valid_rows=cfg.max_valid_rows)
+                     max_valid_rows=cfg.max_valid_rows, cbs=_cbs(cfg), extra_rows=_rag_rows(cfg, kind, root, out.parent/'baseline'))
     return m
 
 # %% ../nbs/11_train.ipynb #79bd9ee0
 class _Batched:
-    "The batched `caption` (with one grounding, for a `PathVLM`) and `answer` tasks of a model: what `evaluate_model` then scores"
+    "The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what `evaluate_model` then scores"
     def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none'):
-        self.model, self.bs, self.thresholds = model, bs, getattr(model, 'thresholds', None)
+        self.model, self.bs, self.thresholds, self.level_odds = model, bs, getattr(model, 'thresholds', None), getattr(model, 'level_odds', None)
         self.kw = dict(max_new_tokens=max_new_tokens, **(dict(ground=ground) if isinstance(model, PathVLM) else {}))
     def _b(self, f, imgs:list)->list: return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs])]
     def caption(self, imgs:list)->list: return self._b(lambda b: self.model.caption(b, **self.kw), imgs)
     def answer(self, imgs:list, q:str)->list: return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens']), imgs)
+    def report(self, imgs:list)->list: return self._b(lambda b: self.model.report(b, max_new_tokens=4*self.kw['max_new_tokens']), imgs)
+    def chat(self, img, msg:str, history=())->tuple: return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'])
 
 def _class_probs(model:PathVLM, imgs:list, bs:int, tta:bool=False)->np.ndarray: # (N, K) class probabilities
     kw = dict(tta=True) if tta else {}  # image-only adapters (bench) take no `tta`
@@ -296,7 +319,7 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
     met, sub, pred = dict(classification_metrics(y, probs[:, 1]), n_images=len(ds)), [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))], probs.argmax(1)
     tm, o, grounded = {}, {}, {}
     for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
-        tasks = [t for t in (('caption', 'answer') if j == 0 else ('caption',)) if hasattr(model, t)]   # questions are asked once
+        tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]  # asked once
         r, oo = evaluate_model(_Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=pred[:len(sub)].tolist(), tasks=tasks)
         if j == 0: tm, o = r, oo
         grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
@@ -315,6 +338,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
              )->dict: # the contents of `out/report.json`
     "Train baseline, language model and fused model on `data`, evaluate them and write the report and model to `out`"
     cfg, out, log, t0 = load_config(config), Path(out), {}, time.time()
+    if cfg.threads: torch.set_num_threads(cfg.threads)
     if resume: _warn_changed(cfg, out)
     out.mkdir(parents=True, exist_ok=True); _write_json(out/'config.json', asdict(cfg))
     prep = _stage('data', out/'data.json', resume, log, lambda: _prepare(cfg, data, out, progress))
