@@ -49,7 +49,7 @@ class VLMConfig:
     "Sizes and options of a `PathVLM`: vision (`vit_`), connector (`mp_`, `qf_`, `clip_`), language model (`lm_`)"
     vlm_connector:str='projector' # 'projector' (LLaVA MLP), 'qformer' (BLIP learned queries), 'dual' (CLIP contrastive) or 'xattn' (Flamingo: queries read through gated cross-attention only)
     vlm_kind:str='pcam' # data set, fixes class names and questions: 'pcam' or 'mhist'
-    vlm_max_len:int=256 # training rows are truncated to this many text tokens
+    vlm_max_len:int=384 # training rows are truncated to this many text tokens (a report with the tool's measurements is ~300)
     vit_name:str='pathvit_nano' # `get_vision` name
     vit_img_size:int=96 # input side in pixels
     vit_pretrained:bool=False # load pretrained vision weights when building with `load_backbone=True`

@@ -33,7 +33,7 @@ from fastcore.basics import patch, store_attr
 from fastcore.meta import delegates
 from . import __version__
 from .data import LABEL_NAMES, DataError, atomic_write
-from .captions import QUESTIONS, measure, extract_claims, check_claims
+from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type, confidence_answer
 from .fusion import PathVLM
 from .rag import PatchIndex, rag_generate
 from .train import predict as train_predict
@@ -467,14 +467,23 @@ def check_tokens(self:Pipeline, message:str, history:list, max_new_tokens:int):
 
 # %% ../nbs/12_serve.ipynb #151c3402
 @patch
-def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict): # the shared body of caption/report/answer
+def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict, tool:bool=False): # the shared body of caption/report/answer
     if not self.generative: raise InputError(f"{key}: this '{self.model.cfg.vlm_connector}' model only classifies", 400)
     use_rag = self.index is not None if rag is None else bool(rag)
     if use_rag and self.index is None: raise InputError('rag: this model has no index', 400)
-    self.check_tokens(question, [], gen['max_new_tokens'])
+    kind = self.model.cfg.vlm_kind
     with self.batcher.coming(): xs, single = self.prepare(images)
-    if use_rag: out = [{key: a, 'references': r} for a, r in self.batcher.submit(('rag', question, *_gen_key(gen)), xs)]
-    else: out = [{key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, question, ()) for x in xs])]
+    if question_type(question, kind) == 'confidence':  # answered from the class probability, not generated
+        out = [{key: confidence_answer(list(r['probs'].values()), list(r['probs']))} for r in self.batcher.submit(('classify', False, False), xs)]
+        return out[0] if single else out
+    qs = [question + '\n' + measurement_text(measure(np.asarray(x), kind), kind) if tool else question for x in xs]  # the tool's numbers
+    for q in dict.fromkeys(qs): self.check_tokens(q, [], gen['max_new_tokens'])
+    if not use_rag: out = [{key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, q, ()) for x, q in zip(xs, qs)])]
+    else:
+        out = [None] * len(xs)
+        for q in dict.fromkeys(qs):  # retrieval prompts are batched per question
+            idx = [i for i, qi in enumerate(qs) if qi == q]
+            for i, (a, r) in zip(idx, self.batcher.submit(('rag', q, *_gen_key(gen)), [xs[i] for i in idx])): out[i] = {key: a, 'references': r}
     return out[0] if single else out
 
 @patch
@@ -487,9 +496,11 @@ def caption(self:Pipeline, images, # one image or a list
 
 @patch
 @delegates(gen_options)
-def report(self:Pipeline, images, rag:bool|None=None, max_new_tokens:int=192, **gen)->dict|list: # per image `report` (and `references`)
-    "A structured 'Findings ... Impression' report of each image"
-    return self._ask(images, QUESTIONS['report'][0], 'report', rag, gen_options(max_new_tokens=max_new_tokens, **gen))
+def report(self:Pipeline, images, rag:bool|None=None, max_new_tokens:int=192,
+           tool:bool=True, # the measurement tool's numbers (`pathllm.captions.measure`) go into the prompt: every number in the report is measured
+           **gen)->dict|list: # per image `report` (and `references`)
+    "A structured 'Findings ... Impression' report of each image: the model's words, the tool's numbers"
+    return self._ask(images, QUESTIONS['report'][0], 'report', rag, gen_options(max_new_tokens=max_new_tokens, **gen), tool)
 
 @patch
 @delegates(gen_options)

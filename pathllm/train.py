@@ -25,7 +25,7 @@ from .evaluate import classification_metrics, evaluate_model, write_report, text
 
 # %% auto #0
 __all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'GROUNDED_KEYS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config',
-           'vlm_config', 'evaluate_vlm', 'run_train', 'run_eval', 'predict']
+           'write_configs', 'vlm_config', 'evaluate_vlm', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 CONNECTORS_TRAIN = ('projector', 'qformer', 'xattn')  # generative connectors: they classify and caption
@@ -63,7 +63,7 @@ class TrainConfig:
     rag_share:float=0.0 # share of stage-2 rows that also appear with retrieved training neighbours in the prompt (`pathllm.rag.rag_rows`)
     vlm_connector:str='projector' # 'projector' (LLaVA), 'qformer' (BLIP) or 'xattn' (Flamingo, needs `xattn_every`)
     mp_shuffle:int=2 # pixel-shuffle factor of the projector
-    vlm_max_len:int=256 # text tokens per fusion training row
+    vlm_max_len:int=384 # text tokens per fusion training row (a report with the tool's measurements is ~300)
     stage1_epochs:int=1 # fusion stage 1: connector only, captions
     stage2_epochs:int=2 # fusion stage 2: everything, instructions and conversations
     lr1:float=3e-3 # stage-1 learning rate
@@ -173,6 +173,12 @@ def load_config(config:str|Path|dict|TrainConfig='debug', # a name in `CONFIGS`,
                )->TrainConfig: # the checked config
     "A named config, or one read from a JSON file, with overrides"
     return config_from_dict(read_config(config, TrainConfig, CONFIGS, **kw))
+
+# %% ../nbs/11_train.ipynb #81d84960
+def write_configs(folder:str|Path, # where to write `{name}.json`
+                 )->list: # the files written
+    "Write every named config of `CONFIGS` as a JSON file (its fields that differ from the defaults)"
+    return [atomic_write(Path(folder)/f'{n}.json', json.dumps(d, indent=2) + '\n') for n, d in CONFIGS.items()]
 
 # %% ../nbs/11_train.ipynb #5a541d20
 def _stage(name:str, done:Path, resume:bool, log:dict, fn)->dict:
