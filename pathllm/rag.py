@@ -25,7 +25,7 @@ from .prompting import PROMPTS, answer_logprobs, generate_chat
 __all__ = ['INDEX_KINDS', 'l2norm', 'image_embeddings', 'lm_hidden', 'text_embeddings', 'morph_features', 'Neighbour',
            'SearchResult', 'PatchIndex', 'recall_at_k', 'knn_classify', 'index_patches', 'rag_prompt', 'rag_rows',
            'rag_generate', 'rag_classify', 'rag_answer', 'knn_answer', 'build_index', 'rag_predict',
-           'neighbour_agreement', 'caption_retrieval', 'show_neighbours']
+           'neighbour_agreement', 'caption_retrieval', 'show_neighbours', 'compare_all']
 
 # %% ../nbs/07_rag.ipynb #3d380f9b
 def l2norm(x:np.ndarray|torch.Tensor, # (N, D) vectors
@@ -483,3 +483,30 @@ def show_neighbours(query, # the query image (PIL, array)
         ax.set_xlabel(textwrap.fill(n.caption[:max_chars], wrap), fontsize=6)
     for ax in axs: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout(); return fig
+
+# %% ../nbs/07_rag.ipynb #c3127867
+def compare_all(model:PathVLM, # a generative `PathVLM`
+                index:PatchIndex, # index of training patches (for RAG and kNN)
+                images, # validation images
+                labels, # their class ids
+                query_ids:list|None=None, # the images' ids, excluded from their own retrieval (None: not indexed)
+                examples:list|None=None, # few-shot `(image, caption, label)` triples (`pick_examples(..., images=)`); None: no few-shot row
+                refs:list|None=None, # reference captions per image, for `text_metrics`
+                text_metrics:Callable|None=None, # `text_metrics(texts, refs) -> dict` of the techniques' texts
+                ks:tuple=(1, 4, 8), # RAG reference counts
+                n_sc:int=5, # self-consistency paths
+                max_new_tokens:int=48, # tokens per generated text
+               )->pd.DataFrame: # one row per technique: accuracy, AUC, parse rate, text metrics, tokens and seconds per image
+    "Zero-shot, constrained, few-shot, chain-of-thought, self-consistency, RAG k=1/4/8 and kNN, scored alike on the same patches"
+    from pathllm.prompting import zero_shot, constrained, few_shot, chain_of_thought, self_consistency
+    cot = partial(chain_of_thought, max_new_tokens=max_new_tokens)
+    techs = {'zero-shot': partial(zero_shot, model), 'constrained': partial(constrained, model)}
+    if examples: techs[f'few-shot (k={len(examples)}, images)'] = partial(few_shot, model, examples=examples)
+    techs |= {'chain-of-thought': partial(cot, model),
+              f'self-consistency (n={n_sc}, CoT)': partial(self_consistency, model, n=n_sc, technique=cot),
+              'no RAG (captions)': partial(rag_answer, model, index, query_ids=query_ids, k=0, max_new_tokens=max_new_tokens),
+              **{f'RAG k={k}': partial(rag_answer, model, index, query_ids=query_ids, k=k, max_new_tokens=max_new_tokens) for k in ks},
+              'kNN k=10': partial(knn_answer, model, index, query_ids=query_ids, k=10)}
+    df = compare_techniques(techs, images, labels, refs=refs, text_metrics=text_metrics)
+    df.insert(2, 'parse_rate', 1 - df.unknown.astype(float))
+    return df
