@@ -175,7 +175,8 @@ def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or i
         if not (f := next((src/n for n in ('bench.json', 'report.json') if (src/n).exists()), None)): raise FileNotFoundError(f"results: {src} holds no bench.json or report.json")
         src = f
     d = json.loads(src.read_text())
-    if not ('rows' in d or 'environment' in (d.get('config') or {})): raise ValueError(f"results: {src} is neither a `run_bench` bench.json nor a `run_train` report.json")
+    if not ('rows' in d or {'train', 'data', 'environment'} <= set(d.get('config') or {})):
+        raise ValueError(f"results: {src} is neither a `run_bench` bench.json nor a `run_train` report.json (`run_eval` reports are not published)")
     return atomic_write(root/'results'/dest/src.name, json.dumps(trim_run(d), indent=1, default=str) + '\n')
 
 # %% ../nbs/12a_results.ipynb #bf9f64c4
