@@ -129,14 +129,16 @@ def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small,
               backend:str=typer.Option('pathllm', help="'pathllm' (from-scratch models) or 'hf' (a Hugging Face LM + vision tower)"),
               lm:str=typer.Option('Qwen/Qwen2.5-0.5B', help="--backend hf: causal LM, a hub name or a local folder"),
               vision:str=typer.Option('openai/clip-vit-base-patch32', help="--backend hf: vision tower, a hub name, local folder or timm:<name>"),
-              threads:int=typer.Option(0, help="CPU threads for torch (0: torch's default; 1 is fastest for small models on a busy CPU)")):
+              threads:int=typer.Option(0, help="CPU threads for torch (0: torch's default; 1 is fastest for small models on a busy CPU)"),
+              seed:int=typer.Option(None, help="Overrides the config's seed (one run per seed; `pathllm results` pools them into mean ± sd)")):
     "Train the image-only baseline, the language model and the fused model; evaluate and write the report."
     _threads(threads)
     if backend not in ('pathllm', 'hf'): _fail(ValueError(f"backend: must be 'pathllm' or 'hf', got {backend!r}"))
     with _errors(_new_folder(out, keep=resume)):  # a failed run leaves no half-written --out (unless resuming)
-        if backend == 'hf': return _train_hf(config, data, out, lm, vision)
-        from pathllm.train import run_train
-        r = run_train(config, data, out, resume)
+        from pathllm.train import run_train, load_config
+        cfg = load_config(config, **({} if seed is None else dict(seed=seed)))
+        if backend == 'hf': return _train_hf(cfg, data, out, lm, vision)
+        r = run_train(cfg, data, out, resume)
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 
 def _train_hf(config, data, out:Path, lm:str, vision:str):
