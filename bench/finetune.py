@@ -9,6 +9,7 @@ Writes `OUT/finetune.json` and `OUT/finetune.md` (default `bench/results/finetun
 
     python bench/finetune.py                                # real PCam from `pathllm.data.pcam_dir()`
     python bench/finetune.py --n-train 400 --n-valid 100 --max-rows 800 --out /tmp/ft   # 20 min on 2 busy cores
+    python bench/finetune.py --tiny --out /tmp/ft            # synthetic patches, a few rows: every method in seconds (CI)
 """
 import argparse, json, os, platform, resource, time
 from pathlib import Path
@@ -94,7 +95,7 @@ def prepare(args)->dict:
 def markdown(res)->str:
     f = lambda v: '—' if v is None else f'{v:.3f}' if isinstance(v, float) else f'{v:,}' if isinstance(v, int) else str(v)
     cols = ['trainable', 'pct', 'steps', 's_per_step', 'train_bytes', 'peak_rss_mb', 'disk_bytes', 'loss', *CLS_KEYS, *TXT_KEYS]
-    lines = [f"# Fine-tuning methods on real PCam ({res['args']['size']} `PathVLM`)", '',
+    lines = [f"# Fine-tuning methods on `{Path(res['source']).name}` ({res['args']['size']} `PathVLM`)", '',
              f"{res['args']['n_train']} train / {res['args']['n_valid']} valid patches ({res['n_rows']} instruction rows, capped at "
              f"{res['args']['max_rows']}), {res['args']['epochs']} epoch(s) at lr {res['args']['lr']}, batch {res['args']['bs']}; "
              f"{res['total_seconds']:.0f} s on {res['machine']}.", '',
@@ -121,8 +122,13 @@ def main():
     p.add_argument('--max-new-tokens', type=int, default=32); p.add_argument('--threads', type=int, default=2)
     p.add_argument('--methods', default=','.join(METHODS))
     p.add_argument('--resume', action='store_true', help='reuse the captioned subset and aligned base of an earlier run in --out')
+    p.add_argument('--tiny', action='store_true', help='48 synthetic patches, a few rows: checks every method in seconds (CI)')
     args = p.parse_args(); t0 = time.time()
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        from pathllm.data import make_synthetic
+        args.n_train, args.n_valid, args.max_rows, args.max_new_tokens, args.threads, args.bs = 32, 8, 32, 8, 1, 8
+        args.data = str(make_synthetic(out/'synth', 'pcam', n=48, seed=0, progress=False))
     ctx = mp.get_context('spawn')
     if args.resume and (out/'prep.json').exists(): prep = json.loads((out/'prep.json').read_text())
     else:

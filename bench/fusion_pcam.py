@@ -1,99 +1,66 @@
-"""The main job on real PCam: image-only baseline vs fused model, and grounded vs free captions.
+"""The main job on real PCam: image-only baseline vs fused model, and the caption groundings compared.
 
-Trains everything with `pathllm.train.run_train` (the `small` config by default: a from-scratch ResNet-10-T baseline on
-the centre 64 pixels of all training patches, its encoder frozen in the fused model, both scored with dihedral TTA),
-then captions the same validation patches with each caption grounding mode of `PathVLM.caption` ('none', 'class',
-'rerank') and scores them against the patches' measurements.
+Runs `pathllm.train.run_train` (the `small` config by default: a from-scratch ResNet-10-T baseline on the centre 64 pixels
+of all training patches, its encoder frozen in the fused model, both scored with dihedral TTA) and summarises its
+`report.json`: the table of `pathllm.results.train_table` (the renderer of the README's table), the project's targets, and
+the caption metrics of each grounding mode of `PathVLM.caption` that `run_train` scored (`eval_groundings`). Nothing is
+scored twice: the numbers are the report's.
 
-Writes `OUT/fusion_pcam.json` and `OUT/fusion_pcam.md`; the run itself (report, plots, model) is in `OUT/run`.
+Writes `OUT/fusion_pcam.md`; the run itself (report, plots, model) is in `OUT/run`. Publish a run with
+`pathllm results --publish OUT/run --to small/seed0` (one folder per seed: `--seed 1`, `--seed 2`).
 
     python bench/fusion_pcam.py                          # real PCam from `pathllm.data.pcam_dir()`, config 'small'
-    python bench/fusion_pcam.py --config debug --out /tmp/fp --resume
+    python bench/fusion_pcam.py --seed 1 --out bench/results/fusion_pcam_s1 --resume
+    python bench/fusion_pcam.py --tiny --out /tmp/fp     # the bench's `tiny` config on synthetic patches: checks the script (CI)
 """
-import argparse, json, os, platform, time
+import argparse, os
 from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
-import torch
-from pathllm.data import pcam_dir, load_patches, atomic_write
-from pathllm.evaluate import evaluate_model
-from pathllm.fusion import PathVLM
-from pathllm.train import run_train, load_config
+from pathllm.data import pcam_dir, atomic_write
+from pathllm.train import run_train, load_config, GROUNDED_KEYS
+from pathllm.bench import bench_config
+from pathllm.results import train_table, md_table, mean_sd
 
-CLS_KEYS = ('accuracy', 'balanced_accuracy', 'auc', 'f1')
-TXT_KEYS = ('bleu4', 'rouge_l', 'cider', 'hallucination')
-
-
-class Grounded:
-    "Only `caption` and `report` of a `PathVLM`, with one grounding mode, batched: what `evaluate_model` scores"
-    def __init__(self, model, ground, bs, max_new_tokens, reports):
-        self.model, self.ground, self.bs, self.mnt = model, ground, bs, max_new_tokens
-        if reports: self.report = self._report
-    def _batched(self, f, imgs, **kw): return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs], ground=self.ground, **kw)]
-    def caption(self, imgs): return self._batched(self.model.caption, imgs, max_new_tokens=self.mnt)
-    def _report(self, imgs): return self._batched(self.model.report, imgs)
+TARGETS = dict(accuracy=0.85, auc=0.92)  # the project's targets for the fused model on real PCam
+MARGIN = 0.01  # ... and at most this far below the image-only baseline
 
 
-def grounding(model_dir, ds, n, bs, max_new_tokens, modes, reports):
-    "Caption (and report) the first `n` patches of `ds` with each grounding mode; text metrics and seconds per mode"
-    model, out = PathVLM.from_pretrained(model_dir), {}
-    for g in modes:
-        t0 = time.time()
-        met, _ = evaluate_model(Grounded(model, g, bs, max_new_tokens, reports), ds, n=n)
-        out[g] = dict({k: v for k, v in met.items() if k in TXT_KEYS or k.startswith('report_')}, seconds=round(time.time() - t0, 1))
-    return out
+def targets_met(rep: dict) -> bool:
+    "The fused model reaches `TARGETS` and is within `MARGIN` of the baseline on each"
+    return all(rep[k] >= t and rep[k] >= rep['baseline'][k] - MARGIN for k, t in TARGETS.items())
 
 
-def markdown(res):
-    r, b, g = res['fused'], res['baseline'], res['grounding']
-    f = lambda v: f'{v:.3f}' if isinstance(v, float) else str(v)
-    lines = [f"# Fused model vs image-only baseline on real PCam (config `{res['config']['name']}`)", '',
-             f"{res['n_train']} train / {res['n_valid']} valid patches, {res['config']['vit_name']} vision, "
-             f"Stage seconds of this invocation ({res['machine']}; 0 = finished earlier and resumed): "
-             + ', '.join(f"{k} {v['seconds']:.0f}" for k, v in res['stages'].items()) + '.', '',
-             '| model | ' + ' | '.join(CLS_KEYS) + ' |', '|---' * (len(CLS_KEYS) + 1) + '|',
-             '| image-only baseline | ' + ' | '.join(f(b.get(k)) for k in CLS_KEYS) + ' |',
-             '| fused (class log-likelihood) | ' + ' | '.join(f(r.get(k)) for k in CLS_KEYS) + ' |', '',
-             f"Targets: accuracy >= 0.85, AUC >= 0.92, fused within 0.01 of the baseline: "
-             f"{'met' if res['targets_met'] else 'NOT met'}.", '',
-             f"Captions of {res['n_captioned']} validation patches by grounding mode of `PathVLM.caption`:", '',
-             '| grounding | ' + ' | '.join(TXT_KEYS) + ' | seconds |', '|---' * (len(TXT_KEYS) + 2) + '|']
-    lines += ['| ' + m + ' | ' + ' | '.join(f(v.get(k)) for k in TXT_KEYS) + f" | {v['seconds']} |" for m, v in g.items()]
-    if any('report_hallucination' in v for v in g.values()):
-        lines += ['', '| grounding | report_bleu4 | report_hallucination | report_impression_acc |', '|---|---|---|---|']
-        lines += [f"| {m} | {f(v.get('report_bleu4'))} | {f(v.get('report_hallucination'))} | {f(v.get('report_impression_acc'))} |" for m, v in g.items()]
-    return '\n'.join(lines) + '\n'
+def markdown(rep: dict, label: str) -> str:
+    "The run's table, its targets and its caption groundings, all read from `report.json`"
+    g = rep.get('groundings') or {}
+    keys = [k for k in GROUNDED_KEYS if any(k in v for v in g.values())]
+    lines = [f"# The main job: image-only baseline vs fused model (`{label}`)", '', train_table({label: [rep]}), '',
+             f"Targets (fused accuracy >= {TARGETS['accuracy']}, AUC >= {TARGETS['auc']}, each within {MARGIN} of the baseline): "
+             f"{'met' if targets_met(rep) else 'NOT met'}.", '']
+    if g: lines += [f"Captions of {rep.get('n_captioned')} validation patches by grounding mode of `PathVLM.caption`:", '',
+                    md_table(['grounding', *keys], [[m, *[mean_sd([v.get(k)]) for k in keys]] for m, v in g.items()]), '']
+    return '\n'.join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--data', default=None, help="PCam folder (default: pathllm.data.pcam_dir())")
     ap.add_argument('--config', default='small', help="named config or JSON file for run_train")
+    ap.add_argument('--seed', type=int, default=None, help="overrides the config's seed")
     ap.add_argument('--out', default='bench/results/fusion_pcam', help="output folder")
     ap.add_argument('--resume', action='store_true', help="skip the finished stages of OUT/run")
-    ap.add_argument('--n-captions', type=int, default=128, help="validation patches captioned per grounding mode")
-    ap.add_argument('--modes', default='none,class,rerank', help="comma-separated grounding modes to compare")
-    ap.add_argument('--reports', action='store_true', help="also write and score reports per grounding mode")
+    ap.add_argument('--tiny', action='store_true', help="the bench's `tiny` config on synthetic patches: checks the script in seconds (CI)")
     a = ap.parse_args()
-    data = a.data or pcam_dir()
-    if data is None: raise SystemExit("data: no real PCam found (set PATHLLM_PCAM or pass --data)")
-    out, cfg = Path(a.out), load_config(a.config)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    rep = run_train(cfg, data, out/'run', resume=a.resume, progress=True)
-    run_s = rep['config']['seconds'] if rep['config'].get('seconds') else time.time() - t0
-    prep = json.loads((out/'run'/'data.json').read_text())
-    val = load_patches(data).subset(prep['valid'])
-    fused, base = rep, rep['baseline']
-    ok = fused['accuracy'] >= 0.85 and fused['auc'] >= 0.92 and all(fused[k] >= base[k] - 0.01 for k in ('accuracy', 'auc'))
-    res = dict(config=rep['config']['train'], n_train=len(prep['train']), n_valid=len(prep['valid']), run_seconds=run_s,
-               stages=rep['config']['stages'], machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-               baseline={k: base.get(k) for k in CLS_KEYS}, fused={k: fused.get(k) for k in CLS_KEYS}, targets_met=bool(ok),
-               run_caption_metrics={k: fused.get(k) for k in TXT_KEYS}, n_captioned=min(a.n_captions, len(val)),
-               grounding=grounding(out/'run'/'model', val, a.n_captions, cfg.bs, cfg.caption_tokens, a.modes.split(','), a.reports))
-    atomic_write(out/'fusion_pcam.json', json.dumps(res, indent=2))
-    atomic_write(out/'fusion_pcam.md', markdown(res))
-    print(markdown(res))
+    seed = {} if a.seed is None else dict(seed=a.seed)
+    cfg = bench_config('tiny', **seed).train_config() if a.tiny else load_config(a.config, **seed)
+    data = None if a.tiny else (a.data or pcam_dir())  # run_train writes synthetic patches when there is no data
+    if data is None and not a.tiny: raise SystemExit("data: no real PCam found (set PATHLLM_PCAM or pass --data)")
+    out = Path(a.out)
+    rep = run_train(cfg, data, out/'run', resume=a.resume, progress=not a.tiny)
+    md = markdown(rep, cfg.name)
+    atomic_write(out/'fusion_pcam.md', md)
+    print(md)
 
 
 if __name__ == '__main__': main()

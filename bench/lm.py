@@ -8,6 +8,7 @@ Writes `bench/results/lm.json` and `bench/results/lm.md` (ratios pathllm / HF; >
 
     python bench/lm.py                      # small CPU config
     python bench/lm.py --n-layer 8 --n-embd 512 --device cuda
+    python bench/lm.py --tiny --out /tmp/lm           # seconds: checks the script (CI)
 """
 import argparse, json, os, platform, statistics, time
 from pathlib import Path
@@ -69,7 +70,9 @@ def main():
         ap.add_argument('--' + k.replace('_', '-'), type=int, default=v)
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results'))
+    ap.add_argument('--tiny', action='store_true', help='tiny dims, one rep: checks the script in seconds (CI)')
     a = ap.parse_args()
+    if a.tiny: a.n_layer, a.n_embd, a.n_head, a.n_kv_head, a.vocab, a.bs, a.seq_len, a.steps, a.new_tokens, a.reps = 1, 32, 2, 1, 300, 2, 32, 1, 8, 1
     if a.threads: torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ Writes `<out>/optimize.json`, `<out>/optimize.md`, `<out>/speed.json`, `<out>/sp
 
     python bench/optimize.py                                    # trains the bench's `debug` teacher on real PCam (or synthetic) first
     python bench/optimize.py --model runs/train                 # a `run_train` folder: its model, data and validation patches
-    python bench/optimize.py --tiny                             # minutes: a few patches, every code path
+    python bench/optimize.py --tiny --out /tmp/opt              # the bench's `tiny` teacher on synthetic patches: every code path (CI)
 """
 import argparse, json, os, time
 from dataclasses import replace
@@ -23,16 +23,13 @@ from pathllm.data import pcam_dir, load_patches, atomic_write, environment_info,
 from pathllm.captions import measure, caption
 from pathllm.fusion import PathVLM, vlm_dataloaders, vlm_learner, init_vision, fit_stage
 from pathllm.train import run_train, load_config
+from pathllm.bench import bench_config
 from pathllm.evaluate import classification_metrics, cider
 from pathllm.optimize import (VARIANTS, compare_variants, distill, variant_outputs, speed_report, speed_markdown, compile_model,
                               train_step_seconds, GradAccum)
 from pathllm.captions import read_corpus
 from pathllm.lm import lm_loss, pack_tokens
 
-# the teacher: the bench's `debug` training config (pathllm.bench.BENCH_CONFIGS['debug'])
-TEACHER = dict(name='bench-debug', max_train=1200, max_valid=400, vision_epochs=4, stage2_epochs=2, max_rows=2400, eval_captions=32,
-               freeze_vision=True, class_repeat=3)
-TINY = dict(max_train=64, max_valid=32, n_images=96, vision_epochs=1, lm_epochs=1, stage2_epochs=1, max_rows=128, eval_captions=4)
 
 
 def _md(rows, cols):
@@ -46,7 +43,8 @@ def _model(a, out):
         run = Path(a.model); prep = json.loads((run/'data.json').read_text())
         return PathVLM.from_pretrained(run/'model'), run/prep['root'], dict(run=str(run), report={k: json.loads((run/'report.json').read_text()).get(k) for k in ('accuracy', 'auc')}), prep
     if a.model: return PathVLM.from_pretrained(a.model), (Path(a.root) if a.root else None), None, None
-    cfg = load_config(a.config, **{**(TEACHER if a.config == 'debug' else {}), **(TINY if a.tiny else {})}, seed=a.seed)
+    # the teacher: the bench's training config ('debug': `pathllm.bench.BENCH_CONFIGS['debug']`; --tiny: the bench's 'tiny'), or a run_train config
+    cfg = bench_config('tiny' if a.tiny else 'debug', seed=a.seed).train_config() if a.tiny or a.config == 'debug' else load_config(a.config, seed=a.seed)
     t0 = time.time(); rep = run_train(cfg, data=a.data, out=out/'train', progress=False)
     prep = json.loads((out/'train'/'data.json').read_text())
     trained = dict(config=cfg.__dict__, seconds=round(time.time() - t0, 1), report={k: rep.get(k) for k in ('accuracy', 'auc', 'cider', 'bleu4')})
@@ -68,6 +66,11 @@ def _eval_set(a, data, prep, split):
     return imgs, y, refs, dict(source=str(data), split=split, n=len(idx), n_captions=min(a.n_captions, len(idx)), fingerprint=data_fingerprint(ds))
 
 
+def _vision_of(m):
+    "What `init_vision` starts a student from: the teacher's encoder, with its readout heads when the teacher reads concept tokens"
+    return m.vision if m.readout is None else torch.nn.ModuleDict(dict(encoder=m.vision, readout=m.readout))
+
+
 STUDENTS = dict(plain=None, kd_tokens=dict(alpha=0.5), kd_class=dict(alpha=0., cls_weight=2.), kd_both=dict(alpha=0.5, cls_weight=2.))
 
 
@@ -82,7 +85,7 @@ def _student(a, teacher, root, score, imgs):
     rows = [t]
     for seed in range(a.seed, a.seed + a.seeds):
         for name in a.students.split(','):
-            torch.manual_seed(seed); s = init_vision(PathVLM(scfg, teacher.tok), teacher.vision); t0, d = time.time(), dls(seed)
+            torch.manual_seed(seed); s = init_vision(PathVLM(scfg, teacher.tok), _vision_of(teacher)); t0, d = time.time(), dls(seed)
             if STUDENTS[name] is None: h = fit_stage(vlm_learner(d, s, stage=2, lr=a.distill_lr, freeze_vision=True), a.distill_epochs, a.distill_lr)
             else: h = distill(teacher, s, d, epochs=a.distill_epochs, lr=a.distill_lr, T=a.kd_T, freeze_vision=True, **STUDENTS[name])
             probs = variant_outputs(s.eval(), imgs, a.bs)['probs']

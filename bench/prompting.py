@@ -13,6 +13,7 @@ reference captions, tokens generated and seconds per image. Writes `bench/result
 
     python bench/prompting.py                         # train (1000 patches, ~10 min on 2 free CPU cores), then compare
     python bench/prompting.py --model runs/x/model    # compare only
+    python bench/prompting.py --tiny --out /tmp/pr    # the bench's `tiny` model on synthetic patches: checks the script (CI)
 """
 import argparse, json, os, platform, time
 from functools import partial
@@ -20,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('HF_DATASETS_OFFLINE', '1'); os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 import numpy as np, torch
-from pathllm.data import pcam_dir, load_patches
+from pathllm.data import pcam_dir, load_patches, make_synthetic
 from pathllm.captions import measure, caption
 from pathllm.fusion import PathVLM
 from pathllm.prompting import (zero_shot, few_shot, chain_of_thought, self_consistency, constrained, pick_examples,
@@ -32,7 +33,9 @@ from pathllm.evaluate import cider, rouge_l
 def train(a, out: Path) -> Path:
     "Train the `small` config on a subsample of real PCam; return the model folder"
     from pathllm.train import run_train, load_config
-    cfg = load_config('small', max_train=a.max_train, max_valid=a.n_valid, vision_epochs=a.vision_epochs, stage2_epochs=a.stage2_epochs,
+    from pathllm.bench import bench_config
+    cfg = bench_config('tiny').train_config() if a.tiny else \
+          load_config('small', max_train=a.max_train, max_valid=a.n_valid, vision_epochs=a.vision_epochs, stage2_epochs=a.stage2_epochs,
                       max_rows=a.max_rows, eval_captions=16)
     run_train(cfg, data=a.data, out=out/'run', progress=False)
     return out/'run'/'model'
@@ -54,11 +57,13 @@ def main():
     p.add_argument('--n-index', type=int, default=1000, help='training patches in the retrieval index')
     p.add_argument('--shots', type=int, default=2, help='few-shot examples')
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--tiny', action='store_true', help="the bench's `tiny` model on 96 synthetic patches, 8 compared: checks the script (CI)")
     a = p.parse_args()
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True); t0 = time.time()
+    if a.tiny: a.data, a.n_valid, a.n_index, a.shots, a.threads = str(make_synthetic(out/'synth', 'pcam', n=96, seed=0, progress=False)), 8, 32, 1, 1
     torch.set_num_threads(a.threads); torch.manual_seed(0)
     a.data = a.data or pcam_dir()
     if a.data is None: raise SystemExit('no real PCam: set PATHLLM_PCAM or put it in ../shared/data/pcam')
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True); t0 = time.time()
     mdir = Path(a.model) if a.model else train(a, out)
     train_s = time.time() - t0
     model, ds = PathVLM.from_pretrained(mdir), load_patches(a.data)

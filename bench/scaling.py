@@ -10,7 +10,7 @@ Axes, each a set of short runs with the functions of `pathllm.optimize`:
 
 Writes `<out>/scaling.json`, `<out>/scaling.md` and `<out>/scaling.png`.
 
-    python bench/scaling.py --grid tiny --n-train 60 --n-valid 20   # every code path, a few minutes
+    python bench/scaling.py --tiny --out /tmp/scaling        # every code path on synthetic patches, seconds (CI)
     python bench/scaling.py --grid reduced                  # longer, on 2 CPU cores
     python bench/scaling.py --grid full --n-train 4000      # the full grid (GPU when available)
 """
@@ -133,11 +133,14 @@ def main():
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'scaling'))
     ap.add_argument('--grid', default='reduced', choices=list(GRIDS))
     ap.add_argument('--no-vlm', action='store_true', help='skip the PathVLM axes (vision, vlm_data)')
+    ap.add_argument('--tiny', action='store_true', help="the 'tiny' grid on 60 + 20 synthetic patches: checks every code path (CI)")
     for k, v in dict(n_train=1000, n_valid=200, vocab=512, seq_len=64, bs=16, threads=1, seed=0).items():
         ap.add_argument('--' + k.replace('_', '-'), type=int, default=v)
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
-    out, g, t0 = Path(a.out), GRIDS[a.grid], time.time(); out.mkdir(parents=True, exist_ok=True)
+    out, t0 = Path(a.out), time.time(); out.mkdir(parents=True, exist_ok=True)
+    if a.tiny: a.grid, a.n_train, a.n_valid, a.data = 'tiny', 60, 20, str(make_synthetic(out/'synth', 'pcam', n=100, seed=a.seed, progress=False))
+    g = GRIDS[a.grid]
     src, root = _data(a, out)
     res = {}
     tok = _lm_axes(a, g, root, res)

@@ -16,6 +16,7 @@ Writes `<out>.json` and `<out>.md` (default `bench/results/serve.*`).
 
     python bench/serve.py
     python bench/serve.py --model runs/demo/model --threads 2
+    python bench/serve.py --tiny --out /tmp/serve     # a few requests, one round: checks the script (CI)
 """
 import argparse, json, os, platform, secrets, statistics, sys, tempfile, time
 from pathlib import Path
@@ -117,7 +118,9 @@ def main():
     ap.add_argument('--threads', type=int, default=1, help='torch threads of the server and of the in-process baseline')
     ap.add_argument('--rounds', type=int, default=3, help='repeats; ratios are the median over rounds')
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'serve'), help='output path without suffix')
+    ap.add_argument('--tiny', action='store_true', help='a few requests per level, one round: checks the script (CI)')
     a = ap.parse_args()
+    if a.tiny: a.requests, a.caption_requests, a.inprocess, a.rounds = 8, 4, 2, 1
     os.environ['OMP_NUM_THREADS'] = str(a.threads); torch.set_num_threads(a.threads)
     model = Path(a.model) if a.model else small_like(Path(tempfile.mkdtemp(prefix='pathllm-bench-')) / 'model')
     key, img = secrets.token_urlsafe(16), synth_patch('pcam', 1, 0)

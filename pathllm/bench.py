@@ -6,22 +6,23 @@ Docs: https://pathllm.github.io/pathllm/bench.html.md"""
 
 # %% ../nbs/13_bench.ipynb #cb2e83bb
 from __future__ import annotations
-import json, time, types
+import inspect, json, time, types, warnings
 from dataclasses import dataclass, asdict, field, fields, replace
 from functools import partial
 from pathlib import Path
 import numpy as np, torch
 from fastai.torch_core import set_seed
 from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint, environment_info
-from .captions import QUESTIONS
-from .vision import vision_learner_for, class_logits, ImageClassifier
+from .captions import QUESTIONS, read_corpus
+from .vision import vision_learner_for, class_logits, dihedral_mean, ImageClassifier
 from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
 from .rag import image_embeddings, index_patches, knn_classify, rag_prompt
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
-from .evaluate import classification_metrics
+from .evaluate import classification_metrics, text_vocab
 from .fusion import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, evaluate_vlm, vlm_config
+from .results import bench_table
 
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench',
@@ -48,6 +49,7 @@ class BenchConfig:
     rag_k:int=4 # retrieved reference cases per RAG prompt
     lora_r:int=8 # LoRA rank of the 'lora' and 'qlora' rows
     n_latency:int=8 # images timed one at a time for the latency column
+    seed:int|None=None # overrides the training config's seed (several seeds: one run each, pooled by `pathllm.results`)
 
     def __post_init__(self):
         if isinstance(self.rows, str): self.rows = tuple(r.strip() for r in self.rows.split(',') if r.strip())
@@ -55,17 +57,22 @@ class BenchConfig:
         if bad := [r for r in self.rows if r not in ROWS]: raise ValueError(f"config field 'rows': unknown row {bad[0]!r}; choose from {list(ROWS)}")
         for k in ('knn_k', 'rag_k', 'lora_r', 'n_latency'):
             if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise ValueError(f"config field {k!r}: must be an integer >= 1, got {getattr(self, k)!r}")
+        if not (self.seed is None or (isinstance(self.seed, int) and self.seed >= 0)): raise ValueError(f"config field 'seed': must be None or an integer >= 0, got {self.seed!r}")
         self.train_config()  # fail now, not after an hour of training
 
-    def train_config(self)->TrainConfig: # the checked training sizes
-        if isinstance(self.train, dict): d = dict(self.train); return load_config(d.pop('base', 'debug'), **d)
-        return load_config(self.train)
+    def train_config(self)->TrainConfig: # the checked training sizes (with `seed` applied)
+        kw = {} if self.seed is None else dict(seed=self.seed)
+        if isinstance(self.train, dict): d = dict(self.train); return load_config(d.pop('base', 'debug'), **{**d, **kw})
+        return load_config(self.train, **kw)
 
 BENCH_CONFIGS = dict(
     debug=dict(name='debug', cnn_arch='timm:resnet10t',
                train=dict(base='debug', name='bench-debug', max_train=1200, max_valid=400, vision_epochs=4, stage2_epochs=2,
                           max_rows=2400, eval_captions=32, freeze_vision=True, class_repeat=3)),
     small=dict(name='small', train='small'),
+    tiny=dict(name='tiny', cnn_arch='resnet18', cnn_epochs=1, knn_k=5, rag_k=2, n_latency=2,  # seconds per row: tests, CI, `bench/*.py --tiny`
+              train=dict(base='debug', name='tiny', n_images=160, vision_epochs=2, lm_epochs=1, stage1_epochs=1, stage2_epochs=1, max_rows=400,
+                         eval_captions=6, caption_tokens=24, lm_seq_len=64, vlm_max_len=160, tta=True, threads=1)),
     full=dict(name='full', train='full', n_latency=32))
 
 def bench_config(config:str|Path|dict|BenchConfig='debug', # a name in `BENCH_CONFIGS`, a JSON file, a dict or a config
@@ -81,8 +88,9 @@ class ImageOnly:
                  kind:str='pcam', # 'pcam' or 'mhist': the class names
                  img_size:int=96): self.model, self.cfg, self.sz = model.eval(), types.SimpleNamespace(vlm_kind=kind), img_size  # side the images are resized to
     @torch.no_grad()
-    def classify(self, images, generate:bool=False)->dict:
-        return dict(probs=class_logits(self.model(to_images(images, self.sz, next(self.model.parameters()).device))).softmax(-1))
+    def classify(self, images, generate:bool=False, tta:bool=False)->dict: # `tta`: mean over the 8 rotations/reflections
+        x = to_images(images, self.sz, next(self.model.parameters()).device)
+        return dict(probs=dihedral_mean(lambda v: class_logits(self.model(v)).softmax(-1), x, tta))
 
 class KNN:
     "The scoring interface of a kNN classifier: votes of the `k` nearest indexed patches (embedded by `encoder`)"
@@ -108,10 +116,13 @@ class RAGModel:
     def caption(self, images, **kw)->list: return self.model.generate(images, self._prompts(images, QUESTIONS['caption'][0]), **kw)
 
 # %% ../nbs/13_bench.ipynb #2850a8a9
-def _latency_ms(obj, imgs:list, n:int)->float: # median milliseconds to classify one image (batch of one)
-    obj.classify(imgs[:1]); ts = []
+def _tta(obj, want:bool)->bool|None: # the TTA a row is scored with: `want` where its `classify` takes `tta`, else None (it cannot)
+    return bool(want) if 'tta' in inspect.signature(obj.classify).parameters else None
+
+def _latency_ms(obj, imgs:list, n:int, tta:bool=False)->float: # median milliseconds to classify one image (batch of one), as scored
+    kw = dict(tta=True) if tta else {}; obj.classify(imgs[:1], **kw); ts = []
     for im in imgs[:n]:
-        t0 = time.perf_counter(); obj.classify([im]); ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); obj.classify([im], **kw); ts.append(time.perf_counter() - t0)
     return round(1000 * float(np.median(ts)), 2)
 
 def _n_params(m)->int: return sum(p.numel() for p in m.parameters())
@@ -194,22 +205,10 @@ _ROW_FNS = dict(cnn=_row_cnn, vit=_row_vit, dual=partial(_train_connector, conne
                 qlora=partial(_row_adapters, quantized=True), int8=_row_quant, nf4=partial(_row_quant, variant='bnb_nf4'))
 
 # %% ../nbs/13_bench.ipynb #eeab4192
-_COLS = ('accuracy', 'balanced_accuracy', 'auc', 'f1', 'cider', 'rouge_l', 'hallucination')
+_COLS = ('accuracy', 'balanced_accuracy', 'auc', 'f1', 'cider', 'rouge_l', 'hallucination', 'claims_per_caption')
 
-def _md(rows:list, info:dict)->str: # the markdown report: the table, then what reproduces it
-    hdr = ['row', 'method', 'acc', 'bal. acc', 'AUC', 'F1', 'CIDEr', 'ROUGE-L', 'halluc.', 'params', 'MB', 'train s', 'ms/image']
-    f = lambda v, d=3: '—' if v is None or (isinstance(v, float) and not np.isfinite(v)) else (f'{v:.{d}f}' if isinstance(v, float) else f'{v:,}')
-    lines = ['| ' + ' | '.join(hdr) + ' |', '|' + '---|' * len(hdr)]
-    for r in rows:
-        lines.append('| ' + ' | '.join([r['row'], _ROW_DOC[r['row']]] + [f(r.get(c)) for c in _COLS] +
-                                       [f(r.get('params')), f(r.get('size_mb'), 2), f(r.get('train_s'), 1), f(r.get('latency_ms'), 1)]) + ' |')
-    d, e = info['data'], info['environment']
-    return '\n'.join([f"# pathllm benchmark `{info['config']['name']}`", '',
-                      f"{d['n_valid']} validation patches of `{d['source']}` ({d['kind']}), {d['n_train']} training patches; "
-                      f"seed {info['train']['seed']}.", '', *lines, '',
-                      f"Measured {e['date']} on {e['device']}, torch {e['packages']['torch']}, pathllm {e['pathllm']}, "
-                      f"commit {(e['commit'] or 'unknown')[:10]}{' (dirty)' if e['dirty'] else ''}. "
-                      f"Data fingerprint `{d['fingerprint']['sha256'][:16]}` ({d['fingerprint']['n']} patches).", ''])
+def _md(res:dict)->str: # the markdown report: `pathllm.results.bench_table`, the one writer of this table (README and docs too)
+    return f"# pathllm benchmark `{res['config']['name']}`\n\n{bench_table({res['config']['name']: [res]})}\n"
 
 def plot_bench(rows:list, # the `rows` of a bench report
                path:str|Path|None=None, # write a PNG here
@@ -228,39 +227,57 @@ def plot_bench(rows:list, # the `rows` of a bench report
     return fig
 
 # %% ../nbs/13_bench.ipynb #ec79c611
+def _key(**kw)->dict: return json.loads(json.dumps(kw, default=str))  # as it reads back from JSON
+
+def _reusable(f:Path, key:dict, what:str)->dict|None:
+    "The JSON in `f` when it was made with `key` (commit, config, seed, data); else `None`, with a warning naming what differs"
+    if not f.exists(): return None
+    d = json.loads(f.read_text()); old = d.get('key') or {}
+    diff = [k for k in key if old.get(k) != key[k]] if key['commit'] else ['commit (unknown: not a git checkout)']
+    if diff: warnings.warn(f"bench: {what} in {f.parent} was made with another {', '.join(diff)}; recomputing it")
+    return None if diff else d
+
+def _main_job(cfg:TrainConfig, data, out:Path, env:dict, resume:bool, progress:bool)->dict: # `run_train`'s report, resumed only when made the same way
+    key = _key(commit=env['commit'], dirty=env['dirty'], train=asdict(cfg), data=None if data is None else data_fingerprint(data)['sha256'])
+    ok = resume and _reusable(out/'key.json', key, 'the main job') is not None
+    if not ok: atomic_write(out/'key.json', json.dumps(dict(key=key), indent=2))
+    return run_train(cfg, data, out/'train', resume=ok, progress=progress)
+
+def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, vocab:set, out:Path)->dict: # train (or rebuild) row `name` and score it
+    t0 = time.time(); set_seed(c.cfg.seed); obj, extra = _ROW_FNS[name](c)
+    gen, tta = hasattr(obj, 'caption') and not getattr(obj, 'dual', False), _tta(obj, c.cfg.tta)
+    r = evaluate_vlm(obj, val, out, c.cfg.eval_captions if gen else 0, c.cfg.bs, c.cfg.caption_tokens, bool(tta), (c.cfg.eval_groundings[0],), vocab)
+    return dict(row=name, method=_ROW_DOC[name], tta=tta, **{k: r.get(k) for k in _COLS if k in r}, **extra, size_mb=_size_mb(obj),
+                latency_ms=_latency_ms(obj, imgs, c.bc.n_latency, bool(tta)), seconds=round(time.time() - t0, 1))
+
 def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, JSON file, dict or `BenchConfig`
               data:str|Path|None=None, # PCam/MHIST data `load_patches` reads (default: `pcam_dir()` when present, else synthetic)
               out:str|Path='runs/bench', # output folder: `bench.json`, `bench.md`, `bench.png`, per-row reports
-              resume:bool=True, # reuse finished stages and rows in `out`
+              resume:bool=True, # reuse the main job and rows in `out` made at this commit with this config, seed and data
               progress:bool=True, # progress bars and one line per row
              )->dict: # the contents of `bench.json`
     "Train once, then score every row of the config on the same validation patches; write JSON, markdown and a plot"
-    bc, out = bench_config(config), Path(out); cfg = bc.train_config()
+    bc, out, env = bench_config(config), Path(out), environment_info(); cfg = bc.train_config()
     if data is None: data = pcam_dir()
-    run = out/'train'
-    rep = run_train(cfg, data, run, resume=resume, progress=progress)
+    rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
     prep = json.loads((run/'data.json').read_text())
     src = run/prep['source'] if (run/prep['source']).exists() else prep['source']
-    ds, kind = load_patches(src), prep['kind']
+    ds, kind = load_patches(src), prep['kind']; fp = data_fingerprint(ds)
     trn, val, trn_val = ds.subset(prep['train']), ds.subset(prep['valid']), ds.subset(prep['train'] + prep['valid'])
     c = _Run(bc, cfg, run, kind, rep, trn, trn_val, PathVLM.from_pretrained(run/'model').eval())
-    imgs, rows = [val.image(i) for i in range(min(len(val), bc.n_latency + 1))], []
+    imgs, rows, vocab = [val.image(i) for i in range(min(len(val), bc.n_latency + 1))], [], text_vocab(read_corpus(c.root, 'train'))
+    key = _key(commit=env['commit'], dirty=env['dirty'], seed=cfg.seed, data=fp['sha256'], train=asdict(cfg),
+               config={k: v for k, v in asdict(bc).items() if k not in ('rows', 'name')})
     for name in bc.rows:
-        f, t0 = out/'rows'/name/'row.json', time.time()
-        if resume and f.exists(): rows.append(json.loads(f.read_text())); continue
-        set_seed(cfg.seed); obj, extra = _ROW_FNS[name](c)
-        gen = hasattr(obj, 'caption') and not getattr(obj, 'dual', False)
-        r = evaluate_vlm(obj, val, out/'rows'/name, cfg.eval_captions if gen else 0, cfg.bs, cfg.caption_tokens)
-        row = dict(row=name, **{c: r.get(c) for c in _COLS if c in r}, **extra, size_mb=_size_mb(obj), latency_ms=_latency_ms(obj, imgs, bc.n_latency),
-                   seconds=round(time.time() - t0, 1))
-        atomic_write(f, json.dumps(row, indent=2)); rows.append(row)
+        f = out/'rows'/name/'row.json'
+        if resume and (old := _reusable(f, key, f'row {name!r}')): rows.append({**{k: v for k, v in old.items() if k != 'key'}, 'reused': True}); continue
+        row = _score_row(c, name, val, imgs, vocab, out/'rows'/name)
+        atomic_write(f, json.dumps(dict(row, key=key), indent=2)); rows.append(dict(row, reused=False))
         if progress: print(f"{name:>17}: acc {row['accuracy']:.3f}  AUC {row['auc']:.3f}  ({row['seconds']:.0f} s)")
-    info = dict(config=asdict(bc), train=asdict(cfg), environment=environment_info(),
-                data=dict(source=str(data) if data is not None else 'synthetic', kind=kind, n_train=len(trn), n_valid=len(val),
-                          fingerprint=data_fingerprint(ds)))
-    res = dict(rows=rows, **info)
+    res = dict(rows=rows, config=asdict(bc), train=asdict(cfg), environment=env,
+               data=dict(source=str(data) if data is not None else 'synthetic', kind=kind, n_train=len(trn), n_valid=len(val), fingerprint=fp))
     atomic_write(out/'bench.json', json.dumps(res, indent=2, default=str))
-    atomic_write(out/'bench.md', _md(rows, info))
+    atomic_write(out/'bench.md', _md(res))
     plot_bench(rows, out/'bench.png')
     return res
 

@@ -13,7 +13,8 @@ import typer
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'lm_app', 'index_app', 'data_synth', 'data_caption', 'lm_train', 'lm_generate', 'train_cmd',
-           'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'optimize_cmd', 'serve_cmd']
+           'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'results_cmd', 'optimize_cmd',
+           'serve_cmd']
 
 # %% ../nbs/99_cli.ipynb #7216de5f
 app = typer.Typer(help="pathllm: multimodal LLMs built from scratch for cancer pathology.", no_args_is_help=True,
@@ -128,14 +129,16 @@ def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small,
               backend:str=typer.Option('pathllm', help="'pathllm' (from-scratch models) or 'hf' (a Hugging Face LM + vision tower)"),
               lm:str=typer.Option('Qwen/Qwen2.5-0.5B', help="--backend hf: causal LM, a hub name or a local folder"),
               vision:str=typer.Option('openai/clip-vit-base-patch32', help="--backend hf: vision tower, a hub name, local folder or timm:<name>"),
-              threads:int=typer.Option(0, help="CPU threads for torch (0: torch's default; 1 is fastest for small models on a busy CPU)")):
+              threads:int=typer.Option(0, help="CPU threads for torch (0: torch's default; 1 is fastest for small models on a busy CPU)"),
+              seed:int=typer.Option(None, help="Overrides the config's seed (one run per seed; `pathllm results` pools them into mean ± sd)")):
     "Train the image-only baseline, the language model and the fused model; evaluate and write the report."
     _threads(threads)
     if backend not in ('pathllm', 'hf'): _fail(ValueError(f"backend: must be 'pathllm' or 'hf', got {backend!r}"))
     with _errors(_new_folder(out, keep=resume)):  # a failed run leaves no half-written --out (unless resuming)
-        if backend == 'hf': return _train_hf(config, data, out, lm, vision)
-        from pathllm.train import run_train
-        r = run_train(config, data, out, resume)
+        from pathllm.train import run_train, load_config
+        cfg = load_config(config, **({} if seed is None else dict(seed=seed)))
+        if backend == 'hf': return _train_hf(cfg, data, out, lm, vision)
+        r = run_train(cfg, data, out, resume)
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 
 def _train_hf(config, data, out:Path, lm:str, vision:str):
@@ -259,13 +262,30 @@ def bench_cmd(config:str=typer.Option('debug', help="Bench config: a name (debug
               data:Path=typer.Option(None, help="PCam/MHIST data (default: ../shared/data/pcam when present, else synthetic)"),
               out:Path=typer.Option(Path('runs/bench'), help="Output folder: bench.md, bench.json, bench.png, per-row reports"),
               rows:str=typer.Option(None, help="Comma-separated rows to run (default: all of the config)"),
-              resume:bool=typer.Option(True, help="Reuse finished stages and rows in --out"),
+              resume:bool=typer.Option(True, help="Reuse the main job and rows in --out made at this commit with this config, seed and data"),
+              seed:int=typer.Option(None, help="Seed of the training config (one bench run per seed; `pathllm results` pools them)"),
               threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
     "Compare baselines, zero-shot, kNN, fused models, RAG, LoRA/QLoRA on the same patches; write one table."
     from pathllm.bench import run_bench, bench_config
     _threads(threads)
-    with _errors(): run_bench(bench_config(config, **({'rows': rows} if rows else {})), data, out, resume=resume)
+    with _errors(): run_bench(bench_config(config, **({'rows': rows} if rows else {}), **({'seed': seed} if seed is not None else {})), data, out, resume=resume)
     typer.echo((Path(out)/'bench.md').read_text()); typer.echo(f"wrote {out}/bench.md, bench.json, bench.png")
+
+# %% ../nbs/99_cli.ipynb #b8433bbc
+@app.command('results')
+def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results tables of README.md and nbs/*.ipynb from results/"),
+                publish:Path=typer.Option(None, help="A run folder of `pathllm train` or `pathllm bench` (or its report.json / bench.json) to copy, trimmed, into results/"),
+                to:str=typer.Option(None, help="Folder under results/ for --publish, e.g. small/seed0"),
+                root:Path=typer.Option(None, help="Project root holding results/ and README.md (default: the one around the working directory)")):
+    "Check that every results table in README.md and the notebooks is the rendering of results/ (exit 1 if not); --write re-renders them."
+    from pathllm.results import sync_results, publish_run
+    if publish and not to: _fail(ValueError("--publish needs --to: a folder under results/, e.g. small/seed0"))
+    with _errors():
+        if publish: typer.echo(f"published {publish_run(publish, to, root)}")
+        stale = sync_results(root, write=write)
+    for s in stale: typer.echo(f"{'re-rendered' if write else 'stale'}: {s}")
+    if stale and not write: typer.echo("run `pathllm results --write` to re-render them", err=True); raise typer.Exit(1)
+    if not stale: typer.echo("every results table matches results/")
 
 # %% ../nbs/99_cli.ipynb #0b6861e0
 @app.command('optimize')
