@@ -21,7 +21,7 @@ from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
 from .evaluate import classification_metrics, text_vocab
 from .fusion import fit_stage
-from .train import load_config, read_config, run_train, TrainConfig, evaluate_vlm, vlm_config
+from .train import load_config, read_config, run_train, TrainConfig, evaluate_vlm, vlm_config, sized_config
 from .results import bench_table
 
 # %% auto #0
@@ -262,7 +262,7 @@ def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, 
     rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
     prep = json.loads((run/'data.json').read_text())
     src = run/prep['source'] if (run/prep['source']).exists() else prep['source']
-    ds, kind = load_patches(src), prep['kind']; fp = data_fingerprint(ds)
+    ds, kind = load_patches(src), prep['kind']; fp, cfg = data_fingerprint(ds), sized_config(cfg, prep)
     trn, val, trn_val = ds.subset(prep['train']), ds.subset(prep['valid']), ds.subset(prep['train'] + prep['valid'])
     c = _Run(bc, cfg, run, kind, rep, trn, trn_val, PathVLM.from_pretrained(run/'model').eval())
     imgs, rows, vocab = [val.image(i) for i in range(min(len(val), bc.n_latency + 1))], [], text_vocab(read_corpus(c.root, 'train'))
@@ -294,7 +294,7 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
     src = run/prep['source'] if (run/prep['source']).exists() else prep['source']
     val = load_patches(src).subset(prep['valid'][:n_images])
     imgs, y = [val.image(i) for i in range(len(val))], [int(l) for l in val.labels]
-    score = lambda p, c: {k: v for k, v in classification_metrics(y, p[:, 1].numpy()).items() if k in ('accuracy', 'auc')}
+    score = lambda p, c: {k: v for k, v in classification_metrics(y, p.numpy()).items() if k in ('accuracy', 'auc')}
     rows, _ = compare_variants(PathVLM.from_pretrained(run/'model'), imgs, variants, score, bs=bs, n_tokens=n_tokens, rounds=rounds)
     speed_report(rows, out, dict(model=str(run/'model'), n_images=len(imgs), bs=bs, rounds=rounds, n_tokens=n_tokens, threads=torch.get_num_threads()))
     return rows

@@ -19,15 +19,16 @@ from .data import HE_STAINS, LABEL_NAMES, synth_patch, atomic_write
 
 # %% auto #0
 __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEATURES', 'THRESHOLDS', 'VOCAB', 'CAPTION_MARGIN',
-           'DIAGNOSIS', 'INTRO', 'TEMPLATES', 'DX_PATTERNS', 'IMPRESSION', 'NUMBERS', 'QUESTIONS', 'FEATURE_QUESTIONS',
-           'ASK', 'FOLLOW_UPS', 'CLASS_ASK', 'COT_QUESTION', 'COT_MARKER', 'CAPTION_COLUMNS', 'SHOW_FEATURES',
-           'stain_od', 'segment_nuclei', 'nuclei_props', 'Morphology', 'centre_box', 'measure', 'Thresholds',
-           'calibrate', 'level', 'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate',
-           'measurement_text', 'report', 'parse_report', 'report_numbers', 'check_numbers', 'level_odds',
-           'check_consistency', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type', 'answer_form',
-           'conversation', 'held_out_questions', 'llava_record', 'record_images', 'flat_records', 'write_jsonl',
-           'read_jsonl', 'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds', 'text_corpus',
-           'read_corpus', 'plot_feature_hists', 'show_captions']
+           'DIAGNOSIS', 'INTRO', 'TEMPLATES', 'DX_PATTERNS', 'IMPRESSION', 'REGION_TEXT', 'NUMBERS', 'QUESTIONS',
+           'FEATURE_QUESTIONS', 'ASK', 'FOLLOW_UPS', 'CLASS_ASK', 'COT_QUESTION', 'COT_MARKER', 'CAPTION_COLUMNS',
+           'SHOW_FEATURES', 'stain_od', 'segment_nuclei', 'nuclei_props', 'ByKind', 'class_text', 'class_choice',
+           'Morphology', 'centre_box', 'measure', 'Thresholds', 'calibrate', 'level', 'levels', 'caption',
+           'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report', 'parse_report',
+           'report_numbers', 'check_numbers', 'level_odds', 'check_consistency', 'confidence_answer', 'cot_answer',
+           'vqa_pairs', 'question_type', 'answer_form', 'conversation', 'held_out_questions', 'llava_record',
+           'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'few_shot_turns', 'caption_dataset',
+           'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists',
+           'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -73,8 +74,22 @@ def nuclei_props(lab:np.ndarray, # (H, W) label image from `segment_nuclei`
     return dict(area=w[1:], cy=cy[1:], cx=cx[1:], ecc=ecc[1:], h_od=m(h.ravel())[1:])
 
 # %% ../nbs/01_captions.ipynb #280e52f6
-MPP = {'pcam': 0.972, 'mhist': 1.0}   # microns per pixel: PCam is 10x (0.243 um/px at 40x, downsampled 4x); MHIST is about the same
-CENTRE = {'pcam': 1/3, 'mhist': 1/2}  # side of the central region, as a fraction of the patch side
+class ByKind(dict):
+    "A table keyed by data set kind (or `(kind, ...)`): the presets' entries as written, any other registered kind a generic entry made from its class names"
+    def __init__(self, d:dict, # the presets' entries
+                 make): # key -> the generic entry of a registered kind
+        super().__init__(d); self.make = make
+    def __missing__(self, key):
+        kind = key[0] if isinstance(key, tuple) else key
+        if kind not in LABEL_NAMES: raise KeyError(f"kind: unknown data set {kind!r}; known: {list(LABEL_NAMES)} (see `pathllm.data.register_kind`)")
+        return self.make(key)  # not stored: a kind's classes can be registered again
+
+def class_text(kind:str, c:int)->str: return LABEL_NAMES[kind][c].replace('_', ' ')  # a class name as words
+def class_choice(kind:str)->dict: # `a`, `b` of a question offering every class: 'normal' / 'tumor', or 'normal, low-grade, high-grade' / 'carcinoma'
+    names = LABEL_NAMES[kind]; return dict(a=', '.join(names[:-1]), b=names[-1])
+
+MPP = ByKind({'pcam': 0.972, 'mhist': 1.0, 'grade': 0.972}, lambda k: 1.0)  # microns per pixel: PCam is 10x (0.243 um/px at 40x, downsampled 4x); MHIST about the same; your own: 1 unless set
+CENTRE = ByKind({'pcam': 1/3, 'mhist': 1/2, 'grade': 1/2}, lambda k: 1/2)  # side of the central region, as a fraction of the patch side
 
 @dataclass
 class Morphology:
@@ -159,7 +174,7 @@ def measure(img, # uint8 RGB array or PIL image
     return Morphology(**whole, **{f'c_{k}': v for k, v in centre.items()})
 
 # %% ../nbs/01_captions.ipynb #95806b58
-REGION = {'pcam': 'c_', 'mhist': ''}  # `Morphology` field prefix that captions describe
+REGION = ByKind({'pcam': 'c_', 'mhist': '', 'grade': 'c_'}, lambda k: '')  # `Morphology` field prefix that captions describe (your own kinds: the whole patch)
 
 @dataclass
 class Thresholds:
@@ -175,7 +190,7 @@ class Thresholds:
     lumen_circ:tuple=(0.8, 1.0)  # white-space circularity: serrated / mildly irregular / smooth
 
 WORD_FEATURES = [f.name for f in fields(Thresholds)]
-CAPTION_FEATURES = {'pcam': WORD_FEATURES[:7], 'mhist': WORD_FEATURES}  # the features each data set's captions can name
+CAPTION_FEATURES = ByKind({'pcam': WORD_FEATURES[:7], 'mhist': WORD_FEATURES, 'grade': WORD_FEATURES[:7]}, lambda k: WORD_FEATURES)  # the features each data set's captions can name
 
 # %% ../nbs/01_captions.ipynb #c100ac4a
 def calibrate(morphs:list, # `Morphology` of a reference set of patches
@@ -195,13 +210,13 @@ def calibrate(morphs:list, # `Morphology` of a reference set of patches
     return Thresholds(**{k: cut(k) for k in WORD_FEATURES})
 
 # %% ../nbs/01_captions.ipynb #30e6752c
-THRESHOLDS = {  # calibrated as tertiles of 200 synthetic PCam (centre) and 80 synthetic MHIST (whole) patches
+THRESHOLDS = ByKind({  # calibrated as tertiles of 200 synthetic PCam (centre) and 80 synthetic MHIST (whole) patches; other kinds: calibrate on their data
     'pcam': Thresholds(area=(26.0, 64.4), area_cv=(0.448, 0.566), ecc=(0.567, 0.693), h_od=(0.931, 1.12),
                        crowding=(1.1, 1.31), density=(13400., 19600.), stroma=(0.00879, 0.0358),
                        lumen_area=(21.7, 47.2), lumen_circ=(1.12, 1.28)),
     'mhist': Thresholds(area=(28.9, 32.0), area_cv=(0.528, 0.583), ecc=(0.579, 0.64), h_od=(1.25, 1.48),
                         crowding=(0.991, 1.1), density=(6320., 7270.), stroma=(0.241, 0.288),
-                        lumen_area=(655., 841.), lumen_circ=(0.797, 1.08))}
+                        lumen_area=(655., 841.), lumen_circ=(0.797, 1.08))}, lambda k: THRESHOLDS['pcam'] if k == 'grade' else Thresholds())
 
 # %% ../nbs/01_captions.ipynb #7887092d
 VOCAB = {  # feature -> (low, middle, high) paraphrases
@@ -232,16 +247,21 @@ def levels(morph:Morphology, # measured features
            kind:str='pcam', # data set: sets the region and default thresholds
            thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
            margin:float=0., # a value closer than `margin * (hi - lo)` to a cut point gets `None`: too close to call
+           omit:tuple=(), # features that get `None` whatever their value
           )->dict: # feature -> bin (0, 1, 2 or None)
     "Word bin of every feature of `morph` in the region captions describe"
     thr = thr or THRESHOLDS[kind]
     def one(f):
         v, (lo, hi) = getattr(morph, REGION[kind] + f), getattr(thr, f)
         return None if margin and v is not None and min(abs(v - lo), abs(v - hi)) < margin*(hi - lo) else level(v, (lo, hi))
-    return {f: one(f) for f in WORD_FEATURES}
+    return {f: None if f in omit else one(f) for f in WORD_FEATURES}
 
 # %% ../nbs/01_captions.ipynb #49cf21f1
-DIAGNOSIS = {  # (kind, label) -> (clause paraphrases, sentence paraphrases)
+def _generic_dx(key): # any registered kind: the class named as the diagnosis
+    n = class_text(*key); N = n[0].upper() + n[1:]
+    return ((f'consistent with {n}', f'in keeping with {n}', f'favouring {n}'), (f'{N}.', f'Findings favour {n}.', f'Diagnosis: {n}.'))
+
+DIAGNOSIS = ByKind({  # (kind, label) -> (clause paraphrases, sentence paraphrases)
     ('pcam', 0): (('with no evidence of metastatic tumour', 'negative for metastatic carcinoma',
                    'in keeping with benign lymphoid tissue', 'without tumour in the centre'),
                   ('No metastatic tumour is seen in the centre.', 'Negative for metastatic carcinoma.',
@@ -257,12 +277,18 @@ DIAGNOSIS = {  # (kind, label) -> (clause paraphrases, sentence paraphrases)
                     'favouring sessile serrated adenoma'),
                    ('Sessile serrated adenoma.', 'Findings favour a sessile serrated lesion (SSA).',
                     'Diagnosis: sessile serrated adenoma.')),
-}
-INTRO = {'pcam': ('Lymph node tissue', 'A lymph node section', 'Sentinel lymph node tissue', 'Nodal tissue'),
-         'mhist': ('Colonic mucosa', 'A colorectal polyp', 'Colorectal mucosa', 'A fragment of colonic polyp')}
+}, _generic_dx)
+INTRO = ByKind({'pcam': ('Lymph node tissue', 'A lymph node section', 'Sentinel lymph node tissue', 'Nodal tissue'),
+                'mhist': ('Colonic mucosa', 'A colorectal polyp', 'Colorectal mucosa', 'A fragment of colonic polyp')},
+               lambda k: ('Tissue', 'An H&E-stained section', 'A tissue fragment'))
 
 # %% ../nbs/01_captions.ipynb #9e692bb7
-TEMPLATES = {  # a template is used when every word it names is available (measured, and clear of the cut points)
+_GENERIC_TEMPLATES = ('{intro} with {nuc} nuclei that are {crowd}, {dx}.', '{intro}: {cell}, with {nuc}, {crowd} nuclei and {stroma}; {dx}.',
+                      '{DX} The nuclei are {nuc} and {crowd}; the tissue is {cell}.',
+                      '{intro} with {lum} glands with {circ} outlines and {nuc} nuclei, {dx}.', '{intro} with {nuc} nuclei and {stroma}, {dx}.',
+                      '{DX} The tissue is {cell}, with {stroma}.', '{intro} with {lum}, {circ} glands, {dx}.', '{DX} The nuclei are {nuc}.',
+                      '{intro}, {dx}.')
+TEMPLATES = ByKind({  # a template is used when every word it names is available (measured, and clear of the cut points)
     'pcam': ('{intro} with {crowd}, {nuc} nuclei in the centre, {dx}.',
              'The central region is {cell}, with {nuc} nuclei that are {crowd}. {DX}',
              '{DX} The centre contains {nuc} nuclei that are {crowd}, with {stroma}.',
@@ -282,7 +308,7 @@ TEMPLATES = {  # a template is used when every word it names is available (measu
               '{intro}: {circ}, {lum} crypts in {stroma}, with {nuc} nuclei; {dx}.',
               '{intro} with {circ} crypt outlines, {dx}.', '{DX} The crypts are {lum}.',
               '{intro} with {nuc} epithelial nuclei and {stroma}, {dx}.', '{intro}, {dx}.'),
-}
+}, lambda k: dict.__getitem__(TEMPLATES, 'pcam') if k == 'grade' else _GENERIC_TEMPLATES)
 _SLOTS = {'nuc', 'crowd', 'cell', 'stroma', 'lum', 'circ'}  # the descriptive slots; intro and diagnosis are always there
 
 def _word(rng, f, b): return str(rng.choice(VOCAB[f][b])) if b is not None else None
@@ -307,9 +333,10 @@ def caption(morph:Morphology, # measured features of the patch
             seed:int=0, # picks template and paraphrases
             thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
             margin:float=0., # leave out features closer than this share of the bin width to a cut point (see `levels`)
+            omit:tuple=(), # features never named
            )->str: # one or two clinical-style sentences
     "A clinical-style caption of a patch: descriptive words from `morph`, diagnosis from `label`"
-    rng, lv = np.random.default_rng(seed), levels(morph, kind, thr, margin)
+    rng, lv = np.random.default_rng(seed), levels(morph, kind, thr, margin, omit)
     dx, DX = (str(rng.choice(o)) for o in DIAGNOSIS[kind, label])
     w = dict(intro=str(rng.choice(INTRO[kind])), dx=dx, DX=DX, nuc=_nuc_words(rng, lv), cell=_word(rng, 'density', lv['density']),
              stroma=_word(rng, 'stroma', lv['stroma']), crowd=_word(rng, 'crowding', lv['crowding']),
@@ -317,14 +344,19 @@ def caption(morph:Morphology, # measured features of the patch
     return _template(rng, kind, w).format(**w)
 
 # %% ../nbs/01_captions.ipynb #4b941bb3
-DX_PATTERNS = {  # kind -> [(regex, class claimed)], matched in order
+def _generic_dx_patterns(kind): # a registered kind's class names, longest first; a negated name claims no class
+    names = sorted(range(len(LABEL_NAMES[kind])), key=lambda c: -len(class_text(kind, c)))
+    return ([(rf"\b(?:no|not|without)\s+(?:an?\s+)?{re.escape(class_text(kind, c).lower())}\b", None) for c in names] +
+            [(rf"(?<![\w-]){re.escape(class_text(kind, c).lower())}(?![\w-])", c) for c in names])
+
+DX_PATTERNS = ByKind({  # kind -> [(regex, class claimed or None: read and ignored)], matched in order
     'pcam': [(r"\b(?:no|without|negative for|free of|absence of)\s+(?:[\w-]+\s+){0,4}(?:tumou?rs?|carcinoma|metasta\w*|malignan\w*)", 0),
              (r"\b(?:benign|reactive|normal lymph\w*)\b", 0),
              (r"\b(?:(?:metasta\w*|malignant)\s+)?(?:tumou?rs?|carcinoma|malignancy)(?:\s+cells)?|\bmetasta\w*|\bmalignant", 1)],
     'mhist': [(r"\b(?:no|not|without)\s+(?:[\w-]+\s+){0,4}(?:sessile serrated|ssa)\b", 0),
               (r"\b(?:hyperplastic polyp|hp)\b", 0),
               (r"\b(?:sessile serrated(?: adenoma| lesion)?|ssa)\b", 1)],
-}
+}, _generic_dx_patterns)
 _PHRASES = sorted(((p, f, b) for f, bins in VOCAB.items() for b, ps in enumerate(bins) for p in ps), key=lambda o: -len(o[0]))
 _NEG = re.compile(r"\b(?:no|not|without|nor)\b(?:\W+[\w-]+){0,2}\W*$")
 
@@ -335,7 +367,7 @@ def extract_claims(text:str, # free text: caption, report, answer
     t, out = text.lower(), []
     blank = lambda mt: ' '*len(mt.group())
     for pat, cls in DX_PATTERNS[kind]:
-        out += [(mt.group(), 'diagnosis', cls) for mt in re.finditer(pat, t)]
+        out += [(mt.group(), 'diagnosis', cls) for mt in re.finditer(pat, t) if cls is not None]
         t = re.sub(pat, blank, t)
     for p, f, b in _PHRASES:
         pat = rf"(?<![\w-]){re.escape(p)}(?![\w-])"
@@ -381,9 +413,12 @@ def hallucination_rate(texts:list, # generated texts, one per patch
     return n_bad/n if n else 0.
 
 # %% ../nbs/01_captions.ipynb #5df64382
-IMPRESSION = {('pcam', 0): 'No metastatic tumour in the central region; benign lymph node tissue.',
-              ('pcam', 1): 'Metastatic carcinoma in the central region.',
-              ('mhist', 0): 'Hyperplastic polyp (HP).', ('mhist', 1): 'Sessile serrated adenoma (SSA).'}
+IMPRESSION = ByKind({('pcam', 0): 'No metastatic tumour in the central region; benign lymph node tissue.',
+                     ('pcam', 1): 'Metastatic carcinoma in the central region.',
+                     ('mhist', 0): 'Hyperplastic polyp (HP).', ('mhist', 1): 'Sessile serrated adenoma (SSA).'},
+                    lambda key: class_text(*key)[0].upper() + class_text(*key)[1:] + '.')
+REGION_TEXT = ByKind({'pcam': 'central 1/3 of a lymph node patch', 'mhist': 'whole colorectal polyp patch', 'grade': 'central half of the patch'},
+                     lambda k: 'whole patch')  # what the findings describe
 
 NUMBERS = {  # feature -> (name in text, format, unit, scale): how a measurement is written in reports and measurement lines alike
     'n_nuclei': ('nuclei', '.0f', '', 1), 'density': ('density', ',.0f', '/mm^2', 1), 'area': ('mean area', '.1f', ' um^2', 1),
@@ -393,7 +428,8 @@ NUMBERS = {  # feature -> (name in text, format, unit, scale): how a measurement
     'lumen_area': ('mean lumen area', ',.0f', ' um^2', 1), 'lumen_circ': ('outline circularity', '.2f', '', 1)}
 _LINES = [('Cellularity', ('n_nuclei', 'density')), ('Nuclear size', ('area', 'area_cv')), ('Nuclear shape', ('ecc',)),
           ('Chromatin', ('h_od',)), ('Arrangement', ('nn_dist', 'crowding')), ('Stroma', ('stroma', 'lumen'))]
-_MHIST_LINES = [('Crypts', ('lumen_area', 'lumen_circ'))]
+def _lines(kind): # the findings lines of `kind`: crypts (MHIST) or lumens (your own kinds) where its captions talk about them
+    return _LINES + ([('Crypts' if kind == 'mhist' else 'Lumens', ('lumen_area', 'lumen_circ'))] if 'lumen_area' in CAPTION_FEATURES[kind] else [])
 
 def _num(m, kind, f): # "mean area 23.4 um^2", or "mean area not measurable"
     name, fmt, unit, sc = NUMBERS[f]; v = getattr(m, REGION[kind] + f)
@@ -403,16 +439,15 @@ def measurement_text(morph:Morphology, # measured features
                      kind:str='pcam', # 'pcam' or 'mhist': the region and the features
                     )->str: # 'Measurements: nuclei 8; density 8,269/mm^2; ...'
     "The measured numbers of a patch as one line: what the measurement tool tells the language model"
-    fs = [f for _, l in _LINES + (_MHIST_LINES if kind == 'mhist' else []) for f in l]
+    fs = [f for _, l in _lines(kind) for f in l]
     return 'Measurements: ' + '; '.join(_num(morph, kind, f) for f in fs) + '.'
 
 def _findings(m, kind, thr=None, numbers=True, margin=0.):
     "The findings lines of a report: numbers and their words, or words only (clear ones, with `margin`)"
     lv = levels(m, kind, thr, 0. if numbers else margin)
-    where = 'central 1/3 of a lymph node patch' if kind == 'pcam' else 'whole colorectal polyp patch'
     word = lambda f: VOCAB[f][lv[f]][0] if f in lv and lv[f] is not None else None
-    out = [f"Region: {where}."]
-    for name, fs in _LINES + (_MHIST_LINES if kind == 'mhist' else []):
+    out = [f"Region: {REGION_TEXT[kind]}."]
+    for name, fs in _lines(kind):
         if numbers: parts = [_num(m, kind, f) + (f' ({w})' if (w := word(f)) else '') for f in fs]
         else: parts = [w + (' in size' if f == 'area_cv' else '') for f in fs if (w := word(f))]
         out.append(f"{name}: {'; '.join(parts) if parts else 'indeterminate'}.")
@@ -499,7 +534,11 @@ def check_consistency(text:str, # a report or answer
     return bad
 
 # %% ../nbs/01_captions.ipynb #bc938c5a
-QUESTIONS = {
+def _generic_question(key): # the class question of any registered kind (the yes/no one names the class asked about: {c})
+    names = [class_text(key[0], c) for c in range(len(LABEL_NAMES[key[0]]))]; alt = ', '.join(names[:-1]) + ' or ' + names[-1]
+    return (f'Which is this patch: {alt}?', f'Classify this patch: {alt}.') if key[1] == 'class' else ('Is this {c}?', 'Does this patch show {c}?')
+
+QUESTIONS = ByKind({
     ('pcam', 'closed'): ('Is there metastatic tumour in the centre of this patch?', 'Does the central region contain tumour cells?',
                          'Is this lymph node patch positive for metastasis in the centre?'),
     ('mhist', 'closed'): ('Is this a sessile serrated adenoma?', 'Does this polyp show a sessile serrated lesion?'),
@@ -509,7 +548,7 @@ QUESTIONS = {
     'report': ('Write a structured pathology report for this patch.', 'Report the findings and impression.'),
     'nuclei': ('Describe the nuclei.', 'What do the nuclei look like?', 'Comment on nuclear morphology.'),
     'crypts': ('Describe the crypts.', 'What do the crypts look like?'),
-}
+}, _generic_question)
 FEATURE_QUESTIONS = {'area': ('Are the nuclei enlarged?', 2), 'area_cv': ('Are the nuclei pleomorphic?', 2),
                      'h_od': ('Are the nuclei hyperchromatic?', 2), 'crowding': ('Are the nuclei crowded?', 2),
                      'lumen_area': ('Are the crypts dilated?', 2), 'lumen_circ': ('Are the crypt outlines serrated?', 0)}
@@ -542,7 +581,12 @@ FOLLOW_UPS = {  # question type -> (training, held-out) follow-up phrasings that
     'crypt_size': (('And the crypt lumens?',), ('How wide are they?',)),
     'crypt_outline': (('And the crypt outlines?',), ('What about their borders?',)),
 }
-CLASS_ASK = {  # (kind, type) -> (training, held-out) phrasings of the questions about the diagnosis
+def _generic_ask(key): # the diagnosis questions of any registered kind; '{c}' is the class asked about
+    if key[1] == 'diagnosis': return (QUESTIONS[key[0], 'closed'], ('Would you call this {c}?', 'Is this patch {c}?'))
+    if key[1] == 'confidence': return dict.__getitem__(CLASS_ASK, ('pcam', 'confidence'))
+    raise KeyError(f'{key}: no such question for {key[0]!r}')
+
+CLASS_ASK = ByKind({  # (kind, type) -> (training, held-out) phrasings of the questions about the diagnosis ('{c}': the class asked about)
     ('pcam', 'diagnosis'): (QUESTIONS['pcam', 'closed'], ('Do you see metastatic carcinoma in the central region?',
                                                           'Is the centre of this node involved by tumour?')),
     ('mhist', 'diagnosis'): (QUESTIONS['mhist', 'closed'], ('Is this polyp a sessile serrated lesion?', 'Would you call this an SSA?')),
@@ -552,10 +596,10 @@ CLASS_ASK = {  # (kind, type) -> (training, held-out) phrasings of the questions
                              ('How certain is this diagnosis?', 'How likely is your answer to be right?')),
     ('mhist', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?'),
                               ('How certain is this diagnosis?', 'How likely is your answer to be right?')),
-}
+}, _generic_ask)
 
 # %% ../nbs/01_captions.ipynb #1f6f01d1
-def _where(kind): return 'in the centre' if kind == 'pcam' else 'in this patch'
+def _where(kind): return 'in the centre' if REGION[kind] == 'c_' else 'in this patch'
 _SUBJECT = {'density': 'the region is {}', 'stroma': 'there is {}', 'lumen_area': 'the crypts are {}', 'lumen_circ': 'the crypt outlines are {}'}
 
 def _feature_answer(m, kind, f, lv, rng):
@@ -567,9 +611,16 @@ def _feature_answer(m, kind, f, lv, rng):
 def _yesno_answer(f, lv, yes):
     return f"{'Yes' if lv[f] == yes else 'No'}: they are {VOCAB[f][lv[f]][0]}."
 
-def _diagnosis_answer(label, kind):
+def _diagnosis_answer(label, kind, asked=1):
     if kind == 'pcam': return 'Yes: metastatic carcinoma in the centre.' if label else 'No: no metastatic tumour in the centre.'
-    return 'Yes: sessile serrated adenoma.' if label else 'No: hyperplastic polyp, not a sessile serrated lesion.'
+    if kind == 'mhist': return 'Yes: sessile serrated adenoma.' if label else 'No: hyperplastic polyp, not a sessile serrated lesion.'
+    return f'Yes: {class_text(kind, label)}.' if label == asked else f'No: {class_text(kind, label)}, not {class_text(kind, asked)}.'
+
+def _diagnosis_qa(label, kind, rng, held_out=False)->tuple: # a yes/no question about the diagnosis and its answer
+    "PCam and MHIST ask about their positive class; other kinds about a random class (half the time the true one)"
+    asked = 1 if kind in ('pcam', 'mhist') else int(label if rng.random() < 0.5 else rng.integers(len(LABEL_NAMES[kind])))
+    q = str(rng.choice(CLASS_ASK[kind, 'diagnosis'][int(held_out)])).format(c=class_text(kind, asked))
+    return q, _diagnosis_answer(label, kind, asked)
 
 def _location_answer(label, kind):
     return ('In the centre: the tumour occupies the central region of the patch.' if label else
@@ -601,9 +652,10 @@ def cot_answer(morph:Morphology, # measured features
                kind:str='pcam', # 'pcam' or 'mhist'
                thr:Thresholds|None=None, # cut points
                margin:float=0., # only features clear of the cut points are stated
+               omit:tuple=(), # features never named
               )->str: # findings, then 'Answer: <class>'
     "A chain-of-thought answer: the clear findings in words, then the class after `COT_MARKER`"
-    lv = levels(morph, kind, thr, margin)
+    lv = levels(morph, kind, thr, margin, omit)
     tissue = [VOCAB[f][lv[f]][0] for f in ('density', 'stroma') if lv[f] is not None]
     t = f" The region is {' with '.join(tissue)}." if tissue else ''
     return f"{_nuclei_answer(morph, kind, lv)}{t} {COT_MARKER} {LABEL_NAMES[kind][label]}"
@@ -617,15 +669,16 @@ def vqa_pairs(morph:Morphology, # measured features
               seed:int=0, # picks question paraphrases and the features asked about
               thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
               margin:float=0., # captions and questions leave out features this close to a cut point (see `levels`)
+              omit:tuple=(), # features the captions never name and no question asks about
              )->list: # dicts with `q`, `a` and `task` ('caption', 'report', 'closed', 'class', 'open')
     "Question-answer pairs about one patch, grounded in `morph` and `label`, with the training phrasings"
-    rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin)
+    rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin, omit)
     q = lambda opts: str(rng.choice(opts))
     numbers = bool(rng.random() < 0.5)  # half the reports get the measurement tool's numbers in the prompt and copy them
-    out = [dict(q=q(QUESTIONS['caption']), a=caption(morph, label, kind, seed, thr, margin), task='caption'),
+    out = [dict(q=q(QUESTIONS['caption']), a=caption(morph, label, kind, seed, thr, margin, omit), task='caption'),
            dict(q=q(QUESTIONS['report']) + ('\n' + measurement_text(morph, kind) if numbers else ''),
                 a=report(morph, label, kind, thr, numbers, margin), task='report'),
-           dict(q=q(CLASS_ASK[kind, 'diagnosis'][0]), a=_diagnosis_answer(label, kind), task='closed'),
+           dict(zip(('q', 'a'), _diagnosis_qa(label, kind, rng)), task='closed'),
            dict(q=q(QUESTIONS[kind, 'class']), a=LABEL_NAMES[kind][label], task='class'),
            dict(q=q(QUESTIONS['nuclei']), a=_nuclei_answer(morph, kind, clear), task='open')]
     if kind == 'mhist': out.append(dict(q=q(QUESTIONS['crypts']), a=_crypts_answer(morph, kind, clear), task='open'))
@@ -635,7 +688,7 @@ def vqa_pairs(morph:Morphology, # measured features
     if fs := [f for f in FEATURE_QUESTIONS if f in CAPTION_FEATURES[kind] and clear[f] is not None]:
         f = str(rng.choice(fs)); fq, yes = FEATURE_QUESTIONS[f]
         out.append(dict(q=fq, a=_yesno_answer(f, lv, yes), task='closed'))
-    return out + [dict(q=COT_QUESTION.format(**dict(zip('ab', LABEL_NAMES[kind]))), a=cot_answer(morph, label, kind, thr, margin), task='cot')]
+    return out + [dict(q=COT_QUESTION.format(**class_choice(kind)), a=cot_answer(morph, label, kind, thr, margin, omit), task='cot')]
 
 # %% ../nbs/01_captions.ipynb #a07b1193
 _QTYPES = [('confidence', r'\b(?:sure|confiden\w*|certain\w*|probab\w*|likel\w*)\b'), ('location', r'\b(?:where|which (?:region|part))\b'),
@@ -653,8 +706,10 @@ def question_type(q:str, # a question
                   kind:str='pcam', # 'pcam' or 'mhist'
                  )->str|None: # 'caption', 'report', 'nuclei', 'crypts', 'diagnosis', 'location', 'confidence', an `ASK` type, or 'yesno:<feature>'; `None` if unknown
     "What a question asks about: its phrasing in the question banks, else keywords; yes/no questions about a feature are 'yesno:<feature>'"
-    t = q.strip().lower()
-    for typ, pat in _QTYPES:
+    t, names = q.strip().lower(), '|'.join(re.escape(class_text(kind, c).lower()) for c in range(len(LABEL_NAMES[kind])))
+    rules = [r for r in _QTYPES if r[0] not in ('caption', 'nuclei', 'crypts')] + [('diagnosis', rf'(?<![\w-])(?:{names})(?![\w-])')] + \
+            [r for r in _QTYPES if r[0] in ('caption', 'nuclei', 'crypts')]  # a class name of `kind` before the generic words
+    for typ, pat in rules:
         if re.search(pat, t): break
     else: return None
     if typ in ASK and t.split()[0] in _YESNO: return f'yesno:{ASK[typ][0]}'
@@ -679,10 +734,11 @@ def conversation(morph:Morphology, # measured features
                  seed:int=0, # picks paraphrases and follow-ups
                  thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
                  margin:float=0., # the caption and the follow-ups leave out features this close to a cut point
+                 omit:tuple=(), # features the caption never names and no follow-up asks about
                 )->list: # (question, answer) turns
     "A multi-turn conversation about one patch: describe, classify, justify, then follow-ups that lean on the context"
-    rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin)
-    turns = [(str(rng.choice(QUESTIONS['caption'])), caption(morph, label, kind, seed, thr, margin)),
+    rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin, omit)
+    turns = [(str(rng.choice(QUESTIONS['caption'])), caption(morph, label, kind, seed, thr, margin, omit)),
              (str(rng.choice(QUESTIONS[kind, 'class'])), LABEL_NAMES[kind][label]),
              ('Which features support this?', _nuclei_answer(morph, kind, clear))]
     if kind == 'mhist': turns.append(('And the crypts?', _crypts_answer(morph, kind, clear)))
@@ -700,7 +756,7 @@ def held_out_questions(morph:Morphology, # measured features
     "One question of every type about a patch, in phrasings never used in training: diagnosis, location, confidence, each clear feature (open and yes/no)"
     rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin)
     q = lambda opts: str(rng.choice(opts))
-    out = [dict(q=q(CLASS_ASK[kind, 'diagnosis'][1]), a=_diagnosis_answer(label, kind), type='diagnosis'),
+    out = [dict(zip(('q', 'a'), _diagnosis_qa(label, kind, rng, True)), type='diagnosis'),
            dict(q=q(CLASS_ASK[kind, 'confidence'][1]), a=None, type='confidence')]
     if (kind, 'location') in CLASS_ASK: out.append(dict(q=q(CLASS_ASK[kind, 'location'][1]), a=_location_answer(label, kind), type='location'))
     for t in _open_types(kind, clear): out.append(dict(q=q(ASK[t][2]), a=_feature_answer(morph, kind, ASK[t][0], lv, rng), type=t))
@@ -787,14 +843,14 @@ def _few_shot_records(rows, kind, seed, share=1/3, k=2):
         out.setdefault(r['split'], []).append(llava_record(r['id'] + '_fs', [e['image'] for e in ex] + [r['image']], turns))
     return out
 
-def _patch_records(r, m, kind, seed, thr, margin, n_captions):
+def _patch_records(r, m, kind, seed, thr, margin, n_captions, omit=()):
     "The text of one measured patch: caption, report, LLaVA record and flat records (`n_captions` caption paraphrases)"
     pid, img, y, s = r['id'], r['image'], r['label'], seed + int(r['id'].rsplit('_', 1)[1])
-    pairs = vqa_pairs(m, y, kind, s, thr, margin)
-    pairs += [dict(q=str(np.random.default_rng(s + k).choice(QUESTIONS['caption'])), a=caption(m, y, kind, s + 7919*k, thr, margin),
+    pairs = vqa_pairs(m, y, kind, s, thr, margin, omit)
+    pairs += [dict(q=str(np.random.default_rng(s + k).choice(QUESTIONS['caption'])), a=caption(m, y, kind, s + 7919*k, thr, margin, omit),
                    task='caption') for k in range(1, n_captions)]
     rep = dict(id=pid, split=r['split'], label=y, image=img, report=report(m, y, kind, thr))
-    return {**r, 'caption': pairs[0]['a']}, rep, llava_record(pid, img, conversation(m, y, kind, s, thr, margin)), flat_records(pid, img, pairs)
+    return {**r, 'caption': pairs[0]['a']}, rep, llava_record(pid, img, conversation(m, y, kind, s, thr, margin, omit)), flat_records(pid, img, pairs)
 
 # %% ../nbs/01_captions.ipynb #16a7d340
 def _train_thresholds(rows, morphs, kind):
@@ -835,7 +891,11 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
         rows.append(r); morphs.append(m)
     report_errors(errs, on_error, 'patches')
     thr = THRESHOLDS[kind] if thr == 'default' else _train_thresholds(rows, morphs, kind) if thr in (None, 'train') else thr
-    recs = [_patch_records(r, m, kind, seed, thr, margin, n_captions) for r, m in zip(rows, morphs)]
+    return _text_files(out, rows, morphs, kind, seed, thr, margin, n_captions, few_shot)
+
+def _text_files(out, rows, morphs, kind, seed, thr, margin, n_captions, few_shot, omit=None):
+    "Write every text file of a captioned folder from measured rows (`omit`: image -> features its text never names)"
+    recs = [_patch_records(r, m, kind, seed, thr, margin, n_captions, (omit or {}).get(r['image'], ())) for r, m in zip(rows, morphs)]
     trn = [(m, r['label']) for r, m in zip(rows, morphs) if r['split'] == 'train'] or [(m, r['label']) for r, m in zip(rows, morphs)]
     return _write_all(out, recs, thr, level_odds(*zip(*trn), kind, thr), _few_shot_records(rows, kind, seed) if few_shot else None)
 
@@ -870,6 +930,27 @@ def read_level_odds(folder:Path|str, # a folder written by `caption_dataset`
     "What each word level says about each class in a captioned data set (see `check_consistency`)"
     p = Path(folder)/'level_odds.json'
     return json.loads(p.read_text()) if p.exists() else None
+
+# %% ../nbs/01_captions.ipynb #61549936
+def recaption(root:Path|str, # a folder written by `caption_dataset`
+              out:Path|str, # where to write the new text files (image paths are rewritten relative to it)
+              omit:dict|None=None, # image path (as in captions.csv) -> features its text never names
+              seed:int=0, # base seed of the paraphrase choices (as `caption_dataset`)
+              margin:float=CAPTION_MARGIN, # as `caption_dataset`
+              n_captions:int=3, # as `caption_dataset`
+              few_shot:bool=True, # as `caption_dataset`
+              kind:str|None=None, # the data set's kind (default: from its class names)
+             )->Path: # `out`
+    "Write a captioned folder's text again from its stored measurements, optionally leaving features out per image"
+    root, out = Path(root), Path(out); out.mkdir(parents=True, exist_ok=True)
+    df = pd.read_csv(root/'captions.csv'); thr = read_thresholds(root)
+    kind = kind or next((k for k, v in LABEL_NAMES.items() if set(df.label_name) <= set(v)), 'pcam')
+    rel = {p: Path(os.path.relpath(root/p, out)).as_posix() for p in df.image}
+    rows = [dict(id=r.id, split=r.split, label=int(r.label), label_name=r.label_name, image=rel[r.image], **{f: getattr(r, f) for f in FEATURES})
+            for r in df.itertuples()]
+    morphs = [Morphology(**{f: float(r[f]) for f in FEATURES}) for r in rows]
+    omit = {rel[k]: tuple(v) for k, v in (omit or {}).items()}
+    return _text_files(out, rows, morphs, kind, seed, thr, margin, n_captions, few_shot, omit)
 
 # %% ../nbs/01_captions.ipynb #2405a353
 def text_corpus(kind:str='pcam', # 'pcam' or 'mhist'

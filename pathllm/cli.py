@@ -48,7 +48,7 @@ def _check_model(model:Path): # name a malformed or truncated file of a model fo
 # %% ../nbs/99_cli.ipynb #d4e9fe1d
 @data_app.command('synth')
 def data_synth(out:Path=typer.Option(..., help="Folder to write the data set into"),
-               kind:str=typer.Option('pcam', help="'pcam' (96 px, normal/tumor) or 'mhist' (224 px, HP/SSA)"),
+               kind:str=typer.Option('pcam', help="'pcam' (96 px, normal/tumor), 'mhist' (224 px, HP/SSA) or 'grade' (96 px, normal/low-grade/high-grade/carcinoma)"),
                n:int=typer.Option(2000, help="Number of patches (balanced classes)"),
                seed:int=typer.Option(0, help="Random seed: the same seed writes the same data set"),
                difficulty:float=typer.Option(0.5, help="0 (easy) to 1 (hard)"),
@@ -222,7 +222,7 @@ def _data_summary(out:Path, kind:str, n:int, seed:int, progress:bool=True)->dict
 
 # %% ../nbs/99_cli.ipynb #b76f4fba
 def run_demo(out:Path|str, # folder for the data set, the summary, the report and the model
-             kind:str='pcam', # 'pcam' or 'mhist'
+             kind:str='pcam', # 'pcam', 'mhist' or 'grade' (4 classes)
              n:int|None=None, # synthetic patches (default: the config's `n_images`)
              seed:int=0, # random seed
              config:str|Path='debug', # `run_train` config: a name or a JSON file
@@ -244,13 +244,16 @@ def run_demo(out:Path|str, # folder for the data set, the summary, the report an
 # %% ../nbs/99_cli.ipynb #16887284
 @app.command('demo')
 def demo(out:Path=typer.Option(Path('runs/demo'), help="Output folder"),
-         kind:str=typer.Option('pcam', help="'pcam' or 'mhist'"),
+         kind:str=typer.Option('pcam', help="'pcam', 'mhist' or 'grade'"),
+         classes:int=typer.Option(None, help="Number of classes: 2 (the --kind) or 4 (the 'grade' set: normal, low-grade, high-grade, carcinoma)"),
          n:int=typer.Option(None, help="Number of synthetic patches (default: the config's n_images, 400 for debug)"),
          seed:int=typer.Option(0, help="Random seed"),
          config:str=typer.Option('debug', help="Training config: a name (debug, small, full) or a JSON file"),
          threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default); the debug models run fastest on one")):
     "Run the main job on the embedded synthetic default: data summary, training, evaluation report and model."
     _threads(threads)
+    if classes not in (None, 2, 4) or (classes == 2 and kind == 'grade'): _fail(ValueError(f"--classes: the synthetic sets have 2 classes (pcam, mhist) or 4 (grade), got {classes}"))
+    if classes == 4: kind = 'grade'
     with _errors(_new_folder(out)): s = run_demo(out, kind=kind, n=n, seed=seed, config=config)
     typer.echo((Path(out)/'summary.md').read_text())
     typer.echo(_scores(json.loads((Path(out)/'report.json').read_text())))
@@ -290,7 +293,7 @@ def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results
 # %% ../nbs/99_cli.ipynb #0b6861e0
 @app.command('optimize')
 def optimize_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`)"),
-                 variant:str=typer.Option('int8_dynamic', help="fp16, bf16, int8_dynamic, bnb_int8, bnb_nf4 or bnb_fp4"),
+                 variant:str=typer.Option('int8_dynamic', help="fp16, bf16, int8_dynamic, bnb_int8, bnb_nf4, bnb_fp4, ort_fp32 or ort_int8 (ONNX Runtime: the fast CPU path)"),
                  out:Path=typer.Option(..., help="Folder for the quantised model (`pathllm serve --model OUT` serves it)"),
                  parts:str=typer.Option('lm,connector', help="Comma-separated parts to quantise: lm, connector, vision")):
     "Quantise a saved model's weights (post-training) and save it; print the sizes before and after."

@@ -20,13 +20,14 @@ from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
 
 # %% auto #0
-__all__ = ['HE_STAINS', 'LABEL_NAMES', 'PATCH_SIZE', 'MHIST_COLS', 'HUB_NAMES', 'project_root', 'pcam_dir', 'od_to_rgb',
-           'smooth_noise', 'draw_blob', 'place_points', 'synth_pcam', 'synth_mhist', 'synth_patch', 'atomic_write',
-           'DataError', 'make_synthetic', 'PatchItem', 'check_image', 'open_image', 'report_errors', 'PatchDataset',
-           'load_patches', 'rgb_to_od', 'od_to_uint8', 'macenko_fit', 'macenko_normalize', 'reinhard_stats',
-           'reinhard_normalize', 'StainNormalizer', 'dihedral', 'RandDihedral', 'stain_transform', 'stain_jitter',
-           'RandStainJitter', 'get_dls', 'image_tensor', 'patch_tensor', 'batch_dihedral', 'batch_stain',
-           'BatchAugment', 'TensorRows', 'tensor_dls', 'data_fingerprint', 'environment_info']
+__all__ = ['HE_STAINS', 'PRESETS', 'LABEL_NAMES', 'PATCH_SIZE', 'MHIST_COLS', 'HUB_NAMES', 'project_root', 'pcam_dir',
+           'register_kind', 'od_to_rgb', 'smooth_noise', 'draw_blob', 'place_points', 'synth_pcam', 'synth_mhist',
+           'synth_grade', 'synth_patch', 'atomic_write', 'DataError', 'make_synthetic', 'PatchItem', 'check_image',
+           'open_image', 'report_errors', 'PatchDataset', 'load_patches', 'rgb_to_od', 'od_to_uint8', 'macenko_fit',
+           'macenko_normalize', 'reinhard_stats', 'reinhard_normalize', 'StainNormalizer', 'dihedral', 'RandDihedral',
+           'stain_transform', 'stain_jitter', 'RandStainJitter', 'get_dls', 'image_tensor', 'patch_tensor',
+           'batch_dihedral', 'batch_stain', 'BatchAugment', 'TensorRows', 'tensor_dls', 'data_fingerprint',
+           'environment_info']
 
 # %% ../nbs/00_data.ipynb #9a53149e
 def project_root(start:Path|str|None=None, # where to start looking (default: working directory)
@@ -50,8 +51,21 @@ HE_STAINS = np.array([[0.650, 0.704, 0.286],
                       [0.072, 0.990, 0.105],
                       [0.268, 0.570, 0.776]])
 HE_STAINS = HE_STAINS/np.linalg.norm(HE_STAINS, axis=1, keepdims=True)
-LABEL_NAMES = {'pcam': ('normal', 'tumor'), 'mhist': ('HP', 'SSA')}
-PATCH_SIZE = {'pcam': 96, 'mhist': 224}
+PRESETS = ('pcam', 'mhist', 'grade')  # data set kinds with their own class names and vocabulary
+LABEL_NAMES = {'pcam': ('normal', 'tumor'), 'mhist': ('HP', 'SSA'), 'grade': ('normal', 'low-grade', 'high-grade', 'carcinoma')}
+PATCH_SIZE = {'pcam': 96, 'mhist': 224, 'grade': 96}
+
+def register_kind(kind:str, # the data set kind, e.g. the name of a folder of your own patches
+                  classes:list, # class names, in label order (at least 2)
+                 )->str: # `kind`
+    "Make `kind` a data set kind with these classes: every part of the library then knows its class names"
+    classes = tuple(str(c) for c in classes)
+    if len(classes) < 2: raise DataError(f"kind {kind!r}: needs at least 2 classes, got {list(classes)}")
+    if len(set(c.lower() for c in classes)) < len(classes) or not all(c.strip() for c in classes): raise DataError(f"kind {kind!r}: class names must be distinct and non-empty, got {list(classes)}")
+    if kind in PRESETS and classes != LABEL_NAMES[kind]: raise DataError(f"kind {kind!r} is a preset with classes {list(LABEL_NAMES[kind])}; name your data set otherwise")
+    if kind in LABEL_NAMES and classes != LABEL_NAMES[kind]: warnings.warn(f"kind {kind!r}: classes {list(LABEL_NAMES[kind])} replaced by {list(classes)}")
+    LABEL_NAMES[kind] = classes
+    return kind
 
 # %% ../nbs/00_data.ipynb #5c1f66d2
 def od_to_rgb(conc:np.ndarray, # stain concentrations, (H, W, k) with k <= 3
@@ -218,8 +232,28 @@ def synth_mhist(label:int, # 0 HP, 1 SSA
     _nuclei(rng, H, E, place_points(rng, lp, int(lp.sum()/220), 7, jitter=0.4), 2.0, 0.3, 1.2, 0.1, 0.9, 0.15)
     return _finish(rng, np.clip(H, 0, None), np.clip(E, 0, None), stain_var)
 
+def synth_grade(label:int, # 0 normal, 1 low-grade, 2 high-grade, 3 carcinoma
+                rng:np.random.Generator, # random generator
+                difficulty:float=0.5, # 0 (easy) to 1 (hard)
+                sz:int=96, # patch size in pixels
+                stain_var:float=1., # scale of per-patch stain variation (0 = none)
+               )->np.ndarray: # uint8 RGB (sz, sz, 3)
+    "Render one patch of graded atypia: an epithelial cluster whose nuclei grow larger, darker, more variable and more crowded with the grade"
+    d, c, g = float(np.clip(difficulty, 0, 1)), sz/2, label/3
+    H, E, fat = _tissue(rng, sz)
+    atyp = _disk(sz, c + rng.uniform(-6, 6), c + rng.uniform(-6, 6), rng.uniform(14, 22)*sz/96) if label else np.zeros((sz, sz), bool)
+    lym = (smooth_noise(rng, (sz, sz), sz/8) > rng.uniform(-1.2, 0.3)) & ~atyp & ~fat
+    r_l = rng.uniform(2.0, 2.6)
+    _nuclei(rng, H, E, place_points(rng, lym, 10**4, 2.7*r_l)[:int(1e4)], r_l, 0.2, 1.15, 0.06, 1.05, 0.12)
+    _nuclei(rng, H, E, place_points(rng, ~lym & ~atyp & ~fat, 12, 8), 1.3, 0.2, 2.8, 0.1, 0.7, 0.1)  # fibroblasts
+    if label:
+        r_t = r_l*(1.3 + (1.4 - 0.6*d)*g)  # nuclear size, variation, chromasia and crowding rise with the grade
+        _nuclei(rng, H, E, place_points(rng, atyp, 10**4, (2.6 - 0.6*g)*r_t), r_t, (0.1 + 0.25*g)*r_t, 1.3 + 0.4*g,
+                0.05 + 0.15*g, 0.95 + 0.3*g, 0.25, cyto=0.45)
+    return _finish(rng, H, E, stain_var)
+
 # %% ../nbs/00_data.ipynb #fd026090
-def synth_patch(kind:str='pcam', # 'pcam' (96 px, normal/tumor) or 'mhist' (224 px, HP/SSA)
+def synth_patch(kind:str='pcam', # 'pcam' (96 px, normal/tumor), 'mhist' (224 px, HP/SSA) or 'grade' (96 px, 4 grades of atypia)
                 label:int=0, # class id: index into `LABEL_NAMES[kind]`
                 seed:int=0, # the same seed always gives the same patch
                 difficulty:float=0.5, # 0 (easy) to 1 (hard)
@@ -227,11 +261,12 @@ def synth_patch(kind:str='pcam', # 'pcam' (96 px, normal/tumor) or 'mhist' (224 
                 sz:int|None=None, # patch size (default: the data set's, 96 or 224)
                )->np.ndarray: # uint8 RGB (sz, sz, 3)
     "Render one synthetic H&E patch of class `label`, deterministic in `seed`"
-    if kind not in LABEL_NAMES: raise ValueError(f"kind: unknown data set {kind!r}; expected one of {list(LABEL_NAMES)}")
-    if label not in (0, 1): raise ValueError(f"label: {label!r} is not a class id of {kind} (0={LABEL_NAMES[kind][0]}, 1={LABEL_NAMES[kind][1]})")
+    if kind not in PRESETS: raise ValueError(f"kind: no synthetic generator for {kind!r}; expected one of {list(PRESETS)}")
+    names = LABEL_NAMES[kind]
+    if label not in range(len(names)): raise ValueError(f"label: {label!r} is not a class id of {kind} ({', '.join(f'{i}={n}' for i, n in enumerate(names))})")
     if not 0 <= difficulty <= 1: raise ValueError(f"difficulty: {difficulty} is outside [0, 1]")
-    rng = np.random.default_rng([seed, label, 0 if kind == 'pcam' else 1])
-    return (synth_pcam if kind == 'pcam' else synth_mhist)(label, rng, difficulty, sz or PATCH_SIZE[kind], stain_var)
+    rng = np.random.default_rng([seed, label, PRESETS.index(kind)])
+    return dict(pcam=synth_pcam, mhist=synth_mhist, grade=synth_grade)[kind](label, rng, difficulty, sz or PATCH_SIZE[kind], stain_var)
 
 # %% ../nbs/00_data.ipynb #e7d51902
 def atomic_write(path:Path|str, # destination file
@@ -259,13 +294,13 @@ MHIST_COLS = ('Image Name', 'Majority Vote Label', 'Number of Annotators who Sel
 
 def _synth_jobs(kind, n, seed, valid_pct):
     "One row per patch to render: split, label, seed and path (relative), balanced per split"
-    rng, lbl = np.random.default_rng(seed), np.arange(n) % 2
+    rng, lbl = np.random.default_rng(seed), np.arange(n) % len(LABEL_NAMES[kind])
     held = np.zeros(n, bool)
-    for c in (0, 1):
+    for c in range(len(LABEL_NAMES[kind])):
         idx = rng.permutation(np.flatnonzero(lbl == c))
         held[idx[:int(round(len(idx)*valid_pct))]] = True
-    split = np.where(held, 'valid' if kind == 'pcam' else 'test', 'train')
-    path = [f'{s}/{l}/patch{i:07d}.png' if kind == 'pcam' else f'images/MHIST_{i:04d}.png'
+    split = np.where(held, 'test' if kind == 'mhist' else 'valid', 'train')
+    path = [f'images/MHIST_{i:04d}.png' if kind == 'mhist' else f'{s}/{l if kind == "pcam" else LABEL_NAMES[kind][l]}/patch{i:07d}.png'
             for i, (s, l) in enumerate(zip(split, lbl))]
     return pd.DataFrame(dict(split=split, label=lbl, seed=seed*10**7 + np.arange(n), path=path))
 
@@ -314,7 +349,7 @@ def make_synthetic(out:Path|str, # folder to write (created if needed)
                    progress:bool=True, # show a progress bar
                   )->Path: # `out`, ready for `load_patches`
     "Write `n` balanced synthetic `kind` patches to `out` in the layout of the real release"
-    if kind not in LABEL_NAMES: raise ValueError(f"kind: unknown data set {kind!r}; expected one of {list(LABEL_NAMES)}")
+    if kind not in PRESETS: raise ValueError(f"kind: unknown data set {kind!r}; expected one of {list(PRESETS)}")
     from tqdm.auto import tqdm
     out, jobs = Path(out), _synth_jobs(kind, n, seed, valid_pct)
     for d in sorted({(out/p).parent for p in jobs.path}): d.mkdir(parents=True, exist_ok=True)
@@ -322,8 +357,9 @@ def make_synthetic(out:Path|str, # folder to write (created if needed)
     if nw > 1 and 'fork' in mp.get_all_start_methods(): _render_parallel(jobs, kind, difficulty, out, nw, pbar)
     else:
         for i in pbar(range(len(jobs))): _render(jobs.iloc[i:i+1], kind, difficulty, out)
-    table = jobs[['split', 'label', 'path']] if kind == 'pcam' else _mhist_table(jobs, seed)
-    _write_csv(table, out/('labels.csv' if kind == 'pcam' else 'annotations.csv'))
+    if kind == 'mhist': _write_csv(_mhist_table(jobs, seed), out/'annotations.csv'); return out
+    names = jobs.label if kind == 'pcam' else np.array(LABEL_NAMES[kind])[jobs.label]  # PCam's labels.csv holds 0/1, the others names
+    _write_csv(jobs[['split', 'path']].assign(label=names)[['split', 'label', 'path']], out/'labels.csv')
     return out
 
 # %% ../nbs/00_data.ipynb #fa82e2cc
@@ -338,7 +374,7 @@ class PatchItem:
 
 # %% ../nbs/00_data.ipynb #296bd67e
 def check_image(img:Image.Image|np.ndarray, # decoded image or (H, W, C) array
-                kind:str, # 'pcam' (96x96) or 'mhist' (224x224)
+                kind:str, # 'pcam' (96x96), 'mhist' (224x224), 'grade' (96x96) or a registered kind (any size of at least 16x16)
                 where:str='image', # what to name in error messages (file, row, ...)
                )->Image.Image: # the image as PIL RGB
     "Check that `img` is an RGB patch of the size of `kind`, raising a `DataError` naming `where` if not"
@@ -347,8 +383,9 @@ def check_image(img:Image.Image|np.ndarray, # decoded image or (H, W, C) array
             raise DataError(f'{where}: expected an RGB uint8 array (H, W, 3), got {img.dtype} {img.shape}')
         img = Image.fromarray(img)
     if img.mode != 'RGB': raise DataError(f'{where}: expected 3 channels (RGB), got mode {img.mode!r}')
-    sz = PATCH_SIZE[kind]
-    if img.size != (sz, sz): raise DataError(f'{where}: expected {sz}x{sz} pixels for {kind}, got {img.size[0]}x{img.size[1]}')
+    sz = PATCH_SIZE.get(kind)
+    if sz and img.size != (sz, sz): raise DataError(f'{where}: expected {sz}x{sz} pixels for {kind}, got {img.size[0]}x{img.size[1]}')
+    if min(img.size) < 16: raise DataError(f'{where}: {img.size[0]}x{img.size[1]} pixels is too small for a patch (at least 16x16)')
     return img
 
 # %% ../nbs/00_data.ipynb #b7385360
@@ -360,12 +397,31 @@ def open_image(fn:str|Path, # an image file
     except FileNotFoundError: raise DataError(f'{fn}: missing file') from None
     except (OSError, SyntaxError, ValueError) as e: raise DataError(f'{fn}: unreadable image ({e})') from e
 
-def _label_id(v, kind, where):
-    "Class id of a raw label `v` of `kind` (0/1, bool, '0'/'1' or a class name), raising a `DataError` naming `where`"
+def _label_ids(kind)->dict: # raw label (lower case) -> class id: the ids, their float forms, the names (and true/false for 2 classes)
     names = LABEL_NAMES[kind]
-    ids = {'0': 0, '1': 1, '0.0': 0, '1.0': 1, 'false': 0, 'true': 1, names[0].lower(): 0, names[1].lower(): 1}
-    if str(v).strip().lower() not in ids: raise DataError(f'{where}: unknown label {v!r}; expected 0, 1, {names[0]!r} or {names[1]!r}')
+    ids = {**{str(i): i for i in range(len(names))}, **{f'{i}.0': i for i in range(len(names))}, **{n.lower(): i for i, n in enumerate(names)}}
+    if kind == 'pcam': ids['tumour'] = 1
+    return {**ids, 'false': 0, 'true': 1} if len(names) == 2 else ids
+
+def _label_id(v, kind, where):
+    "Class id of a raw label `v` of `kind` (a class id, or a class name), raising a `DataError` naming `where`"
+    ids, names = _label_ids(kind), LABEL_NAMES[kind]
+    if str(v).strip().lower() not in ids:
+        exp = ', '.join(map(repr, names[:8])) + (f' ... ({len(names)} classes)' if len(names) > 8 else '')
+        raise DataError(f'{where}: unknown label {v!r}; expected a class id 0-{len(names)-1} or one of {exp}')
     return ids[str(v).strip().lower()]
+
+def _kind_of(labels, kind, name, where, classes_file=None)->str:
+    "The kind of a data set from its raw labels: `kind` if given, else the first preset they fit, else a new kind `name` whose classes are its labels"
+    raw = [str(v).strip() for v in pd.unique(pd.Series(list(labels)).astype(str))]
+    if kind in PRESETS: return kind
+    if kind is None and (k := next((p for p in PRESETS if all(r.lower() in _label_ids(p) for r in raw)), None)): return k
+    if classes_file is not None and Path(classes_file).exists():
+        classes = [l.strip() for l in Path(classes_file).read_text().splitlines() if l.strip()]
+        if miss := sorted(set(raw) - set(classes)): raise DataError(f'{where}: labels {miss} are not in {classes_file}')
+    else: classes = sorted(raw, key=lambda r: (int(r), '') if r.lstrip('-').isdigit() else (float('inf'), r))
+    if len(classes) < 2: raise DataError(f'{where}: only one class ({classes[0]!r} for every patch); need at least 2')
+    return register_kind(kind or re.sub(r'\W+', '_', str(name)).strip('_').lower() or 'custom', classes)
 
 def report_errors(errs:list, # messages, each naming the file/row at fault
                   on_error:str, # 'raise': raise the first as `DataError`; 'skip': warn with the count and first examples
@@ -486,8 +542,18 @@ def _select_split(df, split, source):
     if not len(sel): raise DataError(f'{source}: split {split!r} is empty; splits present: {sorted(pd.unique(df.split))}' if split else f'{source}: no patches found')
     return sel
 
-def _dataset(df, kind, reader, source, split, on_error, where):
+def _check_splits(df, kind, source):
+    "Every class has training patches, and no split has a label the training split lacks (when there is a train split)"
+    if 'train' not in set(df.split): return
+    ids = _label_ids(kind); cls = lambda s: {ids.get(str(v).strip().lower()) for v in df.label[df.split == s]} - {None}
+    names, trn = LABEL_NAMES[kind], cls('train')
+    for s in sorted(set(df.split) - {'train'}):
+        if extra := sorted(names[i] for i in cls(s) - trn): raise DataError(f'{source}: label(s) {extra} appear in split {s!r} but never in train')
+    if miss := [n for i, n in enumerate(names) if i not in trn]: raise DataError(f'{source}: class(es) {miss} have no training patches')
+
+def _dataset(df, kind, reader, source, split, on_error, where, name=None, classes_file=None):
     "Check rows of `df` (split, labels, files in a `path` column) and wrap them in a `PatchDataset`; `where(i)` names row i"
+    kind, full = _kind_of(df.label, kind, name or Path(str(source)).name, source, classes_file), df
     df, errs, keep, ids = _select_split(df, split, source), [], [], []
     has_path = 'path' in df.columns
     for i, (k, v) in enumerate(zip(df.index, df.label)):
@@ -497,6 +563,7 @@ def _dataset(df, kind, reader, source, split, on_error, where):
             keep.append(i); ids.append(c)
         except DataError as e: errs.append(str(e))
     report_errors(errs, on_error, 'rows')
+    if split is None: _check_splits(full, kind, source)
     if not keep: raise DataError(f'{source}: no usable patches')
     return PatchDataset(df.iloc[keep].assign(label=ids), kind, reader, source)
 
@@ -516,7 +583,7 @@ def _pcam_csv(root, kind, split, on_error):
     "PCam as in `../shared/data/pcam`: `labels.csv` (split,label,path) next to the images"
     fn = root/'labels.csv'; df = _read_csv(fn, ['split', 'label', 'path'])
     df = df.assign(split=df.split.astype(str), source_id=df.path.astype(str), path=[str(root/p) for p in df.path])
-    return _dataset(df, kind or 'pcam', _read_file, root, split, on_error, lambda i: f'{fn} row {i+2}')
+    return _dataset(df, kind, _read_file, root, split, on_error, lambda i: f'{fn} row {i+2}', root.name, root/'classes.txt')
 
 def _mhist_csv(root, kind, split, on_error):
     "MHIST as released: `images/` plus `annotations.csv`"
@@ -527,18 +594,18 @@ def _mhist_csv(root, kind, split, on_error):
 
 # %% ../nbs/00_data.ipynb #4f901dc8
 _IMG_EXTS = {'.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp'}
-_CLASS_DIRS = {'0', '1', 'normal', 'tumor', 'tumour', 'hp', 'ssa'}
-
-def _is_class_dir(p): return p.is_dir() and p.name.lower() in _CLASS_DIRS
+_SPLIT_DIRS = {'train': 'train', 'valid': 'valid', 'val': 'valid', 'validation': 'valid', 'test': 'test', 'dev': 'dev'}
 
 def _folders(root, kind, split, on_error):
-    "Class folders: `{split}/{class}/*.png|jpg` or `{class}/*` (then all in split 'train'), class 0/1 or a class name"
-    subs = sorted(p for p in root.iterdir() if p.is_dir())
-    groups = [('train', c) for c in subs if _is_class_dir(c)] or [(s.name, c) for s in subs for c in sorted(s.iterdir()) if _is_class_dir(c)]
+    "Class folders: `{split}/{class}/*.png|jpg`, or `{class}/*` (then all in split 'train'); any class names"
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    if any(s.name.lower() in _SPLIT_DIRS for s in subs):
+        groups = [(_SPLIT_DIRS[s.name.lower()], c) for s in subs if s.name.lower() in _SPLIT_DIRS for c in sorted(s.iterdir()) if c.is_dir()]
+    else: groups = [('train', c) for c in subs]
     rows = [(s, c.name, str(f.relative_to(root)), str(f)) for s, c in groups for f in sorted(c.iterdir()) if f.suffix.lower() in _IMG_EXTS]
+    if not rows: raise DataError(f'{root}: no images in class folders ({{split}}/{{class}}/*.png or {{class}}/*.png)')
     df = pd.DataFrame(rows, columns=['split', 'label', 'source_id', 'path'])
-    kind = kind or ('mhist' if {g[1].name.lower() for g in groups} & {'hp', 'ssa'} else 'pcam')
-    return _dataset(df, kind, _read_file, root, split, on_error, lambda i: df.path[i])
+    return _dataset(df, kind, _read_file, root, split, on_error, lambda i: df.path[i], root.name, root/'classes.txt')
 
 # %% ../nbs/00_data.ipynb #4ec50e04
 _H5_RE = re.compile(r'camelyonpatch_level_2_split_(train|valid|test)_x\.h5$')
@@ -606,8 +673,7 @@ def _hf(dd, kind, split, on_error, source):
     cols, frames = {}, []
     for k in names: cols[k], f = _hf_frame(dd[k], k, source); frames.append(f)
     df = pd.concat(frames, ignore_index=True)
-    kind = kind or ('mhist' if df.label.astype(str).isin(['HP', 'SSA']).any() else 'pcam')
-    return _dataset(df, kind, _HFReader(dd, cols), source, split, on_error, lambda i: f'{source}: {df.source_id[i]}')
+    return _dataset(df, kind, _HFReader(dd, cols), source, split, on_error, lambda i: f'{source}: {df.source_id[i]}', Path(str(source)).name)
 
 def _hf_disk(src, kind, split, on_error):
     "A folder written by `datasets` `save_to_disk`"
@@ -639,14 +705,13 @@ _READERS = dict(pcam_csv=_pcam_csv, mhist_csv=_mhist_csv, folders=_folders, h5=_
 
 # %% ../nbs/00_data.ipynb #491a2fb4
 def load_patches(source:Path|str, # folder, HDF5 file, `save_to_disk` folder or hub name (e.g. '1aurent/PatchCamelyon')
-                 kind:str|None=None, # 'pcam' or 'mhist' (default: from the source)
+                 kind:str|None=None, # 'pcam', 'mhist', 'grade', or a name for your own classes (default: a preset the labels fit, else the folder name)
                  split:str|None=None, # load only this split (e.g. 'valid'); default all
                  on_error:str='raise', # 'raise' a `DataError` on bad rows, or 'skip' them with a warning
                  verify:bool=False, # also decode and check every image now (else on access)
                 )->PatchDataset: # patches of every split, images decoded on access
-    "Read PCam or MHIST patches in any supported format into a `PatchDataset`"
+    "Read labelled patches (PCam, MHIST, or your own classes) in any supported format into a `PatchDataset`"
     if on_error not in ('raise', 'skip'): raise ValueError(f"on_error: {on_error!r} is not 'raise' or 'skip'")
-    if kind is not None and kind not in LABEL_NAMES: raise ValueError(f"kind: unknown data set {kind!r}; expected one of {list(LABEL_NAMES)}")
     fmt = _detect(source)
     if fmt == 'unknown': raise DataError(f'{source}: unsupported file type (expected a folder, a PCam _x.h5 file or a hub name)')
     src = source if fmt == 'hub' else Path(source)

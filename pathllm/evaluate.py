@@ -12,19 +12,19 @@ from functools import lru_cache
 from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
-from .data import LABEL_NAMES, atomic_write
+from .data import LABEL_NAMES, atomic_write, stain_jitter
 from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_captions, hallucination_rate, extract_claims,
                               check_claims, level, levels, measure, caption, report, parse_report, vqa_pairs, CAPTION_MARGIN,
                               check_numbers, check_consistency, held_out_questions, answer_form, ASK, FOLLOW_UPS)
 
 # %% auto #0
 __all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'to_preds', 'accuracy', 'confusion', 'balanced_accuracy', 'f1',
-           'roc_auc', 'classification_metrics', 'bleu4', 'rouge_l', 'cider', 'normalize_answer', 'exact_match',
-           'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'hallucination',
-           'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
-           'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
-           'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
-           'vqa_metrics', 'evaluate_model']
+           'roc_auc', 'per_class_metrics', 'classification_metrics', 'best_threshold', 'stain_shift', 'stain_stress',
+           'plot_stain_stress', 'bleu4', 'rouge_l', 'cider', 'normalize_answer', 'exact_match', 'token_f1',
+           'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'hallucination', 'claims_per_text',
+           'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore',
+           'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion', 'plot_claims', 'write_report', 'report_metrics',
+           'qa_metrics', 'chat_consistency', 'caption_metrics', 'vqa_metrics', 'evaluate_model']
 
 # %% ../nbs/10_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -45,12 +45,13 @@ def _as_probs(p, name:str='probs')->np.ndarray:
 def _is_probs(x:np.ndarray)->bool: return x.dtype.kind == 'f'
 
 def to_preds(prob_or_pred, # class ids (N,), P(class 1) (N,), or class probabilities (N, C)
-             thresh:float=0.5, # decision threshold on P(class 1) for binary probabilities
+             thresh:float=0.5, # decision threshold on P(class 1) for binary probabilities (N,) or (N, 2)
             )->np.ndarray: # (N,) int class ids
     "Class ids from `prob_or_pred`: thresholded, arg-maxed, or as given"
     x = np.asarray(prob_or_pred)
     if not _is_probs(x): return x.astype(int)
     x = _as_probs(x, 'prob_or_pred')
+    if x.ndim == 2 and x.shape[1] == 2: x = x[:, 1]   # binary: the threshold applies to P(class 1)
     return x.argmax(-1) if x.ndim == 2 else (x >= thresh).astype(int)
 
 # %% ../nbs/10_evaluate.ipynb #6290a2a9
@@ -103,18 +104,93 @@ def roc_auc(y_true:list, # true class ids
     return float(skm.roc_auc_score(y, p, multi_class='ovr') if p.ndim == 2 else skm.roc_auc_score(y, p))
 
 # %% ../nbs/10_evaluate.ipynb #98055a69
+def per_class_metrics(y_true:list, # true class ids
+                      y_pred:list, # predicted class ids
+                      probs:np.ndarray|None=None, # (N, C) class probabilities: adds each class's one-vs-rest AUC
+                      classes:list|None=None, # class names (default: the ids)
+                     )->dict: # class name -> `recall`, `precision`, `f1` (and `auc`), `n` true patches
+    "Recall, precision, F1 and one-vs-rest AUC of every class"
+    y, p = np.asarray(y_true), np.asarray(y_pred); C = len(classes) if classes else (probs.shape[1] if probs is not None else max(2, int(max(y.max(), p.max())) + 1))
+    out = {}
+    for c in range(C):
+        tp, t, pp = int(((p == c) & (y == c)).sum()), int((y == c).sum()), int((p == c).sum())
+        rec, prec = (tp/t if t else float('nan')), (tp/pp if pp else float('nan'))
+        r = dict(recall=rec, precision=prec, f1=2*tp/(t + pp) if t + pp else float('nan'), n=t)
+        if probs is not None: r['auc'] = float(skm.roc_auc_score(y == c, probs[:, c])) if 0 < t < len(y) else float('nan')
+        out[str(classes[c]) if classes else str(c)] = r
+    return out
+
 def classification_metrics(y_true:list, # true class ids
                            prob_or_pred:list, # class ids, P(class 1), or (N, C) class probabilities
                            thresh:float=0.5, # decision threshold on P(class 1)
-                          )->dict: # accuracy, balanced_accuracy, auc, f1, confusion (nested list), n
-    "All classification metrics of `prob_or_pred` against `y_true`"
+                           classes:list|None=None, # class names, for the per-class figures (default: the ids)
+                          )->dict: # accuracy, balanced_accuracy, (binary: sensitivity = recall of class 1, specificity = of class 0), auc (one-vs-rest macro for C > 2), f1 (of class 1; macro for C > 2), macro_f1, confusion, per_class, n
+    "All classification metrics of `prob_or_pred` against `y_true`, overall and per class"
     _check_len(y_true, prob_or_pred, 'y_true', 'prob_or_pred')
     x, pred = np.asarray(prob_or_pred), to_preds(prob_or_pred, thresh)
-    binary = max(np.max(y_true), pred.max()) <= 1
-    score = x if _is_probs(x) else (pred if binary else np.eye(max(np.max(y_true), pred.max()) + 1)[pred])
-    return dict(accuracy=accuracy(y_true, pred), balanced_accuracy=balanced_accuracy(y_true, pred),
-                auc=roc_auc(y_true, score), f1=f1(y_true, pred, 1 if binary else None),
-                confusion=confusion(y_true, pred).tolist(), n=len(pred))
+    C = len(classes) if classes else x.shape[1] if _is_probs(x) and x.ndim == 2 else max(2, int(max(np.max(y_true), pred.max())) + 1)
+    p2 = (np.stack([1 - x, x], 1) if x.ndim == 1 else x) if _is_probs(x) else np.eye(C)[pred]
+    score = x if _is_probs(x) else (pred if C == 2 else p2)
+    two = dict(sensitivity=float(np.mean(pred[np.asarray(y_true) == 1] == 1)), specificity=float(np.mean(pred[np.asarray(y_true) == 0] == 0))) if C == 2 else {}
+    return dict(accuracy=accuracy(y_true, pred), balanced_accuracy=balanced_accuracy(y_true, pred), **two,
+                auc=roc_auc(y_true, score), f1=f1(y_true, pred, 1 if C == 2 else None), macro_f1=f1(y_true, pred, None),
+                confusion=confusion(y_true, pred, C).tolist(), per_class=per_class_metrics(y_true, pred, p2, classes or [str(i) for i in range(C)]),
+                n=len(pred))
+
+# %% ../nbs/10_evaluate.ipynb #125fc8ad
+def best_threshold(y_true:list, # true class ids, 0 or 1
+                   probs:list, # P(class 1) (N,), or (N, 2) class probabilities
+                  )->float: # cut on P(class 1): class 1 when P >= it
+    "The threshold with the highest balanced accuracy on these patches (choose it on `dev`, never on the scored split)"
+    y, p = np.asarray(y_true), _as_probs(np.asarray(probs, dtype=float), 'probs')
+    if p.ndim == 2: p = p[:, 1]
+    _check_len(y, p, 'y_true', 'probs')
+    if set(np.unique(y).tolist()) != {0, 1}: raise ValueError(f"y_true: best_threshold needs both classes 0 and 1, got {sorted(set(y.tolist()))}")
+    s = np.unique(p); cuts = np.concatenate([(s[:-1] + s[1:])/2, [s[-1]]])   # between neighbouring scores, or above all but the top
+    ba = [((p >= t)[y == 1].mean() + (p < t)[y == 0].mean())/2 for t in cuts]
+    return float(cuts[int(np.argmax(ba))])
+
+# %% ../nbs/10_evaluate.ipynb #655d3cf1
+def stain_shift(images:list, # PIL images or uint8 (H, W, 3) arrays
+                strength:float, # s: stains scaled by U(1-s, 1+s), shifted by U(-s/4, s/4) OD; 0 returns copies
+                seed:int=0, # the same seed re-stains each image the same way
+               )->list: # PIL images
+    "Re-stained copies of `images`: a random HED perturbation of `strength` per image"
+    from PIL import Image
+    if not 0 <= strength < 1: raise ValueError(f"strength: must be in [0, 1), got {strength}")
+    arr = [np.asarray(im.convert('RGB') if hasattr(im, 'convert') else im, dtype=np.uint8) for im in images]
+    return [Image.fromarray(a if strength == 0 else stain_jitter(a, np.random.default_rng([seed, i]), strength, strength/4)) for i, a in enumerate(arr)]
+
+def stain_stress(models:dict, # name -> anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
+                 images:list, # the patches
+                 y:list, # their class ids
+                 strengths:tuple=(0., 0.1, 0.2, 0.3, 0.4), # stain-shift strengths, 0 first (the reference)
+                 seed:int=0, # seed of the re-staining
+                 bs:int=64, # images per batch
+                )->list: # rows: `model`, `strength`, `accuracy`, `balanced_accuracy`, `auc`, their drops from strength 0
+    "Accuracy and AUC of each model on re-stained copies of the same patches, per strength"
+    import torch
+    rows, ref = [], {}
+    for s in strengths:
+        xs = stain_shift(images, s, seed)
+        for name, m in models.items():
+            with torch.no_grad(): p = np.concatenate([np.asarray(m.classify(xs[i:i+bs], generate=False)['probs'].cpu()) for i in range(0, len(xs), bs)])
+            t = getattr(getattr(m, 'cfg', None), 'vlm_threshold', None)
+            c = classification_metrics(y, p, 0.5 if t is None else t)
+            r = dict(model=name, strength=s, **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc')})
+            ref.setdefault(name, r); rows.append({**r, 'auc_drop': ref[name]['auc'] - r['auc'], 'acc_drop': ref[name]['accuracy'] - r['accuracy']})
+    return rows
+
+def plot_stain_stress(rows:list, # from `stain_stress`
+                      title:str='stain shift'):
+    "Accuracy and AUC against stain-shift strength, one line per model"
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=(8, 3))
+    for name in dict.fromkeys(r['model'] for r in rows):
+        rs = [r for r in rows if r['model'] == name]
+        for ax, k in zip(axs, ('accuracy', 'auc')): ax.plot([r['strength'] for r in rs], [r[k] for r in rs], 'o-', label=name)
+    for ax, k in zip(axs, ('accuracy', 'AUC')): ax.set(xlabel='stain shift strength', ylabel=k, title=f'{title}: {k}'); ax.grid(alpha=.3)
+    axs[0].legend(); fig.tight_layout(); return fig
 
 # %% ../nbs/10_evaluate.ipynb #4d18d7f1
 def _refs(preds, refs)->list:
@@ -202,6 +278,9 @@ def closed_answer(text:str, # an answer
     t = normalize_answer(text.replace('-', ' '))
     if yes_no: return YES_NO.get(t.split()[0]) if t else None
     hits = [(m.start(), c) for pat, c in CLASS_SYNONYMS for m in [re.search(pat, t)] if m]
+    if hits: return min(hits)[1]
+    names = sorted({n for ns in LABEL_NAMES.values() for n in ns}, key=len, reverse=True)  # any registered class name
+    hits = [(m.start(), n) for n in names for m in [re.search(rf'\b{re.escape(normalize_answer(n.replace("-", " ").replace("_", " ")))}\b', t)] if m]
     return min(hits)[1] if hits else None
 
 # %% ../nbs/10_evaluate.ipynb #fcf70b3d
@@ -382,15 +461,18 @@ def plot_losses(history:dict, # stage name -> list of losses (one per step or ep
     return fig
 
 # %% ../nbs/10_evaluate.ipynb #3b289b2a
-def plot_roc(y_true:list, # true class ids (binary)
-             probs:list, # P(class 1), or (N, 2) class probabilities
+def plot_roc(y_true:list, # true class ids
+             probs:list, # P(class 1), or (N, C) class probabilities (one-vs-rest curves for C > 2)
+             classes:list|None=None, # class names, for the one-vs-rest curves
             ): # `matplotlib.figure.Figure`
-    "ROC curve with its AUC"
+    "ROC curve with its AUC; with more than two classes one curve per class against the rest"
     _check_len(y_true, probs, 'y_true', 'probs')
-    p = _as_probs(probs, 'probs'); p = p[:, 1] if p.ndim == 2 else p
-    fpr, tpr, _ = skm.roc_curve(y_true, p)
+    p, y = _as_probs(probs, 'probs'), np.asarray(y_true); p = p[:, 1] if p.ndim == 2 and p.shape[1] == 2 else p
+    curves = [(f'AUC = {roc_auc(y, p):.3f}', y, p)] if p.ndim == 1 else \
+             [(f'{(classes or range(p.shape[1]))[c]}: AUC = {skm.roc_auc_score(y == c, p[:, c]):.3f}', y == c, p[:, c]) for c in range(p.shape[1]) if 0 < (y == c).sum() < len(y)]
     fig, axs = _fig(); ax = axs[0, 0]
-    ax.plot(fpr, tpr, label=f'AUC = {roc_auc(y_true, p):.3f}'); ax.plot([0, 1], [0, 1], 'k:', lw=1)
+    for lab, yy, pp in curves: fpr, tpr, _ = skm.roc_curve(yy, pp); ax.plot(fpr, tpr, label=lab)
+    ax.plot([0, 1], [0, 1], 'k:', lw=1)
     ax.set(xlabel='false positive rate', ylabel='true positive rate', title='ROC'); ax.legend(loc='lower right')
     return fig
 
@@ -478,7 +560,7 @@ def write_report(out_dir:Path|str, # folder to write into (created)
     files = {}
     if history: files['loss'] = _save_fig(plot_losses(history), out/'loss.png')
     if y_true is not None and probs is not None and len(set(np.asarray(y_true).tolist())) > 1:
-        files['roc'] = _save_fig(plot_roc(y_true, probs), out/'roc.png')
+        files['roc'] = _save_fig(plot_roc(y_true, probs, classes), out/'roc.png')
     if 'confusion' in metrics: files['confusion'] = _save_fig(plot_confusion(metrics['confusion'], classes), out/'confusion.png')
     if images is not None and captions is not None:
         k = max_images
@@ -636,7 +718,7 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
     met, outs, pred = dict(n_images=len(imgs)), dict(y_true=y, images=imgs, morphs=ms), classes
     if has('classify'):
         ans, outs['probs'] = _probs_of(model.classify(imgs))
-        met.update(classification_metrics(y, outs['probs'])); pred = list(to_preds(outs['probs'])) if pred is None else pred
+        met.update(classification_metrics(y, outs['probs'], classes=list(LABEL_NAMES[kind]))); pred = list(to_preds(outs['probs'])) if pred is None else pred
         if ans is not None: met['class_answer_acc'] = closed_accuracy(list(ans), [LABEL_NAMES[kind][l] for l in y])
     if has('caption'):
         outs['captions'] = list(model.caption(imgs))

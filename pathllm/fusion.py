@@ -21,7 +21,7 @@ from fastai.callback.training import GradientClip, BnFreeze
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
-from .data import LABEL_NAMES, PatchDataset, atomic_write
+from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, Thresholds, caption_dataset, read_jsonl,
                               read_thresholds, read_level_odds, record_images, measure, measurement_text, extract_claims, check_claims,
                               question_type, confidence_answer)
@@ -48,7 +48,8 @@ _VLM_SIZES = dict(tiny=dict(lm_n_layer=2, lm_n_embd=64, lm_n_head=4),
 class VLMConfig:
     "Sizes and options of a `PathVLM`: vision (`vit_`), connector (`mp_`, `qf_`, `clip_`), language model (`lm_`)"
     vlm_connector:str='projector' # 'projector' (LLaVA MLP), 'qformer' (BLIP learned queries), 'dual' (CLIP contrastive) or 'xattn' (Flamingo: queries read through gated cross-attention only)
-    vlm_kind:str='pcam' # data set, fixes class names and questions: 'pcam' or 'mhist'
+    vlm_kind:str='pcam' # data set, fixes class names and questions: a preset ('pcam', 'mhist', 'grade') or your own (`pathllm.data.register_kind`)
+    vlm_classes:list|None=None # class names in label order, saved with the model: loading it registers `vlm_kind` with them
     vlm_max_len:int=384 # training rows are truncated to this many text tokens (a report with the tool's measurements is ~300)
     vit_name:str='pathvit_nano' # `get_vision` name
     vit_img_size:int=96 # input side in pixels
@@ -79,9 +80,11 @@ class VLMConfig:
     vlm_level_odds:dict|None=None # what each word level says about each class on that data (`pathllm.captions.level_odds`), for consistency checks
     vlm_ground:str='none' # default grounding of `caption`/`report`: 'none' (the model's own words), 'class' (diagnosis from `class_logprobs`) or 'rerank' (uses the measurement tool)
     vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
+    vlm_threshold:float|None=None # two classes: P(class 1) from which `classify` calls class 1 (chosen on `dev`, `pathllm.evaluate.best_threshold`); None: the likelier class
 
     def __post_init__(self):
         if self.vlm_connector not in CONNECTORS: raise ValueError(f"vlm_connector: unknown connector {self.vlm_connector!r}; choose from {list(CONNECTORS)}")
+        if self.vlm_classes is not None: self.vlm_classes = list(register_kind(self.vlm_kind, self.vlm_classes) and LABEL_NAMES[self.vlm_kind])
         if self.vlm_kind not in LABEL_NAMES: raise ValueError(f"vlm_kind: unknown data set {self.vlm_kind!r}; choose from {list(LABEL_NAMES)}")
         if self.clip_img_pool not in ('mean', 'pooled'): raise ValueError(f"clip_img_pool: must be 'mean' or 'pooled', got {self.clip_img_pool!r}")
         if self.clip_pool not in ('eos', 'mean'): raise ValueError(f"clip_pool: must be 'eos' or 'mean', got {self.clip_pool!r}")
@@ -91,6 +94,7 @@ class VLMConfig:
         if self.vlm_connector == 'xattn' and not self.xattn_every: raise ValueError("xattn_every: vlm_connector='xattn' needs xattn_every >= 1")
         if self.vlm_readout is not None and (bad := set(self.vlm_readout) - {'n_classes', 'n_morph', 'centre'}): raise ValueError(f"vlm_readout: unknown keys {sorted(bad)}; expected n_classes, n_morph, centre")
         if self.vlm_thresholds is not None and (bad := set(self.vlm_thresholds) - set(WORD_FEATURES)): raise ValueError(f"vlm_thresholds: unknown features {sorted(bad)}")
+        if self.vlm_threshold is not None and not (0 < self.vlm_threshold < 1 and len(LABEL_NAMES[self.vlm_kind]) == 2): raise ValueError(f"vlm_threshold: must be in (0, 1), for two classes only; got {self.vlm_threshold} for {len(LABEL_NAMES[self.vlm_kind])}")
         self.lm_config  # validates the LM sizes
 
     @property
@@ -451,7 +455,7 @@ class FrozenVisionCache(Callback):
     order = -4  # after fastai moved the batch to the device, before the model sees it
     def __init__(self, cache:dict|None=None): self.cache = {} if cache is None else cache  # content hash -> `VisionFeatures` of one image
     def before_batch(self):
-        m, x = self.learn.model, self.xb[0]
+        m, x = getattr(self.learn.model, 'module', self.learn.model), self.xb[0]  # unwrapped under DDP (`accelerate`)
         if m.dual or not torch.is_tensor(x) or any(p.requires_grad for p in m.vision.parameters()): return
         group = x.shape[1] if x.ndim == 5 else 1; x = x.flatten(0, 1) if x.ndim == 5 else x  # in-context rows: several images each
         keys = [hash(xi.cpu().numpy().tobytes()) for xi in x]
@@ -595,12 +599,13 @@ def class_logprobs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
 def classify(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
              generate:bool=True, # also generate the free-text answer (generative designs)
              tta:bool=False, # average the class probabilities over the 8 rotations and reflections (`dihedral_mean`)
-            )->dict: # `probs` (B, K) summing to 1, `pred` (B,) class ids, `label` names, `answer` strings
+            )->dict: # `probs` (B, K) summing to 1, `pred` (B,) class ids (with `cfg.vlm_threshold`: class 1 where its probability reaches it), `label` names, `answer` strings
     "Class probabilities (likelihood of each class answer, or zero-shot for 'dual') and the generated answer"
     names = list(LABEL_NAMES[self.cfg.vlm_kind])
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
     probs = dihedral_mean(self.zero_shot if self.dual else lambda v: self.class_logprobs(v, names).softmax(-1), x, tta)
-    pred = probs.argmax(-1)
+    t = self.cfg.vlm_threshold
+    pred = probs.argmax(-1) if t is None else (probs[:, 1] >= t).long()   # a stored threshold decides between two classes
     ans = self.generate(x, QUESTIONS[self.cfg.vlm_kind, 'class'][0], max_new_tokens=8) if generate and not self.dual else [names[i] for i in pred]
     return dict(probs=probs, pred=pred, label=[names[i] for i in pred], answer=ans)
 

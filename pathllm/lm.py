@@ -24,14 +24,15 @@ from .data import atomic_write
 from .tokenizer import PathTokenizer
 
 # %% auto #0
-__all__ = ['IGNORE', 'LMConfig', 'RMSNorm', 'make_norm', 'rotate_half', 'apply_rotary', 'Rotary', 'attn_mask', 'get_position_ids',
-           'KVCache', 'Attention', 'SwiGLU', 'GeluMLP', 'Block', 'lm_loss', 'LM', 'TransformerEncoder',
-           'lm_config_from_llama', 'lm_from_llama', 'lm_to_llama', 'sample_next', 'save_weights', 'read_weights',
-           'pack_tokens', 'lm_dataloaders', 'chat_dataloaders', 'LMOutputCallback', 'TokenPerplexity', 'rng_states',
-           'set_rng_states', 'CheckpointCallback', 'lm_learner', 'train_lm', 'generate_text', 'ngram_perplexity']
+__all__ = ['LM_SIZES', 'IGNORE', 'LMConfig', 'RMSNorm', 'make_norm', 'rotate_half', 'apply_rotary', 'Rotary', 'attn_mask',
+           'get_position_ids', 'KVCache', 'Attention', 'SwiGLU', 'GeluMLP', 'Block', 'lm_loss', 'LM',
+           'TransformerEncoder', 'lm_config_from_llama', 'lm_from_llama', 'lm_to_llama', 'sample_next', 'save_weights',
+           'read_weights', 'pack_tokens', 'lm_dataloaders', 'chat_dataloaders', 'LMOutputCallback', 'TokenPerplexity',
+           'rng_states', 'set_rng_states', 'CheckpointCallback', 'lm_learner', 'train_lm', 'generate_text',
+           'ngram_perplexity']
 
 # %% ../nbs/03_lm.ipynb #051d8997
-_SIZES = dict(nano=dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2),
+LM_SIZES = dict(nano=dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2),
               micro=dict(n_layer=6, n_embd=256, n_head=8, n_kv_head=4),
               small=dict(n_layer=8, n_embd=512, n_head=8, n_kv_head=4))
 
@@ -66,8 +67,8 @@ class LMConfig:
     def from_name(cls, name:str, # one of 'nano', 'micro', 'small'
                   **kwargs)->LMConfig: # a config with the named sizes, updated by `kwargs`
         "A config with named sizes"
-        if name not in _SIZES: raise ValueError(f"unknown size name={name!r}; choose from {list(_SIZES)}")
-        return cls(**{**_SIZES[name], **kwargs})
+        if name not in LM_SIZES: raise ValueError(f"unknown size name={name!r}; choose from {list(LM_SIZES)}")
+        return cls(**{**LM_SIZES[name], **kwargs})
 
     @property
     def kv_heads(self)->int: return self.n_kv_head or self.n_head

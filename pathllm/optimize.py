@@ -431,7 +431,9 @@ def distill(teacher:PathVLM, # the trained teacher (frozen)
     return fit_stage(vlm_learner(dls, student, stage=2, lr=lr, cbs=[cb], freeze_vision=freeze_vision), epochs, lr, progress)
 
 # %% ../nbs/09_optimization.ipynb #49fb50ed
-def _abs(r:dict, root:Path)->dict: return {**r, 'image': str((root/r['image']).resolve())}
+def _abs(r:dict, root:Path)->dict: # `r` with its image paths (`image`, or `images` of an in-context row) absolute
+    a = lambda v: [a(x) for x in v] if isinstance(v, list) else str((root/v).resolve())
+    return {**r, **{k: a(r[k]) for k in ('image', 'images') if k in r}}
 
 @torch.no_grad()
 def teacher_dataset(teacher:PathVLM, # the trained teacher

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from fastcore.meta import delegates
 from .data import LABEL_NAMES
-from .captions import QUESTIONS, COT_QUESTION
+from .captions import QUESTIONS, COT_QUESTION, class_choice
 from .tokenizer import pad_ids
 from .fusion import PathVLM, to_images
 
@@ -100,7 +100,6 @@ SYSTEM_PROMPTS = {
     'mhist': 'You are a gastrointestinal pathologist classifying colorectal polyps. Answer with one word: HP or SSA.',
 }
 
-def _cls(kind): a, b = LABEL_NAMES[kind]; return dict(a=a, b=b)
 
 PROMPTS = {p.name: p for p in [
     PromptTemplate('class', 'Is the centre of this patch {a} or {b}?'),
@@ -194,7 +193,7 @@ def zero_shot(model:PathVLM, # a generative `PathVLM`
              )->dict: # `answers`, `label`, `pred`, `probs` (None), `n_tokens`
     "Ask the question once, greedily, and parse the answer"
     p, kind = PROMPTS.get(prompt, prompt) if isinstance(prompt, str) else prompt, model.cfg.vlm_kind
-    convs = [p.conversation(**_cls(kind))] * len(images)
+    convs = [p.conversation(**class_choice(kind))] * len(images)
     ans, n = generate_chat(model, images, convs, max_new_tokens=max_new_tokens, **kw)
     return _result(ans, kind, n, closed=p.closed, extra=dict(text=ans) if p.describes else None)
 
@@ -226,8 +225,8 @@ def few_shot_conv(examples:list, # `(image, caption, label)` triples (see `pick_
     if answer not in ('label', 'caption'): raise ValueError(f"answer: must be 'label' or 'caption', got {answer!r}")
     if answer == 'caption' and not with_images: raise ValueError("answer='caption' needs the example images (with_images=True)")
     ans = lambda c, l: c if answer == 'caption' else LABEL_NAMES[kind][l]
-    q = lambda c: p.render(**_cls(kind)) if with_images else PROMPTS['example'].render(caption=c)
-    return p.conversation([(q(c), ans(c, l)) for _, c, l in examples], **_cls(kind))
+    q = lambda c: p.render(**class_choice(kind)) if with_images else PROMPTS['example'].render(caption=c)
+    return p.conversation([(q(c), ans(c, l)) for _, c, l in examples], **class_choice(kind))
 
 # %% ../nbs/06_prompting.ipynb #a384168d
 def few_shot(model:PathVLM, # a generative `PathVLM`
@@ -258,10 +257,10 @@ def chain_of_thought(model:PathVLM, # a generative `PathVLM`
     if mode not in ('two_turn', 'report', 'single'): raise ValueError(f"mode: must be 'two_turn', 'report' or 'single', got {mode!r}")
     if mode != 'two_turn':
         p = PROMPTS['report' if mode == 'report' else 'cot']
-        ans, n = generate_chat(model, images, [p.conversation(**_cls(kind))] * B, max_new_tokens=max_new_tokens, **kw)
+        ans, n = generate_chat(model, images, [p.conversation(**class_choice(kind))] * B, max_new_tokens=max_new_tokens, **kw)
         return _result(ans, kind, n, extra=dict(reasoning=ans, text=ans))
     why, n1 = generate_chat(model, images, [PROMPTS['describe'].conversation()] * B, max_new_tokens=max_new_tokens, **kw)
-    convs = [PROMPTS['class'].conversation([(PROMPTS['describe'].template, w)], **_cls(kind)) for w in why]
+    convs = [PROMPTS['class'].conversation([(PROMPTS['describe'].template, w)], **class_choice(kind)) for w in why]
     ans, n2 = generate_chat(model, images, convs, max_new_tokens=8, **kw)
     return _result([f'{w} Answer: {a}' for w, a in zip(why, ans)], kind, np.add(n1, n2), extra=dict(reasoning=why, text=why))
 
@@ -295,7 +294,7 @@ def constrained(model:PathVLM, # a generative `PathVLM`
     p, kind = PROMPTS.get(prompt, prompt) if isinstance(prompt, str) else prompt, model.cfg.vlm_kind
     names = list(LABEL_NAMES[kind]); answers = answers or {c: [c] for c in names}
     flat = [a for c in names for a in answers[c]]
-    lp = answer_logprobs(model, images, [p.conversation(**_cls(kind))] * len(images), flat, length_norm=length_norm, **kw)
+    lp = answer_logprobs(model, images, [p.conversation(**class_choice(kind))] * len(images), flat, length_norm=length_norm, **kw)
     grp = torch.stack([lp[:, [i for i, a in enumerate(flat) if a in answers[c]]].logsumexp(1) for c in names], 1)  # (B, K)
     probs = grp.softmax(-1)
     return _result([names[i] for i in probs.argmax(-1)], kind, np.zeros(len(lp), int), probs)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 from fastcore.basics import patch
 from .data import LABEL_NAMES, PatchDataset, DataError, atomic_write
-from .captions import measure, caption, FEATURES, QUESTIONS
+from .captions import measure, caption, FEATURES, QUESTIONS, class_choice
 from .lm import LM, attn_mask, get_position_ids
 from .vision import VisionEncoder
 from .fusion import PathVLM, to_images
@@ -363,7 +363,7 @@ def rag_classify(model:PathVLM, # a generative `PathVLM`
                  question:str|None=None, # default: the 'class' prompt of `pathllm.prompting`
                 )->dict: # `probs` (B, K), `pred`, `label`, `prompts`, `neighbours`
     "Class probabilities from the likelihood of each class answer with the `k` nearest patches' captions in the prompt"
-    names = list(LABEL_NAMES[model.cfg.vlm_kind]); question = question or PROMPTS['class'].render(a=names[0], b=names[-1])
+    names = list(LABEL_NAMES[model.cfg.vlm_kind]); question = question or PROMPTS['class'].render(**class_choice(model.cfg.vlm_kind))
     r = _neighbours(model, index, images, query_ids, k, embed)
     prompts = [rag_prompt(question, r[i], with_labels, model.cfg.vlm_kind) for i in range(len(r))]
     probs = answer_logprobs(model, images, [[dict(role='user', content=p)] for p in prompts], names).softmax(-1).cpu()

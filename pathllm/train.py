@@ -14,18 +14,19 @@ from fastai.torch_core import set_seed
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls, BatchAugment,
                           atomic_write, project_root, data_fingerprint, environment_info, open_image)
-from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
-from .lm import train_lm, CheckpointCallback, _SIZES as LM_SIZES
+from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds, recaption
+from .lm import train_lm, CheckpointCallback, LM_SIZES
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier
 from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, fit_stage, vlm_records
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
-from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab
+from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, to_preds
 
 # %% auto #0
 __all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'GROUNDED_KEYS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config',
-           'write_configs', 'vlm_config', 'evaluate_vlm', 'run_train', 'run_eval', 'predict']
+           'write_configs', 'sized_config', 'vlm_config', 'calibrate_threshold', 'evaluate_vlm', 'run_train',
+           'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 CONNECTORS_TRAIN = ('projector', 'qformer', 'xattn')  # generative connectors: they classify and caption
@@ -38,7 +39,7 @@ class TrainConfig:
     n_images:int=400 # synthetic patches when no data is given
     max_train:int|None=None # subsample the training split to this many patches (`None`: all)
     max_valid:int|None=None # subsample the validation split to this many patches (`None`: all)
-    img_size:int=96 # model input side in pixels
+    img_size:int|None=None # model input side in pixels (`None`: the data's patch side; a `crop` in `vit_kw` then scales with it, the configs are written for 96 px)
     bs:int=32 # batch size of every stage
     seed:int=0 # seed of subsampling, init and shuffling
     vit_name:str='pathvit_nano' # vision encoder of baseline and fused model (`get_vision` name)
@@ -60,6 +61,7 @@ class TrainConfig:
     vocab_size:int=512 # BPE vocabulary size
     n_captions:int=3 # caption paraphrases per patch in the instruction data
     caption_margin:float=CAPTION_MARGIN # the training text leaves out features this close to a cut point (share of the bin width)
+    caption_salience:float|None=None # stage-2 text names a feature only where the baseline's head gives its true word this probability (`None`: always)
     rag_share:float=0.0 # share of stage-2 rows that also appear with retrieved training neighbours in the prompt (`pathllm.rag.rag_rows`)
     vlm_connector:str='projector' # 'projector' (LLaVA), 'qformer' (BLIP) or 'xattn' (Flamingo, needs `xattn_every`)
     mp_shuffle:int=2 # pixel-shuffle factor of the projector
@@ -76,6 +78,7 @@ class TrainConfig:
     xattn_every:int=0 # gated cross-attention layer before every k-th LM block of the fused model (0: none)
     max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
     tta:bool=False # score baseline and fused model by the mean over the 8 rotations/reflections of each validation patch
+    calibrate:bool=True # two classes: choose each model's decision threshold on `dev` (`best_threshold`) and store it with the fused model
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # caption groundings scored (the first is the model's default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`pathllm.optimize.GradAccum`): batch `bs * grad_accum`
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
@@ -105,7 +108,7 @@ _pos, _opt = (lambda v: v >= 1), (lambda v: v is None or v >= 2)
 _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAMES)}"),
               n_images=(lambda v: v >= 8, "must be >= 8 (both classes in both splits)"),
               max_train=(_opt, "must be None or >= 2"), max_valid=(_opt, "must be None or >= 2"),
-              img_size=(lambda v: 16 <= v <= 1024, "must be between 16 and 1024"), bs=(_pos, "must be >= 1"),
+              img_size=(lambda v: v is None or 16 <= v <= 1024, "must be None or between 16 and 1024"), bs=(_pos, "must be >= 1"),
               vit_name=(lambda v: v in vision_names() or v.startswith('timm:'), f"must be one of {vision_names()} or 'timm:<name>'"),
               vision_epochs=(_pos, "must be >= 1"), vision_lr=(lambda v: 0 < v < 1, "must be in (0, 1)"),
               lm_size=(lambda v: v in LM_SIZES, f"must be one of {list(LM_SIZES)}"), lm_epochs=(_pos, "must be >= 1"),
@@ -124,16 +127,18 @@ _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAM
               caption_margin=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
               eval_groundings=(lambda v: len(v) >= 1 and set(v) <= set(GROUNDING), f"must be a non-empty list of {list(GROUNDING)}"),
               grad_accum=(_pos, "must be >= 1"), threads=(lambda v: v is None or v >= 1, "must be None or >= 1"),
-              lm_max_texts=(_opt, "must be None or >= 2"), rag_share=(lambda v: 0 <= v <= 1, "must be in [0, 1]"))
+              lm_max_texts=(_opt, "must be None or >= 2"), rag_share=(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+              caption_salience=(lambda v: v is None or 0 < v < 1, "must be None or in (0, 1)"))
 
 # %% ../nbs/11_train.ipynb #e5b6ba9a
 CONFIGS = dict(
     debug=dict(name='debug', n_images=400, vision_epochs=8, vision_lr=2e-3, lm_epochs=1, stage1_epochs=1, stage2_epochs=2,
                max_rows=2000, eval_captions=32),
-    small=dict(name='small', bs=64, vit_name='timm:resnet10t', vit_kw=dict(crop=64), vision_epochs=12, vision_lr=2e-3,
-               stain_sigma=0.2, stain_bias=0.05, lm_kw=dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2), lm_epochs=1,
-               mp_shuffle=1, stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=20_000, eval_captions=64,
-               freeze_vision=True, class_repeat=5, max_valid_rows=1000, tta=True),
+    small=dict(name='small', bs=64, vit_name='timm:resnet10t', vit_kw=dict(crop=64, crop_shift=0.0, output_stride=16),
+               vision_centre=0.5, vision_epochs=12, vision_lr=2e-3, stain_sigma=0.2, stain_bias=0.05,
+               lm_kw=dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2), lm_epochs=1, lm_max_texts=80_000, mp_shuffle=1,
+               stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=40_000, eval_captions=128, freeze_vision=True,
+               class_repeat=2, max_valid_rows=1000, tta=True, rag_share=0.2, caption_salience=0.7),
     full=dict(name='full', bs=128, vit_name='pathvit_r18', vit_kw=dict(pool='mean'), mp_shuffle=1, vision_epochs=10,
               vision_lr=1e-3, lm_size='micro', lm_epochs=3, vocab_size=2048, stage1_epochs=1, stage2_epochs=3, lr2=5e-4,
               max_rows=200_000, eval_captions=256, caption_tokens=96))
@@ -217,8 +222,17 @@ def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `sou
     root = Path(data) if whole and (Path(data)/'instructions_train.jsonl').exists() else \
         caption_dataset(sub, out=out/'data', margin=cfg.caption_margin, n_captions=cfg.n_captions, progress=progress)
     src = _rel(data, out) if Path(data).exists() else str(data)  # a hub name stays as it is
-    return _write_json(out/'data.json', dict(source=src, root=_rel(root, out), kind=ds.kind, valid_split=vs, train=pos['train'],
-                                             dev=pos['dev'], valid=pos[vs]))
+    return _write_json(out/'data.json', dict(source=src, root=_rel(root, out), kind=ds.kind, classes=list(ds.classes), valid_split=vs,
+                                             patch_size=min(ds.image(trn[0]).size), train=pos['train'], dev=pos['dev'], valid=pos[vs]))
+
+def sized_config(cfg:TrainConfig, # a run's config
+                 prep:dict, # the run's `data.json` (its `patch_size`)
+                )->TrainConfig: # `cfg` with `img_size` set
+    "`cfg` for the run's data: `img_size=None` becomes the data's patch side, and a `crop` in `vit_kw` scales with it from 96 px"
+    if cfg.img_size is not None: return cfg
+    sz, kw = int(prep.get('patch_size', 96)), dict(cfg.vit_kw)
+    if kw.get('crop'): kw['crop'] = min(sz, round(kw['crop'] * sz / 96))
+    return replace(cfg, img_size=sz, vit_kw=kw)
 
 def _rel(p, out:Path)->str: # `p` relative to `out` when inside it (the run folder can move), else absolute
     p, o = Path(p).resolve(), out.resolve()
@@ -252,8 +266,10 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
     hist = fit_stage(learn, cfg.vision_epochs, cfg.vision_lr, progress)
     m = learn.model.eval(); m.save_pretrained(out)
     batches = lambda rows: [(x[rows[i:i+cfg.bs]], y[rows[i:i+cfg.bs]]) for i in range(0, len(rows), cfg.bs)]
-    score = lambda rows: classification_metrics(y[rows].tolist(), classifier_probs(m, batches(rows), cfg.tta)[0][:, 1].tolist())
-    res = dict(metrics=score(val), dev_metrics=score(dev) if dev else None, history=hist)
+    probs = lambda rows: classifier_probs(m, batches(rows), cfg.tta)[0].numpy()
+    pd_ = probs(dev) if dev else None; t = best_threshold(y[dev].tolist(), pd_) if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2 else None
+    score = lambda rows, p: classification_metrics(y[rows].tolist(), p, 0.5 if t is None else t, classes=list(LABEL_NAMES[kind]))
+    res = dict(metrics=score(val, probs(val)), dev_metrics=score(dev, pd_) if dev else None, threshold=t, history=hist)
     if spec: res['morph_accuracy'] = _morph_scores(m, x[val], v[val], cfg.bs)
     return _write_json(out/'metrics.json', res)
 
@@ -270,8 +286,9 @@ def vlm_config(cfg:TrainConfig, # the run's config
                lm_path:str|None=None, # folder of the trained language model to start from
               )->VLMConfig: # the fused model's config
     "The `VLMConfig` of the fused model `run_train` builds from `cfg`"
+    cfg = sized_config(cfg, {})  # not yet sized to data (`run_train` sizes it first): the configs' 96 px
     ro = dict(n_classes=len(LABEL_NAMES[kind]), n_morph=len(CAPTION_FEATURES[kind]) if cfg.vision_morph else 0, centre=cfg.vision_centre)
-    return VLMConfig(vlm_connector=cfg.vlm_connector, vlm_kind=kind, vlm_max_len=cfg.vlm_max_len, vit_name=cfg.vit_name,
+    return VLMConfig(vlm_connector=cfg.vlm_connector, vlm_kind=kind, vlm_classes=list(LABEL_NAMES[kind]), vlm_max_len=cfg.vlm_max_len, vit_name=cfg.vit_name,
                      vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw), lm_path=lm_path, mp_shuffle=cfg.mp_shuffle,
                      xattn_every=cfg.xattn_every, vlm_readout=ro if cfg.concept_tokens else None)
 
@@ -282,8 +299,20 @@ def _rag_rows(cfg:TrainConfig, kind:str, root:Path, base:Path)->list: # retrieva
     ix = PatchIndex(emb.shape[1]).add(emb, list(trn.image), trn.label.tolist(), trn.caption.tolist())
     return rag_rows(vlm_records(root, 'train'), ix, dict(zip(trn.image, emb)), kind, cfg.rag_share, seed=cfg.seed)
 
+def _salient(cfg:TrainConfig, kind:str, root:Path, base:Path, out:Path)->Path: # the captioned folder stage 2 reads
+    "With `caption_salience`: the text again, naming per training patch only the features the baseline reads confidently"
+    m = ImageClassifier.from_pretrained(base)
+    if not cfg.caption_salience or not m.cfg.morph: return root
+    df, v, names = _captioned_table(root, kind); rows = _rows(df, 'train') + _rows(df, 'dev')
+    x, spec = image_tensor([root/p for p in df.image.iloc[rows]], cfg.img_size), MorphSpec(**m.cfg.morph)
+    p = torch.cat([m.morphology(x[i:i+cfg.bs])['bins'] for i in range(0, len(x), cfg.bs)])      # (N, F, 3) word probabilities
+    b = spec.bins(v[rows]); pt = p.gather(-1, b.clamp(min=0)[..., None])[..., 0]                  # probability of the true word
+    unsure = (b < 0) | (pt < cfg.caption_salience)
+    omit = {df.image.iloc[r]: [f for f, u in zip(names, unsure[j].tolist()) if u] for j, r in enumerate(rows)}
+    return recaption(root, out, omit, cfg.seed, cfg.caption_margin, cfg.n_captions, kind=kind)
+
 def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_vlm` metrics
-    vc = vlm_config(cfg, kind, str(out.parent/'lm'))
+    vc, root = vlm_config(cfg, kind, str(out.parent/'lm')), _salient(cfg, kind, root, out.parent/'baseline', out.parent/'data_salient')
     _, m = train_vlm(root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
                      bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline',
                      progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
@@ -301,6 +330,16 @@ class _Batched:
     def answer(self, imgs:list, q:str)->list: return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens']), imgs)
     def report(self, imgs:list)->list: return self._b(lambda b: self.model.report(b, max_new_tokens=4*self.kw['max_new_tokens']), imgs)
     def chat(self, img, msg:str, history=())->tuple: return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'])
+
+def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_threshold` is set
+                        ds:PatchDataset, # labelled patches not scored later (the `dev` split)
+                        bs:int=32, # images per batch
+                        tta:bool=False, # class probabilities averaged over the 8 rotations/reflections, as they will be scored
+                       )->float: # the threshold on P(class 1)
+    "Choose `model`'s decision threshold on `ds` (best balanced accuracy) and store it in its config"
+    if len(LABEL_NAMES[model.cfg.vlm_kind]) != 2: raise ValueError(f"calibrate_threshold: {model.cfg.vlm_kind} has {len(LABEL_NAMES[model.cfg.vlm_kind])} classes; a threshold needs 2")
+    model.cfg.vlm_threshold = best_threshold([int(l) for l in ds.labels], _class_probs(model, [ds.image(i) for i in range(len(ds))], bs, tta))
+    return model.cfg.vlm_threshold
 
 def _class_probs(model:PathVLM, imgs:list, bs:int, tta:bool=False)->np.ndarray: # (N, K) class probabilities
     kw = dict(tta=True) if tta else {}  # image-only adapters (bench) take no `tta`
@@ -322,7 +361,9 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
     "Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers; write the report"
     imgs, y, kind = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels], model.cfg.vlm_kind
     probs = _class_probs(model, imgs, bs, tta)
-    met, sub, pred = dict(classification_metrics(y, probs[:, 1]), n_images=len(ds)), [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))], probs.argmax(1)
+    t = getattr(model.cfg, 'vlm_threshold', None); t = 0.5 if t is None else t
+    met = dict(classification_metrics(y, probs, t, classes=list(LABEL_NAMES[kind])), n_images=len(ds), threshold=t)
+    sub, pred = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))], to_preds(probs, t)
     tm, o, grounded = {}, {}, {}
     for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
         tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]  # asked once
@@ -331,7 +372,7 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
         grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
     met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
     if len(grounded) > 1: met['groundings'] = grounded
-    write_report(out, met, y_true=y, probs=probs[:, 1], images=o.get('images'), captions=o.get('captions'),
+    write_report(out, met, y_true=y, probs=probs, images=o.get('images'), captions=o.get('captions'),
                  classes=list(LABEL_NAMES[kind]), kind=kind, thr=getattr(model, 'thresholds', None), **report_kw)
     return json.loads((out/'report.json').read_text())
 
@@ -350,12 +391,15 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     prep = _stage('data', out/'data.json', resume, log, lambda: _prepare(cfg, data, out, progress))
     src = out/prep['source'] if (out/prep['source']).exists() else prep['source']
     ds, root, kind, vs = load_patches(src), out/prep['root'], prep['kind'], prep.get('valid_split', 'valid')
+    cfg = sized_config(cfg, prep)
     val = ds.subset(prep['valid'])
     base = _stage('baseline', out/'baseline'/'metrics.json', resume, log, lambda: _baseline(cfg, root, kind, vs, out/'baseline', resume, progress))
     lm = _stage('lm', out/'lm'/'metrics.json', resume, log, lambda: _lm(cfg, root, out/'lm', resume, progress))
     fus = _stage('fusion', out/'vlm'/'metrics.json', resume, log, lambda: _fusion(cfg, kind, root, out/'vlm', resume, progress))
     def evaluate():
-        model = PathVLM.from_pretrained(out/'vlm'); model.save_pretrained(out/'model')
+        model = PathVLM.from_pretrained(out/'vlm')
+        if cfg.calibrate and len(ds.classes) == 2 and prep.get('dev'): calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta)
+        model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
         return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, cfg.tta, cfg.eval_groundings,
                             text_vocab(read_corpus(root, 'train')), baseline=base['metrics'], history=hist,
@@ -389,12 +433,13 @@ def run_eval(model_dir:str|Path, # a saved model folder of either backend (e.g. 
 def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathVLM`
             images:list, # image files, PIL images or uint8 (H, W, 3) arrays
             max_new_tokens:int=64, # tokens per caption at most
-           )->list: # per image a dict: `label`, `prob` (of that label), `caption`
+           )->list: # per image a dict: `label`, `prob` (of that label), `probs` (class name -> probability), `caption`
     "Class, its probability and a caption for each image"
     model = load_vlm(model_dir)
     imgs = [_open(i) for i in images]
     res, caps = model.classify(imgs, generate=False), model.caption(imgs, max_new_tokens=max_new_tokens)
-    return [dict(label=l, prob=float(p.max()), caption=c) for l, p, c in zip(res['label'], res['probs'], caps)]
+    names = list(LABEL_NAMES[model.cfg.vlm_kind])
+    return [dict(label=l, prob=float(p.max()), probs=dict(zip(names, map(float, p))), caption=c) for l, p, c in zip(res['label'], res['probs'], caps)]
 
 def _open(i): # an image file -> RGB PIL image (a `DataError` naming a missing or unreadable file); anything else unchanged
     return open_image(i).convert('RGB') if isinstance(i, (str, Path)) else i
