@@ -15,7 +15,7 @@ from fastai.torch_core import set_seed
 from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint, environment_info
 from .captions import QUESTIONS, read_corpus
 from .vision import vision_learner_for, class_logits, dihedral_mean, ImageClassifier
-from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
+from .fusion import CONNECTORS, VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
 from .rag import image_embeddings, index_patches, knn_classify, rag_prompt
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
@@ -86,7 +86,9 @@ class ImageOnly:
     "The scoring interface (`cfg.vlm_kind`, `classify`) of an image-only classifier (`pathllm.vision.ImageClassifier`)"
     def __init__(self, model, # a trained `ImageClassifier`
                  kind:str='pcam', # 'pcam' or 'mhist': the class names
-                 img_size:int=96): self.model, self.cfg, self.sz = model.eval(), types.SimpleNamespace(vlm_kind=kind), img_size  # side the images are resized to
+                 img_size:int=96, # side the images are resized to
+                 threshold:float|None=None): # two classes: P(class 1) from which it calls class 1 (as `VLMConfig.vlm_threshold`)
+        self.model, self.cfg, self.sz = model.eval(), types.SimpleNamespace(vlm_kind=kind, vlm_threshold=threshold), img_size
     @torch.no_grad()
     def classify(self, images, generate:bool=False, tta:bool=False)->dict: # `tta`: mean over the 8 rotations/reflections
         x = to_images(images, self.sz, next(self.model.parameters()).device)
@@ -160,10 +162,11 @@ def _row_cnn(c:_Run):
 
 def _row_vit(c:_Run): # the baseline `run_train` trained, rebuilt from its checkpoint
     m = ImageClassifier.from_pretrained(c.run/'baseline')
-    return ImageOnly(m, c.kind, c.cfg.img_size), dict(params=_n_params(m), train_s=c.stages['baseline']['seconds'])
+    t = c.rep['config'].get('baseline', {}).get('threshold')  # the dev-calibrated threshold `run_train` scored it with
+    return ImageOnly(m, c.kind, c.cfg.img_size, t), dict(params=_n_params(m), train_s=c.stages['baseline']['seconds'])
 
 def _train_connector(c:_Run, connector:str): # a fused model with another connector ('dual', 'qformer'), trained like the main job's
-    dual = connector == 'dual'  # the dual encoder trains its own text tower and tokenizer on every caption row
+    dual = not CONNECTORS[connector].generative  # the dual encoder trains its own text tower and tokenizer on every caption row
     vc = replace(vlm_config(c.cfg, c.kind, None if dual else str(c.run/'lm')), vlm_connector=connector)
     kw = dict(vocab_size=c.cfg.vocab_size) if dual else dict(max_rows=c.cfg.max_rows)
     m, met = train_vlm(c.root, c.run.parent/'rows'/connector/'model', vc, stage1_epochs=c.cfg.stage1_epochs, stage2_epochs=c.cfg.stage2_epochs,

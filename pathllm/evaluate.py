@@ -708,6 +708,7 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
                    margin:float=CAPTION_MARGIN, # the references' margin (see `pathllm.captions.caption`)
                    classes:list|None=None, # the model's predicted class per patch (default: from `classify`, when it runs)
                    tasks:tuple|None=None, # the tasks to run, among 'classify', 'caption', 'report', 'answer' (default: all the model has)
+                   probs:list|None=None, # the class probabilities per patch the model's answers use (default: from `classify`, when it runs)
                   )->tuple: # (metrics dict, outputs dict: y_true, probs, captions, reports, images, morphs)
     "Run the tasks `model` has on `ds` and score them"
     kind, thr = kind or getattr(ds, 'kind', 'pcam'), thr or getattr(model, 'thresholds', None)
@@ -732,6 +733,6 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
         met.update(report_metrics(outs['reports'], ms, kind, thr, pred, getattr(model, 'level_odds', None)))
     if has('answer'):
         met.update(vqa_metrics(model, imgs, ms, y, kind, thr, margin))
-        met.update(qa_metrics(model, imgs, ms, y, kind, thr, None if outs.get('probs') is None else np.asarray(outs['probs']).tolist(), margin))
+        met.update(qa_metrics(model, imgs, ms, y, kind, thr, None if (p := outs.get('probs', probs)) is None else np.asarray(p).tolist(), margin))
     if has('chat'): met['chat_consistency'] = chat_consistency(model, imgs, kind)
     return met, outs

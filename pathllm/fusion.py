@@ -30,14 +30,33 @@ from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexi
 from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedral_mean
 
 # %% auto #0
-__all__ = ['CONNECTORS', 'GROUNDING', 'VLMConfig', 'pixel_shuffle', 'Projector', 'QFormerBlock', 'QFormer', 'GatedCrossAttention',
-           'ConceptTokens', 'TextEncoder', 'ContrastiveHead', 'clip_loss', 'merge_image_tokens', 'PathVLM',
-           'VisionFeatures', 'vlm_records', 'VLMDataset', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter',
-           'FrozenVisionCache', 'vlm_learner', 'to_images', 'retrieval_recall', 'init_vision', 'fit_stage',
-           'vlm_accuracy', 'train_vlm']
+__all__ = ['CONNECTORS', 'GROUNDING', 'Connector', 'register_connector', 'VLMConfig', 'pixel_shuffle', 'Projector',
+           'QFormerBlock', 'QFormer', 'GatedCrossAttention', 'ConceptTokens', 'TextEncoder', 'ContrastiveHead',
+           'clip_loss', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'VLMDataset', 'vlm_collate',
+           'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'vlm_learner', 'to_images', 'retrieval_recall',
+           'init_vision', 'fit_stage', 'vlm_accuracy', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
-CONNECTORS = ('projector', 'qformer', 'dual', 'xattn')
+@dataclass(frozen=True)
+class Connector:
+    "How a connector plugs into `PathVLM`: its module, built as `cls(cfg, vision_width, n_vision_tokens)` with an `n_tokens`"
+    cls:type|str # maps the vision tokens (B, N, D) to the LM's image tokens (B, n_tokens, C) (a dual encoder's: image and text vectors to logits); a str names one defined in this module
+    generative:bool=True # feeds a decoder LM that writes text (False: a contrastive text encoder, the 'dual' design)
+    xattn:bool=False # needs gated cross-attention layers in the LM (`xattn_every` >= 1)
+    hf:bool=False # also works with a Hugging Face LM (`pathllm.hf`)
+    def build(self, cfg, d_vis:int, n_vis:int)->nn.Module: # the connector module for this config and vision tower
+        return (globals()[self.cls] if isinstance(self.cls, str) else self.cls)(cfg, d_vis, n_vis)
+
+CONNECTORS = {}  # name -> `Connector`: the one registry that the config, the model, training, the bench and the HF backend read
+def register_connector(name:str, # the `vlm_connector` value
+                       cls:type, # the module (see `Connector`)
+                       **kw, # `Connector` flags: `generative`, `xattn`, `hf`
+                      )->Connector:
+    "Make `name` a connector every part of the library accepts"
+    CONNECTORS[name] = Connector(cls, **kw); return CONNECTORS[name]
+
+for _n, _c, _kw in [('projector', 'Projector', dict(hf=True)), ('qformer', 'QFormer', dict(hf=True)),   # the built-ins, defined below
+                    ('dual', 'ContrastiveHead', dict(generative=False)), ('xattn', 'QFormer', dict(xattn=True))]: register_connector(_n, _c, **_kw)
 GROUNDING = ('none', 'class', 'rerank')  # how `caption` and `report` tie their text to the image (see "Grounded captions")
 _LM_FIELDS = ('vocab_size', 'n_layer', 'n_embd', 'n_head', 'n_kv_head', 'dropout')
 _VLM_SIZES = dict(tiny=dict(lm_n_layer=2, lm_n_embd=64, lm_n_head=4),
@@ -90,8 +109,9 @@ class VLMConfig:
         if self.clip_pool not in ('eos', 'mean'): raise ValueError(f"clip_pool: must be 'eos' or 'mean', got {self.clip_pool!r}")
         if self.mp_n_layer not in (1, 2): raise ValueError(f"mp_n_layer: must be 1 or 2, got {self.mp_n_layer}")
         if self.vlm_ground not in GROUNDING: raise ValueError(f"vlm_ground: must be one of {list(GROUNDING)}, got {self.vlm_ground!r}")
-        if self.xattn_every < 0 or (self.xattn_every and self.vlm_connector == 'dual'): raise ValueError(f"xattn_every: must be >= 0 and 0 for 'dual', got {self.xattn_every}")
-        if self.vlm_connector == 'xattn' and not self.xattn_every: raise ValueError("xattn_every: vlm_connector='xattn' needs xattn_every >= 1")
+        con = CONNECTORS[self.vlm_connector]
+        if self.xattn_every < 0 or (self.xattn_every and not con.generative): raise ValueError(f"xattn_every: must be >= 0 and 0 for a non-generative connector ({self.vlm_connector!r}), got {self.xattn_every}")
+        if con.xattn and not self.xattn_every: raise ValueError(f"xattn_every: vlm_connector={self.vlm_connector!r} needs xattn_every >= 1")
         if self.vlm_readout is not None and (bad := set(self.vlm_readout) - {'n_classes', 'n_morph', 'centre'}): raise ValueError(f"vlm_readout: unknown keys {sorted(bad)}; expected n_classes, n_morph, centre")
         if self.vlm_thresholds is not None and (bad := set(self.vlm_thresholds) - set(WORD_FEATURES)): raise ValueError(f"vlm_thresholds: unknown features {sorted(bad)}")
         if self.vlm_threshold is not None and not (0 < self.vlm_threshold < 1 and len(LABEL_NAMES[self.vlm_kind]) == 2): raise ValueError(f"vlm_threshold: must be in (0, 1), for two classes only; got {self.vlm_threshold} for {len(LABEL_NAMES[self.vlm_kind])}")
@@ -264,19 +284,17 @@ def merge_image_tokens(tok_embeds:torch.Tensor, # (B, T, C) text embeddings
     return x, mask, pos
 
 # %% ../nbs/05_fusion.ipynb #6d052b3b
-_CONNECT = dict(projector=Projector, qformer=QFormer, dual=ContrastiveHead, xattn=QFormer)
-
 class PathVLM(Module):
     "Vision encoder + connector + language model (or text encoder for 'dual'), chosen by `cfg.vlm_connector`"
     def __init__(self, cfg:VLMConfig, # the config
                  tok:PathTokenizer|None=None, # tokenizer for the tasks (`classify`, `caption`, ...)
                  load_backbone:bool=False): # load pretrained vision weights and the LM in `cfg.lm_path`
-        self.cfg, self.tok, self.dual = cfg, tok, cfg.vlm_connector == 'dual'
+        self.cfg, self.tok, self.dual = cfg, tok, not CONNECTORS[cfg.vlm_connector].generative
         self.vision = get_vision(cfg.vit_name, cfg.vit_img_size, pretrained=load_backbone and cfg.vit_pretrained,
                                  checkpoint_path=cfg.vit_checkpoint if load_backbone else None, **cfg.vit_kw)
         if self.dual: self.lm = TextEncoder(cfg)
         else: self.lm = LM.from_pretrained(cfg.lm_path).train() if load_backbone and cfg.lm_path else LM(cfg.lm_config)
-        self.connector = _CONNECT[cfg.vlm_connector](cfg, self.vision.dim, self.vision.n_tokens)
+        self.connector = CONNECTORS[cfg.vlm_connector].build(cfg, self.vision.dim, self.vision.n_tokens)
         ro = cfg.vlm_readout if not self.dual else None  # a multi-task baseline's heads: their predictions become concept tokens
         self.readout = Readout(self.vision.dim, **ro) if ro else None
         self.concepts = ConceptTokens(ro['n_classes'], ro.get('n_morph', 0), cfg.lm_n_embd) if ro else None
@@ -800,7 +818,7 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     tok = tok or PathTokenizer.train([t for r in vlm_records(root, 'train', conversations=True) for t in _texts(r)], vocab_size)
     set_seed(seed)
     if model is None: cfg = replace(cfg, lm_vocab_size=len(tok)); model = PathVLM(cfg, tok, load_backbone=True)
-    t0, dual = time.time(), cfg.vlm_connector == 'dual'
+    t0, dual = time.time(), not CONNECTORS[cfg.vlm_connector].generative
     if vision_init is not None: init_vision(model, vision_init)
     dl = partial(vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed, text_only=dual,
                  max_valid_rows=max_valid_rows)

@@ -17,7 +17,7 @@ from .data import atomic_write, PatchDataset
 from .tokenizer import PathTokenizer, normalize_conversation
 from .lm import LM, LMConfig, KVCache, get_position_ids, lm_loss, save_weights, read_weights
 from .vision import VisionEncoder, VisionOutput, get_vision, vision_names
-from .fusion import (PathVLM, VLMConfig, Projector, QFormer, VLMDataset, vlm_records, vlm_dataloaders, vlm_learner,
+from .fusion import (CONNECTORS, PathVLM, VLMConfig, Projector, QFormer, VLMDataset, vlm_records, vlm_dataloaders, vlm_learner,
                             _captioned, train_vlm)
 
 # %% auto #0
@@ -151,7 +151,6 @@ class HFVision(VisionEncoder):
         return VisionOutput(h[:, h.shape[1] - self.n_tokens:], o.pooler_output)                          # drop class tokens
 
 # %% ../nbs/05b_hf.ipynb #b7a65639
-_HF_CONNECT = dict(projector=Projector, qformer=QFormer)
 _THROWAWAY = dict(vlm_connector='projector', vit_name='pathvit_nano', vit_img_size=16, vit_kw={}, mp_shuffle=1, lm_vocab_size=8,  # smallest parts
                   lm_n_layer=1, lm_n_embd=8, lm_n_head=1, lm_n_kv_head=None, lm_kw={}, lm_path=None)
 
@@ -162,12 +161,13 @@ class HFVLM(PathVLM):
                  lm:HFLM, # the language model
                  vision:VisionEncoder, # the vision tower
                  vision_spec:dict|None=None): # how to rebuild `vision` in `from_pretrained` (see `hf_vlm`)
-        if cfg.vlm_connector not in _HF_CONNECT: raise ValueError(f"connector: {cfg.vlm_connector!r} is not available with a Hugging Face LM; choose from {list(_HF_CONNECT)}")
+        hf_ok = [n for n, c in CONNECTORS.items() if c.hf]
+        if cfg.vlm_connector not in hf_ok: raise ValueError(f"connector: {cfg.vlm_connector!r} is not available with a Hugging Face LM; choose from {hf_ok}")
         if getattr(cfg, 'xattn_every', 0): raise ValueError("xattn_every: gated cross-attention needs pathllm's own LM blocks; use 0 with a Hugging Face LM")
         if len(tok) != lm.cfg.vocab_size: raise ValueError(f"tok: {len(tok)} tokens but the LM has {lm.cfg.vocab_size} embeddings")
         super().__init__(replace(cfg, **_THROWAWAY))  # sets `PathVLM`'s own attributes, on throwaway parts replaced below
         self.cfg, self.tok, self.lm, self.vision, self.vision_spec = cfg, tok, lm, vision, vision_spec or {}
-        self.connector = _HF_CONNECT[cfg.vlm_connector](cfg, vision.dim, vision.n_tokens)
+        self.connector = CONNECTORS[cfg.vlm_connector].build(cfg, vision.dim, vision.n_tokens)
 
 # %% ../nbs/05b_hf.ipynb #c0a7311f
 def _causal_lm(lm, vocab:int, quant:dict, dtype): # a `transformers` causal LM with `vocab` embeddings

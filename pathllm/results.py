@@ -12,9 +12,9 @@ import numpy as np
 from .data import atomic_write, project_root
 
 # %% auto #0
-__all__ = ['COUNTERWEIGHTS', 'QUALITY', 'TABLE_KINDS', 'mean_sd', 'check_counterweights', 'check_seeds', 'stamp', 'md_table',
-           'train_table', 'bench_table', 'read_manifest', 'load_runs', 'render_results', 'trim_run', 'publish_run',
-           'fill_markers', 'stale_blocks', 'result_files', 'sync_results']
+__all__ = ['COUNTERWEIGHTS', 'QUALITY', 'LANGUAGE', 'TABLE_KINDS', 'mean_sd', 'check_counterweights', 'check_seeds', 'stamp',
+           'md_table', 'train_table', 'language_table', 'bench_table', 'read_manifest', 'load_runs', 'render_results',
+           'trim_run', 'publish_run', 'fill_markers', 'stale_blocks', 'result_files', 'sync_results']
 
 # %% ../nbs/12a_results.ipynb #e4ad5b42
 def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are left out)
@@ -93,6 +93,27 @@ def train_table(runs:dict, # configuration label -> the `report.json` dicts of `
         envs += [r['config']['environment'] for r in reps]; fps += fp
     return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'TTA', *[h for h, _, _ in QUALITY]], rows), stamp(envs, fps)])
 
+# %% ../nbs/12a_results.ipynb #1fd531e8
+LANGUAGE = (('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2), ('attribute acc', 'attribute_acc', 3),
+            ('distinct', 'distinct', 3), ('dx = call', 'dx_agrees_class', 3), ('closed VQA', 'vqa_closed_acc', 3),
+            ('report numbers', 'report_numbers_per_report', 1), ('number rel. err', 'report_number_rel_err', 4),
+            ('word ≠ number', 'report_word_number_inconsistent', 3), ('impression = call', 'report_impression_agrees_class', 3),
+            ('answer form', 'qa_form', 3), ('answer topic', 'qa_topic', 3), ('confidence = prob', 'qa_confidence_matches_prob', 3),
+            ('chat consistency', 'chat_consistency', 3))  # (header, key, decimals) of the fused model's text metrics
+
+def language_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
+                  )->str: # markdown: the patches and seeds, the table, the stamp
+    "The fused model's text metrics of each configuration, mean ± sd over its seeds"
+    check_counterweights([k for _, k, _ in LANGUAGE])
+    rows, notes, envs, fps = [], [], [], []
+    for label, reps in runs.items():
+        cfgs, fp = [r['config']['train'] for r in reps], [r['config']['data']['fingerprint'] for r in reps]
+        seeds = check_seeds([c['seed'] for c in cfgs], cfgs, fp, label)
+        rows.append([f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]])
+        notes.append(f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches; {_seeds_text(seeds)}.")
+        envs += [r['config']['environment'] for r in reps]; fps += fp
+    return '\n\n'.join([' '.join(notes), md_table(['config', *[h for h, _, _ in LANGUAGE]], rows), stamp(envs, fps)])
+
 # %% ../nbs/12a_results.ipynb #98339d26
 _TTA = {True: 'yes', False: 'no', None: 'n/a'}
 
@@ -121,7 +142,7 @@ def bench_table(runs:dict, # one label -> the `bench.json` dicts of `run_bench`,
     return '\n\n'.join([head, md_table(hdr, rows), f"{done} {stamp([r['environment'] for r in bs], [r['data']['fingerprint'] for r in bs])}"])
 
 # %% ../nbs/12a_results.ipynb #b4e31732
-TABLE_KINDS = dict(train=train_table, bench=bench_table)  # kind in `results/tables.json` -> the function rendering `{label: [run, ...]}`
+TABLE_KINDS = dict(train=train_table, bench=bench_table, language=language_table)  # kind in `results/tables.json` -> the function rendering `{label: [run, ...]}`
 
 def read_manifest(root:str|Path, # the project root holding `results/`
                  )->dict: # table name -> `kind` and `runs` (label -> glob patterns under `results/`)

@@ -17,20 +17,17 @@ from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synt
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds, recaption
 from .lm import train_lm, CheckpointCallback, LM_SIZES
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier
-from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, fit_stage, vlm_records
+from .fusion import CONNECTORS, GROUNDING, VLMConfig, PathVLM, train_vlm, fit_stage, vlm_records
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
 from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, to_preds
 
 # %% auto #0
-__all__ = ['CONNECTORS_TRAIN', 'CONFIGS', 'GROUNDED_KEYS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config',
-           'write_configs', 'sized_config', 'vlm_config', 'calibrate_threshold', 'evaluate_vlm', 'run_train',
-           'run_eval', 'predict']
+__all__ = ['CONFIGS', 'GROUNDED_KEYS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs',
+           'sized_config', 'vlm_config', 'calibrate_threshold', 'evaluate_vlm', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
-CONNECTORS_TRAIN = ('projector', 'qformer', 'xattn')  # generative connectors: they classify and caption
-
 @dataclass
 class TrainConfig:
     "Sizes of every stage of `run_train`: data, image-only baseline, language model, fusion, evaluation"
@@ -88,7 +85,7 @@ class TrainConfig:
         for f in fields(self): _check_field(f.name, getattr(self, f.name), _hints()[f.name])
         for k, v in _RULES.items():
             if not v[0](getattr(self, k)): raise ValueError(f"config field {k!r}: {v[1]}, got {getattr(self, k)!r}")
-        if self.vlm_connector == 'xattn' and not self.xattn_every: raise ValueError("config field 'xattn_every': vlm_connector='xattn' needs xattn_every >= 1")
+        if getattr(CONNECTORS.get(self.vlm_connector), 'xattn', False) and not self.xattn_every: raise ValueError(f"config field 'xattn_every': vlm_connector={self.vlm_connector!r} needs xattn_every >= 1")
 
 # %% ../nbs/11_train.ipynb #90077f9e
 @functools.lru_cache(None)
@@ -114,7 +111,7 @@ _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAM
               lm_size=(lambda v: v in LM_SIZES, f"must be one of {list(LM_SIZES)}"), lm_epochs=(_pos, "must be >= 1"),
               lm_lr=(lambda v: 0 < v < 1, "must be in (0, 1)"), lm_seq_len=(lambda v: v >= 8, "must be >= 8"),
               vocab_size=(lambda v: v >= 288, "must be >= 288 (256 bytes + special tokens + merges)"),
-              vlm_connector=(lambda v: v in CONNECTORS_TRAIN, f"must be one of {list(CONNECTORS_TRAIN)}"),
+              vlm_connector=(lambda v: v in CONNECTORS and CONNECTORS[v].generative, "must be a generative connector of `pathllm.fusion.CONNECTORS` (they classify and caption)"),
               mp_shuffle=(_pos, "must be >= 1"), vlm_max_len=(lambda v: v >= 16, "must be >= 16"),
               stage1_epochs=(_pos, "must be >= 1"), stage2_epochs=(_pos, "must be >= 1"),
               lr1=(lambda v: 0 < v < 1, "must be in (0, 1)"), lr2=(lambda v: 0 < v < 1, "must be in (0, 1)"),
@@ -364,10 +361,11 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
     t = getattr(model.cfg, 'vlm_threshold', None); t = 0.5 if t is None else t
     met = dict(classification_metrics(y, probs, t, classes=list(LABEL_NAMES[kind])), n_images=len(ds), threshold=t)
     sub, pred = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))], to_preds(probs, t)
+    own = probs[:len(sub)] if not (tta and sub) else _class_probs(model, [im for im, _ in sub], bs)  # the calls the model's own texts are made with (no TTA)
     tm, o, grounded = {}, {}, {}
     for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
         tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]  # asked once
-        r, oo = evaluate_model(_Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=pred[:len(sub)].tolist(), tasks=tasks)
+        r, oo = evaluate_model(_Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=to_preds(own, t).tolist(), tasks=tasks, probs=own)
         if j == 0: tm, o = r, oo
         grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
     met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
