@@ -498,7 +498,7 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
                 max_new_tokens:int=48, # tokens per generated text
                )->pd.DataFrame: # one row per technique: accuracy, AUC, parse rate, text metrics, tokens and seconds per image
     "Zero-shot, constrained, few-shot, chain-of-thought, self-consistency, RAG k=1/4/8 and kNN, scored alike on the same patches"
-    from pathllm.prompting import zero_shot, constrained, few_shot, chain_of_thought, self_consistency
+    from pathllm.prompting import zero_shot, constrained, few_shot, chain_of_thought, self_consistency, compare_techniques
     cot = partial(chain_of_thought, max_new_tokens=max_new_tokens)
     techs = {'zero-shot': partial(zero_shot, model), 'constrained': partial(constrained, model)}
     if examples: techs[f'few-shot (k={len(examples)}, images)'] = partial(few_shot, model, examples=examples)

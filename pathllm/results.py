@@ -13,8 +13,8 @@ from .data import atomic_write, project_root
 
 # %% auto #0
 __all__ = ['COUNTERWEIGHTS', 'QUALITY', 'LANGUAGE', 'TABLE_KINDS', 'mean_sd', 'check_counterweights', 'check_seeds', 'stamp',
-           'md_table', 'train_table', 'language_table', 'bench_table', 'read_manifest', 'load_runs', 'render_results',
-           'trim_run', 'publish_run', 'fill_markers', 'stale_blocks', 'result_files', 'sync_results']
+           'md_table', 'train_table', 'language_table', 'per_class_table', 'bench_table', 'read_manifest', 'load_runs',
+           'render_results', 'trim_run', 'publish_run', 'fill_markers', 'stale_blocks', 'result_files', 'sync_results']
 
 # %% ../nbs/12a_results.ipynb #e4ad5b42
 def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are left out)
@@ -114,6 +114,21 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
         envs += [r['config']['environment'] for r in reps]; fps += fp
     return '\n\n'.join([' '.join(notes), md_table(['config', *[h for h, _, _ in LANGUAGE]], rows), stamp(envs, fps)])
 
+# %% ../nbs/12a_results.ipynb #3b6c5850
+def per_class_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
+                   )->str: # markdown: each class's recall and one-vs-rest AUC for baseline and fused model, the stamp
+    "Per-class recall and AUC of the image-only baseline and the fused model, mean ± sd over seeds"
+    rows, envs, fps, notes = [], [], [], []
+    for label, reps in runs.items():
+        cfgs, fp = [r['config']['train'] for r in reps], [r['config']['data']['fingerprint'] for r in reps]
+        seeds = check_seeds([c['seed'] for c in cfgs], cfgs, fp, label)
+        for model, get in (('image-only baseline', lambda r: r.get('baseline') or {}), ('fused model', lambda r: r)):
+            pcs = [get(r).get('per_class') or {} for r in reps]
+            for c in pcs[0]: rows.append([f'`{label}`', model, c, *[mean_sd([pc.get(c, {}).get(k) for pc in pcs], 3) for k in ('recall', 'precision', 'auc')], pcs[0][c].get('n')])
+        notes.append(f"`{label}`: {_seeds_text(seeds)}.")
+        envs += [r['config']['environment'] for r in reps]; fps += fp
+    return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'class', 'recall', 'precision', 'AUC (one vs rest)', 'patches'], rows), stamp(envs, fps)])
+
 # %% ../nbs/12a_results.ipynb #98339d26
 _TTA = {True: 'yes', False: 'no', None: 'n/a'}
 
@@ -142,7 +157,7 @@ def bench_table(runs:dict, # one label -> the `bench.json` dicts of `run_bench`,
     return '\n\n'.join([head, md_table(hdr, rows), f"{done} {stamp([r['environment'] for r in bs], [r['data']['fingerprint'] for r in bs])}"])
 
 # %% ../nbs/12a_results.ipynb #b4e31732
-TABLE_KINDS = dict(train=train_table, bench=bench_table, language=language_table)  # kind in `results/tables.json` -> the function rendering `{label: [run, ...]}`
+TABLE_KINDS = dict(train=train_table, bench=bench_table, language=language_table, per_class=per_class_table)  # kind in `results/tables.json` -> the function rendering `{label: [run, ...]}`
 
 def read_manifest(root:str|Path, # the project root holding `results/`
                  )->dict: # table name -> `kind` and `runs` (label -> glob patterns under `results/`)
