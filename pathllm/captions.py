@@ -638,9 +638,10 @@ def _crypts_answer(m, kind, lv):
 
 def confidence_answer(probs:list, # class probabilities of one image
                       names:list, # class names
+                      c:int|None=None, # the model's call (e.g. with a decision threshold); default: the likelier class
                      )->str: # 'Very sure: tumor, probability 0.97.'
     "The answer to 'how sure are you?': the model's class and its probability, in words and number"
-    i = int(np.argmax(probs)); p = float(probs[i])
+    i = int(np.argmax(probs)) if c is None else int(c); p = float(probs[i])
     return f"{'Very sure' if p >= 0.9 else 'Fairly sure' if p >= 0.7 else 'Unsure'}: {names[i]}, probability {p:.2f}."
 
 # %% ../nbs/01_captions.ipynb #036e09a2

@@ -19,12 +19,13 @@ from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_ca
 
 # %% auto #0
 __all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'to_preds', 'accuracy', 'confusion', 'balanced_accuracy', 'f1',
-           'roc_auc', 'per_class_metrics', 'classification_metrics', 'best_threshold', 'stain_shift', 'stain_stress',
-           'plot_stain_stress', 'bleu4', 'rouge_l', 'cider', 'normalize_answer', 'exact_match', 'token_f1',
-           'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'hallucination', 'claims_per_text',
-           'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore',
-           'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion', 'plot_claims', 'write_report', 'report_metrics',
-           'qa_metrics', 'chat_consistency', 'caption_metrics', 'vqa_metrics', 'evaluate_model']
+           'roc_auc', 'per_class_metrics', 'classification_metrics', 'best_threshold', 'decision_threshold',
+           'stain_shift', 'stain_stress', 'plot_stain_stress', 'bleu4', 'rouge_l', 'cider', 'normalize_answer',
+           'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'hallucination',
+           'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
+           'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
+           'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
+           'vqa_metrics', 'evaluate_model']
 
 # %% ../nbs/10_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -131,10 +132,11 @@ def classification_metrics(y_true:list, # true class ids
     C = len(classes) if classes else x.shape[1] if _is_probs(x) and x.ndim == 2 else max(2, int(max(np.max(y_true), pred.max())) + 1)
     p2 = (np.stack([1 - x, x], 1) if x.ndim == 1 else x) if _is_probs(x) else np.eye(C)[pred]
     score = x if _is_probs(x) else (pred if C == 2 else p2)
-    two = dict(sensitivity=float(np.mean(pred[np.asarray(y_true) == 1] == 1)), specificity=float(np.mean(pred[np.asarray(y_true) == 0] == 0))) if C == 2 else {}
+    pc = per_class_metrics(y_true, pred, p2, classes or [str(i) for i in range(C)]); rec = [r['recall'] for r in pc.values()]
+    two = dict(sensitivity=rec[1], specificity=rec[0]) if C == 2 else {}  # the recalls of class 1 and class 0
     return dict(accuracy=accuracy(y_true, pred), balanced_accuracy=balanced_accuracy(y_true, pred), **two,
                 auc=roc_auc(y_true, score), f1=f1(y_true, pred, 1 if C == 2 else None), macro_f1=f1(y_true, pred, None),
-                confusion=confusion(y_true, pred, C).tolist(), per_class=per_class_metrics(y_true, pred, p2, classes or [str(i) for i in range(C)]),
+                confusion=confusion(y_true, pred, C).tolist(), per_class=pc,
                 n=len(pred))
 
 # %% ../nbs/10_evaluate.ipynb #125fc8ad
@@ -149,6 +151,9 @@ def best_threshold(y_true:list, # true class ids, 0 or 1
     s = np.unique(p); cuts = np.concatenate([(s[:-1] + s[1:])/2, [s[-1]]])   # between neighbouring scores, or above all but the top
     ba = [((p >= t)[y == 1].mean() + (p < t)[y == 0].mean())/2 for t in cuts]
     return float(cuts[int(np.argmax(ba))])
+
+def decision_threshold(model)->float: # the cut on P(class 1) a model calls with: its stored `cfg.vlm_threshold`, else 0.5
+    t = getattr(getattr(model, 'cfg', None), 'vlm_threshold', None); return 0.5 if t is None else float(t)
 
 # %% ../nbs/10_evaluate.ipynb #655d3cf1
 def stain_shift(images:list, # PIL images or uint8 (H, W, 3) arrays
@@ -175,8 +180,7 @@ def stain_stress(models:dict, # name -> anything with `classify(images, generate
         xs = stain_shift(images, s, seed)
         for name, m in models.items():
             with torch.no_grad(): p = np.concatenate([np.asarray(m.classify(xs[i:i+bs], generate=False)['probs'].cpu()) for i in range(0, len(xs), bs)])
-            t = getattr(getattr(m, 'cfg', None), 'vlm_threshold', None)
-            c = classification_metrics(y, p, 0.5 if t is None else t)
+            c = classification_metrics(y, p, decision_threshold(m))
             r = dict(model=name, strength=s, **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc')})
             ref.setdefault(name, r); rows.append({**r, 'auc_drop': ref[name]['auc'] - r['auc'], 'acc_drop': ref[name]['accuracy'] - r['accuracy']})
     return rows
@@ -617,6 +621,7 @@ def qa_metrics(model, # anything with `answer(images, questions)`
                thr:Thresholds|None=None, # the words' cut points
                probs:list|None=None, # the model's class probabilities per patch: scores the 'confidence' answers
                margin:float=CAPTION_MARGIN, # feature questions only where the feature is clear
+               calls:list|None=None, # the class the model calls per patch (e.g. with its decision threshold); default: the likelier class
               )->dict: # answer-form and topic rates, correctness per type, confidence agreement
     "The held-out questions of every type about each patch: is each answer of the form asked, on topic, right"
     qs = [(i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in held_out_questions(m, l, kind, i, thr, margin)]
@@ -626,7 +631,7 @@ def qa_metrics(model, # anything with `answer(images, questions)`
         t = o['type']
         if t == 'confidence':
             st = re.search(r'probability\s+(\d*\.?\d+)', a)
-            ok = probs is not None and st is not None and abs(float(st.group(1)) - max(probs[i])) <= 0.01
+            ok = probs is not None and st is not None and abs(float(st.group(1)) - probs[i][int(np.argmax(probs[i])) if calls is None else int(calls[i])]) <= 0.01
             form.setdefault(t, []).append(answer_form(a, kind) == 'confidence'); right.setdefault(t, []).append(ok); continue
         want = 'yesno' if t == 'diagnosis' else 'diagnosis' if t == 'location' else t
         form.setdefault(t, []).append(answer_form(a, kind) == want or (t == 'location' and a.lower().startswith(('in the centre', 'nowhere'))))
@@ -719,7 +724,8 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
     met, outs, pred = dict(n_images=len(imgs)), dict(y_true=y, images=imgs, morphs=ms), classes
     if has('classify'):
         ans, outs['probs'] = _probs_of(model.classify(imgs))
-        met.update(classification_metrics(y, outs['probs'], classes=list(LABEL_NAMES[kind]))); pred = list(to_preds(outs['probs'])) if pred is None else pred
+        t = decision_threshold(model)
+        met.update(classification_metrics(y, outs['probs'], t, classes=list(LABEL_NAMES[kind]))); pred = list(to_preds(outs['probs'], t)) if pred is None else pred
         if ans is not None: met['class_answer_acc'] = closed_accuracy(list(ans), [LABEL_NAMES[kind][l] for l in y])
     if has('caption'):
         outs['captions'] = list(model.caption(imgs))
@@ -733,6 +739,6 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
         met.update(report_metrics(outs['reports'], ms, kind, thr, pred, getattr(model, 'level_odds', None)))
     if has('answer'):
         met.update(vqa_metrics(model, imgs, ms, y, kind, thr, margin))
-        met.update(qa_metrics(model, imgs, ms, y, kind, thr, None if (p := outs.get('probs', probs)) is None else np.asarray(p).tolist(), margin))
+        met.update(qa_metrics(model, imgs, ms, y, kind, thr, None if (p := outs.get('probs', probs)) is None else np.asarray(p).tolist(), margin, pred))
     if has('chat'): met['chat_consistency'] = chat_consistency(model, imgs, kind)
     return met, outs

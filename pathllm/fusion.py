@@ -103,7 +103,7 @@ class VLMConfig:
 
     def __post_init__(self):
         if self.vlm_connector not in CONNECTORS: raise ValueError(f"vlm_connector: unknown connector {self.vlm_connector!r}; choose from {list(CONNECTORS)}")
-        if self.vlm_classes is not None: self.vlm_classes = list(register_kind(self.vlm_kind, self.vlm_classes) and LABEL_NAMES[self.vlm_kind])
+        if self.vlm_classes is not None: register_kind(self.vlm_kind, self.vlm_classes); self.vlm_classes = list(LABEL_NAMES[self.vlm_kind])
         if self.vlm_kind not in LABEL_NAMES: raise ValueError(f"vlm_kind: unknown data set {self.vlm_kind!r}; choose from {list(LABEL_NAMES)}")
         if self.clip_img_pool not in ('mean', 'pooled'): raise ValueError(f"clip_img_pool: must be 'mean' or 'pooled', got {self.clip_img_pool!r}")
         if self.clip_pool not in ('eos', 'mean'): raise ValueError(f"clip_pool: must be 'eos' or 'mean', got {self.clip_pool!r}")
@@ -579,7 +579,8 @@ def answer(self:PathVLM, images, question:str|list, # one question for all image
     if rest := [i for i in range(len(x)) if i not in conf]:
         for i, a in zip(rest, self.generate(x[rest], [qs[i] for i in rest], [hs[i] for i in rest], **kw)): out[i] = a
     if conf:
-        for i, p in zip(conf, self.classify(x[conf], generate=False)['probs'].tolist()): out[i] = confidence_answer(p, LABEL_NAMES[kind])
+        r = self.classify(x[conf], generate=False)  # the class it calls (its stored threshold included) and that class's probability
+        for i, p, c in zip(conf, r['probs'].tolist(), r['pred'].tolist()): out[i] = confidence_answer(p, LABEL_NAMES[kind], c)
     return out
 
 @patch

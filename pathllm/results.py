@@ -77,21 +77,28 @@ def md_table(header:list, # column names
     return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
 
 # %% ../nbs/12a_results.ipynb #e8544b6c
+def _train_runs(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
+               )->tuple: # (label -> its checked seeds, the stamp of every run): what every `run_train` table shares
+    fps = lambda reps: [r['config']['data']['fingerprint'] for r in reps]
+    seeds = {label: check_seeds([r['config']['train']['seed'] for r in reps], [r['config']['train'] for r in reps], fps(reps), label)
+             for label, reps in runs.items()}
+    rs = [r for reps in runs.values() for r in reps]
+    return seeds, stamp([r['config']['environment'] for r in rs], fps(rs))
+
+_BASE_FUSED = (('image-only baseline', lambda r: r.get('baseline') or {}), ('fused model', lambda r: r))  # the two models of a report
+
 def train_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                )->str: # markdown: what was run on which data, the table, the stamp
     "The image-only baseline and the fused model of each configuration, mean ± sd over its seeds"
     check_counterweights([k for _, k, _ in QUALITY])
-    rows, notes, envs, fps = [], [], [], []
+    (seeds, st), rows, notes = _train_runs(runs), [], []
     for label, reps in runs.items():
-        cfgs, fp = [r['config']['train'] for r in reps], [r['config']['data']['fingerprint'] for r in reps]
-        seeds, c, d = check_seeds([c['seed'] for c in cfgs], cfgs, fp, label), cfgs[0], reps[0]['config']['data']
-        for model, get in ((f"image-only baseline (`{c['vit_name']}`)", lambda r: r.get('baseline') or {}),
-                           (f"fused model (`{c['vlm_connector']}`)", lambda r: r)):
-            rows.append([f'`{label}`', model, 'yes' if c.get('tta') else 'no', *[mean_sd([get(r).get(k) for r in reps], dg) for _, k, dg in QUALITY]])
+        c, d = reps[0]['config']['train'], reps[0]['config']['data']
+        for (model, get), arch in zip(_BASE_FUSED, (c['vit_name'], c['vlm_connector'])):
+            rows.append([f'`{label}`', f'{model} (`{arch}`)', 'yes' if c.get('tta') else 'no', *[mean_sd([get(r).get(k) for r in reps], dg) for _, k, dg in QUALITY]])
         notes.append(f"`{label}` (config `{c['name']}`): {d['n_train']:,} training, {d.get('n_dev', 0):,} dev and {d['n_valid']:,} validation "
-                     f"patches of `{Path(d['source']).name}`, scored on the validation patches; {_seeds_text(seeds)}.")
-        envs += [r['config']['environment'] for r in reps]; fps += fp
-    return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'TTA', *[h for h, _, _ in QUALITY]], rows), stamp(envs, fps)])
+                     f"patches of `{Path(d['source']).name}`, scored on the validation patches; {_seeds_text(seeds[label])}.")
+    return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'TTA', *[h for h, _, _ in QUALITY]], rows), st])
 
 # %% ../nbs/12a_results.ipynb #1fd531e8
 LANGUAGE = (('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2), ('attribute acc', 'attribute_acc', 3),
@@ -105,29 +112,23 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
                   )->str: # markdown: the patches and seeds, the table, the stamp
     "The fused model's text metrics of each configuration, mean ± sd over its seeds"
     check_counterweights([k for _, k, _ in LANGUAGE])
-    rows, notes, envs, fps = [], [], [], []
-    for label, reps in runs.items():
-        cfgs, fp = [r['config']['train'] for r in reps], [r['config']['data']['fingerprint'] for r in reps]
-        seeds = check_seeds([c['seed'] for c in cfgs], cfgs, fp, label)
-        rows.append([f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]])
-        notes.append(f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches; {_seeds_text(seeds)}.")
-        envs += [r['config']['environment'] for r in reps]; fps += fp
-    return '\n\n'.join([' '.join(notes), md_table(['config', *[h for h, _, _ in LANGUAGE]], rows), stamp(envs, fps)])
+    seeds, st = _train_runs(runs)
+    rows = [[f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]] for label, reps in runs.items()]
+    notes = [f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches; {_seeds_text(seeds[label])}."
+             for label, reps in runs.items()]
+    return '\n\n'.join([' '.join(notes), md_table(['config', *[h for h, _, _ in LANGUAGE]], rows), st])
 
 # %% ../nbs/12a_results.ipynb #3b6c5850
 def per_class_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                    )->str: # markdown: each class's recall and one-vs-rest AUC for baseline and fused model, the stamp
     "Per-class recall and AUC of the image-only baseline and the fused model, mean ± sd over seeds"
-    rows, envs, fps, notes = [], [], [], []
+    (seeds, st), rows = _train_runs(runs), []
     for label, reps in runs.items():
-        cfgs, fp = [r['config']['train'] for r in reps], [r['config']['data']['fingerprint'] for r in reps]
-        seeds = check_seeds([c['seed'] for c in cfgs], cfgs, fp, label)
-        for model, get in (('image-only baseline', lambda r: r.get('baseline') or {}), ('fused model', lambda r: r)):
+        for model, get in _BASE_FUSED:
             pcs = [get(r).get('per_class') or {} for r in reps]
             for c in pcs[0]: rows.append([f'`{label}`', model, c, *[mean_sd([pc.get(c, {}).get(k) for pc in pcs], 3) for k in ('recall', 'precision', 'auc')], pcs[0][c].get('n')])
-        notes.append(f"`{label}`: {_seeds_text(seeds)}.")
-        envs += [r['config']['environment'] for r in reps]; fps += fp
-    return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'class', 'recall', 'precision', 'AUC (one vs rest)', 'patches'], rows), stamp(envs, fps)])
+    notes = [f"`{label}`: {_seeds_text(seeds[label])}." for label in runs]
+    return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'class', 'recall', 'precision', 'AUC (one vs rest)', 'patches'], rows), st])
 
 # %% ../nbs/12a_results.ipynb #98339d26
 _TTA = {True: 'yes', False: 'no', None: 'n/a'}

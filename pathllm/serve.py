@@ -393,7 +393,7 @@ def _run_batch(self:Pipeline, key:tuple, rows:list)->list: # on the worker: one 
 @patch
 def _batch_classify(self:Pipeline, xs:list, generate:bool, tta:bool)->list:
     r = self.model.classify(xs, generate=generate, tta=tta)
-    out = [dict(label=l, prob=float(p.max()), probs=dict(zip(self.classes, map(float, p)))) for l, p in zip(r['label'], r['probs'].cpu())]
+    out = [dict(label=l, prob=float(p[i]), probs=dict(zip(self.classes, map(float, p)))) for l, i, p in zip(r['label'], r['pred'].tolist(), r['probs'].cpu())]
     if generate:
         for o, a in zip(out, r['answer']): o['answer'] = a
     return out
@@ -474,7 +474,7 @@ def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict, 
     kind = self.model.cfg.vlm_kind
     with self.batcher.coming(): xs, single = self.prepare(images)
     if question_type(question, kind) == 'confidence':  # answered from the class probability, not generated
-        out = [{key: confidence_answer(list(r['probs'].values()), list(r['probs']))} for r in self.batcher.submit(('classify', False, False), xs)]
+        out = [{key: confidence_answer(list(r['probs'].values()), list(r['probs']), list(r['probs']).index(r['label']))} for r in self.batcher.submit(('classify', False, False), xs)]
         return out[0] if single else out
     qs = [question + '\n' + measurement_text(measure(np.asarray(x), kind), kind) if tool else question for x in xs]  # the tool's numbers
     for q in dict.fromkeys(qs): self.check_tokens(q, [], gen['max_new_tokens'])

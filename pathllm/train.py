@@ -21,7 +21,7 @@ from .fusion import CONNECTORS, GROUNDING, VLMConfig, PathVLM, train_vlm, fit_st
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
-from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, to_preds
+from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, decision_threshold, to_preds
 
 # %% auto #0
 __all__ = ['CONFIGS', 'GROUNDED_KEYS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs',
@@ -358,9 +358,9 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
     "Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers; write the report"
     imgs, y, kind = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels], model.cfg.vlm_kind
     probs = _class_probs(model, imgs, bs, tta)
-    t = getattr(model.cfg, 'vlm_threshold', None); t = 0.5 if t is None else t
+    t = decision_threshold(model)
     met = dict(classification_metrics(y, probs, t, classes=list(LABEL_NAMES[kind])), n_images=len(ds), threshold=t)
-    sub, pred = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))], to_preds(probs, t)
+    sub = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))]
     own = probs[:len(sub)] if not (tta and sub) else _class_probs(model, [im for im, _ in sub], bs)  # the calls the model's own texts are made with (no TTA)
     tm, o, grounded = {}, {}, {}
     for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
@@ -437,7 +437,8 @@ def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathV
     imgs = [_open(i) for i in images]
     res, caps = model.classify(imgs, generate=False), model.caption(imgs, max_new_tokens=max_new_tokens)
     names = list(LABEL_NAMES[model.cfg.vlm_kind])
-    return [dict(label=l, prob=float(p.max()), probs=dict(zip(names, map(float, p))), caption=c) for l, p, c in zip(res['label'], res['probs'], caps)]
+    return [dict(label=l, prob=float(p[i]), probs=dict(zip(names, map(float, p))), caption=c)
+            for l, i, p, c in zip(res['label'], res['pred'].tolist(), res['probs'], caps)]
 
 def _open(i): # an image file -> RGB PIL image (a `DataError` naming a missing or unreadable file); anything else unchanged
     return open_image(i).convert('RGB') if isinstance(i, (str, Path)) else i
