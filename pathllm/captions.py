@@ -24,11 +24,11 @@ __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEAT
            'SHOW_FEATURES', 'stain_od', 'segment_nuclei', 'nuclei_props', 'ByKind', 'class_text', 'class_choice',
            'Morphology', 'centre_box', 'measure', 'Thresholds', 'calibrate', 'level', 'levels', 'caption',
            'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report', 'parse_report',
-           'report_numbers', 'check_numbers', 'level_odds', 'check_consistency', 'confidence_answer', 'cot_answer',
-           'vqa_pairs', 'question_type', 'answer_form', 'conversation', 'held_out_questions', 'llava_record',
-           'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'few_shot_turns', 'caption_dataset',
-           'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists',
-           'show_captions']
+           'report_numbers', 'check_numbers', 'level_odds', 'check_consistency', 'phrasings', 'confidence_answer',
+           'cot_answer', 'vqa_pairs', 'question_type', 'answer_form', 'conversation', 'held_out_questions',
+           'llava_record', 'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'few_shot_turns',
+           'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus', 'read_corpus',
+           'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -552,34 +552,50 @@ QUESTIONS = ByKind({
 FEATURE_QUESTIONS = {'area': ('Are the nuclei enlarged?', 2), 'area_cv': ('Are the nuclei pleomorphic?', 2),
                      'h_od': ('Are the nuclei hyperchromatic?', 2), 'crowding': ('Are the nuclei crowded?', 2),
                      'lumen_area': ('Are the crypts dilated?', 2), 'lumen_circ': ('Are the crypt outlines serrated?', 0)}
+def phrasings(frames:tuple, # templates with one '{}' (a verb frame: 'Describe {}.')
+              topics:tuple, # what is asked about ('the nuclear size', 'the size of the nuclei')
+              direct:tuple=(), # whole questions added as they are
+             )->tuple: # every frame with every topic, then `direct`
+    "Compositional phrasings: each frame with each topic, so a model learns the topic, not one sentence"
+    return tuple(f.format(t) for f in frames for t in topics) + tuple(direct)
+
+_FRAMES = ('Describe {}.', 'Tell me about {}.', 'What can you say about {}?', 'Please describe {}.', 'Please assess {}.',
+           'What is {} like?', 'How would you characterise {}?', 'Evaluate {}.')  # never 'Comment on' nor 'How would you describe' (held out)
+_AND = ('And {}?', 'What about {}?', 'How about {}?', 'Tell me about {}.')       # follow-ups that lean on the conversation
 ASK = {  # question type -> (feature, training phrasings, held-out phrasings: never in the training text, for evaluation)
-    'size': ('area', ('What size are the nuclei?', 'How big are the nuclei?', 'Describe the nuclear size.'),
+    'size': ('area', phrasings(_FRAMES, ('the nuclear size', 'the size of the nuclei'), ('What size are the nuclei?', 'How big are the nuclei?')),
              ('How large are the nuclei in the centre?', 'Comment on the size of the nuclei.')),
-    'shape': ('ecc', ('What shape are the nuclei?', 'Describe the nuclear shape.'),
+    'shape': ('ecc', phrasings(_FRAMES, ('the nuclear shape', 'the shape of the nuclei', 'the nuclear outline'), ('What shape are the nuclei?',)),
               ('How would you describe the outline of the nuclei?', 'Comment on the shape of the nuclei.')),
-    'chromatin': ('h_od', ('How darkly stained are the nuclei?', 'Describe the chromatin.'),
+    'chromatin': ('h_od', phrasings(_FRAMES, ('the chromatin', 'the nuclear staining', 'the staining of the nuclei'),
+                                    ('How darkly stained are the nuclei?', 'How dark are the nuclei?')),
                   ('How intense is the nuclear staining?', 'Comment on the chromatin.')),
-    'pleomorphism': ('area_cv', ('How variable are the nuclei in size?', 'Describe the nuclear pleomorphism.'),
+    'pleomorphism': ('area_cv', phrasings(_FRAMES, ('the nuclear pleomorphism', 'the variability of the nuclei'),
+                                          ('How variable are the nuclei in size?', 'How variable are the nuclei?')),
                      ('How much do the nuclear sizes vary?', 'Comment on nuclear pleomorphism.')),
-    'crowding': ('crowding', ('How crowded are the nuclei?', 'Describe the arrangement of the nuclei.'),
+    'crowding': ('crowding', phrasings(_FRAMES, ('the arrangement of the nuclei', 'the nuclear crowding', 'the spacing of the nuclei',
+                                                 'the packing of the nuclei'), ('How crowded are the nuclei?',)),
                  ('How closely packed are the nuclei?', 'Comment on the spacing of the nuclei.')),
-    'cellularity': ('density', ('How cellular is the region?', 'What is the cellularity?'),
+    'cellularity': ('density', phrasings(_FRAMES, ('the cellularity', 'the cell density', 'the density of cells'),
+                                         ('How cellular is the region?', 'What is the cellularity?', 'How many cells are there?')),
                     ('How densely populated with cells is the region?', 'Comment on the cellularity.')),
-    'stroma': ('stroma', ('How much stroma is there?', 'Describe the stroma.'),
+    'stroma': ('stroma', phrasings(_FRAMES, ('the stroma', 'the amount of stroma', 'the connective tissue'), ('How much stroma is there?',)),
                ('How much connective tissue is present?', 'Comment on the stroma.')),
-    'crypt_size': ('lumen_area', ('How wide are the crypts?', 'Describe the crypt lumens.'), ('Comment on the crypt calibre.',)),
-    'crypt_outline': ('lumen_circ', ('Describe the crypt outlines.', 'How regular are the crypt outlines?'), ('Comment on the crypt contours.',)),
+    'crypt_size': ('lumen_area', phrasings(_FRAMES, ('the crypt lumens', 'the width of the crypts'), ('How wide are the crypts?',)),
+                   ('Comment on the crypt calibre.',)),
+    'crypt_outline': ('lumen_circ', phrasings(_FRAMES, ('the crypt outlines', 'the crypt borders'), ('How regular are the crypt outlines?',)),
+                      ('Comment on the crypt contours.',)),
 }
 FOLLOW_UPS = {  # question type -> (training, held-out) follow-up phrasings that lean on the conversation so far
-    'size': (('And their size?', 'What about their size?'), ('How big are they?',)),
-    'shape': (('And their shape?', 'What about their shape?'), ('What shape are they?',)),
-    'chromatin': (('And the chromatin?', 'What about their staining?'), ('How dark are they?',)),
-    'pleomorphism': (('How variable are they?', 'And their variability?'), ('How uniform are they?',)),
-    'crowding': (('And their spacing?', 'How are they arranged?'), ('How tightly packed are they?',)),
-    'cellularity': (('And the cellularity?', 'What about the cellularity?'), ('How cellular is it overall?',)),
-    'stroma': (('And the stroma?', 'What about the stroma?'), ('How much stroma?',)),
-    'crypt_size': (('And the crypt lumens?',), ('How wide are they?',)),
-    'crypt_outline': (('And the crypt outlines?',), ('What about their borders?',)),
+    'size': (phrasings(_AND, ('their size', 'the size')), ('How big are they?',)),
+    'shape': (phrasings(_AND, ('their shape', 'their outline')), ('What shape are they?',)),
+    'chromatin': (phrasings(_AND, ('the chromatin', 'their staining')), ('How dark are they?',)),
+    'pleomorphism': (phrasings(_AND, ('their variability', 'their pleomorphism')), ('How uniform are they?',)),
+    'crowding': (phrasings(_AND, ('their spacing', 'their arrangement'), ('How are they arranged?',)), ('How tightly packed are they?',)),
+    'cellularity': (phrasings(_AND, ('the cellularity', 'the cell density')), ('How cellular is it overall?',)),
+    'stroma': (phrasings(_AND, ('the stroma', 'the connective tissue')), ('How much stroma?',)),
+    'crypt_size': (phrasings(_AND, ('the crypt lumens',)), ('How wide are they?',)),
+    'crypt_outline': (phrasings(_AND, ('the crypt outlines',)), ('What about their borders?',)),
 }
 def _generic_ask(key): # the diagnosis questions of any registered kind; '{c}' is the class asked about
     if key[1] == 'diagnosis': return (QUESTIONS[key[0], 'closed'], ('Would you call this {c}?', 'Is this patch {c}?'))
@@ -587,12 +603,16 @@ def _generic_ask(key): # the diagnosis questions of any registered kind; '{c}' i
     raise KeyError(f'{key}: no such question for {key[0]!r}')
 
 CLASS_ASK = ByKind({  # (kind, type) -> (training, held-out) phrasings of the questions about the diagnosis ('{c}': the class asked about)
-    ('pcam', 'diagnosis'): (QUESTIONS['pcam', 'closed'], ('Do you see metastatic carcinoma in the central region?',
+    ('pcam', 'diagnosis'): (QUESTIONS['pcam', 'closed'] + phrasings(('Is there {} in the centre?', 'Does the central region contain {}?',
+                                                                       'Is the centre positive for {}?', 'Can you find {} in the centre?'),
+                                                                      ('metastatic tumour', 'tumour', 'metastatic carcinoma', 'carcinoma', 'cancer')), ('Do you see metastatic carcinoma in the central region?',
                                                           'Is the centre of this node involved by tumour?')),
     ('mhist', 'diagnosis'): (QUESTIONS['mhist', 'closed'], ('Is this polyp a sessile serrated lesion?', 'Would you call this an SSA?')),
-    ('pcam', 'location'): (('Where is the tumour?', 'Which region does the diagnosis refer to?'),
+    ('pcam', 'location'): (('Where is the tumour?', 'Which region does the diagnosis refer to?', 'Where is the tumour located?',
+                            'Where is the lesion?', 'Which area is affected?', 'Where is the abnormality located?'),
                            ('In which part of the patch is the lesion?', 'Where exactly is the abnormality?')),
-    ('pcam', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?'),
+    ('pcam', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?', 'How sure are you?',
+                              'What is the probability of your call?'),
                              ('How certain is this diagnosis?', 'How likely is your answer to be right?')),
     ('mhist', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?'),
                               ('How certain is this diagnosis?', 'How likely is your answer to be right?')),
@@ -692,13 +712,13 @@ def vqa_pairs(morph:Morphology, # measured features
     return out + [dict(q=COT_QUESTION.format(**class_choice(kind)), a=cot_answer(morph, label, kind, thr, margin, omit), task='cot')]
 
 # %% ../nbs/01_captions.ipynb #a07b1193
-_QTYPES = [('confidence', r'\b(?:sure|confiden\w*|certain\w*|probab\w*|likel\w*)\b'), ('location', r'\b(?:where|which (?:region|part))\b'),
-           ('report', r'\breport\b'), ('crypt_size', r'\b(?:lumens?|wide|widened|dilated|dilation|calibre)\b'),
+_QTYPES = [('confidence', r'\b(?:sure|confiden\w*|certain\w*|probab\w*|likel\w*)\b'), ('location', r'\b(?:where|which (?:region|part|area))\b'),
+           ('report', r'\breport\b'), ('crypt_size', r'\b(?:lumens?|wide|width|widened|dilated|dilation|calibre)\b'),
            ('crypt_outline', r'\b(?:contours?|borders?|saw-?toothed)\b|\bcrypt outlines?\b'),
            ('pleomorphism', r'\b(?:pleomorph\w*|vary|variab\w*|uniform)'), ('size', r'\b(?:size|sizes|large|big|small|enlarged)\b'),
            ('shape', r'\b(?:shape|round|oval|elongated|outline)\b'), ('chromatin', r'\b(?:chromatin|stain\w*|dark\w*|hyperchromatic|pale)\b'),
-           ('crowding', r'\b(?:crowd\w*|spac\w*|arrange\w*|packed|overlap\w*|apart)\b'),
-           ('diagnosis', r'\b(?:tumou?r\w*|carcinoma|metasta\w*|malignan\w*|benign|normal|diagnos\w*|ssa|sessile|hyperplastic|polyp|lesion|hp)\b'),
+           ('crowding', r'\b(?:crowd\w*|spac\w*|arrange\w*|pack\w*|overlap\w*|apart)\b'),
+           ('diagnosis', r'\b(?:tumou?r\w*|carcinoma|metasta\w*|malignan\w*|cancer\w*|benign|normal|diagnos\w*|ssa|sessile|hyperplastic|polyp|lesion|hp)\b'),
            ('cellularity', r'\b(?:cellular\w*|cells?|dens\w*|how many)\b'), ('stroma', r'\b(?:stroma\w*|connective)\b'),
            ('caption', r'\b(?:caption|image|patch|show)\b'), ('nuclei', r'\bnucle\w*'), ('crypts', r'\bcrypts?\b')]
 _YESNO = ('is', 'are', 'does', 'do', 'can', 'has', 'have', 'would', 'could', 'was', 'were')
@@ -736,16 +756,24 @@ def conversation(morph:Morphology, # measured features
                  thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
                  margin:float=0., # the caption and the follow-ups leave out features this close to a cut point
                  omit:tuple=(), # features the caption never names and no follow-up asks about
+                 style:str|None=None, # 'describe', 'questions', or `None`: either, picked by `seed`
                 )->list: # (question, answer) turns
-    "A multi-turn conversation about one patch: describe, classify, justify, then follow-ups that lean on the context"
+    """A multi-turn conversation about one patch. 'describe': describe, classify, justify, follow-ups that lean on the
+    context, then the first of them asked again in other words; 'questions': two features asked, the first asked again
+    as a follow-up, then the diagnosis. A feature asked twice gets the same level both times."""
     rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin, omit)
+    style = style or ('describe', 'questions')[int(rng.random() < 0.5)]
+    if style not in ('describe', 'questions'): raise ValueError(f"style: {style!r} is not 'describe' or 'questions'")
+    ts, feat = rng.permutation(_open_types(kind, clear))[:2], lambda t: _feature_answer(morph, kind, ASK[t][0], lv, rng)
+    if style == 'questions' and len(ts):
+        turns = [(str(rng.choice(ASK[t][1])), feat(t)) for t in ts] + [(str(rng.choice(FOLLOW_UPS[ts[0]][0])), feat(ts[0]))]
+        return turns + [_diagnosis_qa(label, kind, rng)]
     turns = [(str(rng.choice(QUESTIONS['caption'])), caption(morph, label, kind, seed, thr, margin, omit)),
              (str(rng.choice(QUESTIONS[kind, 'class'])), LABEL_NAMES[kind][label]),
              ('Which features support this?', _nuclei_answer(morph, kind, clear))]
     if kind == 'mhist': turns.append(('And the crypts?', _crypts_answer(morph, kind, clear)))
-    for t in rng.permutation(_open_types(kind, clear))[:2]:
-        turns.append((str(rng.choice(FOLLOW_UPS[t][0])), _feature_answer(morph, kind, ASK[t][0], lv, rng)))
-    return turns
+    turns += [(str(rng.choice(FOLLOW_UPS[t][0])), feat(t)) for t in ts]
+    return turns + ([(str(rng.choice(ASK[ts[0]][1])), feat(ts[0]))] if len(ts) else [])
 
 def held_out_questions(morph:Morphology, # measured features
                        label:int, # class id

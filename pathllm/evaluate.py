@@ -646,11 +646,11 @@ def chat_consistency(model, # anything with `chat(image, message, history)` -> `
                      imgs:list, # the patches
                      kind:str='pcam', # 'pcam' or 'mhist'
                     )->float: # share of patches whose nuclear-size word is the same when asked twice
-    "Ask the nuclear size, then something else, then the size again in other words: does the size word stay the same?"
+    "Ask the nuclear size, then something else, then the size again as a follow-up (all held-out phrasings): does the size word stay the same?"
     same = []
     for i, im in enumerate(imgs):
-        a1, h = model.chat(im, ASK['size'][1][i % len(ASK['size'][1])])
-        _, h = model.chat(im, ASK['stroma'][1][0], h)
+        a1, h = model.chat(im, ASK['size'][2][i % len(ASK['size'][2])])
+        _, h = model.chat(im, ASK['stroma'][2][0], h)
         a2, _ = model.chat(im, FOLLOW_UPS['size'][1][0], h)
         w1, w2 = [{b for _, f, b in extract_claims(a, kind) if f == 'area'} for a in (a1, a2)]
         same.append(bool(w1) and w1 == w2)
