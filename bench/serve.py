@@ -1,7 +1,7 @@
 """Serving benchmark: what dynamic batching buys, and the server under load (issues 19 and 22).
 
-Starts `python -m pathllm.serve` on 127.0.0.1 (`pathllm.serve.server_process`) twice on the same model, machine and
-run: with dynamic batching (the default) and without it (`--max-batch 1`: one request at a time, as before).
+Starts the server (`pathllm.serve.serve`) on 127.0.0.1 (`pathllm.serve.server_process`) twice on the same model, machine and
+run: with dynamic batching (the default) and without it (`max_batch=1`: one request at a time, as before).
 Everything is reported as ratios measured in this one run:
 
 - in-process latency of one image (`Pipeline.classify`, no HTTP), and the REST /classify p95 latency at 8 concurrent

@@ -6,27 +6,30 @@ Docs: https://pathllm.github.io/pathllm/bench.html.md"""
 
 # %% ../nbs/13_bench.ipynb #cb2e83bb
 from __future__ import annotations
-import inspect, json, time, types, warnings
+import inspect, json, math, time, types, warnings
 from dataclasses import dataclass, asdict, field, fields, replace
 from functools import partial
 from pathlib import Path
-import numpy as np, torch
+import numpy as np, pandas as pd, torch
+from PIL import Image
 from fastai.torch_core import set_seed
-from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint, environment_info
-from .captions import QUESTIONS, read_corpus
+from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint, environment_info, StainNormalizer
+from .captions import QUESTIONS, read_corpus, measure, caption, hallucination_rate, CAPTION_MARGIN
 from .vision import vision_learner_for, class_logits, dihedral_mean, ImageClassifier
 from .fusion import CONNECTORS, VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
-from .rag import image_embeddings, index_patches, knn_classify, rag_prompt
+from .rag import image_embeddings, index_patches, knn_classify, rag_prompt, PatchIndex, compare_all
+from .prompting import pick_examples
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
-from .evaluate import classification_metrics, text_vocab
-from .fusion import fit_stage
-from .train import load_config, read_config, run_train, TrainConfig, evaluate_vlm, vlm_config, sized_config
-from .results import bench_table
+from .evaluate import (classification_metrics, text_vocab, best_threshold, decision_threshold, stain_shift, stain_stress,
+                              plot_stain_stress, cider, rouge_l, claims_per_text)
+from .fit import fit_stage
+from .train import load_config, read_config, run_train, TrainConfig, evaluate_vlm, vlm_config, sized_config, run_data, class_probs
+from .results import bench_table, ASSESSMENTS
 
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench',
-           'run_speed']
+           'run_speed', 'assess_run']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
 ROWS = ('cnn', 'vit', 'dual', 'knn', 'projector', 'projector_rag', 'projector_stage1', 'qformer', 'lora', 'qlora', 'int8', 'nf4')
@@ -263,9 +266,7 @@ def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, 
     bc, out, env = bench_config(config), Path(out), environment_info(); cfg = bc.train_config()
     if data is None: data = pcam_dir()
     rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
-    prep = json.loads((run/'data.json').read_text())
-    src = run/prep['source'] if (run/prep['source']).exists() else prep['source']
-    ds, kind = load_patches(src), prep['kind']; fp, cfg = data_fingerprint(ds), sized_config(cfg, prep)
+    ds, prep = run_data(run); kind = prep['kind']; fp, cfg = data_fingerprint(ds), sized_config(cfg, prep)
     trn, val, trn_val = ds.subset(prep['train']), ds.subset(prep['valid']), ds.subset(prep['train'] + prep['valid'])
     c = _Run(bc, cfg, run, kind, rep, trn, trn_val, PathVLM.from_pretrained(run/'model').eval())
     imgs, rows, vocab = [val.image(i) for i in range(min(len(val), bc.n_latency + 1))], [], text_vocab(read_corpus(c.root, 'train'))
@@ -293,11 +294,90 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
               n_tokens:int=16, # generated tokens per timed generation
              )->list: # one row per variant (`compare_variants` rows)
     "The bench's speed section: ms/image and tokens/s of each inference variant as ratios to fp32 from the same run; writes `speed.json`, `speed.md`"
-    out = Path(out); run = out/'train'; prep = json.loads((run/'data.json').read_text())
-    src = run/prep['source'] if (run/prep['source']).exists() else prep['source']
-    val = load_patches(src).subset(prep['valid'][:n_images])
+    out = Path(out); run = out/'train'; ds, prep = run_data(run)
+    val = ds.subset(prep['valid'][:n_images])
     imgs, y = [val.image(i) for i in range(len(val))], [int(l) for l in val.labels]
     score = lambda p, c: {k: v for k, v in classification_metrics(y, p.numpy()).items() if k in ('accuracy', 'auc')}
     rows, _ = compare_variants(PathVLM.from_pretrained(run/'model'), imgs, variants, score, bs=bs, n_tokens=n_tokens, rounds=rounds)
     speed_report(rows, out, dict(model=str(run/'model'), n_images=len(imgs), bs=bs, rounds=rounds, n_tokens=n_tokens, threads=torch.get_num_threads()))
     return rows
+
+# %% ../nbs/13_bench.ipynb #e53ceaa6
+def _dev_thresholds(models:dict, dev, val, tta:bool)->dict: # per model: valid metrics at 0.5 and at the threshold chosen on dev
+    yd, yv, out = [int(l) for l in dev.labels], [int(l) for l in val.labels], {}
+    for name, m in models.items():
+        tt = tta and 'tta' in inspect.signature(m.classify).parameters
+        pd_, pv = (class_probs(m, [d.image(i) for i in range(len(d))], tta=tt) for d in (dev, val))
+        out[name] = {}
+        for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', best_threshold(yd, pd_))):
+            c = classification_metrics(yv, pv, th); cm = np.array(c['confusion'])
+            out[name][lab] = dict(threshold=th, **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity')},
+                                  fn=int(cm[1, 0]), fp=int(cm[0, 1]))
+    return out
+
+def _stain_norm(models:dict, ims:list, y:list, trn, strengths:tuple, seed:int)->list: # accuracy/AUC re-stained, without and with normalisation
+    side = max(1, math.isqrt(min(16, len(trn)))); tiles = [np.asarray(trn.image(i).convert('RGB')) for i in range(side*side)]  # reference: a mosaic of training patches
+    mosaic = np.concatenate([np.concatenate(tiles[r*side:(r+1)*side], 1) for r in range(side)], 0)
+    norms, rows = {'none': None, 'macenko': StainNormalizer('macenko', mosaic), 'reinhard': StainNormalizer('reinhard', mosaic)}, []
+    for s in strengths:
+        xs = stain_shift(ims, s, seed=seed)
+        for k, nm in norms.items():
+            xn = xs if nm is None else [Image.fromarray(nm.transform(np.asarray(x.convert('RGB')))) for x in xs]
+            for name, m in models.items():
+                c = classification_metrics(y, class_probs(m, xn), decision_threshold(m))
+                rows.append(dict(strength=s, normalisation=k, model=name, accuracy=c['accuracy'], auc=c['auc']))
+    return rows
+
+def _prompting(model:PathVLM, root:Path, n:int, seed:int)->dict: # every technique of `pathllm.rag.compare_all` on `n` valid patches
+    df = pd.read_csv(root/'captions.csv'); vs = 'valid' if (df.split == 'valid').any() else 'test'
+    trn, val = df[df.split == 'train'], df[df.split == vs].sample(min(n, int((df.split == vs).sum())), random_state=seed)
+    emb = image_embeddings(model, [Image.open(root/p).convert('RGB') for p in trn.image], bs=128)
+    ix = PatchIndex(emb.shape[1]).add(emb, list(trn.image), trn.label.tolist(), trn.caption.tolist())
+    imgs, y, kind, thr = [Image.open(root/p).convert('RGB') for p in val.image], val.label.to_numpy(), model.cfg.vlm_kind, model.thresholds
+    ms = [measure(np.asarray(i)) for i in imgs]
+    refs = [[caption(m, int(l), kind, s, thr, CAPTION_MARGIN) for s in range(3)] for m, l in zip(ms, y)]
+    tm = lambda texts, rs: dict(cider=cider(texts, rs), rouge_l=rouge_l(texts, rs), claims_per_text=claims_per_text(texts, kind),
+                                hallucination=hallucination_rate(texts, ms, list(y), kind, thr=thr))
+    few = [(Image.open(root/trn.image.iloc[i]).convert('RGB'), c, l) for i, c, l in
+           pick_examples(trn.caption.tolist(), trn.label.tolist(), k=2, seed=seed, images=range(len(trn)))]
+    tab = compare_all(model, ix, imgs, y, None, few, refs, tm, n_sc=5)
+    return dict(table=tab.astype(float).round(4).reset_index().rename(columns={'index': 'technique'}).to_dict('records'), n=len(val))
+
+def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baseline/`, `data.json`)
+               what:tuple=ASSESSMENTS, # which assessments to run
+               n_stress:int=1000, # validation patches re-stained (the first of the split)
+               strengths:tuple=(0., 0.1, 0.2, 0.3, 0.4), # stain-shift strengths of the stress test
+               n_prompt:int=200, # validation patches of the prompting comparison (a seeded sample)
+               seed:int=0, # seed of the sample, the re-staining and the few-shot examples
+              )->dict: # name -> the file written (`run/<name>.json`)
+    """More of a finished run, each written as `<name>.json` beside its report: 'robustness' (thresholds chosen on
+    dev, valid scored at 0.5 and at them; the stain stress test with `stain_stress.png`), 'stain_norm' (test-time
+    Macenko/Reinhard normalisation to a mosaic of training patches, under stain shift) and 'prompting' (every technique
+    of `pathllm.rag.compare_all`, on the same patches)"""
+    run = Path(run)
+    if bad := [w for w in what if w not in ASSESSMENTS]: raise ValueError(f"assess_run: unknown {bad}; choose from {ASSESSMENTS}")
+    ds, prep = run_data(run); cfg = sized_config(load_config(run/'config.json'), prep); kind, two = prep['kind'], len(prep['classes']) == 2
+    stress = {'robustness', 'stain_norm'} & set(what)
+    if stress and not prep.get('dev'): raise ValueError(f"assess_run: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
+    if 'robustness' in what and not two: raise ValueError(f"assess_run: robustness needs two classes (a threshold); {run} has {len(prep['classes'])}")
+    fused = PathVLM.from_pretrained(run/'model').eval()
+    models = {'fused': fused, 'baseline': ImageOnly(ImageClassifier.from_pretrained(run/'baseline'), kind, cfg.img_size)}
+    val = ds.subset(prep['valid'])
+    head = dict(run=str(run), config=asdict(cfg), fingerprint=data_fingerprint(ds)['sha256'], environment=environment_info())
+    sub = val.subset(list(range(min(n_stress, len(val))))); ims, y = [sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]
+    thr = _dev_thresholds(models, ds.subset(prep['dev']), val, cfg.tta) if stress and two else {}
+    for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']  # each model calls at its dev threshold
+    out = {}
+    for w in what:
+        t0 = time.time()
+        if w == 'robustness':
+            rows = stain_stress(models, ims, y, strengths=strengths, seed=seed)
+            plot_stain_stress(rows, f'{kind} valid, re-stained').savefig(run/'stain_stress.png', dpi=80)
+            r = dict(thr, n_dev=len(prep['dev']), n_valid=len(val), stain_stress=dict(n=len(sub), tta=False, rows=rows))
+        elif w == 'stain_norm':
+            r = dict(n=len(sub), reference='a mosaic of the first (up to 16) training patches',
+                     rows=_stain_norm(models, ims, y, ds.subset(prep['train']), tuple(s for s in strengths if s in (0., 0.2, 0.4)) or strengths, seed))
+        else: r = _prompting(fused, run/prep['root'], n_prompt, seed)
+        out[w] = atomic_write(run/f'{w}.json', json.dumps(dict(head, **r, seconds=round(time.time() - t0, 1)), indent=1, default=str) + '\n')
+    return out
+

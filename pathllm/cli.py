@@ -7,14 +7,15 @@ Docs: https://pathllm.github.io/pathllm/cli.html.md"""
 # %% ../nbs/99_cli.ipynb #7844740a
 from __future__ import annotations
 import json, shutil, sys
+from dataclasses import fields
 from contextlib import contextmanager
 from pathlib import Path
 import typer
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'lm_app', 'index_app', 'data_synth', 'data_caption', 'lm_train', 'lm_generate', 'train_cmd',
-           'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'results_cmd', 'optimize_cmd',
-           'serve_cmd']
+           'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'assess_cmd', 'results_cmd',
+           'optimize_cmd', 'serve_cmd']
 
 # %% ../nbs/99_cli.ipynb #7216de5f
 app = typer.Typer(help="pathllm: multimodal LLMs built from scratch for cancer pathology.", no_args_is_help=True,
@@ -274,6 +275,19 @@ def bench_cmd(config:str=typer.Option('debug', help="Bench config: a name (debug
     with _errors(): run_bench(bench_config(config, **({'rows': rows} if rows else {}), **({'seed': seed} if seed is not None else {})), data, out, resume=resume)
     typer.echo((Path(out)/'bench.md').read_text()); typer.echo(f"wrote {out}/bench.md, bench.json, bench.png")
 
+# %% ../nbs/99_cli.ipynb #8e41144f
+@app.command('assess')
+def assess_cmd(run:Path=typer.Argument(..., help="A finished `pathllm train` folder (model/, baseline/, data.json)"),
+               what:str=typer.Option('robustness,stain_norm,prompting', help="Comma-separated: robustness, stain_norm, prompting"),
+               n_stress:int=typer.Option(1000, help="Validation patches re-stained by the stress tests"),
+               n_prompt:int=typer.Option(200, help="Validation patches of the prompting comparison"),
+               threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
+    "Add robustness (dev thresholds, stain stress), stain normalisation and prompting comparisons to a finished run, as JSON."
+    from pathllm.bench import assess_run
+    _threads(threads)
+    with _errors(): r = assess_run(run, tuple(w.strip() for w in what.split(',') if w.strip()), n_stress=n_stress, n_prompt=n_prompt)
+    typer.echo(f"wrote {', '.join(str(f) for f in r.values())}")
+
 # %% ../nbs/99_cli.ipynb #b8433bbc
 @app.command('results')
 def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results tables of README.md and nbs/*.ipynb from results/"),
@@ -302,6 +316,16 @@ def optimize_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `
     typer.echo(f"{variant}: {r['fp32_bytes'] / 2**20:.2f} MB -> {r['size_bytes'] / 2**20:.2f} MB; wrote {out}")
 
 # %% ../nbs/99_cli.ipynb #512a80b3
+def _limits(items:list)->dict: # '--limit NAME=VALUE' options -> `Limits` fields, each converted to its field's type
+    from pathllm.serve import Limits
+    fs, out = {f.name: f for f in fields(Limits)}, {}
+    for it in items:
+        k, eq, v = it.partition('=')
+        if not eq or k not in fs: _fail(ValueError(f"--limit {it!r}: expected NAME=VALUE with NAME one of {sorted(fs)}"))
+        try: out[k] = type(fs[k].default)(v)
+        except ValueError: _fail(ValueError(f"--limit {it!r}: {v!r} is not a valid {type(fs[k].default).__name__}"))
+    return out
+
 @app.command('serve')
 def serve_cmd(model:Path=typer.Option(..., help="Model or pipeline folder (OUT/model of `pathllm train`)"),
               host:str=typer.Option('127.0.0.1', help="Interface to bind; 0.0.0.0 exposes the server to the network"),
@@ -314,9 +338,11 @@ def serve_cmd(model:Path=typer.Option(..., help="Model or pipeline folder (OUT/m
               timeout:float=typer.Option(60., help="Seconds before a request is answered 504 and its generation stopped"),
               max_new_tokens:int=typer.Option(256, help="Cap on generated tokens per request"),
               max_upload_mb:float=typer.Option(8., help="Maximum size of one uploaded image, in MiB"),
-              workers:int=typer.Option(1, help="Server processes, each with its own copy of the model (for machines with cores or devices to spare)")):
+              workers:int=typer.Option(1, help="Server processes, each with its own copy of the model (for machines with cores or devices to spare)"),
+              limit:list[str]=typer.Option(None, help="NAME=VALUE: any other `pathllm.serve.Limits` field, e.g. --limit max_text=500 (repeatable)"),
+              log_level:str=typer.Option('info', help="uvicorn log level ('warning': no line per request)")):
     "Serve the web page at /, the REST API (contract at /openapi.json) and OpenAI-compatible /v1/chat/completions."
     from pathllm.serve import serve
     with _errors(): serve(model, host=host, port=port, api_key_file=api_key_file, insecure_public=insecure_public, device=device,
                           max_concurrency=max_concurrency, max_batch=max_batch, timeout_s=timeout, max_new_tokens=max_new_tokens,
-                          max_upload_bytes=int(max_upload_mb * 2**20), workers=workers)
+                          max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, log_level=log_level, **_limits(limit or []))

@@ -18,7 +18,8 @@ from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.distributed import DistributedDL
 from fastai.learner import Learner
-from .lm import LMConfig, LM, lm_learner, CheckpointCallback
+from .lm import LMConfig, LM, lm_learner
+from .fit import CheckpointCallback
 from .fusion import VLMConfig, PathVLM, vlm_learner
 
 # %% auto #0

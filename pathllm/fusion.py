@@ -26,7 +26,8 @@ from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATUR
                               read_thresholds, read_level_odds, record_images, measure, measurement_text, extract_claims, check_claims,
                               question_type, confidence_answer)
 from .tokenizer import PathTokenizer, pad_ids
-from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity, CheckpointCallback, save_weights, read_weights
+from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
+from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
 from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedral_mean
 
 # %% auto #0
@@ -34,7 +35,7 @@ __all__ = ['CONNECTORS', 'GROUNDING', 'Connector', 'register_connector', 'VLMCon
            'QFormerBlock', 'QFormer', 'GatedCrossAttention', 'ConceptTokens', 'TextEncoder', 'ContrastiveHead',
            'clip_loss', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'VLMDataset', 'vlm_collate',
            'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'vlm_learner', 'to_images', 'retrieval_recall',
-           'init_vision', 'fit_stage', 'vlm_accuracy', 'train_vlm']
+           'init_vision', 'vlm_accuracy', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 @dataclass(frozen=True)
@@ -756,18 +757,6 @@ def _captioned(src, out_dir:Path)->Path: # folder holding `instructions_train.js
 
 def _texts(r:dict)->list: # the strings of a record
     return [t['value'] for t in r['conversations']] if 'conversations' in r else [r['prompt'], r['response']]
-
-def fit_stage(learn, # a fastai `Learner`
-              epochs:int, # epochs of the one-cycle schedule
-              lr, # peak learning rate (a float, or one per parameter group)
-              progress:bool=False, # show fastai's bars and table
-             )->dict: # `losses` per step, `train_loss` and `valid_loss` per epoch
-    "Train one stage with `fit_one_cycle` and return its loss history (epochs skipped on resume record nothing)"
-    if progress: learn.fit_one_cycle(epochs, lr)
-    else:
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    vals = [[float(v) for v in r] for r in learn.recorder.values if len(r)]  # epochs skipped on resume record nothing
-    return dict(losses=[float(l) for l in learn.recorder.losses], train_loss=[v[0] for v in vals], valid_loss=[v[1] for v in vals])
 
 @torch.no_grad()
 def vlm_accuracy(model:PathVLM, # a generative or dual model

@@ -15,7 +15,8 @@ from fastcore.basics import patch
 from fastai.torch_core import Module, set_seed
 from .data import atomic_write, PatchDataset
 from .tokenizer import PathTokenizer, normalize_conversation
-from .lm import LM, LMConfig, KVCache, get_position_ids, lm_loss, save_weights, read_weights
+from .lm import LM, LMConfig, KVCache, get_position_ids, lm_loss
+from .fit import save_weights, read_weights
 from .vision import VisionEncoder, VisionOutput, get_vision, vision_names
 from .fusion import (CONNECTORS, PathVLM, VLMConfig, Projector, QFormer, VLMDataset, vlm_records, vlm_dataloaders, vlm_learner,
                             _captioned, train_vlm)

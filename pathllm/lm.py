@@ -21,15 +21,15 @@ from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
 import fastai.callback.schedule, fastai.callback.fp16  # patches `fit_one_cycle`, `to_bf16` onto `Learner`
 from .data import atomic_write
+from .fit import save_weights, read_weights, CheckpointCallback, fit_stage
 from .tokenizer import PathTokenizer
 
 # %% auto #0
 __all__ = ['LM_SIZES', 'IGNORE', 'LMConfig', 'RMSNorm', 'make_norm', 'rotate_half', 'apply_rotary', 'Rotary', 'attn_mask',
            'get_position_ids', 'KVCache', 'Attention', 'SwiGLU', 'GeluMLP', 'Block', 'lm_loss', 'LM',
-           'TransformerEncoder', 'lm_config_from_llama', 'lm_from_llama', 'lm_to_llama', 'sample_next', 'save_weights',
-           'read_weights', 'pack_tokens', 'lm_dataloaders', 'chat_dataloaders', 'LMOutputCallback', 'TokenPerplexity',
-           'rng_states', 'set_rng_states', 'CheckpointCallback', 'lm_learner', 'train_lm', 'generate_text',
-           'ngram_perplexity']
+           'TransformerEncoder', 'lm_config_from_llama', 'lm_from_llama', 'lm_to_llama', 'sample_next', 'pack_tokens',
+           'lm_dataloaders', 'chat_dataloaders', 'LMOutputCallback', 'TokenPerplexity', 'lm_learner', 'train_lm',
+           'generate_text', 'ngram_perplexity']
 
 # %% ../nbs/03_lm.ipynb #051d8997
 LM_SIZES = dict(nano=dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2),
@@ -411,28 +411,6 @@ def generate(self:LM, idx:torch.Tensor|None=None, # (B, T) prompt ids, left-padd
     return torch.stack(out, 1)
 
 # %% ../nbs/03_lm.ipynb #a31615cf
-def save_weights(model:nn.Module, # any model with a dataclass config
-                 path:str|Path, # folder for `config.json` and `model.safetensors`
-                 cfg, # the model's config dataclass, stored as `config.json`
-                 skip:set=frozenset(), # state-dict keys not to store (tied weights)
-                )->Path: # the folder
-    "Save a model's config and weights (safetensors), each file atomically"
-    from safetensors.torch import save_file
-    path = Path(path)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in skip}
-    atomic_write(path/'model.safetensors', lambda p: save_file(sd, p, metadata={'format': 'pt'}))
-    atomic_write(path/'config.json', json.dumps(asdict(cfg), indent=2))
-    return path
-
-def read_weights(path:str|Path, # folder written by `save_weights`
-                )->tuple: # (config dict, state dict)
-    "The config and weights stored by `save_weights`, with a clear error when they are missing"
-    from safetensors.torch import load_file
-    path = Path(path)
-    for f in ('config.json', 'model.safetensors'):
-        if not (path/f).is_file(): raise FileNotFoundError(f'{path/f}: missing; is {path} a folder written by save_pretrained?')
-    return json.loads((path/'config.json').read_text()), load_file(path/'model.safetensors')
-
 @patch
 def save_pretrained(self:LM, path:str|Path, # folder for `config.json` and `model.safetensors`
                    )->Path: # the folder
@@ -521,57 +499,6 @@ class TokenPerplexity(Metric):
     @property
     def name(self): return 'perplexity'
 
-# %% ../nbs/03_lm.ipynb #ed97029c
-def rng_states(learn=None, # a `Learner`: also its data loaders' and callbacks' generators
-              )->dict: # every random state that decides what happens next
-    "The random states of Python, NumPy, torch (and CUDA), and of `learn`'s data loaders and callbacks"
-    import random, numpy as np
-    s = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-             cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    if learn is not None:
-        s['loaders'] = [getattr(dl, 'rng', None) and dl.rng.getstate() for dl in learn.dls.loaders]
-        s['callbacks'] = {type(c).__name__: c.get_rng_state() for c in learn.cbs if hasattr(c, 'get_rng_state')}
-    return s
-
-def set_rng_states(s:dict, # from `rng_states`
-                   learn=None): # the `Learner` whose loaders and callbacks get their generators back
-    "Restore the random states saved by `rng_states`"
-    import random, numpy as np
-    random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
-    if s.get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
-    if learn is None: return
-    for dl, st in zip(learn.dls.loaders, s.get('loaders', [])):
-        if st is not None: dl.rng.setstate(st)
-    for c in learn.cbs:
-        if type(c).__name__ in s.get('callbacks', {}): c.set_rng_state(s['callbacks'][type(c).__name__])
-
-class CheckpointCallback(Callback):
-    "Save model, optimizer, epoch and random states atomically after each training epoch; with `resume`, continue exactly from there"
-    order = 70  # like fastai's `SkipToEpoch`: after the recorder
-    def __init__(self, path:str|Path, # folder for `checkpoint.pth`
-                 resume:bool=False): # load the checkpoint (if any) when training starts and skip finished epochs
-        self.path, self.resume, self.start_epoch, self._loaded, self._trained, self._rng = Path(path), resume, 0, False, False, None
-    @property
-    def fname(self): return self.path/'checkpoint.pth'
-    # fastai's `get_preds`/`validate` also fire `before_fit`/`before_epoch`/`after_epoch`, but never `before_train`:
-    # so loading, skipping and saving hang on `before_train`, and predicting never touches the checkpoint
-    def before_fit(self): self.start_epoch, self._loaded, self._trained = 0, False, False
-    def before_train(self):
-        if not self._loaded:
-            self._loaded = True
-            if self.resume and self.fname.exists():
-                ck = torch.load(self.fname, map_location=next(self.model.parameters()).device, weights_only=False)
-                self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['opt'])
-                self.start_epoch, self._rng = ck['epoch'], ck.get('rng')
-        if self.epoch < self.start_epoch: raise CancelEpochException
-        if self._rng is not None: set_rng_states(self._rng, self.learn); self._rng = None  # the first epoch after the checkpoint
-        self._trained = True
-    def after_epoch(self):
-        if not self._trained: return
-        self._trained = False
-        ck = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), epoch=self.epoch + 1, rng=rng_states(self.learn))
-        atomic_write(self.fname, lambda p: torch.save(ck, p))
-
 # %% ../nbs/03_lm.ipynb #367b90e1
 def lm_learner(dls:DataLoaders, # from `lm_dataloaders` or `chat_dataloaders`
                model:LM, # the model
@@ -612,10 +539,7 @@ def train_lm(texts:list[str], # training documents
     dls = lm_dataloaders(texts, tok, seq_len, bs, valid_pct, seed)
     set_seed(seed); model = LM(LMConfig.from_name(size, vocab_size=len(tok), **cfg_kw))
     learn = lm_learner(dls, model, lr=lr, ckpt_dir=out_dir, resume=resume, cbs=cbs)
-    t0 = time.time()
-    if progress: learn.fit_one_cycle(epochs, lr)
-    else:
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    t0 = time.time(); fit_stage(learn, epochs, lr, progress)
     tr_loss, va_loss, ppl = learn.recorder.values[-1]
     metrics = dict(train_loss=float(tr_loss), valid_loss=float(va_loss), valid_perplexity=float(ppl), epochs=epochs,
                    n_params=model.cfg.n_params, vocab_size=len(tok), seconds=round(time.time() - t0, 1))

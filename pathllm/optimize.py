@@ -16,7 +16,8 @@ from .data import atomic_write, LABEL_NAMES, environment_info
 from .captions import QUESTIONS, read_jsonl
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, Rotary, IGNORE, lm_loss, pack_tokens
-from .fusion import PathVLM, VLMConfig, vlm_learner, to_images, init_vision, fit_stage, vlm_accuracy
+from .fusion import PathVLM, VLMConfig, vlm_learner, to_images, init_vision, vlm_accuracy
+from .fit import fit_stage
 from .finetune import quantize_linears, replace_linears
 
 # %% auto #0

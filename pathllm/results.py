@@ -12,9 +12,10 @@ import numpy as np
 from .data import atomic_write, project_root
 
 # %% auto #0
-__all__ = ['COUNTERWEIGHTS', 'QUALITY', 'LANGUAGE', 'TABLE_KINDS', 'mean_sd', 'check_counterweights', 'check_seeds', 'stamp',
-           'md_table', 'train_table', 'language_table', 'per_class_table', 'bench_table', 'read_manifest', 'load_runs',
-           'render_results', 'trim_run', 'publish_run', 'fill_markers', 'stale_blocks', 'result_files', 'sync_results']
+__all__ = ['COUNTERWEIGHTS', 'QUALITY', 'LANGUAGE', 'TABLE_KINDS', 'ASSESSMENTS', 'mean_sd', 'check_counterweights',
+           'check_seeds', 'stamp', 'md_table', 'train_table', 'language_table', 'per_class_table', 'bench_table',
+           'read_manifest', 'load_runs', 'render_results', 'trim_run', 'publish_run', 'fill_markers', 'stale_blocks',
+           'result_files', 'sync_results']
 
 # %% ../nbs/12a_results.ipynb #e4ad5b42
 def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are left out)
@@ -202,11 +203,13 @@ def trim_run(d): # a run's JSON
     if isinstance(d, dict): return {k: trim_run(v) for k, v in d.items() if k not in _DROP}
     return [trim_run(v) for v in d] if isinstance(d, list) else d
 
+ASSESSMENTS = ('robustness', 'stain_norm', 'prompting')  # `pathllm.bench.assess_run` writes `<name>.json` beside a run's report; published with it
+
 def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or its `report.json` / `bench.json`
                 dest:str, # folder under `results/`, e.g. 'small/seed0'
                 root:str|Path|None=None, # the project root (default: `project_root()`)
                )->Path: # the file written
-    "Copy a run's result file, trimmed, into `results/dest/`"
+    "Copy a run's result file, trimmed, into `results/dest/`, with the assessments written beside it (and `stain_stress.png`)"
     src, root = Path(src), Path(root or project_root())
     if src.is_dir():
         if not (f := next((src/n for n in ('bench.json', 'report.json') if (src/n).exists()), None)): raise FileNotFoundError(f"results: {src} holds no bench.json or report.json")
@@ -214,6 +217,8 @@ def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or i
     d = json.loads(src.read_text())
     if not ('rows' in d or {'train', 'data', 'environment'} <= set(d.get('config') or {})):
         raise ValueError(f"results: {src} is neither a `run_bench` bench.json nor a `run_train` report.json (`run_eval` reports are not published)")
+    for f in [src.parent/f'{a}.json' for a in ASSESSMENTS] + [src.parent/'stain_stress.png']:
+        if f.exists() and 'config' in d: atomic_write(root/'results'/dest/f.name, f.read_bytes())  # a `run_train` folder's assessments
     return atomic_write(root/'results'/dest/src.name, json.dumps(trim_run(d), indent=1, default=str) + '\n')
 
 # %% ../nbs/12a_results.ipynb #bf9f64c4

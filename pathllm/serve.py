@@ -11,11 +11,10 @@ __all__ = ['FORMATS', 'MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'SEED_MAX', 'LOADE
            'Pipeline', 'data_url', 'Limits', 'ErrorInfo', 'ErrorBody', 'error_body', 'Reference', 'ClassifyResult',
            'CaptionResult', 'ReportResult', 'AnswerResult', 'Results', 'ChatResult', 'Claim', 'Analysis', 'Health',
            'Usage', 'AssistantMessage', 'Choice', 'ChatCompletion', 'ModelCard', 'ModelList', 'create_app',
-           'server_config', 'api_key_from', 'serve', 'main', 'free_port', 'server_process', 'chromium_driver',
-           'load_test']
+           'server_config', 'api_key_from', 'serve', 'free_port', 'server_process', 'chromium_driver', 'load_test']
 
 # %% ../nbs/12_serve.ipynb #13ecc935
-import argparse, asyncio, base64, binascii, contextvars, io, ipaddress, json, logging, math, os, re, secrets, shutil, socket, subprocess, sys, tempfile, threading, time, uuid, warnings, weakref
+import asyncio, base64, binascii, contextvars, io, ipaddress, json, logging, math, os, re, secrets, shutil, socket, subprocess, sys, tempfile, threading, time, uuid, warnings, weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -1102,30 +1101,12 @@ def serve(model_dir:str|Path, # a model or pipeline folder
                       timeout_worker_healthcheck=300)  # a worker imports torch and loads its model before it answers
     Multiprocess(c, sockets=[c.bind_socket()]).run()
 
-# %% ../nbs/12_serve.ipynb #13fb377e
-def _arg_parser()->argparse.ArgumentParser:
-    ap = argparse.ArgumentParser('python -m pathllm.serve', description='Serve a pathllm model over HTTP.', allow_abbrev=False)
-    ap.add_argument('--model', required=True, help='model or pipeline folder')
-    ap.add_argument('--host', default='127.0.0.1'); ap.add_argument('--port', type=int, default=8000)
-    ap.add_argument('--api-key-file', default=None, help='file holding the required key (default: $PATHLLM_API_KEY)')
-    ap.add_argument('--insecure-public', action='store_true', help='allow a non-loopback --host without a key')
-    ap.add_argument('--device', default=None); ap.add_argument('--log-level', default='info')
-    ap.add_argument('--workers', type=int, default=1, help='server processes, each with its own copy of the model')
-    for f in fields(Limits): ap.add_argument('--' + f.name.replace('_', '-'), type=type(f.default), default=f.default)
-    return ap
-
-def main(argv:list|None=None): # command-line arguments (default `sys.argv[1:]`)
-    "Entry point of `python -m pathllm.serve`"
-    a = vars(_arg_parser().parse_args(argv))
-    try: serve(a.pop('model'), **a)
-    except (ValueError, OSError) as e: sys.exit(f'error: {e}')
-
-if __name__ == '__main__' and '__file__' in globals(): main()
-
 # %% ../nbs/12_serve.ipynb #c97eaece
 def free_port()->int: # a TCP port free on 127.0.0.1 right now
     "A free TCP port on loopback, for a test server"
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+_CHILD = "import json, os; from pathllm.serve import serve; a = json.loads(os.environ['PATHLLM_SERVE_ARGS']); serve(a.pop('model'), **a)"
 
 @contextmanager
 def server_process(model_dir:str|Path, # model or pipeline folder
@@ -1140,10 +1121,9 @@ def server_process(model_dir:str|Path, # model or pipeline folder
     "Run a server on loopback in a subprocess for the duration of a `with` block"
     import httpx
     port, out = port or free_port(), open(log, 'w+') if log else tempfile.NamedTemporaryFile('w+', suffix='.log', prefix='pathllm-serve-')
-    args = [f'--{k.replace("_", "-")}={v}' for k, v in dict(limits, **({'device': device} if device else {})).items()]
-    env = dict(os.environ, PATHLLM_API_KEY=api_key or '', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
-    p = subprocess.Popen([sys.executable, '-m', 'pathllm.serve', '--model', str(model_dir), '--port', str(port), '--log-level', log_level, *args],
-                         env=env, stdout=out, stderr=subprocess.STDOUT)
+    args = dict(model=str(model_dir), port=port, log_level=log_level, device=device, **limits)  # `serve`'s arguments, as JSON
+    env = dict(os.environ, PATHLLM_API_KEY=api_key or '', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'), PATHLLM_SERVE_ARGS=json.dumps(args))
+    p = subprocess.Popen([sys.executable, '-c', _CHILD], env=env, stdout=out, stderr=subprocess.STDOUT)
     url, t0 = f'http://127.0.0.1:{port}', time.time()
     try:
         while True:

@@ -15,9 +15,10 @@ import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls, BatchAugment,
                           atomic_write, project_root, data_fingerprint, environment_info, open_image)
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds, recaption
-from .lm import train_lm, CheckpointCallback, LM_SIZES
-from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier
-from .fusion import CONNECTORS, GROUNDING, VLMConfig, PathVLM, train_vlm, fit_stage, vlm_records
+from .lm import train_lm, LM_SIZES, LMConfig
+from .fit import CheckpointCallback, fit_stage
+from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier, get_vision
+from .fusion import CONNECTORS, GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
@@ -25,7 +26,8 @@ from .evaluate import classification_metrics, evaluate_model, write_report, text
 
 # %% auto #0
 __all__ = ['CONFIGS', 'GROUNDED_KEYS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs',
-           'sized_config', 'vlm_config', 'calibrate_threshold', 'evaluate_vlm', 'run_train', 'run_eval', 'predict']
+           'sized_config', 'vlm_config', 'calibrate_threshold', 'class_probs', 'evaluate_vlm', 'run_data', 'run_train',
+           'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 @dataclass
@@ -86,6 +88,7 @@ class TrainConfig:
         for k, v in _RULES.items():
             if not v[0](getattr(self, k)): raise ValueError(f"config field {k!r}: {v[1]}, got {getattr(self, k)!r}")
         if getattr(CONNECTORS.get(self.vlm_connector), 'xattn', False) and not self.xattn_every: raise ValueError(f"config field 'xattn_every': vlm_connector={self.vlm_connector!r} needs xattn_every >= 1")
+        _check_options(self.vit_name, self.img_size or 96, json.dumps(self.vit_kw, sort_keys=True), self.lm_size, json.dumps(self.lm_kw, sort_keys=True))
 
 # %% ../nbs/11_train.ipynb #90077f9e
 @functools.lru_cache(None)
@@ -100,6 +103,14 @@ def _type_ok(v, t)->bool:
 def _check_field(k:str, v, t):
     "Raise a `ValueError` naming field `k` when `v` is not of type `t`"
     if not _type_ok(v, t): raise ValueError(f"config field {k!r}: expected {getattr(t, '__name__', None) or str(t).replace('NoneType', 'None')}, got {type(v).__name__} {v!r}")
+
+@functools.lru_cache(64)
+def _check_options(vit_name:str, img_size:int, vit_kw:str, lm_size:str, lm_kw:str): # the free-form options, tried when the config is made
+    "`vit_kw` builds the encoder and `lm_kw` the LM config, or a `ValueError` names the field: a bad option fails before any stage runs"
+    try: get_vision(vit_name, img_size=img_size, **json.loads(vit_kw))
+    except (TypeError, ValueError, RuntimeError) as e: raise ValueError(f"config field 'vit_kw': {vit_kw} does not build {vit_name!r} at img_size={img_size}: {e}") from None
+    try: LMConfig.from_name(lm_size, **json.loads(lm_kw))
+    except (TypeError, ValueError) as e: raise ValueError(f"config field 'lm_kw': {lm_kw}: {e}") from None
 
 _pos, _opt = (lambda v: v >= 1), (lambda v: v is None or v >= 2)
 _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAMES)}"),
@@ -335,12 +346,18 @@ def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_thresho
                        )->float: # the threshold on P(class 1)
     "Choose `model`'s decision threshold on `ds` (best balanced accuracy) and store it in its config"
     if len(LABEL_NAMES[model.cfg.vlm_kind]) != 2: raise ValueError(f"calibrate_threshold: {model.cfg.vlm_kind} has {len(LABEL_NAMES[model.cfg.vlm_kind])} classes; a threshold needs 2")
-    model.cfg.vlm_threshold = best_threshold([int(l) for l in ds.labels], _class_probs(model, [ds.image(i) for i in range(len(ds))], bs, tta))
+    model.cfg.vlm_threshold = best_threshold([int(l) for l in ds.labels], class_probs(model, [ds.image(i) for i in range(len(ds))], bs, tta))
     return model.cfg.vlm_threshold
 
-def _class_probs(model:PathVLM, imgs:list, bs:int, tta:bool=False)->np.ndarray: # (N, K) class probabilities
-    kw = dict(tta=True) if tta else {}  # image-only adapters (bench) take no `tta`
-    return torch.cat([model.classify(imgs[i:i+bs], generate=False, **kw)['probs'].cpu() for i in range(0, len(imgs), bs)]).numpy()
+def class_probs(model, # anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
+                imgs:list, # the patches
+                bs:int=64, # images per batch
+                tta:bool=False, # mean over the 8 rotations/reflections (the model's `classify` must take `tta`)
+               )->np.ndarray: # (N, K) class probabilities
+    "Class probabilities of many patches, in batches"
+    kw = dict(tta=True) if tta else {}  # image-only adapters without TTA take no `tta`
+    with torch.no_grad():
+        return torch.cat([model.classify(imgs[i:i+bs], generate=False, **kw)['probs'].float().cpu() for i in range(0, len(imgs), bs)]).numpy()
 
 GROUNDED_KEYS = ('hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider', 'rouge_l')
 
@@ -357,11 +374,11 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
                 )->dict: # the contents of `out/report.json`
     "Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers; write the report"
     imgs, y, kind = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels], model.cfg.vlm_kind
-    probs = _class_probs(model, imgs, bs, tta)
+    probs = class_probs(model, imgs, bs, tta)
     t = decision_threshold(model)
     met = dict(classification_metrics(y, probs, t, classes=list(LABEL_NAMES[kind])), n_images=len(ds), threshold=t)
     sub = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))]
-    own = probs[:len(sub)] if not (tta and sub) else _class_probs(model, [im for im, _ in sub], bs)  # the calls the model's own texts are made with (no TTA)
+    own = probs[:len(sub)] if not (tta and sub) else class_probs(model, [im for im, _ in sub], bs)  # the calls the model's own texts are made with (no TTA)
     tm, o, grounded = {}, {}, {}
     for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
         tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]  # asked once
@@ -375,6 +392,17 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
     return json.loads((out/'report.json').read_text())
 
 # %% ../nbs/11_train.ipynb #4d9c6e41
+def run_data(out:str|Path, # a `run_train` folder
+             prep:dict|None=None, # its `data.json` (default: read)
+            )->tuple: # (`PatchDataset` of every patch the run read, `data.json`: positions of `train`, `dev` and the valid split)
+    "The data of a run: its source (inside the run folder when there, e.g. synthetic patches) and its splits"
+    out = Path(out); f = out/'data.json'
+    if prep is None:
+        if not f.exists(): raise FileNotFoundError(f"{out}: no data.json; is it a `run_train` folder?")
+        prep = json.loads(f.read_text())
+    src = out/prep['source'] if (out/prep['source']).exists() else prep['source']
+    return load_patches(src), prep
+
 def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON file, dict or `TrainConfig`
               data:str|Path|None=None, # anything `load_patches` reads (default: synthetic patches written to `out/data`)
               out:str|Path='runs/train', # output folder
@@ -387,8 +415,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     if resume: _warn_changed(cfg, out)
     out.mkdir(parents=True, exist_ok=True); _write_json(out/'config.json', asdict(cfg))
     prep = _stage('data', out/'data.json', resume, log, lambda: _prepare(cfg, data, out, progress))
-    src = out/prep['source'] if (out/prep['source']).exists() else prep['source']
-    ds, root, kind, vs = load_patches(src), out/prep['root'], prep['kind'], prep.get('valid_split', 'valid')
+    ds, _ = run_data(out, prep); root, kind, vs = out/prep['root'], prep['kind'], prep.get('valid_split', 'valid')
     cfg = sized_config(cfg, prep)
     val = ds.subset(prep['valid'])
     base = _stage('baseline', out/'baseline'/'metrics.json', resume, log, lambda: _baseline(cfg, root, kind, vs, out/'baseline', resume, progress))
@@ -401,7 +428,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
         return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, cfg.tta, cfg.eval_groundings,
                             text_vocab(read_corpus(root, 'train')), baseline=base['metrics'], history=hist,
-                            config=dict(train=asdict(cfg), data=dict(source=str(src), n_train=len(prep['train']), n_dev=len(prep.get('dev', [])),
+                            config=dict(train=asdict(cfg), data=dict(source=ds.source, n_train=len(prep['train']), n_dev=len(prep.get('dev', [])),
                                                                      n_valid=len(prep['valid']), fingerprint=data_fingerprint(ds)),
                                         environment=environment_info(), baseline=base, lm=lm, stages=log, seconds=round(time.time() - t0, 1)))
     return _stage('eval', out/'report.json', resume, log, evaluate)

@@ -19,7 +19,8 @@ from fastai.callback.core import Callback
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import BatchAugment
-from .lm import LMConfig, TransformerEncoder, save_weights, read_weights
+from .lm import LMConfig, TransformerEncoder
+from .fit import save_weights, read_weights
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VisionOutput', 'centre_crop', 'VisionEncoder', 'ViTConfig', 'ViT',
