@@ -21,10 +21,10 @@ from .rag import image_embeddings, index_patches, knn_classify, rag_prompt, Patc
 from .prompting import pick_examples
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
-from .evaluate import (classification_metrics, text_vocab, best_threshold, decision_threshold, stain_shift, stain_stress,
+from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold, decision_threshold, stain_shift, stain_stress,
                               plot_stain_stress, cider, rouge_l, claims_per_text)
 from .fit import fit_stage
-from .train import load_config, read_config, run_train, TrainConfig, evaluate_vlm, vlm_config, sized_config, run_data, class_probs
+from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
 from .results import bench_table, ASSESSMENTS
 
 # %% auto #0

@@ -138,20 +138,23 @@ def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small,
     with _errors(_new_folder(out, keep=resume)):  # a failed run leaves no half-written --out (unless resuming)
         from pathllm.train import run_train, load_config
         cfg = load_config(config, **({} if seed is None else dict(seed=seed)))
-        if backend == 'hf': return _train_hf(cfg, data, out, lm, vision)
+        if backend == 'hf': return _train_hf(cfg, data, out, lm, vision, resume)
         r = run_train(cfg, data, out, resume)
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 
-def _train_hf(config, data, out:Path, lm:str, vision:str):
+def _train_hf(cfg, data, out:Path, lm:str, vision:str, resume:bool):
     "`train --backend hf`: two-stage training of a Hugging Face LM + vision tower (`pathllm.hf.train_hf`), sizes from the config"
-    from pathllm.train import load_config, run_eval
+    from pathllm.train import run_eval, TrainConfig
     from pathllm.data import make_synthetic
     from pathllm.hf import train_hf
-    cfg = load_config(config)
+    d = TrainConfig()  # the fields that describe the from-scratch parts have no meaning here: refused, never dropped
+    if bad := [f for f in ('vit_name', 'vit_kw', 'lm_size', 'lm_kw') if getattr(cfg, f) != getattr(d, f)]:
+        raise ValueError(f"--backend hf: config field {bad[0]!r} sets the from-scratch {'encoder' if bad[0].startswith('vit') else 'language model'}; "
+                         f"this backend trains --vision and --lm (drop {', '.join(bad)} from the config, or use --backend pathllm)")
     if data is None: data = make_synthetic(out/'data', cfg.kind, cfg.n_images, cfg.seed, progress=False)
     _, m = train_hf(data, out/'model', lm, vision, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, bs=cfg.bs,
-                    max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size)
-    r = run_eval(out/'model', data, out, n=cfg.max_valid, n_captions=cfg.eval_captions, bs=cfg.bs, max_new_tokens=cfg.caption_tokens)
+                    max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size, resume=resume)
+    r = run_eval(out/'model', data, out, n=cfg.max_valid, n_captions=cfg.eval_captions, bs=cfg.bs, max_new_tokens=cfg.caption_tokens, tta=cfg.tta)
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 
 # %% ../nbs/99_cli.ipynb #db2b9a31

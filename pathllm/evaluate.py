@@ -6,26 +6,26 @@ Docs: https://pathllm.github.io/pathllm/evaluate.html.md"""
 
 # %% ../nbs/10_evaluate.ipynb #cf990a96
 from __future__ import annotations
-import os, re, json, math, string, tempfile, textwrap, warnings
+import inspect, os, re, json, math, string, tempfile, textwrap, warnings
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-import numpy as np
+import numpy as np, torch
 from sklearn import metrics as skm
-from .data import LABEL_NAMES, atomic_write, stain_jitter
+from .data import LABEL_NAMES, PatchDataset, atomic_write, stain_jitter
 from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_captions, hallucination_rate, extract_claims,
                               check_claims, level, levels, measure, caption, report, parse_report, vqa_pairs, CAPTION_MARGIN,
                               check_numbers, check_consistency, held_out_questions, answer_form, ASK, FOLLOW_UPS)
 
 # %% auto #0
-__all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'to_preds', 'accuracy', 'confusion', 'balanced_accuracy', 'f1',
-           'roc_auc', 'per_class_metrics', 'classification_metrics', 'best_threshold', 'decision_threshold',
-           'stain_shift', 'stain_stress', 'plot_stain_stress', 'bleu4', 'rouge_l', 'cider', 'normalize_answer',
-           'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'hallucination',
-           'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
-           'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
-           'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
-           'vqa_metrics', 'evaluate_model']
+__all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'GROUNDED_KEYS', 'to_preds', 'accuracy', 'confusion',
+           'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics', 'best_threshold',
+           'decision_threshold', 'stain_shift', 'class_probs', 'stain_stress', 'plot_stain_stress', 'bleu4', 'rouge_l',
+           'cider', 'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms',
+           'open_recall', 'hallucination', 'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab',
+           'nonword_rate', 'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc',
+           'plot_confusion', 'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency',
+           'caption_metrics', 'vqa_metrics', 'evaluate_model', 'evaluate_vlm']
 
 # %% ../nbs/10_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -166,6 +166,16 @@ def stain_shift(images:list, # PIL images or uint8 (H, W, 3) arrays
     arr = [np.asarray(im.convert('RGB') if hasattr(im, 'convert') else im, dtype=np.uint8) for im in images]
     return [Image.fromarray(a if strength == 0 else stain_jitter(a, np.random.default_rng([seed, i]), strength, strength/4)) for i, a in enumerate(arr)]
 
+def class_probs(model, # anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
+                imgs:list, # the patches
+                bs:int=64, # images per batch
+                tta:bool=False, # mean over the 8 rotations/reflections (the model's `classify` must take `tta`)
+               )->np.ndarray: # (N, K) class probabilities
+    "Class probabilities of many patches, in batches"
+    kw = dict(tta=True) if tta else {}  # image-only adapters without TTA take no `tta`
+    with torch.no_grad():
+        return torch.cat([model.classify(imgs[i:i+bs], generate=False, **kw)['probs'].float().cpu() for i in range(0, len(imgs), bs)]).numpy()
+
 def stain_stress(models:dict, # name -> anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
                  images:list, # the patches
                  y:list, # their class ids
@@ -174,13 +184,11 @@ def stain_stress(models:dict, # name -> anything with `classify(images, generate
                  bs:int=64, # images per batch
                 )->list: # rows: `model`, `strength`, `accuracy`, `balanced_accuracy`, `auc`, their drops from strength 0
     "Accuracy and AUC of each model on re-stained copies of the same patches, per strength"
-    import torch
     rows, ref = [], {}
     for s in strengths:
         xs = stain_shift(images, s, seed)
         for name, m in models.items():
-            with torch.no_grad(): p = np.concatenate([np.asarray(m.classify(xs[i:i+bs], generate=False)['probs'].cpu()) for i in range(0, len(xs), bs)])
-            c = classification_metrics(y, p, decision_threshold(m))
+            c = classification_metrics(y, class_probs(m, xs, bs), decision_threshold(m))
             r = dict(model=name, strength=s, **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc')})
             ref.setdefault(name, r); rows.append({**r, 'auc_drop': ref[name]['auc'] - r['auc'], 'acc_drop': ref[name]['accuracy'] - r['accuracy']})
     return rows
@@ -742,3 +750,47 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
         met.update(qa_metrics(model, imgs, ms, y, kind, thr, None if (p := outs.get('probs', probs)) is None else np.asarray(p).tolist(), margin, pred))
     if has('chat'): met['chat_consistency'] = chat_consistency(model, imgs, kind)
     return met, outs
+
+# %% ../nbs/10_evaluate.ipynb #9c005f4c
+class _Batched:
+    "The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what `evaluate_model` then scores"
+    def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none'):
+        self.model, self.bs, self.thresholds, self.level_odds = model, bs, getattr(model, 'thresholds', None), getattr(model, 'level_odds', None)
+        self.kw = dict(max_new_tokens=max_new_tokens, **(dict(ground=ground) if 'ground' in inspect.signature(model.caption).parameters else {}))
+    def _b(self, f, imgs:list)->list: return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs])]
+    def caption(self, imgs:list)->list: return self._b(lambda b: self.model.caption(b, **self.kw), imgs)
+    def answer(self, imgs:list, q:str)->list: return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens']), imgs)
+    def report(self, imgs:list)->list: return self._b(lambda b: self.model.report(b, max_new_tokens=4*self.kw['max_new_tokens']), imgs)
+    def chat(self, img, msg:str, history=())->tuple: return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'])
+
+GROUNDED_KEYS = ('hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider', 'rouge_l')
+
+def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify(images, generate=False)` (and `caption`, `answer`)
+                 ds:PatchDataset, # labelled patches to score
+                 out:Path, # folder for `report.json`, `report.md` and plots
+                 n_captions:int=32, # patches captioned and questioned for the text metrics (0: classification only)
+                 bs:int=32, # images per batch
+                 max_new_tokens:int=64, # tokens per caption at most
+                 tta:bool=False, # class probabilities averaged over the 8 rotations/reflections of each patch
+                 groundings:tuple=('none',), # caption groundings scored (a `PathVLM`'s); the first gives the main text metrics
+                 vocab:set|None=None, # words of the training text: adds the non-word rate
+                 **report_kw, # more `write_report` arguments (`baseline`, `history`, `config`)
+                )->dict: # the contents of `out/report.json`
+    "Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers; write the report"
+    imgs, y, kind = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels], model.cfg.vlm_kind
+    probs = class_probs(model, imgs, bs, tta)
+    t = decision_threshold(model)
+    met = dict(classification_metrics(y, probs, t, classes=list(LABEL_NAMES[kind])), n_images=len(ds), threshold=t)
+    sub = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))]
+    own = probs[:len(sub)] if not (tta and sub) else class_probs(model, [im for im, _ in sub], bs)  # the calls the model's own texts are made with (no TTA)
+    tm, o, grounded = {}, {}, {}
+    for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
+        tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]  # asked once
+        r, oo = evaluate_model(_Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=to_preds(own, t).tolist(), tasks=tasks, probs=own)
+        if j == 0: tm, o = r, oo
+        grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
+    met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
+    if len(grounded) > 1: met['groundings'] = grounded
+    write_report(out, met, y_true=y, probs=probs, images=o.get('images'), captions=o.get('captions'),
+                 classes=list(LABEL_NAMES[kind]), kind=kind, thr=getattr(model, 'thresholds', None), **report_kw)
+    return json.loads((out/'report.json').read_text())

@@ -283,6 +283,7 @@ def train_hf(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folder
              bs:int=8, # batch size
              max_rows:int|None=None, # cap on stage-2 training rows
              seed:int=0, # seed for init, split and shuffling
+             resume:bool=False, # continue from the stage checkpoints in `out_dir`
              progress:bool=False, # show fastai's progress bars
              **kw, # more `hf_vlm` arguments (`connector`, `img_size`, `load_in_4bit`, `dtype`, `vlm_max_len`, ...)
             )->tuple: # (model, metrics dict)
@@ -292,7 +293,7 @@ def train_hf(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folder
     root = _captioned(src, out_dir); set_seed(seed)
     model = hf_vlm(lm, vision, tok, **{'kind': getattr(src, 'kind', None) or _kind(root), **kw})
     return train_vlm(root, out_dir, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, lr1=lr1, lr2=lr2, bs=bs,
-                     max_rows=max_rows, seed=seed, progress=progress, model=model)  # the same two stages as the from-scratch model
+                     max_rows=max_rows, seed=seed, resume=resume, progress=progress, model=model)  # the same two stages as the from-scratch model
 
 def _kind(root:Path)->str: # 'pcam' or 'mhist', from the class answers of a captioned folder
     from pathllm.data import LABEL_NAMES

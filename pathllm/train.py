@@ -22,12 +22,12 @@ from .fusion import CONNECTORS, GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_re
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
-from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, decision_threshold, to_preds
+from .evaluate import (classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, decision_threshold, to_preds,
+                              class_probs, evaluate_vlm)
 
 # %% auto #0
-__all__ = ['CONFIGS', 'GROUNDED_KEYS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs',
-           'sized_config', 'vlm_config', 'calibrate_threshold', 'class_probs', 'evaluate_vlm', 'run_data', 'run_train',
-           'run_eval', 'predict']
+__all__ = ['CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs', 'sized_config',
+           'vlm_config', 'calibrate_threshold', 'run_data', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 @dataclass
@@ -328,17 +328,6 @@ def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progres
     return m
 
 # %% ../nbs/11_train.ipynb #79bd9ee0
-class _Batched:
-    "The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what `evaluate_model` then scores"
-    def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none'):
-        self.model, self.bs, self.thresholds, self.level_odds = model, bs, getattr(model, 'thresholds', None), getattr(model, 'level_odds', None)
-        self.kw = dict(max_new_tokens=max_new_tokens, **(dict(ground=ground) if isinstance(model, PathVLM) else {}))
-    def _b(self, f, imgs:list)->list: return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs])]
-    def caption(self, imgs:list)->list: return self._b(lambda b: self.model.caption(b, **self.kw), imgs)
-    def answer(self, imgs:list, q:str)->list: return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens']), imgs)
-    def report(self, imgs:list)->list: return self._b(lambda b: self.model.report(b, max_new_tokens=4*self.kw['max_new_tokens']), imgs)
-    def chat(self, img, msg:str, history=())->tuple: return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'])
-
 def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_threshold` is set
                         ds:PatchDataset, # labelled patches not scored later (the `dev` split)
                         bs:int=32, # images per batch
@@ -349,47 +338,6 @@ def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_thresho
     model.cfg.vlm_threshold = best_threshold([int(l) for l in ds.labels], class_probs(model, [ds.image(i) for i in range(len(ds))], bs, tta))
     return model.cfg.vlm_threshold
 
-def class_probs(model, # anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
-                imgs:list, # the patches
-                bs:int=64, # images per batch
-                tta:bool=False, # mean over the 8 rotations/reflections (the model's `classify` must take `tta`)
-               )->np.ndarray: # (N, K) class probabilities
-    "Class probabilities of many patches, in batches"
-    kw = dict(tta=True) if tta else {}  # image-only adapters without TTA take no `tta`
-    with torch.no_grad():
-        return torch.cat([model.classify(imgs[i:i+bs], generate=False, **kw)['probs'].float().cpu() for i in range(0, len(imgs), bs)]).numpy()
-
-GROUNDED_KEYS = ('hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider', 'rouge_l')
-
-def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify(images, generate=False)` (and `caption`, `answer`)
-                 ds:PatchDataset, # labelled patches to score
-                 out:Path, # folder for `report.json`, `report.md` and plots
-                 n_captions:int=32, # patches captioned and questioned for the text metrics (0: classification only)
-                 bs:int=32, # images per batch
-                 max_new_tokens:int=64, # tokens per caption at most
-                 tta:bool=False, # class probabilities averaged over the 8 rotations/reflections of each patch
-                 groundings:tuple=('none',), # caption groundings scored (a `PathVLM`'s); the first gives the main text metrics
-                 vocab:set|None=None, # words of the training text: adds the non-word rate
-                 **report_kw, # more `write_report` arguments (`baseline`, `history`, `config`)
-                )->dict: # the contents of `out/report.json`
-    "Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers; write the report"
-    imgs, y, kind = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels], model.cfg.vlm_kind
-    probs = class_probs(model, imgs, bs, tta)
-    t = decision_threshold(model)
-    met = dict(classification_metrics(y, probs, t, classes=list(LABEL_NAMES[kind])), n_images=len(ds), threshold=t)
-    sub = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))]
-    own = probs[:len(sub)] if not (tta and sub) else class_probs(model, [im for im, _ in sub], bs)  # the calls the model's own texts are made with (no TTA)
-    tm, o, grounded = {}, {}, {}
-    for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
-        tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]  # asked once
-        r, oo = evaluate_model(_Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=to_preds(own, t).tolist(), tasks=tasks, probs=own)
-        if j == 0: tm, o = r, oo
-        grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
-    met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
-    if len(grounded) > 1: met['groundings'] = grounded
-    write_report(out, met, y_true=y, probs=probs, images=o.get('images'), captions=o.get('captions'),
-                 classes=list(LABEL_NAMES[kind]), kind=kind, thr=getattr(model, 'thresholds', None), **report_kw)
-    return json.loads((out/'report.json').read_text())
 
 # %% ../nbs/11_train.ipynb #4d9c6e41
 def run_data(out:str|Path, # a `run_train` folder
