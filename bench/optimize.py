@@ -21,12 +21,13 @@ import warnings; warnings.filterwarnings('ignore', message='.*(kernels|deprecate
 import numpy as np, torch
 from pathllm.data import pcam_dir, load_patches, atomic_write, environment_info, data_fingerprint
 from pathllm.captions import measure, caption
-from pathllm.fusion import PathVLM, vlm_dataloaders, vlm_learner, init_vision, fit_stage
+from pathllm.fusion import PathVLM, vlm_dataloaders, vlm_learner, init_vision
+from pathllm.fit import fit_stage
 from pathllm.train import run_train, load_config
 from pathllm.bench import bench_config
 from pathllm.evaluate import classification_metrics, cider
 from pathllm.optimize import (VARIANTS, compare_variants, distill, variant_outputs, speed_report, speed_markdown, compile_model,
-                              train_step_seconds, GradAccum)
+                              train_step_seconds, GradAccum, pipeline_speed)
 from pathllm.captions import read_corpus
 from pathllm.lm import lm_loss, pack_tokens
 
@@ -144,6 +145,17 @@ def _train_speed(a, teacher, root):
     return rows, grad
 
 
+def _pipeline(a):
+    """The baseline's input pipelines (per item vs batched), with the `small` config's encoder and stain jitter, on the data's patches"""
+    c = load_config('small')
+    data = a.data or None
+    if data is None: return {}
+    n, bs = (64, 16) if a.tiny else (1024, c.bs)
+    r = pipeline_speed(load_patches(data), n=n, bs=bs, rounds=a.rounds, arch=c.vit_name, sigma=c.stain_sigma, bias=c.stain_bias, **c.vit_kw)
+    r['per_item_median'], r['batched_median'] = float(np.median(r['per_item'])), float(np.median(r['batched']))
+    return dict(r, encoder=f"{c.vit_name} {c.vit_kw}")
+
+
 def _plot(rows, path):
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 3, figsize=(12, 3.5))
@@ -185,9 +197,10 @@ def main():
                                n_captions=a.n_captions)
     kd = _student(a, teacher, root, score, imgs) if a.distill_epochs and root else []
     ts, ga = _train_speed(a, teacher, root) if a.train_speed and root else ([], {})
+    pipe = _pipeline(a) if a.train_speed else {}
     res = dict(config=vars(a), eval=ev, teacher_training=trained, environment=environment_info(('torch', 'onnxruntime', 'onnx', 'bitsandbytes', 'numpy')),
                seconds=round(time.time() - t0, 1), variants=rows, distillation=kd, distillation_summary=_summary(kd) if kd else [],
-               train_speed=ts, grad_accum=ga)
+               train_speed=ts, grad_accum=ga, pipeline=pipe)
     atomic_write(out/'optimize.json', json.dumps(res, indent=2, default=str))
     speed_report(rows, out, dict(eval=ev, bs=a.bs, n_tokens=a.n_tokens, rounds=a.rounds, threads=torch.get_num_threads()))
     vc = ['variant', 'size_mb', 'size_ratio', 'peak_mb', 'agreement', 'max_prob_diff', 'accuracy', 'accuracy_retained', 'auc', 'auc_retained',
@@ -204,6 +217,9 @@ def main():
     if ts: md += (f"\n## Training steps: compiled (inductor, dynamic shapes) vs eager, seconds per step at batch {a.bs} (median of {a.rounds} "
                   f"interleaved rounds of {a.train_steps} steps)\n\n{_md(ts, list(ts[0]))}\n\n## Gradient accumulation: one epoch of {ga['rows']} rows, "
                   f"batch {ga['batch']} vs {ga['micro_batch']} x {ga['n_acc']} accumulated\n\n{_md([ga], list(ga))}\n")
+    if pipe: md += (f"\n## Baseline input pipeline: training images/s, per item (`get_dls`) vs batched (`tensor_dls` + `BatchAugment`), "
+                    f"{pipe['n']} patches, batch {pipe['bs']}, {pipe['encoder']} (median [min, max] ratio over {pipe['rounds']} interleaved rounds)\n\n"
+                    f"{_md([{k: v for k, v in pipe.items() if not isinstance(v, (list, dict))}], [k for k, v in pipe.items() if not isinstance(v, (list, dict))])}\n")
     atomic_write(out/'optimize.md', md)
     _plot(rows, out/'optimize.png')
     print(md)

@@ -26,8 +26,8 @@ __all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'Prompt
            'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants', 'speed_report',
            'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss', 'DistillCallback',
            'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel',
-           'train_step_seconds', 'train_flops', 'power_law', 'fit_power_law', 'flat_point', 'non_embedding_params',
-           'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
+           'train_step_seconds', 'pipeline_speed', 'train_flops', 'power_law', 'fit_power_law', 'flat_point',
+           'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
 
 # %% ../nbs/09_optimization.ipynb #82c37487
 VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8')  # names `quantize_model` accepts
@@ -519,6 +519,33 @@ def train_step_seconds(model:nn.Module, # trained in place (AdamW)
         if i < warmup: tw += dt
         else: ts.append(dt)
     return dict(seconds=ts, warmup_seconds=tw)
+
+# %% ../nbs/09_optimization.ipynb #c867fa2f
+def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') patches
+                   n:int=1024, # training patches per epoch (the first of the split)
+                   bs:int=64, # batch size
+                   rounds:int=3, # interleaved rounds: one epoch of each pipeline per round
+                   arch:str='timm:resnet10t', # the baseline's encoder (`get_vision` name)
+                   sigma:float=0.2, bias:float=0.05, # stain jitter of both pipelines (`stain_jitter`)
+                   **kw, # more `get_vision` arguments (e.g. `crop=64`)
+                  )->dict: # `per_item` and `batched` images/s per round, `ratio` (batched / per item, median), `decode_s`
+    "Training images/s of the baseline fed per item (`get_dls`) against batched (`tensor_dls` + `BatchAugment`): same model, patches and steps"
+    from pathllm.data import get_dls, tensor_dls, patch_tensor, BatchAugment
+    from pathllm.vision import vision_learner_for
+    sp = ds.items.split.to_numpy(); vs = 'valid' if (sp == 'valid').any() else 'test'
+    trn, val = np.flatnonzero(sp == 'train')[:n].tolist(), np.flatnonzero(sp == vs)[:bs].tolist()
+    sub = ds.subset(trn + val); ti, vi = list(range(len(trn))), list(range(len(trn), len(sub)))
+    t0 = time.perf_counter(); x = patch_tensor(sub); decode = time.perf_counter() - t0
+    feeds = dict(per_item=lambda: (get_dls(sub, bs=bs, seed=0, stain_sigma=sigma, stain_bias=bias), []),
+                 batched=lambda: (tensor_dls(x, torch.as_tensor(sub.labels), train=ti, valid=vi, bs=bs, device='cpu'), [BatchAugment(sigma, bias, seed=0)]))
+    out = {k: [] for k in feeds}
+    for _ in range(rounds):
+        for k, feed in feeds.items():
+            dls, cbs = feed(); set_seed(0)
+            learn = vision_learner_for(dls, arch, len(sub.classes), img_size=x.shape[-1], cbs=cbs, **kw)
+            t0 = time.perf_counter(); fit_stage(learn, 1, 1e-3); out[k].append(len(trn) / (time.perf_counter() - t0))
+    ratio = [b / a for a, b in zip(out['per_item'], out['batched'])]
+    return dict(out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), n=len(trn), bs=bs, rounds=rounds, decode_s=decode)
 
 # %% ../nbs/09_optimization.ipynb #2770db16
 def train_flops(n_params:float, # parameters (non-embedding, by convention)
