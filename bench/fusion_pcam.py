@@ -18,7 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 from pathllm.data import pcam_dir, atomic_write
-from pathllm.train import run_train, load_config, GROUNDED_KEYS
+from pathllm.train import run_train, load_config
+from pathllm.evaluate import GROUNDED_KEYS
 from pathllm.bench import bench_config
 from pathllm.results import train_table, md_table, mean_sd
 
