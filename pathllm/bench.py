@@ -306,8 +306,7 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
 def _dev_thresholds(models:dict, dev, val, tta:bool)->dict: # per model: valid metrics at 0.5 and at the threshold chosen on dev
     yd, yv, out = [int(l) for l in dev.labels], [int(l) for l in val.labels], {}
     for name, m in models.items():
-        tt = tta and 'tta' in inspect.signature(m.classify).parameters
-        pd_, pv = (class_probs(m, [d.image(i) for i in range(len(d))], tta=tt) for d in (dev, val))
+        pd_, pv = (class_probs(m, [d.image(i) for i in range(len(d))], tta=bool(_tta(m, tta))) for d in (dev, val))
         out[name] = {}
         for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', best_threshold(yd, pd_))):
             c = classification_metrics(yv, pv, th); cm = np.array(c['confusion'])
@@ -364,7 +363,8 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     models = {'fused': fused, 'baseline': ImageOnly(ImageClassifier.from_pretrained(run/'baseline'), kind, cfg.img_size)}
     val = ds.subset(prep['valid'])
     head = dict(run=str(run), config=asdict(cfg), fingerprint=data_fingerprint(ds)['sha256'], environment=environment_info())
-    sub = val.subset(list(range(min(n_stress, len(val))))); ims, y = [sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]
+    sub = val.subset(list(range(min(n_stress, len(val)))))
+    ims, y = ([sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]) if stress else ([], [])  # decoded only for the stress tests
     thr = _dev_thresholds(models, ds.subset(prep['dev']), val, cfg.tta) if stress and two else {}
     for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']  # each model calls at its dev threshold
     out = {}

@@ -22,8 +22,7 @@ from .fusion import CONNECTORS, GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_re
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
-from .evaluate import (classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, decision_threshold, to_preds,
-                              class_probs, evaluate_vlm)
+from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, class_probs, evaluate_vlm
 
 # %% auto #0
 __all__ = ['CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs', 'sized_config',
