@@ -16,7 +16,8 @@ from fastai.torch_core import set_seed
 from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint, environment_info, StainNormalizer
 from .captions import QUESTIONS, read_corpus, measure, caption, hallucination_rate, CAPTION_MARGIN
 from .vision import vision_learner_for, class_logits, dihedral_mean, ImageClassifier
-from .fusion import CONNECTORS, VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
+from .connectors import CONNECTORS
+from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
 from .rag import image_embeddings, index_patches, knn_classify, rag_prompt, PatchIndex, compare_all
 from .prompting import pick_examples
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts

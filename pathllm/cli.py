@@ -144,7 +144,7 @@ def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small,
 
 def _train_hf(cfg, data, out:Path, lm:str, vision:str, resume:bool):
     "`train --backend hf`: two-stage training of a Hugging Face LM + vision tower (`pathllm.hf.train_hf`), sizes from the config"
-    from pathllm.train import run_eval, TrainConfig
+    from pathllm.train import run_eval, TrainConfig, stage_callbacks
     from pathllm.data import make_synthetic
     from pathllm.hf import train_hf
     d = TrainConfig()  # the fields that describe the from-scratch parts have no meaning here: refused, never dropped
@@ -153,7 +153,8 @@ def _train_hf(cfg, data, out:Path, lm:str, vision:str, resume:bool):
                          f"this backend trains --vision and --lm (drop {', '.join(bad)} from the config, or use --backend pathllm)")
     if data is None: data = make_synthetic(out/'data', cfg.kind, cfg.n_images, cfg.seed, progress=False)
     _, m = train_hf(data, out/'model', lm, vision, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, bs=cfg.bs,
-                    max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size, resume=resume)
+                    max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size, resume=resume,
+                    cbs=stage_callbacks(cfg), sortish=cfg.sortish)
     r = run_eval(out/'model', data, out, n=cfg.max_valid, n_captions=cfg.eval_captions, bs=cfg.bs, max_new_tokens=cfg.caption_tokens, tta=cfg.tta)
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 

@@ -20,7 +20,8 @@ from fastai.data.load import DataLoader
 from .captions import Morphology, FEATURES, QUESTIONS, report, check_claims
 from .tokenizer import pad_ids
 from .lm import lm_loss, TokenPerplexity
-from .fusion import PathVLM, VLMDataset, clip_loss
+from .connectors import clip_loss
+from .fusion import PathVLM, VLMDataset
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'FT_METHODS', 'lm_linear_names', 'param_counts', 'lora_model', 'finetune_learner', 'load_lora',

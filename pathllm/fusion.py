@@ -16,6 +16,7 @@ from fastcore.basics import patch
 from fastai.torch_core import Module, params, set_seed
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from fastai.text.data import SortedDL
 from fastai.callback.core import Callback
 from fastai.callback.training import GradientClip, BnFreeze
 from fastai.learner import Learner
@@ -29,35 +30,14 @@ from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
 from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedral_mean
+from .connectors import CONNECTORS, GatedCrossAttention, ConceptTokens, TextEncoder, clip_loss
 
 # %% auto #0
-__all__ = ['CONNECTORS', 'GROUNDING', 'Connector', 'register_connector', 'VLMConfig', 'pixel_shuffle', 'Projector',
-           'QFormerBlock', 'QFormer', 'GatedCrossAttention', 'ConceptTokens', 'TextEncoder', 'ContrastiveHead',
-           'clip_loss', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'VLMDataset', 'vlm_collate',
-           'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'vlm_learner', 'to_images', 'retrieval_recall',
-           'init_vision', 'vlm_accuracy', 'train_vlm']
+__all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'VLMDataset',
+           'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'vlm_learner', 'to_images',
+           'retrieval_recall', 'init_vision', 'vlm_accuracy', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
-@dataclass(frozen=True)
-class Connector:
-    "How a connector plugs into `PathVLM`: its module, built as `cls(cfg, vision_width, n_vision_tokens)` with an `n_tokens`"
-    cls:type|str # maps the vision tokens (B, N, D) to the LM's image tokens (B, n_tokens, C) (a dual encoder's: image and text vectors to logits); a str names one defined in this module
-    generative:bool=True # feeds a decoder LM that writes text (False: a contrastive text encoder, the 'dual' design)
-    xattn:bool=False # needs gated cross-attention layers in the LM (`xattn_every` >= 1)
-    hf:bool=False # also works with a Hugging Face LM (`pathllm.hf`)
-    def build(self, cfg, d_vis:int, n_vis:int)->nn.Module: # the connector module for this config and vision tower
-        return (globals()[self.cls] if isinstance(self.cls, str) else self.cls)(cfg, d_vis, n_vis)
-
-CONNECTORS = {}  # name -> `Connector`: the one registry that the config, the model, training, the bench and the HF backend read
-def register_connector(name:str, # the `vlm_connector` value
-                       cls:type, # the module (see `Connector`)
-                       **kw, # `Connector` flags: `generative`, `xattn`, `hf`
-                      )->Connector:
-    "Make `name` a connector every part of the library accepts"
-    CONNECTORS[name] = Connector(cls, **kw); return CONNECTORS[name]
-
-for _n, _c, _kw in [('projector', 'Projector', dict(hf=True)), ('qformer', 'QFormer', dict(hf=True)),   # the built-ins, defined below
-                    ('dual', 'ContrastiveHead', dict(generative=False)), ('xattn', 'QFormer', dict(xattn=True))]: register_connector(_n, _c, **_kw)
 GROUNDING = ('none', 'class', 'rerank')  # how `caption` and `report` tie their text to the image (see "Grounded captions")
 _LM_FIELDS = ('vocab_size', 'n_layer', 'n_embd', 'n_head', 'n_kv_head', 'dropout')
 _VLM_SIZES = dict(tiny=dict(lm_n_layer=2, lm_n_embd=64, lm_n_head=4),
@@ -137,125 +117,6 @@ def with_lm(self:VLMConfig, lc:LMConfig, # an LM's config (e.g. of a `train_lm` 
     d = asdict(lc)
     kw = {k: v for k, v in d.items() if k not in _LM_FIELDS and v != getattr(LMConfig, k, None)}
     return replace(self, **{f'lm_{k}': d[k] for k in _LM_FIELDS}, lm_kw=kw)
-
-# %% ../nbs/05_fusion.ipynb #01fe0c20
-def pixel_shuffle(x:torch.Tensor, # (B, N, D) tokens of a square h x w grid, N = h*w
-                  s:int=2, # factor; must divide h
-                 )->torch.Tensor: # (B, N/s^2, D*s^2)
-    "Merge each `s x s` block of grid tokens into one token"
-    B, N, D = x.shape
-    h = math.isqrt(N)
-    assert h*h == N, f"pixel_shuffle needs a square token grid, got N={N}"
-    assert h % s == 0, f"pixel_shuffle factor s={s} must divide the grid side {h}"
-    x = x.view(B, h//s, s, h//s, s, D).permute(0, 1, 3, 2, 4, 5)  # (B, h/s, w/s, s, s, D)
-    return x.reshape(B, N // (s*s), s*s*D)
-
-# %% ../nbs/05_fusion.ipynb #698c2701
-class Projector(Module):
-    "LLaVA connector: pixel shuffle, then a Linear (or Linear-GELU-Linear) into the LM width"
-    def __init__(self, cfg:VLMConfig, # config (`mp_*`, `lm_n_embd`)
-                 d_vis:int, # vision token width D
-                 n_vis:int): # vision tokens N
-        s, C = cfg.mp_shuffle, cfg.lm_n_embd
-        self.s, self.n_tokens, d_in = s, n_vis // (s*s), d_vis * s * s
-        self.mlp = nn.Linear(d_in, C) if cfg.mp_n_layer == 1 else nn.Sequential(nn.Linear(d_in, C), nn.GELU(), nn.Linear(C, C))
-    def forward(self, x:torch.Tensor)->torch.Tensor: # (B, N, D) -> (B, N/s^2, C)
-        return self.mlp(pixel_shuffle(x, self.s) if self.s > 1 else x)
-
-# %% ../nbs/05_fusion.ipynb #b372af92
-class QFormerBlock(Module):
-    "Pre-norm block: query self-attention, cross-attention to image tokens, MLP"
-    def __init__(self, C:int, # query width
-                 d_kv:int, # image token width
-                 n_head:int): # attention heads
-        self.n1, self.self_attn = nn.LayerNorm(C), nn.MultiheadAttention(C, n_head, batch_first=True)
-        self.n2, self.cross = nn.LayerNorm(C), nn.MultiheadAttention(C, n_head, kdim=d_kv, vdim=d_kv, batch_first=True)
-        self.n3, self.mlp = nn.LayerNorm(C), nn.Sequential(nn.Linear(C, 4*C), nn.GELU(), nn.Linear(4*C, C))
-    def forward(self, q:torch.Tensor, v:torch.Tensor)->torch.Tensor: # q (B, Q, C), v (B, N, D) -> (B, Q, C)
-        h = self.n1(q); q = q + self.self_attn(h, h, h, need_weights=False)[0]
-        q = q + self.cross(self.n2(q), v, v, need_weights=False)[0]
-        return q + self.mlp(self.n3(q))
-
-class QFormer(Module):
-    "BLIP-style connector: learned queries cross-attend to image tokens, then map to the LM width"
-    def __init__(self, cfg:VLMConfig, # config (`qf_*`, `lm_n_embd`)
-                 d_vis:int, # vision token width D
-                 n_vis:int=0): # vision tokens (unused: the output length is `qf_n_query`)
-        C, self.n_tokens = cfg.qf_n_embd or cfg.lm_n_embd, cfg.qf_n_query
-        self.query = nn.Parameter(0.02 * torch.randn(1, cfg.qf_n_query, C))
-        self.norm_v = nn.LayerNorm(d_vis)
-        self.blocks = nn.ModuleList(QFormerBlock(C, d_vis, cfg.qf_n_head) for _ in range(cfg.qf_n_layer))
-        self.out = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, cfg.lm_n_embd))
-    def forward(self, x:torch.Tensor)->torch.Tensor: # (B, N, D) -> (B, Q, C_lm)
-        v, q = self.norm_v(x), self.query.expand(len(x), -1, -1)   # (B, N, D), (B, Q, C)
-        for blk in self.blocks: q = blk(q, v)
-        return self.out(q)
-
-# %% ../nbs/05_fusion.ipynb #c2f8073e
-class GatedCrossAttention(Module):
-    "Flamingo layer: tokens cross-attend to image tokens `ctx`; tanh gates (0 at init) scale attention and MLP branches"
-    def __init__(self, C:int, # token and image-token width
-                 n_head:int): # attention heads
-        self.n1, self.attn = nn.LayerNorm(C), nn.MultiheadAttention(C, n_head, batch_first=True)
-        self.n2, self.mlp = nn.LayerNorm(C), nn.Sequential(nn.Linear(C, 4*C), nn.GELU(), nn.Linear(4*C, C))
-        self.attn_gate, self.mlp_gate = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
-        self.ctx = None  # (B, n, C) image tokens of the current batch
-    def forward(self, x:torch.Tensor)->torch.Tensor: # (B, T, C) -> (B, T, C)
-        if self.ctx is None: return x
-        x = x + self.attn_gate.tanh() * self.attn(self.n1(x), self.ctx, self.ctx, need_weights=False)[0]
-        return x + self.mlp_gate.tanh() * self.mlp(self.n2(x))
-    def hook(self, block:nn.Module, args:tuple)->tuple: # forward pre-hook of an LM `Block`: `(x, *rest)` -> `(self(x), *rest)`
-        return (self(args[0]), *args[1:])
-
-# %% ../nbs/05_fusion.ipynb #f0c1af22
-class ConceptTokens(Module):
-    "A readout's predictions as LM tokens: one for the class, one per morphology feature (word probabilities and value)"
-    def __init__(self, n_classes:int, # classes of the readout's class head
-                 n_morph:int, # morphology features of its morphology head (0: none)
-                 C:int): # LM width
-        self.cls = nn.Linear(n_classes, C)
-        self.morph = nn.Parameter(torch.randn(n_morph, 4, C) / 2)            # per feature: [p_low, p_mid, p_high, z] -> C
-        self.emb = nn.Parameter(0.02 * torch.randn(1 + n_morph, C))          # which slot is which
-        self.n_tokens = 1 + n_morph
-    def forward(self, out)->torch.Tensor: # a `Readout` output: logits (B, K), or `(logits, bins (B, F, 3), z (B, F))` -> (B, 1+F, C)
-        logits, *rest = out if isinstance(out, tuple) else (out,)
-        t = [self.cls(logits.softmax(-1))[:, None]]                              # (B, 1, C)
-        if rest: t.append(torch.einsum('bfk,fkc->bfc', torch.cat([rest[0].softmax(-1), rest[1][..., None]], -1), self.morph))
-        return torch.cat(t, 1) + self.emb                                        # (B, 1+F, C)
-
-# %% ../nbs/05_fusion.ipynb #06383029
-class TextEncoder(Module):
-    "CLIP text tower: token embeddings, bidirectional `TransformerEncoder`, pooling at `<eos>` or mean"
-    def __init__(self, cfg:VLMConfig): # the text tower's sizes (`lm_*`) and `clip_pool`
-        lc, self.pool = cfg.lm_config, cfg.clip_pool
-        self.tok_emb, self.encoder = nn.Embedding(lc.vocab_size, lc.n_embd), TransformerEncoder(lc)
-        nn.init.normal_(self.tok_emb.weight, 0., lc.init_std)
-    def forward(self, ids:torch.Tensor, # (B, T) right-padded ids ending in `<eos>`
-                attention_mask:torch.Tensor|None=None, # (B, T) 1 on real tokens
-               )->torch.Tensor: # (B, C) one embedding per text
-        m = torch.ones_like(ids) if attention_mask is None else attention_mask
-        h = self.encoder(self.tok_emb(ids), m)                                # (B, T, C)
-        if self.pool == 'mean': return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
-        return h[torch.arange(len(h)), m.sum(1) - 1]                          # last real token
-
-class ContrastiveHead(Module):
-    "Projections of image and text embeddings into one space, and the learned logit scale"
-    def __init__(self, cfg:VLMConfig, # `clip_dim`, `clip_temp` and the text width `lm_n_embd`
-                 d_vis:int, # width of the pooled image embedding
-                 n_vis:int=0): # vision tokens (unused: the dual encoder puts no image tokens in a prompt)
-        self.img, self.txt = nn.Linear(d_vis, cfg.clip_dim, bias=False), nn.Linear(cfg.lm_n_embd, cfg.clip_dim, bias=False)
-        self.logit_scale, self.n_tokens = nn.Parameter(torch.tensor(math.log(1 / cfg.clip_temp))), 0
-    def forward(self, img:torch.Tensor, txt:torch.Tensor)->torch.Tensor: # (B, D), (M, C) -> (B, M) scaled cosine similarities
-        i, t = F.normalize(self.img(img), dim=-1), F.normalize(self.txt(txt), dim=-1)
-        return self.logit_scale.clamp(max=math.log(100)).exp() * i @ t.T
-
-# %% ../nbs/05_fusion.ipynb #c422929c
-def clip_loss(logits:torch.Tensor, # (B, B) image-text similarities, pairs on the diagonal
-              y:torch.Tensor|None=None, # (B,) index of each image's caption (default `arange(B)`)
-             )->torch.Tensor: # symmetric InfoNCE
-    "Symmetric contrastive (InfoNCE) loss of CLIP"
-    y = torch.arange(len(logits), device=logits.device) if y is None else y
-    return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
 
 # %% ../nbs/05_fusion.ipynb #4263da8b
 def merge_image_tokens(tok_embeds:torch.Tensor, # (B, T, C) text embeddings
@@ -355,7 +216,7 @@ def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with `<image>` tokens
     "LM input embeddings with the image tokens in place of `<image>` (and the image tokens of the cross-attention layers)"
     if self.xattn is not None:
         for l in self.xattn: l.ctx = img_embeds.flatten(1, -2)                             # (B, m*n, C)
-    if self.cfg.vlm_connector == 'xattn':  # Flamingo: the image is read through cross-attention only, `<image>` stays a token
+    if CONNECTORS[self.cfg.vlm_connector].xattn:  # Flamingo: the image is read through cross-attention only, `<image>` stays a token
         pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         return self.lm.tok_emb(ids), torch.ones_like(ids) if attention_mask is None else attention_mask, pos
     return merge_image_tokens(self.lm.tok_emb(ids), ids, img_embeds, self._image_id if self.tok is None else self.tok.image_id, attention_mask)
@@ -445,6 +306,7 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
                     repeat:dict|None=None, # task -> times each of its training rows appears (e.g. `{'class': 3}`), before `max_rows`
                     max_valid_rows:int|None=None, # cap the validation rows (a seeded random subset): validation each epoch costs less
                     extra:list|None=None, # more training records (e.g. `pathllm.rag.rag_rows`), added before `repeat` and `max_rows`
+                    sortish:bool=False, # training batches of rows of similar length (fastai's `SortedDL`): the same rows, far less padding
                    )->DataLoaders: # batches of `vlm_collate`
     "Train/valid `DataLoaders` of `VLMDataset`s from a captioned data set folder"
     root = Path(root); tr = vlm_records(root, 'train', tasks, conversations)
@@ -459,8 +321,10 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
     col = partial(vlm_collate, pad_id=tok.pad_id, text_only=text_only)
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     set_seed(seed)
-    return DataLoaders(DataLoader(mk(tr), bs=bs, shuffle=True, drop_last=text_only and len(tr) > bs, create_batch=col),
-                       DataLoader(mk(va), bs=bs, create_batch=col), device=dev)
+    tr, va = mk(tr), mk(va)
+    trdl = (SortedDL(tr, res=[len(r[0]) for r in tr.rows], bs=bs, shuffle=True, create_batch=col) if sortish and not text_only else
+            DataLoader(tr, bs=bs, shuffle=True, drop_last=text_only and len(tr) > bs, create_batch=col))
+    return DataLoaders(trdl, DataLoader(va, bs=bs, create_batch=col), device=dev)
 
 # %% ../nbs/05_fusion.ipynb #0b5e59d3
 def vlm_splitter(m:PathVLM, # the model to split
@@ -793,6 +657,7 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
               model:PathVLM|None=None, # a model to train instead of building one (e.g. `pathllm.hf.hf_vlm`); its `cfg` and `tok` are used
               cbs:list|None=None, # more callbacks for both stages (e.g. `pathllm.optimize.GradAccum`, `CompileModel`)
               extra_rows:list|None=None, # more stage-2 training records (e.g. retrieval-augmented ones, `pathllm.rag.rag_rows`)
+              sortish:bool=False, # batch rows of similar length together (`vlm_dataloaders`): same rows, less padding, faster
               **cfg_kw, # `VLMConfig` overrides with `size`
              )->tuple: # (model, metrics dict)
     "Caption, tokenize, build and train a `PathVLM` in two stages; save everything to `out_dir`"
@@ -802,7 +667,7 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     if cfg.vlm_level_odds is None: cfg = replace(cfg, vlm_level_odds=read_level_odds(root))
     if model is not None: model.cfg = cfg
     tok = model.tok if model is not None else tok
-    if cfg.lm_path and not cfg.vlm_connector == 'dual' and model is None:
+    if cfg.lm_path and CONNECTORS[cfg.vlm_connector].generative and model is None:
         cfg = cfg.with_lm(LMConfig(**json.loads((Path(cfg.lm_path)/'config.json').read_text())))
         tok = tok or PathTokenizer.load(cfg.lm_path)
     tok = tok or PathTokenizer.train([t for r in vlm_records(root, 'train', conversations=True) for t in _texts(r)], vocab_size)
@@ -811,7 +676,7 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     t0, dual = time.time(), not CONNECTORS[cfg.vlm_connector].generative
     if vision_init is not None: init_vision(model, vision_init)
     dl = partial(vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed, text_only=dual,
-                 max_valid_rows=max_valid_rows)
+                 max_valid_rows=max_valid_rows, sortish=sortish)
     cache = {}  # features of the frozen vision tower, shared by both stages
     h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume, cache=cache, cbs=cbs), stage1_epochs, lr1, progress)
     dls2 = dl(tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat, extra=None if dual else extra_rows)

@@ -18,7 +18,8 @@ from .tokenizer import PathTokenizer, normalize_conversation
 from .lm import LM, LMConfig, KVCache, get_position_ids, lm_loss
 from .fit import save_weights, read_weights
 from .vision import VisionEncoder, VisionOutput, get_vision, vision_names
-from .fusion import (CONNECTORS, PathVLM, VLMConfig, Projector, QFormer, VLMDataset, vlm_records, vlm_dataloaders, vlm_learner,
+from .connectors import CONNECTORS
+from .fusion import (PathVLM, VLMConfig, VLMDataset, vlm_records, vlm_dataloaders, vlm_learner,
                             _captioned, train_vlm)
 
 # %% auto #0
@@ -285,6 +286,8 @@ def train_hf(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folder
              seed:int=0, # seed for init, split and shuffling
              resume:bool=False, # continue from the stage checkpoints in `out_dir`
              progress:bool=False, # show fastai's progress bars
+             cbs:list|None=None, # more callbacks for both stages (e.g. `pathllm.optimize.GradAccum`)
+             sortish:bool=False, # batch rows of similar length (`vlm_dataloaders`)
              **kw, # more `hf_vlm` arguments (`connector`, `img_size`, `load_in_4bit`, `dtype`, `vlm_max_len`, ...)
             )->tuple: # (model, metrics dict)
     "Build an `HFVLM` with `hf_vlm`, train it in two stages on `src`, and save it to `out_dir`"
@@ -293,7 +296,7 @@ def train_hf(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folder
     root = _captioned(src, out_dir); set_seed(seed)
     model = hf_vlm(lm, vision, tok, **{'kind': getattr(src, 'kind', None) or _kind(root), **kw})
     return train_vlm(root, out_dir, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, lr1=lr1, lr2=lr2, bs=bs,
-                     max_rows=max_rows, seed=seed, resume=resume, progress=progress, model=model)  # the same two stages as the from-scratch model
+                     max_rows=max_rows, seed=seed, resume=resume, progress=progress, model=model, cbs=cbs, sortish=sortish)  # the same two stages as the from-scratch model
 
 def _kind(root:Path)->str: # 'pcam' or 'mhist', from the class answers of a captioned folder
     from pathllm.data import LABEL_NAMES

@@ -16,7 +16,8 @@ from .data import atomic_write, LABEL_NAMES, environment_info
 from .captions import QUESTIONS, read_jsonl
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, Rotary, IGNORE, lm_loss, pack_tokens
-from .fusion import PathVLM, VLMConfig, vlm_learner, to_images, init_vision, vlm_accuracy
+from .connectors import CONNECTORS
+from .fusion import PathVLM, VLMConfig, vlm_learner, vlm_dataloaders, to_images, init_vision, vlm_accuracy
 from .fit import fit_stage
 from .finetune import quantize_linears, replace_linears
 
@@ -26,8 +27,8 @@ __all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'Prompt
            'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants', 'speed_report',
            'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss', 'DistillCallback',
            'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel',
-           'train_step_seconds', 'pipeline_speed', 'train_flops', 'power_law', 'fit_power_law', 'flat_point',
-           'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
+           'train_step_seconds', 'pipeline_speed', 'batching_speed', 'train_flops', 'power_law', 'fit_power_law',
+           'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
 
 # %% ../nbs/09_optimization.ipynb #82c37487
 VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8')  # names `quantize_model` accepts
@@ -84,7 +85,7 @@ class PromptCache:
 class ClassScorer(Module):
     "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes: the prompt runs once per image, the K answers read its cache"
     def __init__(self, model:PathVLM): # a generative `PathVLM` with a tokenizer, connector 'projector' or 'qformer'
-        if model.dual or model.xattn is not None or model.cfg.vlm_connector == 'xattn':
+        if model.dual or model.xattn is not None or CONNECTORS[model.cfg.vlm_connector].xattn:
             raise ValueError(f"vlm_connector: ClassScorer needs image tokens in the prompt ('projector' or 'qformer'), got {model.cfg.vlm_connector!r}")
         tok, p = model.tok, model._prompt(QUESTIONS[model.cfg.vlm_kind, 'class'][0])
         ids, am = pad_ids([tok.encode(n) + [tok.end_id] for n in LABEL_NAMES[model.cfg.vlm_kind]], tok.pad_id)  # (K, A) answers, right-padded
@@ -546,6 +547,29 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
             t0 = time.perf_counter(); fit_stage(learn, 1, 1e-3); out[k].append(len(trn) / (time.perf_counter() - t0))
     ratio = [b / a for a, b in zip(out['per_item'], out['batched'])]
     return dict(out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), n=len(trn), bs=bs, rounds=rounds, decode_s=decode)
+
+# %% ../nbs/09_optimization.ipynb #3d9610c0
+def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. a `run_train` folder's `vlm`)
+                   root:str|Path, # its captioned data folder
+                   n:int=1024, # stage-2 training rows per epoch (a seeded random subset of rows and conversations)
+                   bs:int=64, # batch size
+                   rounds:int=3, # interleaved timed rounds: one epoch of each batching per round
+                   max_len:int=384, # tokens per row at most
+                  )->dict: # `random` and `sortish` rows/s per round, `ratio` (sortish / random, median), `pad_*` tokens per real token
+    "Stage-2 training rows/s of a fused model with random batches against length-sorted ones: same rows, model and steps"
+    dl = lambda s: vlm_dataloaders(root, model.tok, conversations=True, bs=bs, img_size=model.cfg.vit_img_size, max_len=max_len,
+                                   max_rows=n, max_valid_rows=bs, seed=0, sortish=s)
+    pad = lambda d: float(sum(b[1].numel() for b in d.train) / sum(int(b[2].sum()) for b in d.train))  # tokens fed per real token
+    out, cache = dict(random=[], sortish=[]), {}
+    def epoch(s):
+        set_seed(0); learn = vlm_learner(dl(s), copy.deepcopy(model).train(), stage=2, lr=1e-4, freeze_vision=True, cache=cache)
+        t0 = time.perf_counter(); fit_stage(learn, 1, 1e-4); return n / (time.perf_counter() - t0)
+    epoch(False)  # warm-up: fills the frozen tower's feature cache
+    for _ in range(rounds):
+        for k in out: out[k].append(epoch(k == 'sortish'))
+    ratio = [b / a for a, b in zip(out['random'], out['sortish'])]
+    return dict(out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), pad_random=pad(dl(False)),
+                pad_sortish=pad(dl(True)), n=n, bs=bs, rounds=rounds)
 
 # %% ../nbs/09_optimization.ipynb #2770db16
 def train_flops(n_params:float, # parameters (non-embedding, by convention)

@@ -18,7 +18,8 @@ from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset,
 from .lm import train_lm, LM_SIZES, LMConfig
 from .fit import CheckpointCallback, fit_stage
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier, get_vision
-from .fusion import CONNECTORS, GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records
+from .connectors import CONNECTORS
+from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
@@ -26,7 +27,7 @@ from .evaluate import classification_metrics, evaluate_model, write_report, text
 
 # %% auto #0
 __all__ = ['CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs', 'sized_config',
-           'vlm_config', 'calibrate_threshold', 'run_data', 'run_train', 'run_eval', 'predict']
+           'stage_callbacks', 'vlm_config', 'calibrate_threshold', 'run_data', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # caption groundings scored (the first is the model's default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`pathllm.optimize.GradAccum`): batch `bs * grad_accum`
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
+    sortish:bool=False # the fusion stages batch rows of similar length (`vlm_dataloaders`): the same rows, less padding, faster
     threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
 
     def __post_init__(self):
@@ -121,7 +123,7 @@ _RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAM
               lm_size=(lambda v: v in LM_SIZES, f"must be one of {list(LM_SIZES)}"), lm_epochs=(_pos, "must be >= 1"),
               lm_lr=(lambda v: 0 < v < 1, "must be in (0, 1)"), lm_seq_len=(lambda v: v >= 8, "must be >= 8"),
               vocab_size=(lambda v: v >= 288, "must be >= 288 (256 bytes + special tokens + merges)"),
-              vlm_connector=(lambda v: v in CONNECTORS and CONNECTORS[v].generative, "must be a generative connector of `pathllm.fusion.CONNECTORS` (they classify and caption)"),
+              vlm_connector=(lambda v: v in CONNECTORS and CONNECTORS[v].generative, "must be a generative connector of `pathllm.connectors.CONNECTORS` (they classify and caption)"),
               mp_shuffle=(_pos, "must be >= 1"), vlm_max_len=(lambda v: v >= 16, "must be >= 16"),
               stage1_epochs=(_pos, "must be >= 1"), stage2_epochs=(_pos, "must be >= 1"),
               lr1=(lambda v: 0 < v < 1, "must be in (0, 1)"), lr2=(lambda v: 0 < v < 1, "must be in (0, 1)"),
@@ -258,7 +260,7 @@ def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)
     b = spec.bins(v); ok = (pred == b) & (b >= 0)
     return {f: float(ok[:, j].sum() / (b[:, j] >= 0).sum().clamp(min=1)) for j, f in enumerate(spec.names)}
 
-def _cbs(cfg:TrainConfig)->list: # the callbacks every training stage gets from the config
+def stage_callbacks(cfg:TrainConfig)->list: # the callbacks every training stage gets from the config (`grad_accum`, `compile`)
     return ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
 
 def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:bool, progress:bool)->dict: # metrics, losses
@@ -269,7 +271,7 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
     dls = tensor_dls(x, y, v, train=trn, valid=dev or val, bs=cfg.bs, seed=cfg.seed); set_seed(cfg.seed)
     learn = vision_learner_for(dls, cfg.vit_name, len(LABEL_NAMES[kind]), img_size=cfg.img_size, lr=cfg.vision_lr, spec=spec,
                                lam=cfg.vision_morph, centre=cfg.vision_centre, classes=list(LABEL_NAMES[kind]),
-                               cbs=[BatchAugment(cfg.stain_sigma, cfg.stain_bias, seed=cfg.seed), CheckpointCallback(out, resume), *_cbs(cfg)], **cfg.vit_kw)
+                               cbs=[BatchAugment(cfg.stain_sigma, cfg.stain_bias, seed=cfg.seed), CheckpointCallback(out, resume), *stage_callbacks(cfg)], **cfg.vit_kw)
     hist = fit_stage(learn, cfg.vision_epochs, cfg.vision_lr, progress)
     m = learn.model.eval(); m.save_pretrained(out)
     batches = lambda rows: [(x[rows[i:i+cfg.bs]], y[rows[i:i+cfg.bs]]) for i in range(0, len(rows), cfg.bs)]
@@ -285,7 +287,7 @@ def _lm(cfg:TrainConfig, root:Path, out:Path, resume:bool, progress:bool)->dict:
     texts = read_corpus(root, 'train')
     if cfg.lm_max_texts and len(texts) > cfg.lm_max_texts: texts = [texts[i] for i in sorted(np.random.default_rng(cfg.seed).permutation(len(texts))[:cfg.lm_max_texts])]
     _, _, m = train_lm(texts, out, size=cfg.lm_size, epochs=cfg.lm_epochs, lr=cfg.lm_lr, seq_len=cfg.lm_seq_len,
-                       vocab_size=cfg.vocab_size, bs=cfg.bs, seed=cfg.seed, resume=resume, progress=progress, cbs=_cbs(cfg), **cfg.lm_kw)
+                       vocab_size=cfg.vocab_size, bs=cfg.bs, seed=cfg.seed, resume=resume, progress=progress, cbs=stage_callbacks(cfg), **cfg.lm_kw)
     return m
 
 def vlm_config(cfg:TrainConfig, # the run's config
@@ -323,7 +325,7 @@ def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progres
     _, m = train_vlm(root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
                      bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline',
                      progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
-                     max_valid_rows=cfg.max_valid_rows, cbs=_cbs(cfg), extra_rows=_rag_rows(cfg, kind, root, out.parent/'baseline'))
+                     max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg), sortish=cfg.sortish, extra_rows=_rag_rows(cfg, kind, root, out.parent/'baseline'))
     return m
 
 # %% ../nbs/11_train.ipynb #79bd9ee0
