@@ -22,7 +22,7 @@ from fastai.callback.training import GradientClip, BnFreeze
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
-from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind
+from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_image
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, Thresholds, caption_dataset, read_jsonl,
                               read_thresholds, read_level_odds, record_images, measure, measurement_text, extract_claims, check_claims,
                               question_type, confidence_answer)
@@ -492,6 +492,18 @@ def classify(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
     pred = probs.argmax(-1) if t is None else (probs[:, 1] >= t).long()   # a stored threshold decides between two classes
     ans = self.generate(x, QUESTIONS[self.cfg.vlm_kind, 'class'][0], max_new_tokens=8) if generate and not self.dual else [names[i] for i in pred]
     return dict(probs=probs, pred=pred, label=[names[i] for i in pred], answer=ans)
+
+# %% ../nbs/05_fusion.ipynb #d5370e93
+@patch
+def predict(self:PathVLM, images:list, # image files, PIL images or uint8 (H, W, 3) arrays
+            max_new_tokens:int=64, # tokens per caption at most
+           )->list: # per image a dict: `label`, `prob` (of that label), `probs` (class name -> probability), `caption`
+    "Class, its probability and a caption for each image (a file that cannot be read raises a `DataError` naming it)"
+    imgs = [open_image(i).convert('RGB') if isinstance(i, (str, Path)) else i for i in images]
+    res, caps = self.classify(imgs, generate=False), self.caption(imgs, max_new_tokens=max_new_tokens)
+    names = list(LABEL_NAMES[self.cfg.vlm_kind])
+    return [dict(label=l, prob=float(p[i]), probs=dict(zip(names, map(float, p))), caption=c)
+            for l, i, p, c in zip(res['label'], res['pred'].tolist(), res['probs'], caps)]
 
 # %% ../nbs/05_fusion.ipynb #34799b92
 def _consistent(text:str, cls:int, kind:str)->str: # `text` without sentences whose diagnosis is not class `cls`

@@ -35,7 +35,6 @@ from .data import LABEL_NAMES, DataError, atomic_write
 from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type, confidence_answer
 from .fusion import PathVLM
 from .rag import PatchIndex, rag_generate
-from .train import predict as train_predict
 
 # %% ../nbs/12_serve.ipynb #08d9f22e
 FORMATS = ('PNG', 'JPEG', 'TIFF', 'BMP', 'WEBP')  # decoders tried on untrusted bytes; others are refused
@@ -408,7 +407,7 @@ def _batch_rag(self:Pipeline, xs:list, question:str, gen:tuple, *_)->list: # (an
     return [(a, self._refs(r['neighbours'], i)) for i, a in enumerate(r['answers'])]
 
 @patch
-def _batch_predict(self:Pipeline, xs:list, max_new_tokens:int)->list: return train_predict(self.model, xs, max_new_tokens=max_new_tokens)
+def _batch_predict(self:Pipeline, xs:list, max_new_tokens:int)->list: return self.model.predict(xs, max_new_tokens=max_new_tokens)
 
 # %% ../nbs/12_serve.ipynb #bd19becf
 def data_url(img, # uint8 (H, W, 3) array or PIL image

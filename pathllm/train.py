@@ -13,7 +13,7 @@ import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls, BatchAugment,
-                          atomic_write, project_root, data_fingerprint, environment_info, open_image)
+                          atomic_write, project_root, data_fingerprint, environment_info)
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds, recaption
 from .lm import train_lm, LM_SIZES, LMConfig
 from .fit import CheckpointCallback, fit_stage
@@ -408,13 +408,5 @@ def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathV
             images:list, # image files, PIL images or uint8 (H, W, 3) arrays
             max_new_tokens:int=64, # tokens per caption at most
            )->list: # per image a dict: `label`, `prob` (of that label), `probs` (class name -> probability), `caption`
-    "Class, its probability and a caption for each image"
-    model = load_vlm(model_dir)
-    imgs = [_open(i) for i in images]
-    res, caps = model.classify(imgs, generate=False), model.caption(imgs, max_new_tokens=max_new_tokens)
-    names = list(LABEL_NAMES[model.cfg.vlm_kind])
-    return [dict(label=l, prob=float(p[i]), probs=dict(zip(names, map(float, p))), caption=c)
-            for l, i, p, c in zip(res['label'], res['pred'].tolist(), res['probs'], caps)]
-
-def _open(i): # an image file -> RGB PIL image (a `DataError` naming a missing or unreadable file); anything else unchanged
-    return open_image(i).convert('RGB') if isinstance(i, (str, Path)) else i
+    "Class, its probability and a caption for each image of a saved model (`PathVLM.predict`)"
+    return load_vlm(model_dir).predict(images, max_new_tokens=max_new_tokens)
