@@ -31,11 +31,12 @@ from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexi
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
 from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedral_mean
 from .connectors import CONNECTORS, GatedCrossAttention, ConceptTokens, TextEncoder, clip_loss
+from .evaluate import retrieval_recall, vlm_accuracy
 
 # %% auto #0
 __all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'VLMDataset',
-           'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'vlm_learner', 'to_images',
-           'retrieval_recall', 'init_vision', 'vlm_accuracy', 'train_vlm']
+           'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'TokenWeight', 'vlm_learner',
+           'to_images', 'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 GROUNDING = ('none', 'class', 'rerank')  # how `caption` and `report` tie their text to the image (see "Grounded captions")
@@ -349,6 +350,15 @@ class FrozenVisionCache(Callback):
             for j, i in enumerate(miss): self.cache[keys[i]] = f[j]
         self.learn.xb = (VisionFeatures.stack([self.cache[k] for k in keys], group), *self.xb[1:])
 
+class TokenWeight(Callback):
+    "Training loss times the batch's counted target tokens over their mean per batch: every answer token weighs the same, whatever rows share its batch"
+    def __init__(self, mean_tokens:float): self.mean_tokens = mean_tokens  # counted target tokens of an average batch (`bs` random rows)
+    def after_loss(self):
+        if self.training: self.learn.loss_grad = self.learn.loss_grad * (self.yb[0] != IGNORE).sum() / self.mean_tokens
+
+def _mean_batch_tokens(dl)->float: # counted target tokens of an average batch of `dl` (rows drawn at random)
+    return dl.bs * float(np.mean([int((m[1:] != 0).sum()) for _, m in dl.dataset.rows]))
+
 def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 model:PathVLM, # the model
                 stage:int=1, # 1: train the connector only; 2: train everything
@@ -364,6 +374,7 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
     "A fastai `Learner` for one training stage of a `PathVLM`"
     if stage not in (1, 2): raise ValueError(f"stage: must be 1 or 2, got {stage}")
     cbs = [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache)] + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else []) + list(cbs or [])
+    if isinstance(dls.train, SortedDL) and not model.dual: cbs.append(TokenWeight(_mean_batch_tokens(dls.train)))  # sortish batches: per-token weights as in random ones
     learn = Learner(dls, model, loss_func=clip_loss if model.dual else lm_loss, lr=lr, wd=wd, splitter=vlm_splitter, cbs=cbs, train_bn=False,
                     opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if model.dual else [TokenPerplexity()])
     learn.freeze_to(-1) if stage == 1 else learn.freeze_to(1) if freeze_vision else learn.unfreeze()
@@ -568,14 +579,6 @@ def zero_shot(self:PathVLM, images, # images, as for `classify`
     return (self.connector.logit_scale.exp() * self.embed_images(images) @ cls.T).softmax(-1)
 
 # %% ../nbs/05_fusion.ipynb #ab458653
-def retrieval_recall(sims:torch.Tensor, # (N, N) image-text similarities, pairs on the diagonal
-                     ks:tuple=(1, 5), # recall cut-offs
-                    )->dict: # `i2t@k` and `t2i@k` recall for each k
-    "Recall@k of image->text and text->image retrieval"
-    gt = torch.arange(len(sims), device=sims.device)[:, None]
-    ri, rt = (sims.argsort(1, descending=True) == gt).float().argmax(1), (sims.T.argsort(1, descending=True) == gt).float().argmax(1)
-    return {f'{d}@{k}': float((r < k).float().mean()) for k in ks for d, r in (('i2t', ri), ('t2i', rt))}
-
 @patch
 def retrieve(self:PathVLM, images, texts:list, ks:tuple=(1, 5))->dict: # recall@k, pairs `images[i]`-`texts[i]`
     "Image<->text retrieval recall of paired images and texts ('dual')"
@@ -634,17 +637,6 @@ def _captioned(src, out_dir:Path)->Path: # folder holding `instructions_train.js
 def _texts(r:dict)->list: # the strings of a record
     return [t['value'] for t in r['conversations']] if 'conversations' in r else [r['prompt'], r['response']]
 
-@torch.no_grad()
-def vlm_accuracy(model:PathVLM, # a generative or dual model
-                 ds:VLMDataset, # rows of the 'class' task
-                 bs:int=32, # images per batch
-                )->float: # classification accuracy on the patches of `ds` (nan without class rows)
-    "Accuracy of `model.classify` on the labelled patches of `ds`"
-    lbl = {r['image']: r['response'] for r in ds.recs if r.get('task') == 'class'}
-    if not lbl: return float('nan')
-    keys = [k for k in ds.images if k in lbl]; names = list(LABEL_NAMES[model.cfg.vlm_kind])
-    pred = torch.cat([model.classify(torch.stack([ds.images[k] for k in keys[i:i+bs]]), generate=False)['pred'] for i in range(0, len(keys), bs)])
-    return float((pred == torch.tensor([names.index(lbl[k]) for k in keys])).float().mean())
 
 # %% ../nbs/05_fusion.ipynb #e0d224bf
 def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folder (captioned or not)

@@ -17,7 +17,8 @@ from .captions import QUESTIONS, read_jsonl
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, Rotary, IGNORE, lm_loss, pack_tokens
 from .connectors import CONNECTORS
-from .fusion import PathVLM, VLMConfig, vlm_learner, vlm_dataloaders, to_images, init_vision, vlm_accuracy
+from .fusion import PathVLM, VLMConfig, vlm_learner, vlm_dataloaders, to_images, init_vision
+from .evaluate import vlm_accuracy
 from .fit import fit_stage
 from .finetune import quantize_linears, replace_linears
 

@@ -18,14 +18,15 @@ from .captions import measure, caption, FEATURES, QUESTIONS, class_choice
 from .lm import LM, attn_mask, get_position_ids
 from .vision import VisionEncoder
 from .fusion import PathVLM, to_images
+from .evaluate import recall_at_k, retrieval_recall
 from .hf import load_vlm
 from .prompting import PROMPTS, answer_logprobs, generate_chat
 
 # %% auto #0
 __all__ = ['INDEX_KINDS', 'l2norm', 'image_embeddings', 'lm_hidden', 'text_embeddings', 'morph_features', 'Neighbour',
-           'SearchResult', 'PatchIndex', 'recall_at_k', 'knn_classify', 'index_patches', 'rag_prompt', 'rag_rows',
-           'rag_generate', 'rag_classify', 'rag_answer', 'knn_answer', 'build_index', 'rag_predict',
-           'neighbour_agreement', 'caption_retrieval', 'show_neighbours', 'compare_all']
+           'SearchResult', 'PatchIndex', 'knn_classify', 'index_patches', 'rag_prompt', 'rag_rows', 'rag_generate',
+           'rag_classify', 'rag_answer', 'knn_answer', 'build_index', 'rag_predict', 'neighbour_agreement',
+           'caption_retrieval', 'show_neighbours', 'compare_all']
 
 # %% ../nbs/07_rag.ipynb #3d380f9b
 def l2norm(x:np.ndarray|torch.Tensor, # (N, D) vectors
@@ -206,13 +207,6 @@ def search(self:PatchIndex, q:np.ndarray|torch.Tensor, # (B, D) query embeddings
     lab = np.array(self.labels + [-1], np.int64)[rows]  # row -1 -> the appended -1
     return SearchResult(scores, rows, [[self.ids[r] for r in rw if r >= 0] + [None]*int((rw < 0).sum()) for rw in rows], lab,
                         [[self.captions[r] if r >= 0 else '' for r in rw] for rw in rows])
-
-# %% ../nbs/07_rag.ipynb #d15009e5
-def recall_at_k(approx:SearchResult, # from an approximate index
-                exact:SearchResult, # from the exact index, same queries and `k`
-               )->float: # mean share of the exact top-k found by the approximate search
-    "Recall@k of an approximate search against the exact one"
-    return float(np.mean([len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, (e >= 0).sum()) for a, e in zip(approx.rows, exact.rows)]))
 
 # %% ../nbs/07_rag.ipynb #d7e58768
 @patch
@@ -458,7 +452,6 @@ def caption_retrieval(model:PathVLM, # a generative `PathVLM`
                       bs:int=8, # images scored at a time (each against every caption)
                      )->dict: # `i2t@k` and `t2i@k`
     "Image<->caption recall@k of a generative model: similarity = mean log-likelihood of the caption after the image"
-    from pathllm.fusion import retrieval_recall
     conv = [dict(role='user', content=QUESTIONS['caption'][0])]
     sims = torch.cat([answer_logprobs(model, images[i:i+bs], [conv] * len(images[i:i+bs]), list(captions), length_norm=True)
                       for i in range(0, len(images), bs)])                                                      # (N, N)
