@@ -81,7 +81,7 @@ class TrainConfig:
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # caption groundings scored (the first is the model's default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`pathllm.optimize.GradAccum`): batch `bs * grad_accum`
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
-    sortish:bool=False # the fusion stages batch rows of similar length (`vlm_dataloaders`): the same rows, less padding, faster
+    sortish:bool=False # the fusion stages batch rows of similar length (`vlm_dataloaders`): faster, but hurt `small`'s reports (see 09_optimization)
     threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
 
     def __post_init__(self):
