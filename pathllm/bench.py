@@ -52,6 +52,7 @@ class BenchConfig:
     knn_k:int=10 # neighbours that vote in the kNN classifier
     rag_k:int=4 # retrieved reference cases per RAG prompt
     lora_r:int=8 # LoRA rank of the 'lora' and 'qlora' rows
+    lora_lr:float=1e-2 # learning rate of the 'lora' and 'qlora' rows (adapters need a larger step than full stage 2; chosen on dev)
     n_latency:int=8 # images timed one at a time for the latency column
     seed:int|None=None # overrides the training config's seed (several seeds: one run each, pooled by `pathllm.results`)
 
@@ -61,6 +62,7 @@ class BenchConfig:
         if bad := [r for r in self.rows if r not in ROWS]: raise ValueError(f"config field 'rows': unknown row {bad[0]!r}; choose from {list(ROWS)}")
         for k in ('knn_k', 'rag_k', 'lora_r', 'n_latency'):
             if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise ValueError(f"config field {k!r}: must be an integer >= 1, got {getattr(self, k)!r}")
+        if not (isinstance(self.lora_lr, (int, float)) and self.lora_lr > 0): raise ValueError(f"config field 'lora_lr': must be a number > 0, got {self.lora_lr!r}")
         if not (self.seed is None or (isinstance(self.seed, int) and self.seed >= 0)): raise ValueError(f"config field 'seed': must be None or an integer >= 0, got {self.seed!r}")
         self.train_config()  # fail now, not after an hour of training
 
@@ -197,8 +199,8 @@ def _row_adapters(c:_Run, quantized:bool=False):
     pm = (qlora_model if quantized else lora_model)(base, r=c.bc.lora_r, alpha=2 * c.bc.lora_r)
     dls = vlm_dataloaders(c.root, base.tok, conversations=True, bs=c.cfg.bs, img_size=c.cfg.img_size, max_len=c.cfg.vlm_max_len,
                           max_rows=c.cfg.max_rows, seed=c.cfg.seed)
-    learn = finetune_learner(dls, pm, lr=c.cfg.lr2)
-    t0 = time.time(); fit_stage(learn, c.cfg.stage2_epochs, c.cfg.lr2, False); pm.eval()
+    learn = finetune_learner(dls, pm, lr=c.bc.lora_lr)
+    t0 = time.time(); fit_stage(learn, c.cfg.stage2_epochs, c.bc.lora_lr, False); pm.eval()
     pc = param_counts(pm)
     return pm, dict(params=pc['total'], trainable=pc['trainable'], train_s=round(time.time() - t0, 1))
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json, re
 from pathlib import Path
 import numpy as np
+from dataclasses import asdict
 from .data import atomic_write, project_root
+from .train import TrainConfig
 
 # %% auto #0
 __all__ = ['COUNTERWEIGHTS', 'QUALITY', 'LANGUAGE', 'TABLE_KINDS', 'ASSESSMENTS', 'mean_sd', 'check_counterweights',
@@ -45,9 +47,11 @@ def check_seeds(seeds:list, # the seed of each run
                 cfgs:list, # the config of each run (dicts)
                 fps:list, # the `data_fingerprint` of each run
                 label:str, # the configuration, named in errors
+                defaults:dict|None=None, # value of a field a run's config lacks (a field added to the code after that run)
                )->list: # the seeds, sorted
     "Runs pooled into one mean ± sd must differ only in their seed: same config, same data, distinct seeds"
     if len(set(seeds)) < len(seeds): raise ValueError(f"results: {label!r} has several runs with one seed ({seeds})")
+    cfgs = [{**(defaults or {}), **c} for c in cfgs]
     if diff := sorted({k for c in cfgs for k in set(c) | set(cfgs[0]) if k != 'seed' and c.get(k) != cfgs[0].get(k)}):
         raise ValueError(f"results: the runs of {label!r} differ in config fields {diff}: pool only seeds of one config")
     if len({f['sha256'] for f in fps}) > 1: raise ValueError(f"results: the runs of {label!r} were scored on different data (data fingerprints differ)")
@@ -81,7 +85,8 @@ def md_table(header:list, # column names
 def _train_runs(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                )->tuple: # (label -> its checked seeds, the stamp of every run): what every `run_train` table shares
     fps = lambda reps: [r['config']['data']['fingerprint'] for r in reps]
-    seeds = {label: check_seeds([r['config']['train']['seed'] for r in reps], [r['config']['train'] for r in reps], fps(reps), label)
+    dflt = asdict(TrainConfig())  # a field added after a run reads as its default
+    seeds = {label: check_seeds([r['config']['train']['seed'] for r in reps], [r['config']['train'] for r in reps], fps(reps), label, dflt)
              for label, reps in runs.items()}
     rs = [r for reps in runs.values() for r in reps]
     return seeds, stamp([r['config']['environment'] for r in rs], fps(rs))
