@@ -74,7 +74,8 @@ class BenchConfig:
 BENCH_CONFIGS = dict(
     debug=dict(name='debug', cnn_arch='timm:resnet10t',
                train=dict(base='debug', name='bench-debug', max_train=1200, max_valid=400, vision_epochs=4, stage2_epochs=2,
-                          max_rows=2400, eval_captions=32, freeze_vision=True, class_repeat=3)),
+                          max_rows=2400, eval_captions=32, freeze_vision=True, class_repeat=3,
+                          rag_share=0.2)),  # as `small`: the model of the RAG row has read reference cases in training
     small=dict(name='small', train='small'),
     tiny=dict(name='tiny', cnn_arch='resnet18', cnn_epochs=1, knn_k=5, rag_k=2, n_latency=2,  # seconds per row: tests, CI, `bench/*.py --tiny`
               train=dict(base='debug', name='tiny', n_images=160, vision_epochs=2, lm_epochs=1, stage1_epochs=1, stage2_epochs=1, max_rows=400,
