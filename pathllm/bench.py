@@ -18,7 +18,7 @@ from .captions import QUESTIONS, read_corpus, measure, caption, hallucination_ra
 from .vision import vision_learner_for, class_logits, dihedral_mean, ImageClassifier
 from .connectors import CONNECTORS
 from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
-from .rag import image_embeddings, index_patches, knn_classify, rag_prompt, PatchIndex, compare_all
+from .rag import image_embeddings, index_patches, knn_classify, rag_classify, rag_generate, PatchIndex, compare_all
 from .prompting import pick_examples
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
@@ -112,17 +112,13 @@ class KNN:
         return dict(probs=torch.as_tensor(r['probs'], dtype=torch.float32))
 
 class RAGModel:
-    "A generative `PathVLM` whose prompts start with the captions (and diagnoses) of the `k` most similar indexed patches"
+    "A generative `PathVLM` whose prompts hold the captions (and diagnoses) of the `k` most similar indexed patches (`pathllm.rag`)"
     def __init__(self, model:PathVLM, # a generative model
                  index, # a `PatchIndex` with captions
                  k:int=4): self.model, self.index, self.k, self.cfg = model, index, k, model.cfg  # similar patches whose captions go into the prompt
-    def _prompts(self, images, question:str)->list:
-        r = self.index.search(image_embeddings(self.model, images), self.k)
-        return [rag_prompt(question, r[i], True, self.cfg.vlm_kind) for i in range(len(r))]
-    def classify(self, images, generate:bool=False)->dict:
-        ps = self._prompts(images, QUESTIONS[self.cfg.vlm_kind, 'class'][0])
-        return dict(probs=torch.cat([self.model.class_logprobs(images[i:i+1], question=p) for i, p in enumerate(ps)]).softmax(-1))
-    def caption(self, images, **kw)->list: return self.model.generate(images, self._prompts(images, QUESTIONS['caption'][0]), **kw)
+    def classify(self, images, generate:bool=False)->dict:  # the plain row's class question, with the references
+        return dict(probs=rag_classify(self.model, self.index, images, None, self.k, question=QUESTIONS[self.cfg.vlm_kind, 'class'][0])['probs'])
+    def caption(self, images, **kw)->list: return rag_generate(self.model, self.index, images, None, QUESTIONS['caption'][0], self.k, **kw)['answers']
 
 # %% ../nbs/13_bench.ipynb #2850a8a9
 def _tta(obj, want:bool)->bool|None: # the TTA a row is scored with: `want` where its `classify` takes `tta`, else None (it cannot)

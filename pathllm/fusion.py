@@ -26,7 +26,7 @@ from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_i
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, Thresholds, caption_dataset, read_jsonl,
                               read_thresholds, read_level_odds, record_images, measure, measurement_text, extract_claims, check_claims,
                               question_type, confidence_answer)
-from .tokenizer import PathTokenizer, pad_ids
+from .tokenizer import PathTokenizer, pad_ids, with_image
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
 from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedral_mean
@@ -34,9 +34,9 @@ from .connectors import CONNECTORS, GatedCrossAttention, ConceptTokens, TextEnco
 from .evaluate import retrieval_recall, vlm_accuracy
 
 # %% auto #0
-__all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'VLMDataset',
-           'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'TokenWeight', 'vlm_learner',
-           'to_images', 'init_vision', 'train_vlm']
+__all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'record_conv',
+           'VLMDataset', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'TokenWeight',
+           'vlm_learner', 'to_images', 'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 GROUNDING = ('none', 'class', 'rerank')  # how `caption` and `report` tie their text to the image (see "Grounded captions")
@@ -244,9 +244,11 @@ def vlm_records(root:str|Path, # folder written by `caption_dataset`
     recs = [r for r in read_jsonl(fn) if tasks is None or r['task'] in tasks]
     return recs + (read_jsonl(root/f'llava_{split}.jsonl') if conversations else [])
 
-def _conv(r:dict)->list: # a record as chat turns
+def record_conv(r:dict, # a record of `vlm_records` (or `pathllm.rag.rag_rows`)
+               )->list: # `{role, content}` turns
+    "A record as chat turns: its `conversations`, or the prompt (with `<image>`, see `with_image`) and the response"
     if 'conversations' in r: return r['conversations']
-    return [dict(role='user', content='<image>\n' + r['prompt']), dict(role='assistant', content=r['response'])]
+    return [dict(role='user', content=with_image(r['prompt'])), dict(role='assistant', content=r['response'])]
 
 # %% ../nbs/05_fusion.ipynb #4ccc5645
 def _load_img(fn:Path, sz:int)->torch.Tensor: # uint8 (3, sz, sz)
@@ -264,7 +266,7 @@ class VLMDataset:
                  text_only:bool=False): # rows are `<bos> response <eos>` (dual encoder), else chat turns
         self.recs, self.tok = records, tok
         self.images = {p: _load_img(Path(root)/p, img_size) for p in dict.fromkeys(p for r in records for p in record_images(r))}
-        enc = lambda r: (tok.encode(r['response'], True, True),) * 2 if text_only else tok.apply_chat_template(_conv(r))
+        enc = lambda r: (tok.encode(r['response'], True, True),) * 2 if text_only else tok.apply_chat_template(record_conv(r))
         self.rows = [[torch.tensor(o[:max_len]) for o in enc(r)] for r in records]
     def __len__(self): return len(self.recs)
     def __getitem__(self, i): # (image (3, H, W) or images (m, 3, H, W) of an in-context row, ids, loss mask)
@@ -400,7 +402,7 @@ def _prompt(self:PathVLM, question:str, history:list=())->list: # prompt ids end
     conv = []
     for u, a in history: conv += [dict(role='user', content=u), dict(role='assistant', content=a)]
     conv.append(dict(role='user', content=question))
-    conv[0]['content'] = '<image>\n' + conv[0]['content']
+    conv[0]['content'] = with_image(conv[0]['content'])
     return self.tok.apply_chat_template(conv, add_generation_prompt=True)[0]
 
 @patch

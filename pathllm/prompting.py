@@ -14,7 +14,7 @@ import numpy as np, pandas as pd, torch
 from fastcore.meta import delegates
 from .data import LABEL_NAMES
 from .captions import QUESTIONS, COT_QUESTION, class_choice
-from .tokenizer import pad_ids
+from .tokenizer import pad_ids, with_image
 from .fusion import PathVLM, to_images
 
 # %% auto #0
@@ -120,7 +120,7 @@ def chat_ids(tok, # a `PathTokenizer`
     if image_turn not in ('first', 'last', 'all', None): raise ValueError(f"image_turn: must be 'first', 'last', 'all' or None, got {image_turn!r}")
     conv = [dict(c) for c in conv]; users = [i for i, c in enumerate(conv) if c['role'] == 'user']
     if not users or conv[-1]['role'] != 'user': raise ValueError('conv: must end with a user turn')
-    for i in {'first': users[:1], 'last': users[-1:], 'all': users, None: []}[image_turn]: conv[i]['content'] = '<image>\n' + conv[i]['content']
+    for i in {'first': users[:1], 'last': users[-1:], 'all': users, None: []}[image_turn]: conv[i]['content'] = with_image(conv[i]['content'])
     return tok.apply_chat_template(conv, add_generation_prompt=True)[0]
 
 # %% ../nbs/06_prompting.ipynb #0a2ae855

@@ -17,6 +17,7 @@ from .data import LABEL_NAMES, PatchDataset, DataError, atomic_write
 from .captions import measure, caption, FEATURES, QUESTIONS, class_choice
 from .lm import LM, attn_mask, get_position_ids
 from .vision import VisionEncoder
+from .tokenizer import with_image
 from .fusion import PathVLM, to_images
 from .evaluate import recall_at_k, retrieval_recall
 from .hf import load_vlm
@@ -290,13 +291,15 @@ def rag_prompt(question:str, # the question about the query image
                with_labels:bool=True, # add each reference case's diagnosis
                kind:str='pcam', # data set: class names of the labels
                header:str='Similar reference cases:', # line before the references
-              )->str: # the user turn: references, then the question
-    "A prompt that puts retrieved patches' captions (and labels) before `question`"
+               image:bool=True, # put `<image>` between the references and the question
+              )->str: # the user turn: references, then the image and the question
+    "A prompt that puts retrieved patches' captions (and labels) before the image and `question`"
     names, lines = LABEL_NAMES[kind], []
     for j, n in enumerate(neighbours, 1):
         dx = f' [diagnosis: {names[n.label]}]' if with_labels and 0 <= n.label < len(names) else ''
         lines.append(f'{j}. {n.caption.strip()}{dx}')
-    return f"{header}\n" + '\n'.join(lines) + f"\n\n{question}" if lines else question
+    if not lines: return question
+    return f"{header}\n" + '\n'.join(lines) + '\n\n' + (with_image(question) if image else question)
 
 # %% ../nbs/07_rag.ipynb #03866752
 def rag_rows(records:list, # instruction records (`prompt`, `response`, `image`, `task`) of the training split
@@ -308,6 +311,8 @@ def rag_rows(records:list, # instruction records (`prompt`, `response`, `image`,
              shuffled:float=0.25, # share of those whose references are random training patches (often disagreeing)
              tasks:tuple=('caption', 'class', 'closed', 'report'), # tasks that get references
              seed:int=0, # which rows, which `k`
+             n_tokens:Callable|None=None, # record -> its length in tokens as trained (e.g. chat template of `pathllm.fusion.record_conv`)
+             max_len:int|None=None, # with `n_tokens`: drop references from the end until a row is at most this long
             )->list: # new records: `prompt` = `rag_prompt(prompt, references)`, the same `response`, `task` + '_rag', the references' ids in `refs`
     "Training rows in the retrieval-augmented prompt format of `rag_prompt`: neighbours' captions and diagnoses, never the patch itself"
     rng = np.random.default_rng(seed)
@@ -322,8 +327,9 @@ def rag_rows(records:list, # instruction records (`prompt`, `response`, `image`,
             rows = [j for j in rng.choice(len(ids), k + 1, replace=False) if ids[j] != r['image']][:k]
             nb = [Neighbour(ids[j], 0., int(labels[j]), caps[j]) for j in rows]
         else: nb = res[i][:k]
-        out.append({**r, 'id': f"{r['id']}_rag", 'prompt': rag_prompt(r['prompt'], nb, True, kind), 'task': r['task'] + '_rag',
-                    'refs': [n.id for n in nb]})
+        row = lambda nb: {**r, 'id': f"{r['id']}_rag", 'prompt': rag_prompt(r['prompt'], nb, True, kind), 'task': r['task'] + '_rag', 'refs': [n.id for n in nb]}
+        while n_tokens and max_len and len(nb) > 1 and n_tokens(row(nb)) > max_len: nb = nb[:-1]
+        out.append(row(nb))
     return out
 
 # %% ../nbs/07_rag.ipynb #0e1906ba

@@ -33,6 +33,7 @@ from fastcore.meta import delegates
 from . import __version__
 from .data import LABEL_NAMES, DataError, atomic_write
 from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type, confidence_answer
+from .tokenizer import with_image
 from .fusion import PathVLM
 from .rag import PatchIndex, rag_generate
 
@@ -453,7 +454,7 @@ def n_tokens(self:Pipeline, message:str, # the user's message (or question)
             )->int: # tokens of the prompt, the image counted as one
     "Prompt length in tokens, by the model's tokenizer and chat template"
     conv = [dict(role=r, content=c) for u, a in history for r, c in (('user', u), ('assistant', a))] + [dict(role='user', content=message)]
-    conv[0] = dict(conv[0], content='<image>\n' + conv[0]['content'])
+    conv[0] = dict(conv[0], content=with_image(conv[0]['content']))
     return len(self.model.tok.apply_chat_template(conv, add_generation_prompt=True)[0])
 
 @patch

@@ -15,8 +15,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from .data import atomic_write
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'train_bpe', 'normalize_conversation', 'PathTokenizer', 'pad_ids', 'CharTokenizer',
-           'compare_tokenizers']
+__all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'train_bpe', 'normalize_conversation', 'with_image', 'PathTokenizer', 'pad_ids',
+           'CharTokenizer', 'compare_tokenizers']
 
 # %% ../nbs/02_tokenizer.ipynb #5b6dd73c
 SPECIAL_TOKENS = dict(pad='<pad>', bos='<bos>', eos='<eos>', unk='<unk>', image='<image>',
@@ -49,6 +49,12 @@ def normalize_conversation(conv:list|dict, # turns as `{"role","content"}` or `{
         if role not in _ROLES: raise ValueError(f"unknown chat role {role!r}; expected one of {sorted(_ROLES)}")
         out.append((_ROLES[role], content))
     return out
+
+# %% ../nbs/02_tokenizer.ipynb #8d499613
+def with_image(text:str, # a user turn's text
+              )->str: # the text with `<image>` in it
+    "`<image>` on a line before `text`, unless `text` already places its `<image>`"
+    return text if SPECIAL_TOKENS['image'] in text else f"{SPECIAL_TOKENS['image']}\n{text}"
 
 # %% ../nbs/02_tokenizer.ipynb #52df79f2
 class PathTokenizer:

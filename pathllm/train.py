@@ -19,7 +19,8 @@ from .lm import train_lm, LM_SIZES, LMConfig
 from .fit import CheckpointCallback, fit_stage
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier, get_vision
 from .connectors import CONNECTORS
-from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records
+from .tokenizer import PathTokenizer
+from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records, record_conv
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
@@ -301,12 +302,13 @@ def vlm_config(cfg:TrainConfig, # the run's config
                      vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw), lm_path=lm_path, mp_shuffle=cfg.mp_shuffle,
                      xattn_every=cfg.xattn_every, vlm_readout=ro if cfg.concept_tokens else None)
 
-def _rag_rows(cfg:TrainConfig, kind:str, root:Path, base:Path)->list: # retrieval-augmented stage-2 rows (`rag_rows`)
+def _rag_rows(cfg:TrainConfig, kind:str, root:Path, base:Path, lm:Path)->list: # retrieval-augmented stage-2 rows (`rag_rows`), each fitting `vlm_max_len`
     if not cfg.rag_share: return []
     df = pd.read_csv(root/'captions.csv'); trn = df[df.split == 'train']
     emb = image_embeddings(ImageClassifier.from_pretrained(base).encoder, image_tensor([root/p for p in trn.image], cfg.img_size), bs=cfg.bs)
     ix = PatchIndex(emb.shape[1]).add(emb, list(trn.image), trn.label.tolist(), trn.caption.tolist())
-    return rag_rows(vlm_records(root, 'train'), ix, dict(zip(trn.image, emb)), kind, cfg.rag_share, seed=cfg.seed)
+    tok = PathTokenizer.load(lm); n_tokens = lambda r: len(tok.apply_chat_template(record_conv(r))[0])
+    return rag_rows(vlm_records(root, 'train'), ix, dict(zip(trn.image, emb)), kind, cfg.rag_share, seed=cfg.seed, n_tokens=n_tokens, max_len=cfg.vlm_max_len)
 
 def _salient(cfg:TrainConfig, kind:str, root:Path, base:Path, out:Path)->Path: # the captioned folder stage 2 reads
     "With `caption_salience`: the text again, naming per training patch only the features the baseline reads confidently"
@@ -325,7 +327,7 @@ def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progres
     _, m = train_vlm(root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
                      bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline',
                      progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
-                     max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg), sortish=cfg.sortish, extra_rows=_rag_rows(cfg, kind, root, out.parent/'baseline'))
+                     max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg), sortish=cfg.sortish, extra_rows=_rag_rows(cfg, kind, root, out.parent/'baseline', out.parent/'lm'))
     return m
 
 # %% ../nbs/11_train.ipynb #79bd9ee0
