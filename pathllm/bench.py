@@ -30,7 +30,7 @@ from .results import bench_table, ASSESSMENTS
 
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench',
-           'run_speed', 'assess_run']
+           'sweep_bench', 'run_speed', 'assess_run']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
 ROWS = ('cnn', 'vit', 'dual', 'knn', 'projector', 'projector_rag', 'projector_stage1', 'qformer', 'lora', 'qlora', 'int8', 'nf4')
@@ -283,6 +283,51 @@ def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, 
     atomic_write(out/'bench.json', json.dumps(res, indent=2, default=str))
     atomic_write(out/'bench.md', _md(res))
     plot_bench(rows, out/'bench.png')
+    return res
+
+# %% ../nbs/13_bench.ipynb #bfc6309f
+_SWEEP_COLS = ('accuracy', 'balanced_accuracy', 'auc', 'cider', 'hallucination', 'claims_per_caption', 'attribute_acc', 'qa_topic', 'vqa_closed_acc')
+_LOWER_BETTER = ('hallucination',)
+
+def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config whose main job and row are swept
+                data:str|Path|None=None, # as `run_bench`
+                out:str|Path='runs/bench', # a bench folder: its main job is reused (or trained), `choices/` is written
+                row:str='lora', # the row built for each value (see `ROWS`)
+                field:str='lora_lr', # a `BenchConfig` field
+                values:tuple=(1e-3, 1e-2, 3e-2), # its candidate values
+                by:str='cider', # dev metric that picks the value (one of `_SWEEP_COLS`; lowest wins for hallucination)
+                resume:bool=True, # reuse the main job in `out` made at this commit with this config, seed and data
+                progress:bool=True, # progress bars and one line per value
+               )->dict: # the contents of `choices/{field}_dev.json`
+    "Choose one `BenchConfig` field on the dev split: build row `row` for each value, score it on dev patches (never valid)"
+    bc, out, env = bench_config(config), Path(out), environment_info()
+    if field not in {f.name for f in fields(BenchConfig)} - {'name', 'train', 'rows', 'seed'}:
+        raise ValueError(f"sweep: field {field!r} is not a bench setting; choose from {sorted({f.name for f in fields(BenchConfig)} - {'name', 'train', 'rows', 'seed'})}")
+    if row not in ROWS: raise ValueError(f"sweep: unknown row {row!r}; choose from {list(ROWS)}")
+    if by not in _SWEEP_COLS: raise ValueError(f"sweep: by={by!r} is not a dev metric; choose from {list(_SWEEP_COLS)}")
+    if not values: raise ValueError("sweep: no values to try")
+    bcs = [bench_config(bc, **{field: v}) for v in values]  # every value checked before any training
+    cfg = bc.train_config(); data = pcam_dir() if data is None else data
+    rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
+    ds, prep = run_data(run); kind, cfg = prep['kind'], sized_config(cfg, prep)
+    if not prep.get('dev'): raise ValueError("sweep: the main job has no dev split (its TrainConfig.dev_frac is 0)")
+    trn, dev = ds.subset(prep['train']), ds.subset(prep['dev'])
+    model, sweep = PathVLM.from_pretrained(run/'model').eval(), {}
+    vocab = text_vocab(read_corpus(run/json.loads((run/'data.json').read_text())['root'], 'train'))
+    for v, b in zip(values, bcs):
+        c = _Run(b, cfg, run, kind, rep, trn, ds.subset(prep['train'] + prep['dev']), model)
+        t0 = time.time(); set_seed(cfg.seed); obj, _ = _ROW_FNS[row](c)
+        gen, tta = hasattr(obj, 'caption') and not getattr(obj, 'dual', False), _tta(obj, cfg.tta)
+        r = evaluate_vlm(obj, dev, out/'choices'/f'{field}_{v}', cfg.eval_captions if gen else 0, cfg.bs, cfg.caption_tokens, bool(tta), (cfg.eval_groundings[0],), vocab)
+        sweep[str(v)] = {**{k: r.get(k) for k in _SWEEP_COLS}, 'seconds': round(time.time() - t0, 1)}
+        if progress: print(f"{field}={v}: dev {by} {sweep[str(v)][by]}")
+    score = lambda v: (lambda s: -math.inf if s is None or (isinstance(s, float) and math.isnan(s)) else (-s if by in _LOWER_BETTER else s))(sweep[str(v)][by])
+    best = max(values, key=score)
+    res = dict(what=f"bench {bc.name}: row {row!r} for each {field}, scored on the dev split ({len(dev)} patches, {cfg.eval_captions} captioned)",
+               row=row, field=field, by=by, choice=best, chosen_by=f"{'lowest' if by in _LOWER_BETTER else 'highest'} dev {by}", sweep=sweep,
+               config=asdict(bc), train=asdict(cfg), environment=env,
+               data=dict(source=str(data), kind=kind, n_train=len(trn), n_dev=len(dev), fingerprint=data_fingerprint(ds)))
+    atomic_write(out/'choices'/f'{field}_dev.json', json.dumps(res, indent=1, default=str))
     return res
 
 # %% ../nbs/13_bench.ipynb #059f2cc9

@@ -14,8 +14,8 @@ import typer
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'lm_app', 'index_app', 'data_synth', 'data_caption', 'lm_train', 'lm_generate', 'train_cmd',
-           'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'assess_cmd', 'results_cmd',
-           'optimize_cmd', 'serve_cmd']
+           'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'sweep_cmd', 'assess_cmd',
+           'results_cmd', 'optimize_cmd', 'serve_cmd']
 
 # %% ../nbs/99_cli.ipynb #7216de5f
 app = typer.Typer(help="pathllm: multimodal LLMs built from scratch for cancer pathology.", no_args_is_help=True,
@@ -278,6 +278,32 @@ def bench_cmd(config:str=typer.Option('debug', help="Bench config: a name (debug
     _threads(threads)
     with _errors(): run_bench(bench_config(config, **({'rows': rows} if rows else {}), **({'seed': seed} if seed is not None else {})), data, out, resume=resume)
     typer.echo((Path(out)/'bench.md').read_text()); typer.echo(f"wrote {out}/bench.md, bench.json, bench.png")
+
+# %% ../nbs/99_cli.ipynb #e3a0bd1b
+def _sweep_values(spec:str)->tuple: # 'FIELD=V1,V2,...' -> (field, values), each value read as JSON (a number) or kept as text
+    field, sep, vals = spec.partition('=')
+    if not sep or not field.strip() or not vals.strip(): raise ValueError(f"sweep: expected FIELD=V1,V2,... (e.g. lora_lr=0.001,0.01), got {spec!r}")
+    def val(s:str):
+        try: return json.loads(s)
+        except json.JSONDecodeError: return s
+    return field.strip(), tuple(val(v.strip()) for v in vals.split(',') if v.strip())
+
+@app.command('sweep')
+def sweep_cmd(spec:str=typer.Argument(..., help="FIELD=V1,V2,...: a BenchConfig field and its candidate values, e.g. lora_lr=0.001,0.01,0.03"),
+              row:str=typer.Option('lora', help="The bench row built for each value"),
+              by:str=typer.Option('cider', help="Dev metric that picks the value (lowest wins for hallucination)"),
+              config:str=typer.Option('debug', help="Bench config: a name (debug, small, full) or a JSON file of BenchConfig fields"),
+              data:Path=typer.Option(None, help="PCam/MHIST data (default: ../shared/data/pcam when present, else synthetic)"),
+              out:Path=typer.Option(Path('runs/bench'), help="Bench folder: its main job is reused; writes choices/FIELD_dev.json"),
+              threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
+    "Choose a bench setting on the dev split (never the validation patches): one row per value, the best by a dev metric."
+    from pathllm.bench import sweep_bench
+    _threads(threads)
+    with _errors():
+        field, values = _sweep_values(spec)
+        r = sweep_bench(config, data, out, row=row, field=field, values=values, by=by)
+    typer.echo('\n'.join(f"{field}={v}: dev {by} {s[by]}" for v, s in r['sweep'].items()))
+    typer.echo(f"chosen: {field}={r['choice']}; wrote {out}/choices/{field}_dev.json")
 
 # %% ../nbs/99_cli.ipynb #8e41144f
 @app.command('assess')
