@@ -25,7 +25,7 @@ from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
 from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold, decision_threshold, stain_shift, stain_stress,
                               plot_stain_stress, cider, rouge_l, claims_per_text)
 from .fit import fit_stage
-from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
+from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data, calibrate_threshold
 from .results import bench_table, ASSESSMENTS
 
 # %% auto #0
@@ -115,7 +115,9 @@ class RAGModel:
     "A generative `PathVLM` whose prompts hold the captions (and diagnoses) of the `k` most similar indexed patches (`pathllm.rag`)"
     def __init__(self, model:PathVLM, # a generative model
                  index, # a `PatchIndex` with captions
-                 k:int=4): self.model, self.index, self.k, self.cfg = model, index, k, model.cfg  # similar patches whose captions go into the prompt
+                 k:int=4): # similar patches whose captions go into the prompt
+        # its own decision threshold: the plain model's cut does not fit probabilities read with references in the prompt
+        self.model, self.index, self.k, self.cfg = model, index, k, replace(model.cfg, vlm_threshold=None)
     def classify(self, images, generate:bool=False)->dict:  # the plain row's class question, with the references
         return dict(probs=rag_classify(self.model, self.index, images, None, self.k, question=QUESTIONS[self.cfg.vlm_kind, 'class'][0])['probs'])
     def caption(self, images, **kw)->list: return rag_generate(self.model, self.index, images, None, QUESTIONS['caption'][0], self.k, **kw)['answers']
@@ -151,6 +153,8 @@ class _Run:
             t0 = time.time(); ix = index_patches(self.trn, partial(image_embeddings, self.model), split=None)
             self._ix = (ix, round(time.time() - t0, 1))
         return self._ix
+    def dev(self)->PatchDataset|None: # the main job's `dev` patches (carved from train), where thresholds and settings are chosen
+        ds, prep = run_data(self.run); return ds.subset(prep['dev']) if prep.get('dev') else None
     def stage1_model(self)->PathVLM: # the projector model as it was after alignment (stage 1)
         m = PathVLM.from_pretrained(self.run/'vlm')
         m.load_state_dict(torch.load(self.run/'vlm'/'stage1'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
@@ -183,9 +187,10 @@ def _row_knn(c:_Run):
 def _row_projector(c:_Run):
     return c.model, dict(params=_n_params(c.model), train_s=round(sum(c.stages[k]['seconds'] for k in ('baseline', 'lm', 'fusion')), 1))
 
-def _row_projector_rag(c:_Run):
-    ix, s = c.index()
-    return RAGModel(c.model, ix, c.bc.rag_k), dict(params=_n_params(c.model), train_s=s, index_size=len(ix))
+def _row_projector_rag(c:_Run): # with its own threshold, chosen on dev as the main job chose the plain model's
+    ix, s = c.index(); m = RAGModel(c.model, ix, c.bc.rag_k)
+    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and (dev := c.dev()) is not None: calibrate_threshold(m, dev, c.cfg.bs)
+    return m, dict(params=_n_params(c.model), train_s=s, index_size=len(ix))
 
 def _row_projector_stage1(c:_Run):
     m = c.stage1_model().eval()
