@@ -77,7 +77,8 @@ BENCH_CONFIGS = dict(
                           max_rows=2400, eval_captions=32, freeze_vision=True, class_repeat=3,
                           rag_share=0.2)),  # as `small`: the model of the RAG row has read reference cases in training
     small=dict(name='small', train='small'),
-    tiny=dict(name='tiny', cnn_arch='resnet18', cnn_epochs=1, knn_k=5, rag_k=2, n_latency=2,  # seconds per row: tests, CI, `bench/*.py --tiny`
+    # seconds per row: tests, CI, `bench/*.py --tiny`
+    tiny=dict(name='tiny', cnn_arch='resnet18', cnn_epochs=1, knn_k=5, rag_k=2, n_latency=2,
               train=dict(base='debug', name='tiny', n_images=160, vision_epochs=2, lm_epochs=1, stage1_epochs=1, stage2_epochs=1, max_rows=400,
                          eval_captions=6, caption_tokens=24, lm_seq_len=64, vlm_max_len=160, tta=True, threads=1)),
     full=dict(name='full', train='full', n_latency=32))
@@ -144,7 +145,8 @@ class _Run:
     bc:BenchConfig; cfg:TrainConfig; run:Path; kind:str; rep:dict; trn:PatchDataset; trn_val:PatchDataset; model:PathVLM
     _ix:tuple|None=None
     @property
-    def root(self)->Path: return self.run/json.loads((self.run/'data.json').read_text())['root']  # the captioned data folder
+    # the captioned data folder
+    def root(self)->Path: return self.run/json.loads((self.run/'data.json').read_text())['root']
     @property
     def stages(self)->dict: return self.rep['config']['stages']  # seconds of each stage of `run_train`
     def index(self)->tuple: # (faiss index of the training patches embedded by the fused model's encoder, seconds to build it)
@@ -173,7 +175,8 @@ def _row_vit(c:_Run): # the baseline `run_train` trained, rebuilt from its check
     return ImageOnly(m, c.kind, c.cfg.img_size, t), dict(params=_n_params(m), train_s=c.stages['baseline']['seconds'])
 
 def _train_connector(c:_Run, connector:str): # a fused model with another connector ('dual', 'qformer'), trained like the main job's
-    dual = not CONNECTORS[connector].generative  # the dual encoder trains its own text tower and tokenizer on every caption row
+    # the dual encoder trains its own text tower and tokenizer on every caption row
+    dual = not CONNECTORS[connector].generative
     vc = replace(vlm_config(c.cfg, c.kind, None if dual else str(c.run/'lm')), vlm_connector=connector)
     kw = dict(vocab_size=c.cfg.vocab_size) if dual else dict(max_rows=c.cfg.max_rows)
     m, met = train_vlm(c.root, c.run.parent/'rows'/connector/'model', vc, stage1_epochs=c.cfg.stage1_epochs, stage2_epochs=c.cfg.stage2_epochs,
@@ -230,7 +233,10 @@ def plot_bench(rows:list, # the `rows` of a bench report
     names, x = [r['row'] for r in rows], np.arange(len(rows))
     for j, (c, lbl) in enumerate([('accuracy', 'accuracy'), ('auc', 'AUC')]):
         a.bar(x + (j - .5) * .4, [r.get(c) or 0 for r in rows], .4, label=lbl)
-    a.set_xticks(x, names, rotation=35, ha='right'); a.set_ylim(0, 1); a.legend(); a.set_title('classification, same validation patches')
+    a.set_xticks(x, names, rotation=35, ha='right')
+    a.set_ylim(0, 1)
+    a.legend()
+    a.set_title('classification, same validation patches')
     for r in rows: b.scatter(r['params'], r.get('auc') or 0); b.annotate(r['row'], (r['params'], r.get('auc') or 0), fontsize=7)
     b.set_xscale('log'); b.set_xlabel('parameters'); b.set_ylabel('AUC'); b.set_title('AUC vs size')
     fig.tight_layout()
@@ -405,7 +411,9 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     of `pathllm.rag.compare_all`, on the same patches)"""
     run = Path(run)
     if bad := [w for w in what if w not in ASSESSMENTS]: raise ValueError(f"assess_run: unknown {bad}; choose from {ASSESSMENTS}")
-    ds, prep = run_data(run); cfg = sized_config(load_config(run/'config.json'), prep); kind, two = prep['kind'], len(prep['classes']) == 2
+    ds, prep = run_data(run)
+    cfg = sized_config(load_config(run/'config.json'), prep)
+    kind, two = prep['kind'], len(prep['classes']) == 2
     stress = {'robustness', 'stain_norm'} & set(what)
     if stress and not prep.get('dev'): raise ValueError(f"assess_run: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
     if 'robustness' in what and not two: raise ValueError(f"assess_run: robustness needs two classes (a threshold); {run} has {len(prep['classes'])}")
@@ -414,9 +422,11 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     val = ds.subset(prep['valid'])
     head = dict(run=str(run), config=asdict(cfg), fingerprint=data_fingerprint(ds)['sha256'], environment=environment_info())
     sub = val.subset(list(range(min(n_stress, len(val)))))
-    ims, y = ([sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]) if stress else ([], [])  # decoded only for the stress tests
+    # decoded only for the stress tests
+    ims, y = ([sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]) if stress else ([], [])
     thr = _dev_thresholds(models, ds.subset(prep['dev']), val, cfg.tta) if stress and two else {}
-    for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']  # each model calls at its dev threshold
+    # each model calls at its dev threshold
+    for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']
     out = {}
     for w in what:
         t0 = time.time()

@@ -88,8 +88,10 @@ def class_text(kind:str, c:int)->str: return LABEL_NAMES[kind][c].replace('_', '
 def class_choice(kind:str)->dict: # `a`, `b` of a question offering every class: 'normal' / 'tumor', or 'normal, low-grade, high-grade' / 'carcinoma'
     names = LABEL_NAMES[kind]; return dict(a=', '.join(names[:-1]), b=names[-1])
 
-MPP = ByKind({'pcam': 0.972, 'mhist': 1.0, 'grade': 0.972}, lambda k: 1.0)  # microns per pixel: PCam is 10x (0.243 um/px at 40x, downsampled 4x); MHIST about the same; your own: 1 unless set
-CENTRE = ByKind({'pcam': 1/3, 'mhist': 1/2, 'grade': 1/2}, lambda k: 1/2)  # side of the central region, as a fraction of the patch side
+# microns per pixel: PCam is 10x (0.243 um/px at 40x, downsampled 4x); MHIST about the same; your own: 1 unless set
+MPP = ByKind({'pcam': 0.972, 'mhist': 1.0, 'grade': 0.972}, lambda k: 1.0)
+# side of the central region, as a fraction of the patch side
+CENTRE = ByKind({'pcam': 1/3, 'mhist': 1/2, 'grade': 1/2}, lambda k: 1/2)
 
 @dataclass
 class Morphology:
@@ -174,7 +176,8 @@ def measure(img, # uint8 RGB array or PIL image
     return Morphology(**whole, **{f'c_{k}': v for k, v in centre.items()})
 
 # %% ../nbs/01_captions.ipynb #95806b58
-REGION = ByKind({'pcam': 'c_', 'mhist': '', 'grade': 'c_'}, lambda k: '')  # `Morphology` field prefix that captions describe (your own kinds: the whole patch)
+# `Morphology` field prefix that captions describe (your own kinds: the whole patch)
+REGION = ByKind({'pcam': 'c_', 'mhist': '', 'grade': 'c_'}, lambda k: '')
 
 @dataclass
 class Thresholds:
@@ -309,7 +312,8 @@ TEMPLATES = ByKind({  # a template is used when every word it names is available
               '{intro} with {circ} crypt outlines, {dx}.', '{DX} The crypts are {lum}.',
               '{intro} with {nuc} epithelial nuclei and {stroma}, {dx}.', '{intro}, {dx}.'),
 }, lambda k: dict.__getitem__(TEMPLATES, 'pcam') if k == 'grade' else _GENERIC_TEMPLATES)
-_SLOTS = {'nuc', 'crowd', 'cell', 'stroma', 'lum', 'circ'}  # the descriptive slots; intro and diagnosis are always there
+# the descriptive slots; intro and diagnosis are always there
+_SLOTS = {'nuc', 'crowd', 'cell', 'stroma', 'lum', 'circ'}
 
 def _word(rng, f, b): return str(rng.choice(VOCAB[f][b])) if b is not None else None
 
@@ -420,7 +424,8 @@ IMPRESSION = ByKind({('pcam', 0): 'No metastatic tumour in the central region; b
 REGION_TEXT = ByKind({'pcam': 'central 1/3 of a lymph node patch', 'mhist': 'whole colorectal polyp patch', 'grade': 'central half of the patch'},
                      lambda k: 'whole patch')  # what the findings describe
 
-NUMBERS = {  # feature -> (name in text, format, unit, scale): how a measurement is written in reports and measurement lines alike
+# feature -> (name in text, format, unit, scale): how a measurement is written in reports and measurement lines alike
+NUMBERS = {
     'n_nuclei': ('nuclei', '.0f', '', 1), 'density': ('density', ',.0f', '/mm^2', 1), 'area': ('mean area', '.1f', ' um^2', 1),
     'area_cv': ('size CV', '.2f', '', 1), 'ecc': ('mean eccentricity', '.2f', '', 1), 'h_od': ('mean hematoxylin OD', '.2f', '', 1),
     'nn_dist': ('nearest-neighbour distance', '.1f', ' um', 1), 'crowding': ('crowding index', '.2f', '', 1),
@@ -524,7 +529,8 @@ def check_consistency(text:str, # a report or answer
         for mt in re.finditer(rf"(?<![\w-]){re.escape(name)}\s+{_NUM}[^(;\n]*\(([^)]*)\)", text):
             v, w = float(mt.group(1).replace(',', ''))/sc, [c for c in extract_claims(mt.group(2), kind) if c[1] == f]
             if w and w[0][2] not in {level(v + d, getattr(thr, f)) for d in (-h, 0, h)}: bad.append(f"'{w[0][0]}' does not fit its number {mt.group(1)} ({name})")
-    rep = parse_report(text); imp = [b for _, f, b in extract_claims(rep['impression'] or text, kind) if f == 'diagnosis']
+    rep = parse_report(text)
+    imp = [b for _, f, b in extract_claims(rep['impression'] or text, kind) if f == 'diagnosis']
     if cls is not None and imp and set(imp) != {cls}: bad.append(f"impression says {LABEL_NAMES[kind][imp[0]]}, the model's class is {LABEL_NAMES[kind][cls]}")
     if odds and imp and rep['findings']:
         claims = [(f, b) for _, f, b in extract_claims(rep['findings'], kind) if f in odds]
@@ -535,7 +541,8 @@ def check_consistency(text:str, # a report or answer
 
 # %% ../nbs/01_captions.ipynb #bc938c5a
 def _generic_question(key): # the class question of any registered kind (the yes/no one names the class asked about: {c})
-    names = [class_text(key[0], c) for c in range(len(LABEL_NAMES[key[0]]))]; alt = ', '.join(names[:-1]) + ' or ' + names[-1]
+    names = [class_text(key[0], c) for c in range(len(LABEL_NAMES[key[0]]))]
+    alt = ', '.join(names[:-1]) + ' or ' + names[-1]
     return (f'Which is this patch: {alt}?', f'Classify this patch: {alt}.') if key[1] == 'class' else ('Is this {c}?', 'Does this patch show {c}?')
 
 QUESTIONS = ByKind({
@@ -560,9 +567,12 @@ def phrasings(frames:tuple, # templates with one '{}' (a verb frame: 'Describe {
     return tuple(f.format(t) for f in frames for t in topics) + tuple(direct)
 
 _FRAMES = ('Describe {}.', 'Tell me about {}.', 'What can you say about {}?', 'Please describe {}.', 'Please assess {}.',
-           'What is {} like?', 'How would you characterise {}?', 'Evaluate {}.')  # never 'Comment on' nor 'How would you describe' (held out)
-_AND = ('And {}?', 'What about {}?', 'How about {}?', 'Tell me about {}.')       # follow-ups that lean on the conversation
-ASK = {  # question type -> (feature, training phrasings, held-out phrasings: never in the training text, for evaluation)
+           # never 'Comment on' nor 'How would you describe' (held out)
+           'What is {} like?', 'How would you characterise {}?', 'Evaluate {}.')
+# follow-ups that lean on the conversation
+_AND = ('And {}?', 'What about {}?', 'How about {}?', 'Tell me about {}.')
+# question type -> (feature, training phrasings, held-out phrasings: never in the training text, for evaluation)
+ASK = {
     'size': ('area', phrasings(_FRAMES, ('the nuclear size', 'the size of the nuclei'), ('What size are the nuclei?', 'How big are the nuclei?')),
              ('How large are the nuclei in the centre?', 'Comment on the size of the nuclei.')),
     'shape': ('ecc', phrasings(_FRAMES, ('the nuclear shape', 'the shape of the nuclei', 'the nuclear outline'), ('What shape are the nuclei?',)),
@@ -602,7 +612,8 @@ def _generic_ask(key): # the diagnosis questions of any registered kind; '{c}' i
     if key[1] == 'confidence': return dict.__getitem__(CLASS_ASK, ('pcam', 'confidence'))
     raise KeyError(f'{key}: no such question for {key[0]!r}')
 
-CLASS_ASK = ByKind({  # (kind, type) -> (training, held-out) phrasings of the questions about the diagnosis ('{c}': the class asked about)
+# (kind, type) -> (training, held-out) phrasings of the questions about the diagnosis ('{c}': the class asked about)
+CLASS_ASK = ByKind({
     ('pcam', 'diagnosis'): (QUESTIONS['pcam', 'closed'] + phrasings(('Is there {} in the centre?', 'Does the central region contain {}?',
                                                                        'Is the centre positive for {}?', 'Can you find {} in the centre?'),
                                                                       ('metastatic tumour', 'tumour', 'metastatic carcinoma', 'carcinoma', 'cancer')), ('Do you see metastatic carcinoma in the central region?',
@@ -695,7 +706,8 @@ def vqa_pairs(morph:Morphology, # measured features
     "Question-answer pairs about one patch, grounded in `morph` and `label`, with the training phrasings"
     rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin, omit)
     q = lambda opts: str(rng.choice(opts))
-    numbers = bool(rng.random() < 0.5)  # half the reports get the measurement tool's numbers in the prompt and copy them
+    # half the reports get the measurement tool's numbers in the prompt and copy them
+    numbers = bool(rng.random() < 0.5)
     out = [dict(q=q(QUESTIONS['caption']), a=caption(morph, label, kind, seed, thr, margin, omit), task='caption'),
            dict(q=q(QUESTIONS['report']) + ('\n' + measurement_text(morph, kind) if numbers else ''),
                 a=report(morph, label, kind, thr, numbers, margin), task='report'),

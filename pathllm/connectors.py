@@ -24,9 +24,11 @@ class Connector:
     generative:bool=True # feeds a decoder LM that writes text (False: a contrastive text encoder, the 'dual' design)
     xattn:bool=False # the LM reads the image through gated cross-attention only (`xattn_every` >= 1); `<image>` stays a token
     hf:bool=False # also works with a Hugging Face LM (`pathllm.hf`)
-    def build(self, cfg, d_vis:int, n_vis:int)->nn.Module: return self.cls(cfg, d_vis, n_vis)  # the module for this config and vision tower
+    # the module for this config and vision tower
+    def build(self, cfg, d_vis:int, n_vis:int)->nn.Module: return self.cls(cfg, d_vis, n_vis)
 
-CONNECTORS = {}  # name -> `Connector`: the one registry that the config, the model, training, the bench and the HF backend read
+# name -> `Connector`: the one registry that the config, the model, training, the bench and the HF backend read
+CONNECTORS = {}
 def register_connector(name:str, # the `vlm_connector` value
                        cls:type, # the module (see `Connector`)
                        **kw, # `Connector` flags: `generative`, `xattn`, `hf`
@@ -110,7 +112,8 @@ class ConceptTokens(Module):
                  n_morph:int, # morphology features of its morphology head (0: none)
                  C:int): # LM width
         self.cls = nn.Linear(n_classes, C)
-        self.morph = nn.Parameter(torch.randn(n_morph, 4, C) / 2)            # per feature: [p_low, p_mid, p_high, z] -> C
+        # per feature: [p_low, p_mid, p_high, z] -> C
+        self.morph = nn.Parameter(torch.randn(n_morph, 4, C) / 2)
         self.emb = nn.Parameter(0.02 * torch.randn(1 + n_morph, C))          # which slot is which
         self.n_tokens = 1 + n_morph
     def forward(self, out)->torch.Tensor: # a `Readout` output: logits (B, K), or `(logits, bins (B, F, 3), z (B, F))` -> (B, 1+F, C)

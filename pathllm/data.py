@@ -276,7 +276,8 @@ def atomic_write(path:Path|str, # destination file
     import secrets
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.parent/f'.{path.name}.{secrets.token_hex(6)}.tmp')
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # as `open` does: the umask sets the mode (mkstemp's is 0600)
+    # as `open` does: the umask sets the mode (mkstemp's is 0600)
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         if callable(data): data(tmp)
         else: Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
@@ -358,7 +359,8 @@ def make_synthetic(out:Path|str, # folder to write (created if needed)
     else:
         for i in pbar(range(len(jobs))): _render(jobs.iloc[i:i+1], kind, difficulty, out)
     if kind == 'mhist': _write_csv(_mhist_table(jobs, seed), out/'annotations.csv'); return out
-    names = jobs.label if kind == 'pcam' else np.array(LABEL_NAMES[kind])[jobs.label]  # PCam's labels.csv holds 0/1, the others names
+    # PCam's labels.csv holds 0/1, the others names
+    names = jobs.label if kind == 'pcam' else np.array(LABEL_NAMES[kind])[jobs.label]
     _write_csv(jobs[['split', 'path']].assign(label=names)[['split', 'label', 'path']], out/'labels.csv')
     return out
 
@@ -886,7 +888,8 @@ def get_dls(source:PatchDataset|Path|str, # a `PatchDataset`, or anything `load_
     from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, Resize
     ds = source if isinstance(source, PatchDataset) else load_patches(source)
     trn, val = _train_valid(ds, valid)
-    tfms = [Resize(size, method='squish')] if size else []  # squish: no random crop, which could drop the labelled centre
+    # squish: no random crop, which could drop the labelled centre
+    tfms = [Resize(size, method='squish')] if size else []
     if (sn := _stain_tfm(normalize, ds, trn)) is not None: tfms.append(sn)
     if augment: tfms += [RandDihedral(seed=seed), RandStainJitter(sigma=stain_sigma, bias=stain_bias, seed=seed)]
     names = np.array(ds.classes)[ds.labels]
@@ -952,7 +955,8 @@ class BatchAugment(Callback):
                  dihedral:bool=True, # random rotations and reflections
                  seed:int=0): # seed of the augmentation generator
         store_attr('sigma,bias,dihedral'); self.g = torch.Generator().manual_seed(seed)
-        self.k = self.scale = self.shift = None  # the last training batch's draws (for targets that depend on the stain)
+        # the last training batch's draws (for targets that depend on the stain)
+        self.k = self.scale = self.shift = None
     def draw(self, n:int)->tuple: # `k` (n,), `scale` (n, 3), `shift` (n, 3)
         "The random parameters of `n` patches"
         k = torch.randint(0, 8, (n,), generator=self.g) if self.dihedral else torch.zeros(n, dtype=torch.long)

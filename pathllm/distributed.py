@@ -107,7 +107,8 @@ def _tiny_learner(kind:str='lm', # 'lm' (`lm_learner`) or 'vlm' (`vlm_learner`, 
     ids = torch.randint(5, 64, (n + 8, 9)); ids[:, 0] = 4  # `<image>` first, for the VLM
     imgs = torch.rand(n + 8, 3, 32, 32)
     if kind == 'lm': items = [(w[:-1], w[1:]) for w in ids]
-    else: items = [(im, w[:-1], torch.ones(8, dtype=torch.long), w[1:]) for im, w in zip(imgs, ids)]  # images, ids, mask, targets
+    # images, ids, mask, targets
+    else: items = [(im, w[:-1], torch.ones(8, dtype=torch.long), w[1:]) for im, w in zip(imgs, ids)]
     dls = DataLoaders(DataLoader(items[:n], bs=bs, shuffle=True), DataLoader(items[n:], bs=bs))
     set_seed(seed)
     if kind == 'lm': return lm_learner(dls, LM(LMConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, dropout=0.)), ckpt_dir=ckpt_dir)
@@ -137,7 +138,8 @@ def distrib_accelerate(learn:Learner, # the `Learner` to train data-parallel ins
     distributed_learner(learn, cpu, **kwargs)
     try: yield learn
     finally:
-        learn.remove_cbs([cb for cb in learn.cbs if cb not in cbs]); learn.add_cbs([cb for cb in cbs if cb not in learn.cbs])
+        learn.remove_cbs([cb for cb in learn.cbs if cb not in cbs])
+        learn.add_cbs([cb for cb in cbs if cb not in learn.cbs])
         learn.logger = logger
 
 # %% ../nbs/05a_distributed.ipynb #6337991e

@@ -111,7 +111,8 @@ def per_class_metrics(y_true:list, # true class ids
                       classes:list|None=None, # class names (default: the ids)
                      )->dict: # class name -> `recall`, `precision`, `f1` (and `auc`), `n` true patches
     "Recall, precision, F1 and one-vs-rest AUC of every class"
-    y, p = np.asarray(y_true), np.asarray(y_pred); C = len(classes) if classes else (probs.shape[1] if probs is not None else max(2, int(max(y.max(), p.max())) + 1))
+    y, p = np.asarray(y_true), np.asarray(y_pred)
+    C = len(classes) if classes else (probs.shape[1] if probs is not None else max(2, int(max(y.max(), p.max())) + 1))
     out = {}
     for c in range(C):
         tp, t, pp = int(((p == c) & (y == c)).sum()), int((y == c).sum()), int((p == c).sum())
@@ -132,7 +133,8 @@ def classification_metrics(y_true:list, # true class ids
     C = len(classes) if classes else x.shape[1] if _is_probs(x) and x.ndim == 2 else max(2, int(max(np.max(y_true), pred.max())) + 1)
     p2 = (np.stack([1 - x, x], 1) if x.ndim == 1 else x) if _is_probs(x) else np.eye(C)[pred]
     score = x if _is_probs(x) else (pred if C == 2 else p2)
-    pc = per_class_metrics(y_true, pred, p2, classes or [str(i) for i in range(C)]); rec = [r['recall'] for r in pc.values()]
+    pc = per_class_metrics(y_true, pred, p2, classes or [str(i) for i in range(C)])
+    rec = [r['recall'] for r in pc.values()]
     two = dict(sensitivity=rec[1], specificity=rec[0]) if C == 2 else {}  # the recalls of class 1 and class 0
     return dict(accuracy=accuracy(y_true, pred), balanced_accuracy=balanced_accuracy(y_true, pred), **two,
                 auc=roc_auc(y_true, score), f1=f1(y_true, pred, 1 if C == 2 else None), macro_f1=f1(y_true, pred, None),
@@ -148,7 +150,8 @@ def best_threshold(y_true:list, # true class ids, 0 or 1
     if p.ndim == 2: p = p[:, 1]
     _check_len(y, p, 'y_true', 'probs')
     if set(np.unique(y).tolist()) != {0, 1}: raise ValueError(f"y_true: best_threshold needs both classes 0 and 1, got {sorted(set(y.tolist()))}")
-    s = np.unique(p); cuts = np.concatenate([(s[:-1] + s[1:])/2, [s[-1]]])   # between neighbouring scores, or above all but the top
+    # between neighbouring scores, or above all but the top
+    s = np.unique(p); cuts = np.concatenate([(s[:-1] + s[1:])/2, [s[-1]]])
     ba = [((p >= t)[y == 1].mean() + (p < t)[y == 0].mean())/2 for t in cuts]
     return float(cuts[int(np.argmax(ba))])
 
@@ -655,7 +658,9 @@ def qa_metrics(model, # anything with `answer(images, questions)`
         if t == 'confidence':
             st = re.search(r'probability\s+(\d*\.?\d+)', a)
             ok = probs is not None and st is not None and abs(float(st.group(1)) - probs[i][int(np.argmax(probs[i])) if calls is None else int(calls[i])]) <= 0.01
-            form.setdefault(t, []).append(answer_form(a, kind) == 'confidence'); right.setdefault(t, []).append(ok); continue
+            form.setdefault(t, []).append(answer_form(a, kind) == 'confidence')
+            right.setdefault(t, []).append(ok)
+            continue
         want = 'yesno' if t == 'diagnosis' else 'diagnosis' if t == 'location' else t
         form.setdefault(t, []).append(answer_form(a, kind) == want or (t == 'location' and a.lower().startswith(('in the centre', 'nowhere'))))
         topic.setdefault(t, []).append(_on_topic(a, t, kind))
@@ -748,7 +753,8 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
     if has('classify'):
         ans, outs['probs'] = _probs_of(model.classify(imgs))
         t = decision_threshold(model)
-        met.update(classification_metrics(y, outs['probs'], t, classes=list(LABEL_NAMES[kind]))); pred = list(to_preds(outs['probs'], t)) if pred is None else pred
+        met.update(classification_metrics(y, outs['probs'], t, classes=list(LABEL_NAMES[kind])))
+        pred = list(to_preds(outs['probs'], t)) if pred is None else pred
         if ans is not None: met['class_answer_acc'] = closed_accuracy(list(ans), [LABEL_NAMES[kind][l] for l in y])
     if has('caption'):
         outs['captions'] = list(model.caption(imgs))
@@ -810,10 +816,12 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
     t = decision_threshold(model)
     met = dict(classification_metrics(y, probs, t, classes=list(LABEL_NAMES[kind])), n_images=len(ds), threshold=t)
     sub = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))]
-    own = probs[:len(sub)] if not (tta and sub) else class_probs(model, [im for im, _ in sub], bs)  # the calls the model's own texts are made with (no TTA)
+    # the calls the model's own texts are made with (no TTA)
+    own = probs[:len(sub)] if not (tta and sub) else class_probs(model, [im for im, _ in sub], bs)
     tm, o, grounded = {}, {}, {}
     for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
-        tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]  # asked once
+        # asked once
+        tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]
         r, oo = evaluate_model(_Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=to_preds(own, t).tolist(), tasks=tasks, probs=own)
         if j == 0: tm, o = r, oo
         grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}

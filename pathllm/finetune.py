@@ -31,7 +31,8 @@ __all__ = ['LORA_TARGETS', 'FT_METHODS', 'lm_linear_names', 'param_counts', 'lor
            'dpo_learner']
 
 # %% ../nbs/08_finetune.ipynb #5d673698
-LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate', 'up', 'down',  # attention and SwiGLU projections of `pathllm.lm.LM`
+# attention and SwiGLU projections of `pathllm.lm.LM`
+LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate', 'up', 'down',
                 'gate_proj', 'up_proj', 'down_proj')  # ... and their names in Hugging Face Llama/Qwen2 models
 
 # %% ../nbs/08_finetune.ipynb #37118dc5
@@ -96,7 +97,8 @@ def replace_linears(module:nn.Module, # changed in place
     for name, lin in list(module.named_modules()):
         if not isinstance(lin, nn.Linear) or name.split('.')[-1] in skip: continue
         parent, _, attr = name.rpartition('.')
-        setattr(module.get_submodule(parent), attr, make(lin).to(lin.weight.device))  # for bitsandbytes, moving to a device quantises
+        # for bitsandbytes, moving to a device quantises
+        setattr(module.get_submodule(parent), attr, make(lin).to(lin.weight.device))
     return module
 
 def quantize_linears(module:nn.Module, # changed in place
@@ -112,7 +114,8 @@ def quantize_linears(module:nn.Module, # changed in place
                               compress_statistics=double_quant, quant_type=quant_type, device='meta')
         q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, compress_statistics=double_quant, quant_type=quant_type)
         if lin.bias is not None: q.bias = nn.Parameter(lin.bias.data, requires_grad=False)
-        q.support_avx512bf16_for_cpu = False  # else the first CPU eval forward repacks the weights with bf16 scales, for good
+        # else the first CPU eval forward repacks the weights with bf16 scales, for good
+        q.support_avx512bf16_for_cpu = False
         return q
     return replace_linears(module, make, skip)
 
@@ -217,13 +220,15 @@ def finetune_run(model:PathVLM, # the starting model (changed in place)
                  **kw, # `lora_model` / `qlora_model` arguments
                 )->tuple: # (trained model in eval mode, stats dict)
     "Fine-tune `model` with `method` and measure trainable params, training memory, time per step and size on disk"
-    m = adapt(model, method, **kw); st = dict(method=method, **param_counts(m), steps=0, s_per_step=None, loss=None, train_bytes=model_bytes(m))
+    m = adapt(model, method, **kw)
+    st = dict(method=method, **param_counts(m), steps=0, s_per_step=None, loss=None, train_bytes=model_bytes(m))
     if method != 'frozen':
         learn = finetune_learner(dls, m, lr, cbs=[timer := StepTimer()])
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
         st.update(steps=len(timer.times), s_per_step=round(float(np.median(timer.times)), 4), loss=round(float(learn.recorder.losses[-1]), 4), train_bytes=train_bytes(learn))
     if out_dir is not None:
-        m.save_pretrained(out_dir); st['disk_bytes'] = sum(f.stat().st_size for f in Path(out_dir).glob('*.safetensors'))
+        m.save_pretrained(out_dir)
+        st['disk_bytes'] = sum(f.stat().st_size for f in Path(out_dir).glob('*.safetensors'))
     return m.eval(), st
 
 # %% ../nbs/08_finetune.ipynb #a94267a9
@@ -237,7 +242,8 @@ def dpo_loss(policy_chosen_logps:torch.Tensor, # (B,) log-probability of the cho
     return -F.logsigmoid(beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))).mean()
 
 # %% ../nbs/08_finetune.ipynb #b676d3d7
-def _morph(row)->Morphology: return Morphology(**{f: float(row[f]) for f in FEATURES})  # a `captions.csv` row's measurements
+# a `captions.csv` row's measurements
+def _morph(row)->Morphology: return Morphology(**{f: float(row[f]) for f in FEATURES})
 
 def preference_pairs(root:str|Path, # folder written by `caption_dataset` (reads `captions.csv`)
                      split:str='train', # split to pair
@@ -309,7 +315,8 @@ class DPOModel(Module):
     def __init__(self, policy:nn.Module, # the model to train
                  ref:nn.Module|None=None): # frozen reference (default: a copy of `policy` as it is now)
         self.policy, self.ref = policy, (ref if ref is not None else copy.deepcopy(policy)).requires_grad_(False).eval()
-    def train(self, mode:bool=True): super().train(mode); self.ref.eval(); return self  # the reference stays in eval mode
+    # the reference stays in eval mode
+    def train(self, mode:bool=True): super().train(mode); self.ref.eval(); return self
     def forward(self, images, ids, attention_mask, loss_mask)->torch.Tensor: # (B, 4): policy chosen, rejected; reference chosen, rejected
         B, x = len(images), torch.cat([images, images])
         pol = response_logps(self.policy, x, ids, attention_mask, loss_mask)

@@ -94,7 +94,8 @@ class CheckpointCallback(Callback):
                 self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['opt'])
                 self.start_epoch, self._rng = ck['epoch'], ck.get('rng')
         if self.epoch < self.start_epoch: raise CancelEpochException
-        if self._rng is not None: set_rng_states(self._rng, self.learn); self._rng = None  # the first epoch after the checkpoint
+        # the first epoch after the checkpoint
+        if self._rng is not None: set_rng_states(self._rng, self.learn); self._rng = None
         self._trained = True
     def after_epoch(self):
         if not self._trained: return

@@ -39,7 +39,8 @@ __all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFea
            'vlm_learner', 'to_images', 'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
-GROUNDING = ('none', 'class', 'rerank')  # how `caption` and `report` tie their text to the image (see "Grounded captions")
+# how `caption` and `report` tie their text to the image (see "Grounded captions")
+GROUNDING = ('none', 'class', 'rerank')
 _LM_FIELDS = ('vocab_size', 'n_layer', 'n_embd', 'n_head', 'n_kv_head', 'dropout')
 _VLM_SIZES = dict(tiny=dict(lm_n_layer=2, lm_n_embd=64, lm_n_head=4),
                   nano=dict(lm_n_layer=4, lm_n_embd=128, lm_n_head=4, lm_n_kv_head=2),
@@ -158,7 +159,8 @@ class PathVLM(Module):
         if self.dual: self.lm = TextEncoder(cfg)
         else: self.lm = LM.from_pretrained(cfg.lm_path).train() if load_backbone and cfg.lm_path else LM(cfg.lm_config)
         self.connector = CONNECTORS[cfg.vlm_connector].build(cfg, self.vision.dim, self.vision.n_tokens)
-        ro = cfg.vlm_readout if not self.dual else None  # a multi-task baseline's heads: their predictions become concept tokens
+        # a multi-task baseline's heads: their predictions become concept tokens
+        ro = cfg.vlm_readout if not self.dual else None
         self.readout = Readout(self.vision.dim, **ro) if ro else None
         self.concepts = ConceptTokens(ro['n_classes'], ro.get('n_morph', 0), cfg.lm_n_embd) if ro else None
         k, L = cfg.xattn_every, cfg.lm_config.n_layer
@@ -167,13 +169,15 @@ class PathVLM(Module):
         if tok is not None and len(tok) != cfg.lm_vocab_size: raise ValueError(f"lm_vocab_size={cfg.lm_vocab_size} but the tokenizer has {len(tok)} tokens")
 
     @property
-    def n_image_tokens(self)->int: return self.connector.n_tokens + (self.concepts.n_tokens if self.concepts else 0)  # image tokens per `<image>` in the LM
+    # image tokens per `<image>` in the LM
+    def n_image_tokens(self)->int: return self.connector.n_tokens + (self.concepts.n_tokens if self.concepts else 0)
     @property
     def thresholds(self)->Thresholds: # the word cut points of the data the model learned its words on
         t = self.cfg.vlm_thresholds
         return Thresholds(**{k: tuple(v) for k, v in t.items()}) if t else THRESHOLDS[self.cfg.vlm_kind]
     @property
-    def level_odds(self)->dict|None: return self.cfg.vlm_level_odds  # what word levels say about each class (for consistency checks)
+    # what word levels say about each class (for consistency checks)
+    def level_odds(self)->dict|None: return self.cfg.vlm_level_odds
     _image_id = 4  # `<image>` in `SPECIAL_TOKENS` order, used when no tokenizer is attached
     def _img(self, images): return self.vision(self.vision.normalize(images))
     def _img_vec(self, images): # (B, D) image vector of the dual encoder
@@ -217,7 +221,8 @@ def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with `<image>` tokens
     "LM input embeddings with the image tokens in place of `<image>` (and the image tokens of the cross-attention layers)"
     if self.xattn is not None:
         for l in self.xattn: l.ctx = img_embeds.flatten(1, -2)                             # (B, m*n, C)
-    if CONNECTORS[self.cfg.vlm_connector].xattn:  # Flamingo: the image is read through cross-attention only, `<image>` stays a token
+    # Flamingo: the image is read through cross-attention only, `<image>` stays a token
+    if CONNECTORS[self.cfg.vlm_connector].xattn:
         pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         return self.lm.tok_emb(ids), torch.ones_like(ids) if attention_mask is None else attention_mask, pos
     return merge_image_tokens(self.lm.tok_emb(ids), ids, img_embeds, self._image_id if self.tok is None else self.tok.image_id, attention_mask)
@@ -282,7 +287,8 @@ def vlm_collate(batch:list, # `VLMDataset` items
     ims = [b[0] for b in batch]
     if all(i.ndim == 3 for i in ims): imgs = torch.stack(ims).float() / 255
     else:  # rows with several images (in-context examples): (B, m, 3, H, W), zero images where a row has fewer
-        ims = [i[None] if i.ndim == 3 else i for i in ims]; imgs = torch.zeros(len(ims), max(len(i) for i in ims), *ims[0].shape[1:])
+        ims = [i[None] if i.ndim == 3 else i for i in ims]
+        imgs = torch.zeros(len(ims), max(len(i) for i in ims), *ims[0].shape[1:])
         for k, i in enumerate(ims): imgs[k, :len(i)] = i.float() / 255
     T = max(len(b[1]) for b in batch)
     ids, mask = torch.full((len(batch), T), pad_id), torch.zeros(len(batch), T, dtype=torch.long)
@@ -339,11 +345,13 @@ def vlm_splitter(m:PathVLM, # the model to split
 class FrozenVisionCache(Callback):
     "While the vision tower is frozen, each image goes through it once: later rows and epochs of the same image reuse its features"
     order = -4  # after fastai moved the batch to the device, before the model sees it
-    def __init__(self, cache:dict|None=None): self.cache = {} if cache is None else cache  # content hash -> `VisionFeatures` of one image
+    # content hash -> `VisionFeatures` of one image
+    def __init__(self, cache:dict|None=None): self.cache = {} if cache is None else cache
     def before_batch(self):
         m, x = getattr(self.learn.model, 'module', self.learn.model), self.xb[0]  # unwrapped under DDP (`accelerate`)
         if m.dual or not torch.is_tensor(x) or any(p.requires_grad for p in m.vision.parameters()): return
-        group = x.shape[1] if x.ndim == 5 else 1; x = x.flatten(0, 1) if x.ndim == 5 else x  # in-context rows: several images each
+        # in-context rows: several images each
+        group = x.shape[1] if x.ndim == 5 else 1; x = x.flatten(0, 1) if x.ndim == 5 else x
         keys = [hash(xi.cpu().numpy().tobytes()) for xi in x]
         if miss := [i for i, k in enumerate(keys) if k not in self.cache]:
             was = m.vision.training; m.vision.eval()  # a frozen tower is a fixed function: no crop shift, no dropout
@@ -354,7 +362,8 @@ class FrozenVisionCache(Callback):
 
 class TokenWeight(Callback):
     "Training loss times the batch's counted target tokens over their mean per batch: every answer token weighs the same, whatever rows share its batch"
-    def __init__(self, mean_tokens:float): self.mean_tokens = mean_tokens  # counted target tokens of an average batch (`bs` random rows)
+    # counted target tokens of an average batch (`bs` random rows)
+    def __init__(self, mean_tokens:float): self.mean_tokens = mean_tokens
     def after_loss(self):
         if self.training: self.learn.loss_grad = self.learn.loss_grad * (self.yb[0] != IGNORE).sum() / self.mean_tokens
 
@@ -376,11 +385,13 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
     "A fastai `Learner` for one training stage of a `PathVLM`"
     if stage not in (1, 2): raise ValueError(f"stage: must be 1 or 2, got {stage}")
     cbs = [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache)] + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else []) + list(cbs or [])
-    if isinstance(dls.train, SortedDL) and not model.dual: cbs.append(TokenWeight(_mean_batch_tokens(dls.train)))  # sortish batches: per-token weights as in random ones
+    # sortish batches: per-token weights as in random ones
+    if isinstance(dls.train, SortedDL) and not model.dual: cbs.append(TokenWeight(_mean_batch_tokens(dls.train)))
     learn = Learner(dls, model, loss_func=clip_loss if model.dual else lm_loss, lr=lr, wd=wd, splitter=vlm_splitter, cbs=cbs, train_bn=False,
                     opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if model.dual else [TokenPerplexity()])
     learn.freeze_to(-1) if stage == 1 else learn.freeze_to(1) if freeze_vision else learn.unfreeze()
-    for p in model.parameters():  # stale (zero) gradients of an earlier stage would let weight decay move frozen weights
+    # stale (zero) gradients of an earlier stage would let weight decay move frozen weights
+    for p in model.parameters():
         if not p.requires_grad: p.grad = None
     return learn
 
@@ -457,7 +468,8 @@ def answer(self:PathVLM, images, question:str|list, # one question for all image
     if rest := [i for i in range(len(x)) if i not in conf]:
         for i, a in zip(rest, self.generate(x[rest], [qs[i] for i in rest], [hs[i] for i in rest], **kw)): out[i] = a
     if conf:
-        r = self.classify(x[conf], generate=False)  # the class it calls (its stored threshold included) and that class's probability
+        # the class it calls (its stored threshold included) and that class's probability
+        r = self.classify(x[conf], generate=False)
         for i, p, c in zip(conf, r['probs'].tolist(), r['pred'].tolist()): out[i] = confidence_answer(p, LABEL_NAMES[kind], c)
     return out
 
@@ -502,7 +514,8 @@ def classify(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
     probs = dihedral_mean(self.zero_shot if self.dual else lambda v: self.class_logprobs(v, names).softmax(-1), x, tta)
     t = self.cfg.vlm_threshold
-    pred = probs.argmax(-1) if t is None else (probs[:, 1] >= t).long()   # a stored threshold decides between two classes
+    # a stored threshold decides between two classes
+    pred = probs.argmax(-1) if t is None else (probs[:, 1] >= t).long()
     ans = self.generate(x, QUESTIONS[self.cfg.vlm_kind, 'class'][0], max_new_tokens=8) if generate and not self.dual else [names[i] for i in pred]
     return dict(probs=probs, pred=pred, label=[names[i] for i in pred], answer=ans)
 
@@ -623,7 +636,8 @@ def init_vision(model:PathVLM, # the model whose `vision` tower (and `readout`) 
         if not p.exists(): raise FileNotFoundError(f"vision_init: no weights at {p}")
         sd = load_file(p)
     part = lambda pre: {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
-    enc, ro = (part('encoder.'), part('readout.')) if any(k.startswith('readout.') for k in sd) else (sd, {})  # a whole classifier
+    # a whole classifier
+    enc, ro = (part('encoder.'), part('readout.')) if any(k.startswith('readout.') for k in sd) else (sd, {})
     _load(model.vision, enc, f"weights do not fit vit_name={model.cfg.vit_name!r}")
     if model.readout is not None:
         if not ro: raise ValueError("vision_init: the model reads concept tokens (`vlm_readout`) but the weights have no heads; pass a multi-task `ImageClassifier` or its folder")

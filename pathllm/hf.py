@@ -150,7 +150,8 @@ class HFVision(VisionEncoder):
         o = self.model(pixel_values=x.to(next(self.model.parameters()).dtype), output_hidden_states=self.feature_layer != -1,
                        interpolate_pos_encoding=x.shape[-1] != self.model.config.image_size)
         h = o.last_hidden_state if self.feature_layer == -1 else o.hidden_states[self.feature_layer]   # (B, P+N, D)
-        return VisionOutput(h[:, h.shape[1] - self.n_tokens:], o.pooler_output)                          # drop class tokens
+        # drop class tokens
+        return VisionOutput(h[:, h.shape[1] - self.n_tokens:], o.pooler_output)
 
 # %% ../nbs/05b_hf.ipynb #b7a65639
 _THROWAWAY = dict(vlm_connector='projector', vit_name='pathvit_nano', vit_img_size=16, vit_kw={}, mp_shuffle=1, lm_vocab_size=8,  # smallest parts
@@ -167,7 +168,8 @@ class HFVLM(PathVLM):
         if cfg.vlm_connector not in hf_ok: raise ValueError(f"connector: {cfg.vlm_connector!r} is not available with a Hugging Face LM; choose from {hf_ok}")
         if getattr(cfg, 'xattn_every', 0): raise ValueError("xattn_every: gated cross-attention needs pathllm's own LM blocks; use 0 with a Hugging Face LM")
         if len(tok) != lm.cfg.vocab_size: raise ValueError(f"tok: {len(tok)} tokens but the LM has {lm.cfg.vocab_size} embeddings")
-        super().__init__(replace(cfg, **_THROWAWAY))  # sets `PathVLM`'s own attributes, on throwaway parts replaced below
+        # sets `PathVLM`'s own attributes, on throwaway parts replaced below
+        super().__init__(replace(cfg, **_THROWAWAY))
         self.cfg, self.tok, self.lm, self.vision, self.vision_spec = cfg, tok, lm, vision, vision_spec or {}
         self.connector = CONNECTORS[cfg.vlm_connector].build(cfg, vision.dim, vision.n_tokens)
 

@@ -100,7 +100,8 @@ class RMSNorm(Module):
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
     def forward(self, x): return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # (..., C)
 
-def _dropout(cfg:LMConfig)->nn.Module: return nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()  # no-op costs nothing
+# no-op costs nothing
+def _dropout(cfg:LMConfig)->nn.Module: return nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()
 
 def make_norm(cfg:LMConfig, # `norm`, `n_embd`, `norm_eps` and `bias` are read
              )->nn.Module: # RMSNorm or LayerNorm of width `cfg.n_embd`
@@ -193,11 +194,13 @@ class Attention(Module):
     def forward(self, x, rope=None, mask=None, is_causal=False, cache=None):
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.nh, self.hd).transpose(1, 2)    # (B, nh, T, d)
-        k, v = [p(x).view(B, T, self.nkv, self.hd).transpose(1, 2) for p in (self.k_proj, self.v_proj)]  # (B, nkv, T, d)
+        # (B, nkv, T, d)
+        k, v = [p(x).view(B, T, self.nkv, self.hd).transpose(1, 2) for p in (self.k_proj, self.v_proj)]
         if rope is not None: q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None: k, v = cache.update(self.layer, k, v)           # (B, nkv, S, d)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.nkv != self.nh,
-                                           dropout_p=self.p if self.training else 0.)  # (B, nh, T, d); kv heads shared by groups
+                                           # (B, nh, T, d); kv heads shared by groups
+                                           dropout_p=self.p if self.training else 0.)
         return self.drop(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))         # (B, T, C)
 
 # %% ../nbs/03_lm.ipynb #badf0753

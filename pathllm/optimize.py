@@ -32,7 +32,8 @@ __all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'Prompt
            'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
 
 # %% ../nbs/09_optimization.ipynb #82c37487
-VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8')  # names `quantize_model` accepts
+# names `quantize_model` accepts
+VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8')
 _DTYPES = dict(fp16=torch.float16, bf16=torch.bfloat16)
 
 # %% ../nbs/09_optimization.ipynb #425ff9e9
@@ -77,11 +78,13 @@ def bnb_int8_linears(module:nn.Module, # changed in place
 # %% ../nbs/09_optimization.ipynb #7c24d369
 class PromptCache:
     "Keys and values of a shared prompt for `LM.forward(kv_cache=)`: `update` concatenates, so it exports to ONNX and back-propagates"
-    def __init__(self, n_layer:int): self.kv, self.pos = [None] * n_layer, 0  # per layer (k, v) (B, nkv, S, d); positions seen
+    # per layer (k, v) (B, nkv, S, d); positions seen
+    def __init__(self, n_layer:int): self.kv, self.pos = [None] * n_layer, 0
     def update(self, layer:int, k:torch.Tensor, v:torch.Tensor)->tuple: # (B, nkv, T, d) each -> all keys, values so far
         if self.kv[layer] is not None: k, v = torch.cat([self.kv[layer][0], k], 2), torch.cat([self.kv[layer][1], v], 2)
         self.kv[layer] = (k, v); return k, v
-    def repeat(self, n:int): self.kv = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv]  # each row n times
+    # each row n times
+    def repeat(self, n:int): self.kv = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv]
 
 class ClassScorer(Module):
     "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes: the prompt runs once per image, the K answers read its cache"
@@ -89,16 +92,20 @@ class ClassScorer(Module):
         if model.dual or model.xattn is not None or CONNECTORS[model.cfg.vlm_connector].xattn:
             raise ValueError(f"vlm_connector: ClassScorer needs image tokens in the prompt ('projector' or 'qformer'), got {model.cfg.vlm_connector!r}")
         tok, p = model.tok, model._prompt(QUESTIONS[model.cfg.vlm_kind, 'class'][0])
-        ids, am = pad_ids([tok.encode(n) + [tok.end_id] for n in LABEL_NAMES[model.cfg.vlm_kind]], tok.pad_id)  # (K, A) answers, right-padded
+        # (K, A) answers, right-padded
+        ids, am = pad_ids([tok.encode(n) + [tok.end_id] for n in LABEL_NAMES[model.cfg.vlm_kind]], tok.pad_id)
         self.model, self.i = model, p.index(tok.image_id)
         for k, v in dict(prompt=torch.tensor(p), ids=ids, w=am.float()).items(): self.register_buffer(k, v, persistent=False)
     def forward(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> (B, K) log-likelihood of each class answer
         lm, img, K = self.model.lm, self.model.encode_images(x), len(self.ids)              # img (B, n, C)
         B, p, cache = len(img), lm.tok_emb(self.prompt)[None].expand(len(img), -1, -1), PromptCache(lm.cfg.n_layer)
-        h = torch.cat([p[:, :self.i], img, p[:, self.i + 1:]], 1)                           # (B, L, C): `<image>` -> n image tokens
-        first = lm(inputs_embeds=h, kv_cache=cache)[0][:, -1:].repeat_interleave(K, 0)      # (B*K, 1, V): the first answer token
+        # (B, L, C): `<image>` -> n image tokens
+        h = torch.cat([p[:, :self.i], img, p[:, self.i + 1:]], 1)
+        # (B*K, 1, V): the first answer token
+        first = lm(inputs_embeds=h, kv_cache=cache)[0][:, -1:].repeat_interleave(K, 0)
         cache.repeat(K)
-        rest = lm(self.ids[:, :-1].repeat(B, 1), kv_cache=cache)[0]                          # (B*K, A-1, V); right padding: causal suffices
+        # (B*K, A-1, V); right padding: causal suffices
+        rest = lm(self.ids[:, :-1].repeat(B, 1), kv_cache=cache)[0]
         lp = torch.cat([first, rest], 1).float().log_softmax(-1)                             # (B*K, A, V)
         return (lp.gather(-1, self.ids.repeat(B, 1)[..., None])[..., 0] * self.w.repeat(B, 1)).sum(1).view(B, K)
 
@@ -132,7 +139,8 @@ class OrtVLM(PathVLM):
                  tok:PathTokenizer, # its tokenizer
                  int8:bool=True): # int8 matrix multiplies in the graph
         super().__init__(cfg, tok); self.int8, self._sessions = int8, {}
-    def load_state_dict(self, *args, **kw): self._sessions = {}; return super().load_state_dict(*args, **kw)  # graphs hold the old weights
+    # graphs hold the old weights
+    def load_state_dict(self, *args, **kw): self._sessions = {}; return super().load_state_dict(*args, **kw)
     def _session(self, x:torch.Tensor):
         if x.shape not in self._sessions: self._sessions[x.shape] = ort_session(onnx_graph(ClassScorer(self), x, self.int8))
         return self._sessions[x.shape]
@@ -470,7 +478,8 @@ def n_targets(yb:tuple, # a batch's targets, as in `Learner.yb`
 
 class GradAccum(Callback):
     "Step the optimizer every `n_acc` batches with the gradient of their union's mean loss (batches weighted by `weight`)"
-    order, run_valid = 6, False  # after `DistillCallback` sets the loss, before `GradientClip` clips the summed gradient
+    # after `DistillCallback` sets the loss, before `GradientClip` clips the summed gradient
+    order, run_valid = 6, False
     def __init__(self, n_acc:int=2, # batches per optimizer step
                  weight=n_targets): # `weight(yb)`: how much a batch counts in the mean loss
         if n_acc < 1: raise ValueError(f"n_acc: must be >= 1, got {n_acc}")
@@ -560,10 +569,12 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
     "Stage-2 training rows/s of a fused model with random batches against length-sorted ones: same rows, model and steps"
     dl = lambda s: vlm_dataloaders(root, model.tok, conversations=True, bs=bs, img_size=model.cfg.vit_img_size, max_len=max_len,
                                    max_rows=n, max_valid_rows=bs, seed=0, sortish=s)
-    pad = lambda d: float(sum(b[1].numel() for b in d.train) / sum(int(b[2].sum()) for b in d.train))  # tokens fed per real token
+    # tokens fed per real token
+    pad = lambda d: float(sum(b[1].numel() for b in d.train) / sum(int(b[2].sum()) for b in d.train))
     out, cache = dict(random=[], sortish=[]), {}
     def epoch(s):
-        set_seed(0); learn = vlm_learner(dl(s), copy.deepcopy(model).train(), stage=2, lr=1e-4, freeze_vision=True, cache=cache)
+        set_seed(0)
+        learn = vlm_learner(dl(s), copy.deepcopy(model).train(), stage=2, lr=1e-4, freeze_vision=True, cache=cache)
         t0 = time.perf_counter(); fit_stage(learn, 1, 1e-4); return n / (time.perf_counter() - t0)
     epoch(False)  # warm-up: fills the frozen tower's feature cache
     for _ in range(rounds):
@@ -690,7 +701,11 @@ def vlm_scaling_run(dls, # from `vlm_dataloaders`
     for _ in range(steps):
         try: b = next(it)
         except StopIteration: it = iter(dls.train); b = next(it)
-        lm_loss(m(*b[:3]), b[3]).backward(); nn.utils.clip_grad_norm_(m.parameters(), 1.); opt.step(); opt.zero_grad(); sch.step()
+        lm_loss(m(*b[:3]), b[3]).backward()
+        nn.utils.clip_grad_norm_(m.parameters(), 1.)
+        opt.step()
+        opt.zero_grad()
+        sch.step()
         tokens += int(b[2].sum()) + len(b[0]) * m.n_image_tokens
     m.eval()
     with torch.no_grad(): vl = [(lm_loss(m(*b[:3]), b[3]).item(), len(b[0])) for b in dls.valid]

@@ -40,9 +40,11 @@ def _claims(text:str, kind:str)->list: # [(position, class id)] of each (negatio
     for m in re.finditer(rf'(?<![\w-])(?:{pat})(?![\w])', text):
         c = int(next(k for k, v in m.groupdict().items() if v)[1])
         before, after = text[max(0, m.start() - 40):m.start()], text[m.end():m.end() + 12]
-        neg = (re.search(rf'\b{NEGATORS}\b(?:[ -]+[\w-]+){{0,3}}[ -]*$', before)  # up to 3 words back, not across punctuation
+        # up to 3 words back, not across punctuation
+        neg = (re.search(rf'\b{NEGATORS}\b(?:[ -]+[\w-]+){{0,3}}[ -]*$', before)
                or re.match(r'[\s-]*(?:free|absent|negative)\b', after))
-        if c == 0 and re.match(r'[\s-]*(?:for|cells?)\b', after) and m.group(0) == 'negative': continue  # 'negative for X': X decides
+        # 'negative for X': X decides
+        if c == 0 and re.match(r'[\s-]*(?:for|cells?)\b', after) and m.group(0) == 'negative': continue
         out.append((m.start(), 1 - c if neg else c))
     return out
 
@@ -295,7 +297,8 @@ def constrained(model:PathVLM, # a generative `PathVLM`
     names = list(LABEL_NAMES[kind]); answers = answers or {c: [c] for c in names}
     flat = [a for c in names for a in answers[c]]
     lp = answer_logprobs(model, images, [p.conversation(**class_choice(kind))] * len(images), flat, length_norm=length_norm, **kw)
-    grp = torch.stack([lp[:, [i for i, a in enumerate(flat) if a in answers[c]]].logsumexp(1) for c in names], 1)  # (B, K)
+    # (B, K)
+    grp = torch.stack([lp[:, [i for i, a in enumerate(flat) if a in answers[c]]].logsumexp(1) for c in names], 1)
     probs = grp.softmax(-1)
     return _result([names[i] for i in probs.argmax(-1)], kind, np.zeros(len(lp), int), probs)
 

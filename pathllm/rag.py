@@ -256,7 +256,8 @@ def knn_classify(index:PatchIndex, # index whose `labels` are class ids
     if vote not in ('majority', 'similarity'): raise ValueError(f"vote: must be 'majority' or 'similarity', got {vote!r}")
     r = index.search(q, k, exclude_ids)
     ok = (r.rows >= 0) & (r.labels >= 0)
-    w = np.where(ok, 1. if vote == 'majority' else np.exp((np.where(ok, r.scores, 0) - 1) / temp), 0.)  # (B, k); -1 keeps exp finite
+    # (B, k); -1 keeps exp finite
+    w = np.where(ok, 1. if vote == 'majority' else np.exp((np.where(ok, r.scores, 0) - 1) / temp), 0.)
     probs = np.zeros((len(r), n_classes))
     for c in range(n_classes): probs[:, c] = (w * (r.labels == c)).sum(1)
     tot = probs.sum(1, keepdims=True)
@@ -363,7 +364,8 @@ def rag_classify(model:PathVLM, # a generative `PathVLM`
                  question:str|None=None, # default: the 'class' prompt of `pathllm.prompting`
                 )->dict: # `probs` (B, K), `pred`, `label`, `prompts`, `neighbours`
     "Class probabilities from the likelihood of each class answer with the `k` nearest patches' captions in the prompt"
-    names = list(LABEL_NAMES[model.cfg.vlm_kind]); question = question or PROMPTS['class'].render(**class_choice(model.cfg.vlm_kind))
+    names = list(LABEL_NAMES[model.cfg.vlm_kind])
+    question = question or PROMPTS['class'].render(**class_choice(model.cfg.vlm_kind))
     r = _neighbours(model, index, images, query_ids, k, embed)
     prompts = [rag_prompt(question, r[i], with_labels, model.cfg.vlm_kind) for i in range(len(r))]
     probs = answer_logprobs(model, images, [[dict(role='user', content=p)] for p in prompts], names).softmax(-1).cpu()

@@ -31,10 +31,12 @@ def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are l
     return f'{f(np.mean(v))} ± {f(np.std(v, ddof=1))}'
 
 # %% ../nbs/12a_results.ipynb #61d0ab01
-COUNTERWEIGHTS = dict(accuracy='balanced_accuracy', hallucination='claims_per_caption')  # metric -> the number shown beside it
+# metric -> the number shown beside it
+COUNTERWEIGHTS = dict(accuracy='balanced_accuracy', hallucination='claims_per_caption')
 
 QUALITY = (('acc', 'accuracy', 3), ('bal. acc', 'balanced_accuracy', 3), ('AUC', 'auc', 3), ('F1', 'f1', 3), ('CIDEr', 'cider', 3),
-           ('ROUGE-L', 'rouge_l', 3), ('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2))  # (header, key, decimals)
+           # (header, key, decimals)
+           ('ROUGE-L', 'rouge_l', 3), ('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2))
 
 def check_counterweights(keys:list, # metric keys of a table's columns
                         ): # raises a `ValueError` naming a metric shown without its counterweight
@@ -91,7 +93,8 @@ def _train_runs(runs:dict, # configuration label -> the `report.json` dicts of `
     rs = [r for reps in runs.values() for r in reps]
     return seeds, stamp([r['config']['environment'] for r in rs], fps(rs))
 
-_BASE_FUSED = (('image-only baseline', lambda r: r.get('baseline') or {}), ('fused model', lambda r: r))  # the two models of a report
+# the two models of a report
+_BASE_FUSED = (('image-only baseline', lambda r: r.get('baseline') or {}), ('fused model', lambda r: r))
 
 def train_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                )->str: # markdown: what was run on which data, the table, the stamp
@@ -164,7 +167,8 @@ def bench_table(runs:dict, # one label -> the `bench.json` dicts of `run_bench`,
     return '\n\n'.join([head, md_table(hdr, rows), f"{done} {stamp([r['environment'] for r in bs], [r['data']['fingerprint'] for r in bs])}"])
 
 # %% ../nbs/12a_results.ipynb #b4e31732
-TABLE_KINDS = dict(train=train_table, bench=bench_table, language=language_table, per_class=per_class_table)  # kind in `results/tables.json` -> the function rendering `{label: [run, ...]}`
+# kind in `results/tables.json` -> the function rendering `{label: [run, ...]}`
+TABLE_KINDS = dict(train=train_table, bench=bench_table, language=language_table, per_class=per_class_table)
 
 def read_manifest(root:str|Path, # the project root holding `results/`
                  )->dict: # table name -> `kind` and `runs` (label -> glob patterns under `results/`)
@@ -201,14 +205,16 @@ def render_results(root:str|Path|None=None, # the project root (default: `projec
     return out
 
 # %% ../nbs/12a_results.ipynb #1c771616
-_DROP = ('history', 'losses', 'plots', 'key')  # keys dropped at any depth of a published run file: curves, plot names, bench row keys
+# keys dropped at any depth of a published run file: curves, plot names, bench row keys
+_DROP = ('history', 'losses', 'plots', 'key')
 
 def trim_run(d): # a run's JSON
     "`d` without loss curves, plot names and row keys, at any depth: what a results table can read"
     if isinstance(d, dict): return {k: trim_run(v) for k, v in d.items() if k not in _DROP}
     return [trim_run(v) for v in d] if isinstance(d, list) else d
 
-ASSESSMENTS = ('robustness', 'stain_norm', 'prompting')  # `pathllm.bench.assess_run` writes `<name>.json` beside a run's report; published with it
+# `pathllm.bench.assess_run` writes `<name>.json` beside a run's report; published with it
+ASSESSMENTS = ('robustness', 'stain_norm', 'prompting')
 
 def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or its `report.json` / `bench.json`
                 dest:str, # folder under `results/`, e.g. 'small/seed0'
@@ -223,7 +229,8 @@ def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or i
     if not ('rows' in d or {'train', 'data', 'environment'} <= set(d.get('config') or {})):
         raise ValueError(f"results: {src} is neither a `run_bench` bench.json nor a `run_train` report.json (`run_eval` reports are not published)")
     for f in [src.parent/f'{a}.json' for a in ASSESSMENTS] + [src.parent/'stain_stress.png']:
-        if f.exists() and 'config' in d: atomic_write(root/'results'/dest/f.name, f.read_bytes())  # a `run_train` folder's assessments
+        # a `run_train` folder's assessments
+        if f.exists() and 'config' in d: atomic_write(root/'results'/dest/f.name, f.read_bytes())
     return atomic_write(root/'results'/dest/src.name, json.dumps(trim_run(d), indent=1, default=str) + '\n')
 
 # %% ../nbs/12a_results.ipynb #bf9f64c4

@@ -161,8 +161,10 @@ def _resolve(fn): # a callable from a callable or 'module:attr'
 
 register_loader('pathvlm', lambda p, device=None: PathVLM.from_pretrained(p, device),
                 lambda p: (Path(p)/'config.json').exists() and (Path(p)/'model.safetensors').exists())
-register_loader('hf', 'pathllm.hf:HFVLM.from_pretrained', lambda p: (Path(p)/'hf.json').exists())  # `pathllm.hf` backends
-register_loader('quantized', lambda p, device=None: _resolve('pathllm.optimize:load_optimized')(p),  # `pathllm optimize` output (CPU)
+# `pathllm.hf` backends
+register_loader('hf', 'pathllm.hf:HFVLM.from_pretrained', lambda p: (Path(p)/'hf.json').exists())
+# `pathllm optimize` output (CPU)
+register_loader('quantized', lambda p, device=None: _resolve('pathllm.optimize:load_optimized')(p),
                 lambda p: (Path(p)/'optimization.json').exists())
 
 # %% ../nbs/12_serve.ipynb #21c1d79b
@@ -232,7 +234,8 @@ def save_pipeline(path:str|Path, # folder to write
     return p
 
 # %% ../nbs/12_serve.ipynb #8fb6689e
-_deadline = contextvars.ContextVar('pathllm_deadline', default=None)  # `time.monotonic()` by which the current call must end
+# `time.monotonic()` by which the current call must end
+_deadline = contextvars.ContextVar('pathllm_deadline', default=None)
 
 @contextmanager
 def time_limit(seconds:float|None, # time allowed from now (None: no limit)
@@ -353,7 +356,8 @@ class Pipeline:
     @property
     def kind(self)->str: return self.model.cfg.vlm_kind  # 'pcam' or 'mhist'
     @property
-    def classes(self)->list: return list(LABEL_NAMES[self.kind])  # class names, in the order of the model's probabilities
+    # class names, in the order of the model's probabilities
+    def classes(self)->list: return list(LABEL_NAMES[self.kind])
     @property
     def generative(self)->bool: return not self.model.dual  # 'dual' models classify only
     @property
@@ -475,7 +479,8 @@ def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict, 
     if question_type(question, kind) == 'confidence':  # answered from the class probability, not generated
         out = [{key: confidence_answer(list(r['probs'].values()), list(r['probs']), list(r['probs']).index(r['label']))} for r in self.batcher.submit(('classify', False, False), xs)]
         return out[0] if single else out
-    qs = [question + '\n' + measurement_text(measure(np.asarray(x), kind), kind) if tool else question for x in xs]  # the tool's numbers
+    # the tool's numbers
+    qs = [question + '\n' + measurement_text(measure(np.asarray(x), kind), kind) if tool else question for x in xs]
     for q in dict.fromkeys(qs): self.check_tokens(q, [], gen['max_new_tokens'])
     if not use_rag: out = [{key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, q, ()) for x, q in zip(xs, qs)])]
     else:
@@ -977,7 +982,8 @@ def create_app(pipeline:Pipeline|str|Path, # a `Pipeline`, or a folder for `Pipe
     from fastapi import FastAPI
     lim = replace(limits or Limits(), **kw)
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_pretrained(pipeline)
-    pipe.max_pixels, pipe.batcher.max_batch, pipe.batcher.wait_ms = lim.max_pixels, lim.max_batch, lim.batch_wait_ms  # the server's limits win
+    # the server's limits win
+    pipe.max_pixels, pipe.batcher.max_batch, pipe.batcher.wait_ms = lim.max_pixels, lim.max_batch, lim.batch_wait_ms
     app = FastAPI(title='pathllm', version=__version__, summary=f'H&E patch classification, captions, reports and VQA ({pipe.name})',
                   docs_url=None, redoc_url=None, responses=ERRORS)
     gate, public = _Gate(lim.max_concurrency, lim.timeout_s), {'/', '/health', *(f'/static/{n}' for n in _PAGE_FILES)} | ({'/openapi.json'} if public_docs else set())
@@ -1121,7 +1127,8 @@ def server_process(model_dir:str|Path, # model or pipeline folder
     "Run a server on loopback in a subprocess for the duration of a `with` block"
     import httpx
     port, out = port or free_port(), open(log, 'w+') if log else tempfile.NamedTemporaryFile('w+', suffix='.log', prefix='pathllm-serve-')
-    args = dict(model=str(model_dir), port=port, log_level=log_level, device=device, **limits)  # `serve`'s arguments, as JSON
+    # `serve`'s arguments, as JSON
+    args = dict(model=str(model_dir), port=port, log_level=log_level, device=device, **limits)
     env = dict(os.environ, PATHLLM_API_KEY=api_key or '', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'), PATHLLM_SERVE_ARGS=json.dumps(args))
     p = subprocess.Popen([sys.executable, '-c', _CHILD], env=env, stdout=out, stderr=subprocess.STDOUT)
     url, t0 = f'http://127.0.0.1:{port}', time.time()
@@ -1142,7 +1149,8 @@ def server_process(model_dir:str|Path, # model or pipeline folder
 
 # %% ../nbs/12_serve.ipynb #d05812d1
 CHROMIUM_FLAGS = ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-                  '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--window-size=1280,1000')  # offline, reproducible
+                  # offline, reproducible
+                  '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--window-size=1280,1000')
 
 def chromium_driver(binary:str='/usr/bin/chromium', # the browser
                     driver:str='/usr/bin/chromedriver', # its WebDriver (Debian: `chromium-driver`)
@@ -1191,7 +1199,8 @@ def load_test(url:str, # base URL of a running server, e.g. from `server_process
     host, port, out = url.split('//')[1].split(':')[0], int(url.rsplit(':', 1)[1]), []
     payload = json.dumps(body or dict(image=[data_url(synth_patch('pcam', 1, 0))])).encode()
     req = (f'POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n'
-           + (f'X-API-Key: {api_key}\r\n' if api_key else '') + '\r\n').encode() + payload  # built once: the client costs the CPU little
+           # built once: the client costs the CPU little
+           + (f'X-API-Key: {api_key}\r\n' if api_key else '') + '\r\n').encode() + payload
     for c in concurrency:
         socks = [socket.create_connection((host, port)) for _ in range(idle)]
         try:

@@ -277,7 +277,8 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
     m = learn.model.eval(); m.save_pretrained(out)
     batches = lambda rows: [(x[rows[i:i+cfg.bs]], y[rows[i:i+cfg.bs]]) for i in range(0, len(rows), cfg.bs)]
     probs = lambda rows: classifier_probs(m, batches(rows), cfg.tta)[0].numpy()
-    pd_ = probs(dev) if dev else None; t = best_threshold(y[dev].tolist(), pd_) if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2 else None
+    pd_ = probs(dev) if dev else None
+    t = best_threshold(y[dev].tolist(), pd_) if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2 else None
     score = lambda rows, p: classification_metrics(y[rows].tolist(), p, 0.5 if t is None else t, classes=list(LABEL_NAMES[kind]))
     res = dict(metrics=score(val, probs(val)), dev_metrics=score(dev, pd_) if dev else None, threshold=t, history=hist)
     if spec: res['morph_accuracy'] = _morph_scores(m, x[val], v[val], cfg.bs)
@@ -316,8 +317,10 @@ def _salient(cfg:TrainConfig, kind:str, root:Path, base:Path, out:Path)->Path: #
     if not cfg.caption_salience or not m.cfg.morph: return root
     df, v, names = _captioned_table(root, kind); rows = _rows(df, 'train') + _rows(df, 'dev')
     x, spec = image_tensor([root/p for p in df.image.iloc[rows]], cfg.img_size), MorphSpec(**m.cfg.morph)
-    p = torch.cat([m.morphology(x[i:i+cfg.bs])['bins'] for i in range(0, len(x), cfg.bs)])      # (N, F, 3) word probabilities
-    b = spec.bins(v[rows]); pt = p.gather(-1, b.clamp(min=0)[..., None])[..., 0]                  # probability of the true word
+    # (N, F, 3) word probabilities
+    p = torch.cat([m.morphology(x[i:i+cfg.bs])['bins'] for i in range(0, len(x), cfg.bs)])
+    # probability of the true word
+    b = spec.bins(v[rows]); pt = p.gather(-1, b.clamp(min=0)[..., None])[..., 0]
     unsure = (b < 0) | (pt < cfg.caption_salience)
     omit = {df.image.iloc[r]: [f for f, u in zip(names, unsure[j].tolist()) if u] for j, r in enumerate(rows)}
     return recaption(root, out, omit, cfg.seed, cfg.caption_margin, cfg.n_captions, kind=kind)

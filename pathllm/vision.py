@@ -171,7 +171,8 @@ def _timm_vit_map(cfg:ViTConfig, # config of the target `ViT`
         o, t = f'encoder.blocks.{i}.', f'blocks.{i}.'
         for p in ('weight', 'bias'):
             for n in ('norm1', 'norm2', 'mlp.fc1', 'mlp.fc2'): m[f'{o}{n}.{p}'] = (f'{t}{n}.{p}', None)
-            if f'{o}attn.qkv.{p}' in own: m[f'{o}attn.qkv.{p}'] = (f'{t}attn.qkv.{p}', None)  # fused [q; k; v] on both sides
+            # fused [q; k; v] on both sides
+            if f'{o}attn.qkv.{p}' in own: m[f'{o}attn.qkv.{p}'] = (f'{t}attn.qkv.{p}', None)
             else: m.update({f'{o}attn.{n}_proj.{p}': (f'{t}attn.qkv.{p}', j) for j, n in enumerate('qkv')})
             m[f'{o}attn.{"proj" if f"{o}attn.proj.{p}" in own else "o_proj"}.{p}'] = (f'{t}attn.proj.{p}', None)
     return m
@@ -290,7 +291,8 @@ def get_vision(name:str, # a registered name (see `vision_names`) or 'timm:<any 
     "Build a registered vision encoder by name"
     if crop is not None and not 8 <= crop <= img_size: raise ValueError(f"crop: must be between 8 and img_size={img_size}, got {crop}")
     enc = _build_vision(name, crop or img_size, pretrained, checkpoint_path, on_missing, **kw)
-    if crop: enc.crop, enc.img_size, enc.crop_shift = crop, img_size, crop_shift  # built for the crop; fed `img_size` images
+    # built for the crop; fed `img_size` images
+    if crop: enc.crop, enc.img_size, enc.crop_shift = crop, img_size, crop_shift
     return enc
 
 def _build_vision(name, img_size, pretrained, checkpoint_path, on_missing, **kw):
