@@ -33,7 +33,7 @@ from fastcore.meta import delegates
 from . import __version__
 from .data import LABEL_NAMES, DataError, atomic_write
 from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type, confidence_answer
-from .tokenizer import with_image
+from .tokenizer import with_image, SPECIAL_TOKENS
 from .fusion import PathVLM
 from .rag import PatchIndex, rag_generate
 
@@ -463,7 +463,9 @@ def n_tokens(self:Pipeline, message:str, # the user's message (or question)
 
 @patch
 def check_tokens(self:Pipeline, message:str, history:list, max_new_tokens:int):
-    "Refuse a prompt whose tokens plus `max_new_tokens` are more than the model's `context`"
+    "Refuse a prompt whose tokens plus `max_new_tokens` are more than the model's `context`, or whose text holds special tokens"
+    for where, t in [('message', message), *((f'history[{i}]', x) for i, turn in enumerate(history) for x in turn)]:
+        if bad := [s for s in SPECIAL_TOKENS.values() if s in str(t)]: raise InputError(f"{where}: holds {bad[0]!r}, a special token of the model's markup; it is not allowed in text")
     n = self.n_tokens(message, history)
     if n + max_new_tokens > self.context:
         raise InputError(f'prompt: {n} tokens (message and history) + max_new_tokens {max_new_tokens} = {n + max_new_tokens} is more than the model context of {self.context} tokens')
