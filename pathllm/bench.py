@@ -8,7 +8,7 @@ Docs: https://pathllm.github.io/pathllm/bench.html.md"""
 from __future__ import annotations
 import inspect, json, math, time, types, warnings
 from dataclasses import dataclass, asdict, field, fields, replace
-from functools import partial
+from functools import partial, cached_property
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
@@ -143,10 +143,13 @@ def _size_mb(obj)->float|None: # MB of the weights as saved (quantised layers in
 class _Run:
     "What the rows share: the configs, the main job's folder and report, its data splits and fused model, and one index"
     bc:BenchConfig; cfg:TrainConfig; run:Path; kind:str; rep:dict; trn:PatchDataset; trn_val:PatchDataset; model:PathVLM
+    dev:PatchDataset|None=None  # the main job's `dev` patches (carved from train), where thresholds and settings are chosen
     _ix:tuple|None=None
     @property
     # the captioned data folder
     def root(self)->Path: return self.run/json.loads((self.run/'data.json').read_text())['root']
+    @cached_property
+    def vocab(self)->set: return text_vocab(read_corpus(self.root, 'train'))  # words of the training text (novel-word rate)
     @property
     def stages(self)->dict: return self.rep['config']['stages']  # seconds of each stage of `run_train`
     def index(self)->tuple: # (faiss index of the training patches embedded by the fused model's encoder, seconds to build it)
@@ -155,8 +158,6 @@ class _Run:
             t0 = time.time(); ix = index_patches(self.trn, partial(image_embeddings, self.model), split=None)
             self._ix = (ix, round(time.time() - t0, 1))
         return self._ix
-    def dev(self)->PatchDataset|None: # the main job's `dev` patches (carved from train), where thresholds and settings are chosen
-        ds, prep = run_data(self.run); return ds.subset(prep['dev']) if prep.get('dev') else None
     def stage1_model(self)->PathVLM: # the projector model as it was after alignment (stage 1)
         m = PathVLM.from_pretrained(self.run/'vlm')
         m.load_state_dict(torch.load(self.run/'vlm'/'stage1'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
@@ -192,7 +193,7 @@ def _row_projector(c:_Run):
 
 def _row_projector_rag(c:_Run): # with its own threshold, chosen on dev as the main job chose the plain model's
     ix, s = c.index(); m = RAGModel(c.model, ix, c.bc.rag_k)
-    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and (dev := c.dev()) is not None: calibrate_threshold(m, dev, c.cfg.bs)
+    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and c.dev is not None: calibrate_threshold(m, c.dev, c.cfg.bs)
     return m, dict(params=_n_params(c.model), train_s=s, index_size=len(ix))
 
 def _row_projector_stage1(c:_Run):
@@ -260,10 +261,24 @@ def _main_job(cfg:TrainConfig, data, out:Path, env:dict, resume:bool, progress:b
     if not ok: atomic_write(out/'key.json', json.dumps(dict(key=key), indent=2))
     return run_train(cfg, data, out/'train', resume=ok, progress=progress)
 
-def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, vocab:set, out:Path)->dict: # train (or rebuild) row `name` and score it
-    t0 = time.time(); set_seed(c.cfg.seed); obj, extra = _ROW_FNS[name](c)
+def _open_run(bc:BenchConfig, data, out:Path, env:dict, resume:bool, progress:bool, split:str='valid')->tuple:
+    "(`_Run`, the patches rows are scored on, data fingerprint): the main job trained or reused, opened for scoring on `split`"
+    cfg = bc.train_config(); rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
+    ds, prep = run_data(run); cfg = sized_config(cfg, prep)
+    if not prep.get(split): raise ValueError(f"bench: the main job has no {split} split" + (" (its TrainConfig.dev_frac is 0)" if split == 'dev' else ''))
+    dev = ds.subset(prep['dev']) if prep.get('dev') else None
+    c = _Run(bc, cfg, run, prep['kind'], rep, ds.subset(prep['train']), ds.subset(prep['train'] + prep[split]),
+             PathVLM.from_pretrained(run/'model').eval(), dev)
+    return c, ds.subset(prep[split]), data_fingerprint(ds)
+
+def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path)->tuple: # (row object, extra columns, TTA, `evaluate_vlm` report): row `name` built and scored on `patches`
+    set_seed(c.cfg.seed); obj, extra = _ROW_FNS[name](c)
     gen, tta = hasattr(obj, 'caption') and not getattr(obj, 'dual', False), _tta(obj, c.cfg.tta)
-    r = evaluate_vlm(obj, val, out, c.cfg.eval_captions if gen else 0, c.cfg.bs, c.cfg.caption_tokens, bool(tta), (c.cfg.eval_groundings[0],), vocab)
+    r = evaluate_vlm(obj, patches, out, c.cfg.eval_captions if gen else 0, c.cfg.bs, c.cfg.caption_tokens, bool(tta), (c.cfg.eval_groundings[0],), c.vocab)
+    return obj, extra, tta, r
+
+def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, out:Path)->dict: # train (or rebuild) row `name` and score it
+    t0 = time.time(); obj, extra, tta, r = _eval_row(c, name, val, out)
     return dict(row=name, method=_ROW_DOC[name], tta=tta, **{k: r.get(k) for k in _COLS if k in r}, **extra, size_mb=_size_mb(obj),
                 latency_ms=_latency_ms(obj, imgs, c.bc.n_latency, bool(tta)), seconds=round(time.time() - t0, 1))
 
@@ -274,23 +289,20 @@ def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, 
               progress:bool=True, # progress bars and one line per row
              )->dict: # the contents of `bench.json`
     "Train once, then score every row of the config on the same validation patches; write JSON, markdown and a plot"
-    bc, out, env = bench_config(config), Path(out), environment_info(); cfg = bc.train_config()
+    bc, out, env = bench_config(config), Path(out), environment_info()
     if data is None: data = pcam_dir()
-    rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
-    ds, prep = run_data(run); kind = prep['kind']; fp, cfg = data_fingerprint(ds), sized_config(cfg, prep)
-    trn, val, trn_val = ds.subset(prep['train']), ds.subset(prep['valid']), ds.subset(prep['train'] + prep['valid'])
-    c = _Run(bc, cfg, run, kind, rep, trn, trn_val, PathVLM.from_pretrained(run/'model').eval())
-    imgs, rows, vocab = [val.image(i) for i in range(min(len(val), bc.n_latency + 1))], [], text_vocab(read_corpus(c.root, 'train'))
+    c, val, fp = _open_run(bc, data, out, env, resume, progress); cfg = c.cfg
+    imgs, rows = [val.image(i) for i in range(min(len(val), bc.n_latency + 1))], []
     key = _key(commit=env['commit'], dirty=env['dirty'], seed=cfg.seed, data=fp['sha256'], train=asdict(cfg),
                config={k: v for k, v in asdict(bc).items() if k not in ('rows', 'name')})
     for name in bc.rows:
         f = out/'rows'/name/'row.json'
         if resume and (old := _reusable(f, key, f'row {name!r}')): rows.append({**{k: v for k, v in old.items() if k != 'key'}, 'reused': True}); continue
-        row = _score_row(c, name, val, imgs, vocab, out/'rows'/name)
+        row = _score_row(c, name, val, imgs, out/'rows'/name)
         atomic_write(f, json.dumps(dict(row, key=key), indent=2)); rows.append(dict(row, reused=False))
         if progress: print(f"{name:>17}: acc {row['accuracy']:.3f}  AUC {row['auc']:.3f}  ({row['seconds']:.0f} s)")
     res = dict(rows=rows, config=asdict(bc), train=asdict(cfg), environment=env,
-               data=dict(source=str(data) if data is not None else 'synthetic', kind=kind, n_train=len(trn), n_valid=len(val), fingerprint=fp))
+               data=dict(source=str(data) if data is not None else 'synthetic', kind=c.kind, n_train=len(c.trn), n_valid=len(val), fingerprint=fp))
     atomic_write(out/'bench.json', json.dumps(res, indent=2, default=str))
     atomic_write(out/'bench.md', _md(res))
     plot_bench(rows, out/'bench.png')
@@ -318,18 +330,10 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
     if by not in _SWEEP_COLS: raise ValueError(f"sweep: by={by!r} is not a dev metric; choose from {list(_SWEEP_COLS)}")
     if not values: raise ValueError("sweep: no values to try")
     bcs = [bench_config(bc, **{field: v}) for v in values]  # every value checked before any training
-    cfg = bc.train_config(); data = pcam_dir() if data is None else data
-    rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
-    ds, prep = run_data(run); kind, cfg = prep['kind'], sized_config(cfg, prep)
-    if not prep.get('dev'): raise ValueError("sweep: the main job has no dev split (its TrainConfig.dev_frac is 0)")
-    trn, dev = ds.subset(prep['train']), ds.subset(prep['dev'])
-    model, sweep = PathVLM.from_pretrained(run/'model').eval(), {}
-    vocab = text_vocab(read_corpus(run/json.loads((run/'data.json').read_text())['root'], 'train'))
+    data = pcam_dir() if data is None else data
+    c, dev, fp = _open_run(bc, data, out, env, resume, progress, split='dev'); cfg, sweep = c.cfg, {}
     for v, b in zip(values, bcs):
-        c = _Run(b, cfg, run, kind, rep, trn, ds.subset(prep['train'] + prep['dev']), model)
-        t0 = time.time(); set_seed(cfg.seed); obj, _ = _ROW_FNS[row](c)
-        gen, tta = hasattr(obj, 'caption') and not getattr(obj, 'dual', False), _tta(obj, cfg.tta)
-        r = evaluate_vlm(obj, dev, out/'choices'/f'{field}_{v}', cfg.eval_captions if gen else 0, cfg.bs, cfg.caption_tokens, bool(tta), (cfg.eval_groundings[0],), vocab)
+        t0 = time.time(); *_, r = _eval_row(replace(c, bc=b), row, dev, out/'choices'/f'{field}_{v}')
         sweep[str(v)] = {**{k: r.get(k) for k in _SWEEP_COLS}, 'seconds': round(time.time() - t0, 1)}
         if progress: print(f"{field}={v}: dev {by} {sweep[str(v)][by]}")
     score = lambda v: (lambda s: -math.inf if s is None or (isinstance(s, float) and math.isnan(s)) else (-s if by in _LOWER_BETTER else s))(sweep[str(v)][by])
@@ -337,7 +341,7 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
     res = dict(what=f"bench {bc.name}: row {row!r} for each {field}, scored on the dev split ({len(dev)} patches, {cfg.eval_captions} captioned)",
                row=row, field=field, by=by, choice=best, chosen_by=f"{'lowest' if by in _LOWER_BETTER else 'highest'} dev {by}", sweep=sweep,
                config=asdict(bc), train=asdict(cfg), environment=env,
-               data=dict(source=str(data), kind=kind, n_train=len(trn), n_dev=len(dev), fingerprint=data_fingerprint(ds)))
+               data=dict(source=str(data), kind=c.kind, n_train=len(c.trn), n_dev=len(dev), fingerprint=fp))
     atomic_write(out/'choices'/f'{field}_dev.json', json.dumps(res, indent=1, default=str))
     return res
 
