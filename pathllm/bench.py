@@ -13,19 +13,22 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastai.torch_core import set_seed
-from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint, environment_info, StainNormalizer
+from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint
+from .data import environment_info, StainNormalizer
 from .captions import QUESTIONS, read_corpus, measure, caption, hallucination_rate, CAPTION_MARGIN
 from .vision import vision_learner_for, class_logits, dihedral_mean, ImageClassifier
 from .connectors import CONNECTORS
 from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
-from .rag import image_embeddings, index_patches, knn_classify, rag_classify, rag_generate, PatchIndex, compare_all
+from .rag import image_embeddings, index_patches, knn_classify, rag_classify, rag_generate, PatchIndex
+from .rag import compare_all
 from .prompting import pick_examples
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
 from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold, decision_threshold, stain_shift, stain_stress,
                               plot_stain_stress, cider, rouge_l, claims_per_text)
 from .fit import fit_stage
-from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data, calibrate_threshold
+from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
+from .train import calibrate_threshold
 from .results import bench_table, ASSESSMENTS
 
 # %% auto #0
@@ -33,13 +36,19 @@ __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 
            'sweep_bench', 'run_speed', 'assess_run']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
-ROWS = ('cnn', 'vit', 'dual', 'knn', 'projector', 'projector_rag', 'projector_stage1', 'qformer', 'lora', 'qlora', 'int8', 'nf4')
-_ROW_DOC = dict(cnn='image-only CNN (timm, random init)', vit='image-only ViT (the fused model\'s encoder)',
-                dual='dual encoder (CLIP-style), zero-shot', knn='kNN on the faiss index of training patches',
-                projector='fused LLM, projector (LLaVA), full stage 2', projector_rag='projector + retrieved captions in the prompt',
-                projector_stage1='projector after alignment only (no instruction tuning)', qformer='fused LLM, Q-Former (BLIP)',
-                lora='stage 2 as LoRA (peft) on the LM', qlora='stage 2 as QLoRA (4-bit NF4 LM + LoRA)',
-                int8='projector, LM + connector dynamic int8', nf4='projector, LM + connector 4-bit NF4 (bitsandbytes)')
+ROWS = (
+    'cnn', 'vit', 'dual', 'knn', 'projector', 'projector_rag', 'projector_stage1', 'qformer', 'lora', 'qlora', 'int8',
+    'nf4',
+)
+_ROW_DOC = dict(
+    cnn='image-only CNN (timm, random init)', vit='image-only ViT (the fused model\'s encoder)',
+    dual='dual encoder (CLIP-style), zero-shot', knn='kNN on the faiss index of training patches',
+    projector='fused LLM, projector (LLaVA), full stage 2',
+    projector_rag='projector + retrieved captions in the prompt',
+    projector_stage1='projector after alignment only (no instruction tuning)', qformer='fused LLM, Q-Former (BLIP)',
+    lora='stage 2 as LoRA (peft) on the LM', qlora='stage 2 as QLoRA (4-bit NF4 LM + LoRA)',
+    int8='projector, LM + connector dynamic int8', nf4='projector, LM + connector 4-bit NF4 (bitsandbytes)',
+)
 
 @dataclass
 class BenchConfig:
@@ -59,11 +68,15 @@ class BenchConfig:
     def __post_init__(self):
         if isinstance(self.rows, str): self.rows = tuple(r.strip() for r in self.rows.split(',') if r.strip())
         self.rows = tuple(self.rows)
-        if bad := [r for r in self.rows if r not in ROWS]: raise ValueError(f"config field 'rows': unknown row {bad[0]!r}; choose from {list(ROWS)}")
+        if bad := [r for r in self.rows if r not in ROWS]:
+            raise ValueError(f"config field 'rows': unknown row {bad[0]!r}; choose from {list(ROWS)}")
         for k in ('knn_k', 'rag_k', 'lora_r', 'n_latency'):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise ValueError(f"config field {k!r}: must be an integer >= 1, got {getattr(self, k)!r}")
-        if not (isinstance(self.lora_lr, (int, float)) and self.lora_lr > 0): raise ValueError(f"config field 'lora_lr': must be a number > 0, got {self.lora_lr!r}")
-        if not (self.seed is None or (isinstance(self.seed, int) and self.seed >= 0)): raise ValueError(f"config field 'seed': must be None or an integer >= 0, got {self.seed!r}")
+            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1):
+                raise ValueError(f"config field {k!r}: must be an integer >= 1, got {getattr(self, k)!r}")
+        if not (isinstance(self.lora_lr, (int, float)) and self.lora_lr > 0):
+            raise ValueError(f"config field 'lora_lr': must be a number > 0, got {self.lora_lr!r}")
+        if not (self.seed is None or (isinstance(self.seed, int) and self.seed >= 0)):
+            raise ValueError(f"config field 'seed': must be None or an integer >= 0, got {self.seed!r}")
         self.train_config()  # fail now, not after an hour of training
 
     def train_config(self)->TrainConfig: # the checked training sizes (with `seed` applied)
@@ -72,10 +85,14 @@ class BenchConfig:
         return load_config(self.train, **kw)
 
 BENCH_CONFIGS = dict(
-    debug=dict(name='debug', cnn_arch='timm:resnet10t',
-               train=dict(base='debug', name='bench-debug', max_train=1200, max_valid=400, vision_epochs=4, stage2_epochs=2,
-                          max_rows=2400, eval_captions=32, freeze_vision=True, class_repeat=3,
-                          rag_share=0.2)),  # as `small`: the model of the RAG row has read reference cases in training
+    debug=dict(
+        name='debug',
+        cnn_arch='timm:resnet10t',
+        train=dict(
+            base='debug', name='bench-debug', max_train=1200, max_valid=400, vision_epochs=4, stage2_epochs=2,
+            max_rows=2400, eval_captions=32, freeze_vision=True, class_repeat=3, rag_share=0.2,
+        ),
+    ),  # as `small`: the model of the RAG row has read reference cases in training
     small=dict(name='small', train='small'),
     # seconds per row: tests, CI, `bench/*.py --tiny`
     tiny=dict(name='tiny', cnn_arch='resnet18', cnn_epochs=1, knn_k=5, rag_k=2, n_latency=2,
@@ -96,7 +113,11 @@ class ImageOnly:
                  kind:str='pcam', # 'pcam' or 'mhist': the class names
                  img_size:int=96, # side the images are resized to
                  threshold:float|None=None): # two classes: P(class 1) from which it calls class 1 (as `VLMConfig.vlm_threshold`)
-        self.model, self.cfg, self.sz = model.eval(), types.SimpleNamespace(vlm_kind=kind, vlm_threshold=threshold), img_size
+        self.model, self.cfg, self.sz = (
+            model.eval(),
+            types.SimpleNamespace(vlm_kind=kind, vlm_threshold=threshold),
+            img_size,
+        )
     @torch.no_grad()
     def classify(self, images, generate:bool=False, tta:bool=False)->dict: # `tta`: mean over the 8 rotations/reflections
         x = to_images(images, self.sz, next(self.model.parameters()).device)
@@ -104,10 +125,17 @@ class ImageOnly:
 
 class KNN:
     "The scoring interface of a kNN classifier: votes of the `k` nearest indexed patches (embedded by `encoder`)"
-    def __init__(self, index, # a `PatchIndex` of the training patches
-                 encoder, # embeds query images like the indexed ones
-                 kind:str='pcam', # 'pcam' or 'mhist': the class names
-                 k:int=10): self.index, self.enc, self.k, self.cfg = index, encoder, k, types.SimpleNamespace(vlm_kind=kind)  # neighbours that vote
+    def __init__(
+        self,
+        index,  # a `PatchIndex` of the training patches
+        encoder,  # embeds query images like the indexed ones
+        kind: str = 'pcam',  # 'pcam' or 'mhist': the class names
+        k: int = 10,
+    ):
+        self.index, self.enc, self.k, self.cfg = (
+            index, encoder, k, types.SimpleNamespace(vlm_kind=kind),
+        )  # neighbours that vote
+
     def classify(self, images, generate:bool=False)->dict:
         r = knn_classify(self.index, image_embeddings(self.enc, images), self.k, len(LABEL_NAMES[self.cfg.vlm_kind]))
         return dict(probs=torch.as_tensor(r['probs'], dtype=torch.float32))
@@ -120,8 +148,13 @@ class RAGModel:
         # its own decision threshold: the plain model's cut does not fit probabilities read with references in the prompt
         self.model, self.index, self.k, self.cfg = model, index, k, replace(model.cfg, vlm_threshold=None)
     def classify(self, images, generate:bool=False)->dict:  # the plain row's class question, with the references
-        return dict(probs=rag_classify(self.model, self.index, images, None, self.k, question=QUESTIONS[self.cfg.vlm_kind, 'class'][0])['probs'])
-    def caption(self, images, **kw)->list: return rag_generate(self.model, self.index, images, None, QUESTIONS['caption'][0], self.k, **kw)['answers']
+        return dict(
+            probs=rag_classify(
+                self.model, self.index, images, None, self.k, question=QUESTIONS[self.cfg.vlm_kind, 'class'][0]
+            )['probs']
+        )
+    def caption(self, images, **kw)->list:
+        return rag_generate(self.model, self.index, images, None, QUESTIONS['caption'][0], self.k, **kw)['answers']
 
 # %% ../nbs/13_bench.ipynb #2850a8a9
 def _tta(obj, want:bool)->bool|None: # the TTA a row is scored with: `want` where its `classify` takes `tta`, else None (it cannot)
@@ -149,7 +182,8 @@ class _Run:
     # the captioned data folder
     def root(self)->Path: return self.run/json.loads((self.run/'data.json').read_text())['root']
     @cached_property
-    def vocab(self)->set: return text_vocab(read_corpus(self.root, 'train'))  # words of the training text (novel-word rate)
+    def vocab(self)->set:  # words of the training text (novel-word rate)
+        return text_vocab(read_corpus(self.root, 'train'))
     @property
     def stages(self)->dict: return self.rep['config']['stages']  # seconds of each stage of `run_train`
     def index(self)->tuple: # (faiss index of the training patches embedded by the fused model's encoder, seconds to build it)
@@ -160,15 +194,22 @@ class _Run:
         return self._ix
     def stage1_model(self)->PathVLM: # the projector model as it was after alignment (stage 1)
         m = PathVLM.from_pretrained(self.run/'vlm')
-        m.load_state_dict(torch.load(self.run/'vlm'/'stage1'/'checkpoint.pth', map_location='cpu', weights_only=False)['model'])
+        m.load_state_dict(
+            torch.load(self.run / 'vlm' / 'stage1' / 'checkpoint.pth', map_location='cpu', weights_only=False)['model']
+        )
         return m
 
 # %% ../nbs/13_bench.ipynb #0eda83d7
 def _row_cnn(c:_Run):
     set_seed(c.cfg.seed)
-    learn = vision_learner_for(get_dls(c.trn_val, bs=c.cfg.bs, size=c.cfg.img_size, seed=c.cfg.seed), c.bc.cnn_arch, img_size=c.cfg.img_size, lr=c.cfg.vision_lr)
+    learn = vision_learner_for(
+        get_dls(c.trn_val, bs=c.cfg.bs, size=c.cfg.img_size, seed=c.cfg.seed), c.bc.cnn_arch, img_size=c.cfg.img_size,
+        lr=c.cfg.vision_lr,
+    )
     t0 = time.time(); fit_stage(learn, c.bc.cnn_epochs or c.cfg.vision_epochs, c.cfg.vision_lr, False)
-    return ImageOnly(learn.model, c.kind, c.cfg.img_size), dict(params=_n_params(learn.model), train_s=round(time.time() - t0, 1))
+    return ImageOnly(learn.model, c.kind, c.cfg.img_size), dict(
+        params=_n_params(learn.model), train_s=round(time.time() - t0, 1)
+    )
 
 def _row_vit(c:_Run): # the baseline `run_train` trained, rebuilt from its checkpoint
     m = ImageClassifier.from_pretrained(c.run/'baseline')
@@ -180,8 +221,11 @@ def _train_connector(c:_Run, connector:str): # a fused model with another connec
     dual = not CONNECTORS[connector].generative
     vc = replace(vlm_config(c.cfg, c.kind, None if dual else str(c.run/'lm')), vlm_connector=connector)
     kw = dict(vocab_size=c.cfg.vocab_size) if dual else dict(max_rows=c.cfg.max_rows)
-    m, met = train_vlm(c.root, c.run.parent/'rows'/connector/'model', vc, stage1_epochs=c.cfg.stage1_epochs, stage2_epochs=c.cfg.stage2_epochs,
-                       lr1=c.cfg.lr1, lr2=c.cfg.lr2, bs=c.cfg.bs, seed=c.cfg.seed, vision_init=c.run/'baseline', **kw)
+    m, met = train_vlm(
+        c.root, c.run.parent / 'rows' / connector / 'model', vc, stage1_epochs=c.cfg.stage1_epochs,
+        stage2_epochs=c.cfg.stage2_epochs, lr1=c.cfg.lr1, lr2=c.cfg.lr2, bs=c.cfg.bs, seed=c.cfg.seed,
+        vision_init=c.run / 'baseline', **kw
+    )
     return m.eval(), dict(params=_n_params(m), train_s=met['seconds'])
 
 def _row_knn(c:_Run):
@@ -189,7 +233,9 @@ def _row_knn(c:_Run):
     return KNN(ix, c.model, c.kind, c.bc.knn_k), dict(params=_n_params(c.model.vision), train_s=s, index_size=len(ix))
 
 def _row_projector(c:_Run):
-    return c.model, dict(params=_n_params(c.model), train_s=round(sum(c.stages[k]['seconds'] for k in ('baseline', 'lm', 'fusion')), 1))
+    return c.model, dict(
+        params=_n_params(c.model), train_s=round(sum(c.stages[k]['seconds'] for k in ('baseline', 'lm', 'fusion')), 1)
+    )
 
 def _row_projector_rag(c:_Run): # with its own threshold, chosen on dev as the main job chose the plain model's
     ix, s = c.index(); m = RAGModel(c.model, ix, c.bc.rag_k)
@@ -198,13 +244,17 @@ def _row_projector_rag(c:_Run): # with its own threshold, chosen on dev as the m
 
 def _row_projector_stage1(c:_Run):
     m = c.stage1_model().eval()
-    return m, dict(params=_n_params(m), train_s=round(json.loads((c.run/'vlm'/'metrics.json').read_text())['seconds'], 1))
+    return m, dict(
+        params=_n_params(m), train_s=round(json.loads((c.run / 'vlm' / 'metrics.json').read_text())['seconds'], 1)
+    )
 
 def _row_adapters(c:_Run, quantized:bool=False):
     base = c.stage1_model(); set_seed(c.cfg.seed)
     pm = (qlora_model if quantized else lora_model)(base, r=c.bc.lora_r, alpha=2 * c.bc.lora_r)
-    dls = vlm_dataloaders(c.root, base.tok, conversations=True, bs=c.cfg.bs, img_size=c.cfg.img_size, max_len=c.cfg.vlm_max_len,
-                          max_rows=c.cfg.max_rows, seed=c.cfg.seed)
+    dls = vlm_dataloaders(
+        c.root, base.tok, conversations=True, bs=c.cfg.bs, img_size=c.cfg.img_size, max_len=c.cfg.vlm_max_len,
+        max_rows=c.cfg.max_rows, seed=c.cfg.seed,
+    )
     learn = finetune_learner(dls, pm, lr=c.bc.lora_lr)
     t0 = time.time(); fit_stage(learn, c.cfg.stage2_epochs, c.bc.lora_lr, False); pm.eval()
     pc = param_counts(pm)
@@ -214,10 +264,12 @@ def _row_quant(c:_Run, variant:str='int8_dynamic'):
     t0 = time.time(); q = quantize_model(c.model, variant)
     return q, dict(params=_n_params(c.model), train_s=round(time.time() - t0, 1))
 
-_ROW_FNS = dict(cnn=_row_cnn, vit=_row_vit, dual=partial(_train_connector, connector='dual'), knn=_row_knn,
-                projector=_row_projector, projector_rag=_row_projector_rag, projector_stage1=_row_projector_stage1,
-                qformer=partial(_train_connector, connector='qformer'), lora=_row_adapters,
-                qlora=partial(_row_adapters, quantized=True), int8=_row_quant, nf4=partial(_row_quant, variant='bnb_nf4'))
+_ROW_FNS = dict(
+    cnn=_row_cnn, vit=_row_vit, dual=partial(_train_connector, connector='dual'), knn=_row_knn,
+    projector=_row_projector, projector_rag=_row_projector_rag, projector_stage1=_row_projector_stage1,
+    qformer=partial(_train_connector, connector='qformer'), lora=_row_adapters,
+    qlora=partial(_row_adapters, quantized=True), int8=_row_quant, nf4=partial(_row_quant, variant='bnb_nf4'),
+)
 
 # %% ../nbs/13_bench.ipynb #eeab4192
 _COLS = ('accuracy', 'balanced_accuracy', 'auc', 'f1', 'cider', 'rouge_l', 'hallucination', 'claims_per_caption')
@@ -238,7 +290,8 @@ def plot_bench(rows:list, # the `rows` of a bench report
     a.set_ylim(0, 1)
     a.legend()
     a.set_title('classification, same validation patches')
-    for r in rows: b.scatter(r['params'], r.get('auc') or 0); b.annotate(r['row'], (r['params'], r.get('auc') or 0), fontsize=7)
+    for r in rows:
+        b.scatter(r['params'], r.get('auc') or 0); b.annotate(r['row'], (r['params'], r.get('auc') or 0), fontsize=7)
     b.set_xscale('log'); b.set_xlabel('parameters'); b.set_ylabel('AUC'); b.set_title('AUC vs size')
     fig.tight_layout()
     if path: atomic_write(path, lambda p: fig.savefig(p, dpi=110, format='png'))
@@ -256,7 +309,10 @@ def _reusable(f:Path, key:dict, what:str)->dict|None:
     return None if diff else d
 
 def _main_job(cfg:TrainConfig, data, out:Path, env:dict, resume:bool, progress:bool)->dict: # `run_train`'s report, resumed only when made the same way
-    key = _key(commit=env['commit'], dirty=env['dirty'], train=asdict(cfg), data=None if data is None else data_fingerprint(data)['sha256'])
+    key = _key(
+        commit=env['commit'], dirty=env['dirty'], train=asdict(cfg),
+        data=None if data is None else data_fingerprint(data)['sha256'],
+    )
     ok = resume and _reusable(out/'key.json', key, 'the main job') is not None
     if not ok: atomic_write(out/'key.json', json.dumps(dict(key=key), indent=2))
     return run_train(cfg, data, out/'train', resume=ok, progress=progress)
@@ -265,7 +321,10 @@ def _open_run(bc:BenchConfig, data, out:Path, env:dict, resume:bool, progress:bo
     "(`_Run`, the patches rows are scored on, data fingerprint): the main job trained or reused, opened for scoring on `split`"
     cfg = bc.train_config(); rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
     ds, prep = run_data(run); cfg = sized_config(cfg, prep)
-    if not prep.get(split): raise ValueError(f"bench: the main job has no {split} split" + (" (its TrainConfig.dev_frac is 0)" if split == 'dev' else ''))
+    if not prep.get(split):
+        raise ValueError(
+            f"bench: the main job has no {split} split" + (" (its TrainConfig.dev_frac is 0)" if split == 'dev' else '')
+        )
     dev = ds.subset(prep['dev']) if prep.get('dev') else None
     c = _Run(bc, cfg, run, prep['kind'], rep, ds.subset(prep['train']), ds.subset(prep['train'] + prep[split]),
              PathVLM.from_pretrained(run/'model').eval(), dev)
@@ -274,13 +333,19 @@ def _open_run(bc:BenchConfig, data, out:Path, env:dict, resume:bool, progress:bo
 def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path)->tuple: # (row object, extra columns, TTA, `evaluate_vlm` report): row `name` built and scored on `patches`
     set_seed(c.cfg.seed); obj, extra = _ROW_FNS[name](c)
     gen, tta = hasattr(obj, 'caption') and not getattr(obj, 'dual', False), _tta(obj, c.cfg.tta)
-    r = evaluate_vlm(obj, patches, out, c.cfg.eval_captions if gen else 0, c.cfg.bs, c.cfg.caption_tokens, bool(tta), (c.cfg.eval_groundings[0],), c.vocab)
+    r = evaluate_vlm(
+        obj, patches, out, c.cfg.eval_captions if gen else 0, c.cfg.bs, c.cfg.caption_tokens, bool(tta),
+        (c.cfg.eval_groundings[0],), c.vocab,
+    )
     return obj, extra, tta, r
 
 def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, out:Path)->dict: # train (or rebuild) row `name` and score it
     t0 = time.time(); obj, extra, tta, r = _eval_row(c, name, val, out)
-    return dict(row=name, method=_ROW_DOC[name], tta=tta, **{k: r.get(k) for k in _COLS if k in r}, **extra, size_mb=_size_mb(obj),
-                latency_ms=_latency_ms(obj, imgs, c.bc.n_latency, bool(tta)), seconds=round(time.time() - t0, 1))
+    return dict(
+        row=name, method=_ROW_DOC[name], tta=tta, **{k: r.get(k) for k in _COLS if k in r}, **extra,
+        size_mb=_size_mb(obj), latency_ms=_latency_ms(obj, imgs, c.bc.n_latency, bool(tta)),
+        seconds=round(time.time() - t0, 1),
+    )
 
 def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, JSON file, dict or `BenchConfig`
               data:str|Path|None=None, # PCam/MHIST data `load_patches` reads (default: `pcam_dir()` when present, else synthetic)
@@ -297,19 +362,31 @@ def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, 
                config={k: v for k, v in asdict(bc).items() if k not in ('rows', 'name')})
     for name in bc.rows:
         f = out/'rows'/name/'row.json'
-        if resume and (old := _reusable(f, key, f'row {name!r}')): rows.append({**{k: v for k, v in old.items() if k != 'key'}, 'reused': True}); continue
+        if resume and (old := _reusable(f, key, f'row {name!r}')):
+            rows.append({**{k: v for k, v in old.items() if k != 'key'}, 'reused': True}); continue
         row = _score_row(c, name, val, imgs, out/'rows'/name)
         atomic_write(f, json.dumps(dict(row, key=key), indent=2)); rows.append(dict(row, reused=False))
         if progress: print(f"{name:>17}: acc {row['accuracy']:.3f}  AUC {row['auc']:.3f}  ({row['seconds']:.0f} s)")
-    res = dict(rows=rows, config=asdict(bc), train=asdict(cfg), environment=env,
-               data=dict(source=str(data) if data is not None else 'synthetic', kind=c.kind, n_train=len(c.trn), n_valid=len(val), fingerprint=fp))
+    res = dict(
+        rows=rows,
+        config=asdict(bc),
+        train=asdict(cfg),
+        environment=env,
+        data=dict(
+            source=str(data) if data is not None else 'synthetic', kind=c.kind, n_train=len(c.trn), n_valid=len(val),
+            fingerprint=fp,
+        ),
+    )
     atomic_write(out/'bench.json', json.dumps(res, indent=2, default=str))
     atomic_write(out/'bench.md', _md(res))
     plot_bench(rows, out/'bench.png')
     return res
 
 # %% ../nbs/13_bench.ipynb #bfc6309f
-_SWEEP_COLS = ('accuracy', 'balanced_accuracy', 'auc', 'cider', 'hallucination', 'claims_per_caption', 'attribute_acc', 'qa_topic', 'vqa_closed_acc')
+_SWEEP_COLS = (
+    'accuracy', 'balanced_accuracy', 'auc', 'cider', 'hallucination', 'claims_per_caption', 'attribute_acc',
+    'qa_topic', 'vqa_closed_acc',
+)
 _LOWER_BETTER = ('hallucination',)
 
 def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config whose main job and row are swept
@@ -325,7 +402,10 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
     "Choose one `BenchConfig` field on the dev split: build row `row` for each value, score it on dev patches (never valid)"
     bc, out, env = bench_config(config), Path(out), environment_info()
     if field not in {f.name for f in fields(BenchConfig)} - {'name', 'train', 'rows', 'seed'}:
-        raise ValueError(f"sweep: field {field!r} is not a bench setting; choose from {sorted({f.name for f in fields(BenchConfig)} - {'name', 'train', 'rows', 'seed'})}")
+        raise ValueError(
+            f"sweep: field {field!r} is not a bench setting; choose from "
+            f"{sorted({f.name for f in fields(BenchConfig)} - {'name', 'train', 'rows', 'seed'})}"
+        )
     if row not in ROWS: raise ValueError(f"sweep: unknown row {row!r}; choose from {list(ROWS)}")
     if by not in _SWEEP_COLS: raise ValueError(f"sweep: by={by!r} is not a dev metric; choose from {list(_SWEEP_COLS)}")
     if not values: raise ValueError("sweep: no values to try")
@@ -336,12 +416,20 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
         t0 = time.time(); *_, r = _eval_row(replace(c, bc=b), row, dev, out/'choices'/f'{field}_{v}')
         sweep[str(v)] = {**{k: r.get(k) for k in _SWEEP_COLS}, 'seconds': round(time.time() - t0, 1)}
         if progress: print(f"{field}={v}: dev {by} {sweep[str(v)][by]}")
-    score = lambda v: (lambda s: -math.inf if s is None or (isinstance(s, float) and math.isnan(s)) else (-s if by in _LOWER_BETTER else s))(sweep[str(v)][by])
+    score = lambda v: (
+        lambda s: (
+            -math.inf if s is None or (isinstance(s, float) and math.isnan(s)) else (-s if by in _LOWER_BETTER else s)
+        )
+    )(sweep[str(v)][by])
     best = max(values, key=score)
-    res = dict(what=f"bench {bc.name}: row {row!r} for each {field}, scored on the dev split ({len(dev)} patches, {cfg.eval_captions} captioned)",
-               row=row, field=field, by=by, choice=best, chosen_by=f"{'lowest' if by in _LOWER_BETTER else 'highest'} dev {by}", sweep=sweep,
-               config=asdict(bc), train=asdict(cfg), environment=env,
-               data=dict(source=str(data), kind=c.kind, n_train=len(c.trn), n_dev=len(dev), fingerprint=fp))
+    res = dict(
+        what=f"bench {bc.name}: row {row!r} for each {field}, scored on the dev split ({len(dev)} patches, "
+             f"{cfg.eval_captions} captioned)",
+        row=row, field=field, by=by, choice=best,
+        chosen_by=f"{'lowest' if by in _LOWER_BETTER else 'highest'} dev {by}", sweep=sweep, config=asdict(bc),
+        train=asdict(cfg), environment=env,
+        data=dict(source=str(data), kind=c.kind, n_train=len(c.trn), n_dev=len(dev), fingerprint=fp),
+    )
     atomic_write(out/'choices'/f'{field}_dev.json', json.dumps(res, indent=1, default=str))
     return res
 
@@ -358,7 +446,9 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
     val = ds.subset(prep['valid'][:n_images])
     imgs, y = [val.image(i) for i in range(len(val))], [int(l) for l in val.labels]
     score = lambda p, c: {k: v for k, v in classification_metrics(y, p.numpy()).items() if k in ('accuracy', 'auc')}
-    rows, _ = compare_variants(PathVLM.from_pretrained(run/'model'), imgs, variants, score, bs=bs, n_tokens=n_tokens, rounds=rounds)
+    rows, _ = compare_variants(
+        PathVLM.from_pretrained(run / 'model'), imgs, variants, score, bs=bs, n_tokens=n_tokens, rounds=rounds
+    )
     speed_report(rows, out, dict(model=str(run/'model'), n_images=len(imgs), bs=bs, rounds=rounds, n_tokens=n_tokens, threads=torch.get_num_threads()))
     return rows
 
@@ -370,14 +460,24 @@ def _dev_thresholds(models:dict, dev, val, tta:bool)->dict: # per model: valid m
         out[name] = {}
         for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', best_threshold(yd, pd_))):
             c = classification_metrics(yv, pv, th); cm = np.array(c['confusion'])
-            out[name][lab] = dict(threshold=th, **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity')},
-                                  fn=int(cm[1, 0]), fp=int(cm[0, 1]))
+            out[name][lab] = dict(
+                threshold=th,
+                **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity')},
+                fn=int(cm[1, 0]), fp=int(cm[0, 1]),
+            )
     return out
 
 def _stain_norm(models:dict, ims:list, y:list, trn, strengths:tuple, seed:int)->list: # accuracy/AUC re-stained, without and with normalisation
-    side = max(1, math.isqrt(min(16, len(trn)))); tiles = [np.asarray(trn.image(i).convert('RGB')) for i in range(side*side)]  # reference: a mosaic of training patches
+    side = max(1, math.isqrt(min(16, len(trn))))
+    tiles = [
+        np.asarray(trn.image(i).convert('RGB')) for i in range(side * side)
+    ]  # reference: a mosaic of training patches
     mosaic = np.concatenate([np.concatenate(tiles[r*side:(r+1)*side], 1) for r in range(side)], 0)
-    norms, rows = {'none': None, 'macenko': StainNormalizer('macenko', mosaic), 'reinhard': StainNormalizer('reinhard', mosaic)}, []
+    norms, rows = {
+        'none': None,
+        'macenko': StainNormalizer('macenko', mosaic),
+        'reinhard': StainNormalizer('reinhard', mosaic),
+    }, []
     for s in strengths:
         xs = stain_shift(ims, s, seed=seed)
         for k, nm in norms.items():
@@ -389,18 +489,28 @@ def _stain_norm(models:dict, ims:list, y:list, trn, strengths:tuple, seed:int)->
 
 def _prompting(model:PathVLM, root:Path, n:int, seed:int)->dict: # every technique of `pathllm.rag.compare_all` on `n` valid patches
     df = pd.read_csv(root/'captions.csv'); vs = 'valid' if (df.split == 'valid').any() else 'test'
-    trn, val = df[df.split == 'train'], df[df.split == vs].sample(min(n, int((df.split == vs).sum())), random_state=seed)
+    trn, val = df[df.split == 'train'], df[df.split == vs].sample(
+        min(n, int((df.split == vs).sum())), random_state=seed
+    )
     emb = image_embeddings(model, [Image.open(root/p).convert('RGB') for p in trn.image], bs=128)
     ix = PatchIndex(emb.shape[1]).add(emb, list(trn.image), trn.label.tolist(), trn.caption.tolist())
-    imgs, y, kind, thr = [Image.open(root/p).convert('RGB') for p in val.image], val.label.to_numpy(), model.cfg.vlm_kind, model.thresholds
+    imgs, y, kind, thr = (
+        [Image.open(root / p).convert('RGB') for p in val.image], val.label.to_numpy(), model.cfg.vlm_kind,
+        model.thresholds,
+    )
     ms = [measure(np.asarray(i)) for i in imgs]
     refs = [[caption(m, int(l), kind, s, thr, CAPTION_MARGIN) for s in range(3)] for m, l in zip(ms, y)]
-    tm = lambda texts, rs: dict(cider=cider(texts, rs), rouge_l=rouge_l(texts, rs), claims_per_text=claims_per_text(texts, kind),
-                                hallucination=hallucination_rate(texts, ms, list(y), kind, thr=thr))
+    tm = lambda texts, rs: dict(
+        cider=cider(texts, rs), rouge_l=rouge_l(texts, rs), claims_per_text=claims_per_text(texts, kind),
+        hallucination=hallucination_rate(texts, ms, list(y), kind, thr=thr),
+    )
     few = [(Image.open(root/trn.image.iloc[i]).convert('RGB'), c, l) for i, c, l in
            pick_examples(trn.caption.tolist(), trn.label.tolist(), k=2, seed=seed, images=range(len(trn)))]
     tab = compare_all(model, ix, imgs, y, None, few, refs, tm, n_sc=5)
-    return dict(table=tab.astype(float).round(4).reset_index().rename(columns={'index': 'technique'}).to_dict('records'), n=len(val))
+    return dict(
+        table=tab.astype(float).round(4).reset_index().rename(columns={'index': 'technique'}).to_dict('records'),
+        n=len(val),
+    )
 
 def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baseline/`, `data.json`)
                what:tuple=ASSESSMENTS, # which assessments to run
@@ -414,17 +524,25 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     Macenko/Reinhard normalisation to a mosaic of training patches, under stain shift) and 'prompting' (every technique
     of `pathllm.rag.compare_all`, on the same patches)"""
     run = Path(run)
-    if bad := [w for w in what if w not in ASSESSMENTS]: raise ValueError(f"assess_run: unknown {bad}; choose from {ASSESSMENTS}")
+    if bad := [w for w in what if w not in ASSESSMENTS]:
+        raise ValueError(f"assess_run: unknown {bad}; choose from {ASSESSMENTS}")
     ds, prep = run_data(run)
     cfg = sized_config(load_config(run/'config.json'), prep)
     kind, two = prep['kind'], len(prep['classes']) == 2
     stress = {'robustness', 'stain_norm'} & set(what)
-    if stress and not prep.get('dev'): raise ValueError(f"assess_run: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
-    if 'robustness' in what and not two: raise ValueError(f"assess_run: robustness needs two classes (a threshold); {run} has {len(prep['classes'])}")
+    if stress and not prep.get('dev'):
+        raise ValueError(f"assess_run: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
+    if 'robustness' in what and not two:
+        raise ValueError(f"assess_run: robustness needs two classes (a threshold); {run} has {len(prep['classes'])}")
     fused = PathVLM.from_pretrained(run/'model').eval()
-    models = {'fused': fused, 'baseline': ImageOnly(ImageClassifier.from_pretrained(run/'baseline'), kind, cfg.img_size)}
+    models = {
+        'fused': fused,
+        'baseline': ImageOnly(ImageClassifier.from_pretrained(run / 'baseline'), kind, cfg.img_size),
+    }
     val = ds.subset(prep['valid'])
-    head = dict(run=str(run), config=asdict(cfg), fingerprint=data_fingerprint(ds)['sha256'], environment=environment_info())
+    head = dict(
+        run=str(run), config=asdict(cfg), fingerprint=data_fingerprint(ds)['sha256'], environment=environment_info()
+    )
     sub = val.subset(list(range(min(n_stress, len(val)))))
     # decoded only for the stress tests
     ims, y = ([sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]) if stress else ([], [])
@@ -439,9 +557,19 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
             plot_stain_stress(rows, f'{kind} valid, re-stained').savefig(run/'stain_stress.png', dpi=80)
             r = dict(thr, n_dev=len(prep['dev']), n_valid=len(val), stain_stress=dict(n=len(sub), tta=False, rows=rows))
         elif w == 'stain_norm':
-            r = dict(n=len(sub), reference='a mosaic of the first (up to 16) training patches',
-                     rows=_stain_norm(models, ims, y, ds.subset(prep['train']), tuple(s for s in strengths if s in (0., 0.2, 0.4)) or strengths, seed))
-        else: r = _prompting(fused, run/prep['root'], n_prompt, seed)
-        out[w] = atomic_write(run/f'{w}.json', json.dumps(dict(head, **r, seconds=round(time.time() - t0, 1)), indent=1, default=str) + '\n')
+            r = dict(
+                n=len(sub),
+                reference='a mosaic of the first (up to 16) training patches',
+                rows=_stain_norm(
+                    models, ims, y, ds.subset(prep['train']),
+                    tuple(s for s in strengths if s in (0.0, 0.2, 0.4)) or strengths, seed,
+                ),
+            )
+        else:
+            r = _prompting(fused, run / prep['root'], n_prompt, seed)
+        out[w] = atomic_write(
+            run / f'{w}.json',
+            json.dumps(dict(head, **r, seconds=round(time.time() - t0, 1)), indent=1, default=str) + '\n',
+        )
     return out
 

@@ -81,7 +81,10 @@ class ByKind(dict):
         super().__init__(d); self.make = make
     def __missing__(self, key):
         kind = key[0] if isinstance(key, tuple) else key
-        if kind not in LABEL_NAMES: raise KeyError(f"kind: unknown data set {kind!r}; known: {list(LABEL_NAMES)} (see `pathllm.data.register_kind`)")
+        if kind not in LABEL_NAMES:
+            raise KeyError(
+                f"kind: unknown data set {kind!r}; known: {list(LABEL_NAMES)} (see `pathllm.data.register_kind`)"
+            )
         return self.make(key)  # not stored: a kind's classes can be registered again
 
 def class_text(kind:str, c:int)->str: return LABEL_NAMES[kind][c].replace('_', ' ')  # a class name as words
@@ -193,7 +196,9 @@ class Thresholds:
     lumen_circ:tuple=(0.8, 1.0)  # white-space circularity: serrated / mildly irregular / smooth
 
 WORD_FEATURES = [f.name for f in fields(Thresholds)]
-CAPTION_FEATURES = ByKind({'pcam': WORD_FEATURES[:7], 'mhist': WORD_FEATURES, 'grade': WORD_FEATURES[:7]}, lambda k: WORD_FEATURES)  # the features each data set's captions can name
+CAPTION_FEATURES = ByKind(
+    {'pcam': WORD_FEATURES[:7], 'mhist': WORD_FEATURES, 'grade': WORD_FEATURES[:7]}, lambda k: WORD_FEATURES
+)  # the features each data set's captions can name
 
 # %% ../nbs/01_captions.ipynb #c100ac4a
 def calibrate(morphs:list, # `Morphology` of a reference set of patches
@@ -213,27 +218,57 @@ def calibrate(morphs:list, # `Morphology` of a reference set of patches
     return Thresholds(**{k: cut(k) for k in WORD_FEATURES})
 
 # %% ../nbs/01_captions.ipynb #30e6752c
-THRESHOLDS = ByKind({  # calibrated as tertiles of 200 synthetic PCam (centre) and 80 synthetic MHIST (whole) patches; other kinds: calibrate on their data
-    'pcam': Thresholds(area=(26.0, 64.4), area_cv=(0.448, 0.566), ecc=(0.567, 0.693), h_od=(0.931, 1.12),
-                       crowding=(1.1, 1.31), density=(13400., 19600.), stroma=(0.00879, 0.0358),
-                       lumen_area=(21.7, 47.2), lumen_circ=(1.12, 1.28)),
-    'mhist': Thresholds(area=(28.9, 32.0), area_cv=(0.528, 0.583), ecc=(0.579, 0.64), h_od=(1.25, 1.48),
-                        crowding=(0.991, 1.1), density=(6320., 7270.), stroma=(0.241, 0.288),
-                        lumen_area=(655., 841.), lumen_circ=(0.797, 1.08))}, lambda k: THRESHOLDS['pcam'] if k == 'grade' else Thresholds())
+THRESHOLDS = ByKind(
+    # calibrated as tertiles of 200 synthetic PCam (centre) and 80 synthetic MHIST (whole) patches; other kinds:
+    # calibrate on their data
+    {
+        'pcam': Thresholds(
+            area=(26.0, 64.4), area_cv=(0.448, 0.566), ecc=(0.567, 0.693), h_od=(0.931, 1.12), crowding=(1.1, 1.31),
+            density=(13400.0, 19600.0), stroma=(0.00879, 0.0358), lumen_area=(21.7, 47.2), lumen_circ=(1.12, 1.28),
+        ),
+        'mhist': Thresholds(
+            area=(28.9, 32.0), area_cv=(0.528, 0.583), ecc=(0.579, 0.64), h_od=(1.25, 1.48), crowding=(0.991, 1.1),
+            density=(6320.0, 7270.0), stroma=(0.241, 0.288), lumen_area=(655.0, 841.0), lumen_circ=(0.797, 1.08),
+        ),
+    },
+    lambda k: THRESHOLDS['pcam'] if k == 'grade' else Thresholds(),
+)
 
 # %% ../nbs/01_captions.ipynb #7887092d
 VOCAB = {  # feature -> (low, middle, high) paraphrases
     'area': (('small', 'small-sized'), ('medium-sized', 'intermediate-sized'), ('enlarged', 'large')),
-    'area_cv': (('uniform', 'monomorphic'), ('mildly variable', 'slightly variable'), ('pleomorphic', 'markedly variable')),
+    'area_cv': (
+        ('uniform', 'monomorphic'),
+        ('mildly variable', 'slightly variable'),
+        ('pleomorphic', 'markedly variable'),
+    ),
     'ecc': (('round', 'rounded'), ('oval', 'ovoid'), ('elongated', 'spindled')),
-    'h_od': (('pale', 'lightly stained'), ('normochromatic', 'moderately stained'), ('hyperchromatic', 'darkly stained')),
-    'crowding': (('well separated', 'loosely arranged'), ('closely spaced', 'closely apposed'), ('crowded', 'overlapping')),
-    'density': (('sparsely cellular', 'hypocellular'), ('moderately cellular', 'of moderate cellularity'),
-                ('densely cellular', 'hypercellular')),
-    'stroma': (('scant stroma', 'little stroma'), ('moderate stroma', 'some intervening stroma'),
-               ('abundant stroma', 'prominent stroma')),
+    'h_od': (
+        ('pale', 'lightly stained'),
+        ('normochromatic', 'moderately stained'),
+        ('hyperchromatic', 'darkly stained'),
+    ),
+    'crowding': (
+        ('well separated', 'loosely arranged'),
+        ('closely spaced', 'closely apposed'),
+        ('crowded', 'overlapping'),
+    ),
+    'density': (
+        ('sparsely cellular', 'hypocellular'),
+        ('moderately cellular', 'of moderate cellularity'),
+        ('densely cellular', 'hypercellular'),
+    ),
+    'stroma': (
+        ('scant stroma', 'little stroma'),
+        ('moderate stroma', 'some intervening stroma'),
+        ('abundant stroma', 'prominent stroma'),
+    ),
     'lumen_area': (('narrow', 'small-calibre'), ('regular-calibre', 'normal-calibre'), ('dilated', 'widened')),
-    'lumen_circ': (('serrated', 'saw-toothed'), ('mildly irregular', 'slightly irregular'), ('smooth', 'smoothly rounded')),
+    'lumen_circ': (
+        ('serrated', 'saw-toothed'),
+        ('mildly irregular', 'slightly irregular'),
+        ('smooth', 'smoothly rounded'),
+    ),
 }
 
 # %% ../nbs/01_captions.ipynb #1e8738a2
@@ -256,13 +291,20 @@ def levels(morph:Morphology, # measured features
     thr = thr or THRESHOLDS[kind]
     def one(f):
         v, (lo, hi) = getattr(morph, REGION[kind] + f), getattr(thr, f)
-        return None if margin and v is not None and min(abs(v - lo), abs(v - hi)) < margin*(hi - lo) else level(v, (lo, hi))
+        return (
+            None
+            if margin and v is not None and min(abs(v - lo), abs(v - hi)) < margin * (hi - lo)
+            else level(v, (lo, hi))
+        )
     return {f: None if f in omit else one(f) for f in WORD_FEATURES}
 
 # %% ../nbs/01_captions.ipynb #49cf21f1
 def _generic_dx(key): # any registered kind: the class named as the diagnosis
     n = class_text(*key); N = n[0].upper() + n[1:]
-    return ((f'consistent with {n}', f'in keeping with {n}', f'favouring {n}'), (f'{N}.', f'Findings favour {n}.', f'Diagnosis: {n}.'))
+    return (
+        (f'consistent with {n}', f'in keeping with {n}', f'favouring {n}'),
+        (f'{N}.', f'Findings favour {n}.', f'Diagnosis: {n}.'),
+    )
 
 DIAGNOSIS = ByKind({  # (kind, label) -> (clause paraphrases, sentence paraphrases)
     ('pcam', 0): (('with no evidence of metastatic tumour', 'negative for metastatic carcinoma',
@@ -271,11 +313,13 @@ DIAGNOSIS = ByKind({  # (kind, label) -> (clause paraphrases, sentence paraphras
                    'Benign lymph node tissue.', 'Reactive lymph node; no tumour in the central region.')),
     ('pcam', 1): (('consistent with metastatic carcinoma', 'in keeping with metastatic tumour',
                    'compatible with a carcinoma metastasis', 'representing metastatic carcinoma'),
-                  ('Metastatic carcinoma is present in the centre.', 'Findings are consistent with metastatic carcinoma.',
+                  ('Metastatic carcinoma is present in the centre.', 'Findings are consistent with metastatic '
+                                                                     'carcinoma.',
                    'Diagnosis: metastatic tumour in the central region.', 'Tumour cells occupy the centre.')),
     ('mhist', 0): (('consistent with a hyperplastic polyp', 'in keeping with a hyperplastic polyp (HP)',
                     'favouring hyperplastic polyp'),
-                   ('Hyperplastic polyp.', 'Findings favour a hyperplastic polyp (HP).', 'Diagnosis: hyperplastic polyp.')),
+                   ('Hyperplastic polyp.', 'Findings favour a hyperplastic polyp (HP).', 'Diagnosis: hyperplastic '
+                                                                                         'polyp.')),
     ('mhist', 1): (('consistent with a sessile serrated adenoma', 'in keeping with a sessile serrated lesion (SSA)',
                     'favouring sessile serrated adenoma'),
                    ('Sessile serrated adenoma.', 'Findings favour a sessile serrated lesion (SSA).',
@@ -286,11 +330,14 @@ INTRO = ByKind({'pcam': ('Lymph node tissue', 'A lymph node section', 'Sentinel 
                lambda k: ('Tissue', 'An H&E-stained section', 'A tissue fragment'))
 
 # %% ../nbs/01_captions.ipynb #9e692bb7
-_GENERIC_TEMPLATES = ('{intro} with {nuc} nuclei that are {crowd}, {dx}.', '{intro}: {cell}, with {nuc}, {crowd} nuclei and {stroma}; {dx}.',
-                      '{DX} The nuclei are {nuc} and {crowd}; the tissue is {cell}.',
-                      '{intro} with {lum} glands with {circ} outlines and {nuc} nuclei, {dx}.', '{intro} with {nuc} nuclei and {stroma}, {dx}.',
-                      '{DX} The tissue is {cell}, with {stroma}.', '{intro} with {lum}, {circ} glands, {dx}.', '{DX} The nuclei are {nuc}.',
-                      '{intro}, {dx}.')
+_GENERIC_TEMPLATES = (
+    '{intro} with {nuc} nuclei that are {crowd}, {dx}.',
+    '{intro}: {cell}, with {nuc}, {crowd} nuclei and {stroma}; {dx}.',
+    '{DX} The nuclei are {nuc} and {crowd}; the tissue is {cell}.',
+    '{intro} with {lum} glands with {circ} outlines and {nuc} nuclei, {dx}.',
+    '{intro} with {nuc} nuclei and {stroma}, {dx}.', '{DX} The tissue is {cell}, with {stroma}.',
+    '{intro} with {lum}, {circ} glands, {dx}.', '{DX} The nuclei are {nuc}.', '{intro}, {dx}.',
+)
 TEMPLATES = ByKind({  # a template is used when every word it names is available (measured, and clear of the cut points)
     'pcam': ('{intro} with {crowd}, {nuc} nuclei in the centre, {dx}.',
              'The central region is {cell}, with {nuc} nuclei that are {crowd}. {DX}',
@@ -342,9 +389,12 @@ def caption(morph:Morphology, # measured features of the patch
     "A clinical-style caption of a patch: descriptive words from `morph`, diagnosis from `label`"
     rng, lv = np.random.default_rng(seed), levels(morph, kind, thr, margin, omit)
     dx, DX = (str(rng.choice(o)) for o in DIAGNOSIS[kind, label])
-    w = dict(intro=str(rng.choice(INTRO[kind])), dx=dx, DX=DX, nuc=_nuc_words(rng, lv), cell=_word(rng, 'density', lv['density']),
-             stroma=_word(rng, 'stroma', lv['stroma']), crowd=_word(rng, 'crowding', lv['crowding']),
-             lum=_word(rng, 'lumen_area', lv['lumen_area']), circ=_word(rng, 'lumen_circ', lv['lumen_circ']))
+    w = dict(
+        intro=str(rng.choice(INTRO[kind])), dx=dx, DX=DX, nuc=_nuc_words(rng, lv),
+        cell=_word(rng, 'density', lv['density']), stroma=_word(rng, 'stroma', lv['stroma']),
+        crowd=_word(rng, 'crowding', lv['crowding']), lum=_word(rng, 'lumen_area', lv['lumen_area']),
+        circ=_word(rng, 'lumen_circ', lv['lumen_circ']),
+    )
     return _template(rng, kind, w).format(**w)
 
 # %% ../nbs/01_captions.ipynb #4b941bb3
@@ -354,14 +404,17 @@ def _generic_dx_patterns(kind): # a registered kind's class names, longest first
             [(rf"(?<![\w-]){re.escape(class_text(kind, c).lower())}(?![\w-])", c) for c in names])
 
 DX_PATTERNS = ByKind({  # kind -> [(regex, class claimed or None: read and ignored)], matched in order
-    'pcam': [(r"\b(?:no|without|negative for|free of|absence of)\s+(?:[\w-]+\s+){0,4}(?:tumou?rs?|carcinoma|metasta\w*|malignan\w*)", 0),
+    'pcam': [(r"\b(?:no|without|negative for|free of|absence "
+              r"of)\s+(?:[\w-]+\s+){0,4}(?:tumou?rs?|carcinoma|metasta\w*|malignan\w*)", 0),
              (r"\b(?:benign|reactive|normal lymph\w*)\b", 0),
              (r"\b(?:(?:metasta\w*|malignant)\s+)?(?:tumou?rs?|carcinoma|malignancy)(?:\s+cells)?|\bmetasta\w*|\bmalignant", 1)],
     'mhist': [(r"\b(?:no|not|without)\s+(?:[\w-]+\s+){0,4}(?:sessile serrated|ssa)\b", 0),
               (r"\b(?:hyperplastic polyp|hp)\b", 0),
               (r"\b(?:sessile serrated(?: adenoma| lesion)?|ssa)\b", 1)],
 }, _generic_dx_patterns)
-_PHRASES = sorted(((p, f, b) for f, bins in VOCAB.items() for b, ps in enumerate(bins) for p in ps), key=lambda o: -len(o[0]))
+_PHRASES = sorted(
+    ((p, f, b) for f, bins in VOCAB.items() for b, ps in enumerate(bins) for p in ps), key=lambda o: -len(o[0])
+)
 _NEG = re.compile(r"\b(?:no|not|without|nor)\b(?:\W+[\w-]+){0,2}\W*$")
 
 def extract_claims(text:str, # free text: caption, report, answer
@@ -413,7 +466,9 @@ def hallucination_rate(texts:list, # generated texts, one per patch
     "Fraction of the claims in `texts` that their patches' measurements contradict"
     labels = labels if labels is not None else [None]*len(texts)
     n_bad = sum(len(check_claims(t, m, kind, y, thr, tol)) for t, m, y in zip(texts, morphs, labels))
-    n = sum(sum(f != 'diagnosis' or y is not None for _, f, _ in extract_claims(t, kind)) for t, y in zip(texts, labels))
+    n = sum(
+        sum(f != 'diagnosis' or y is not None for _, f, _ in extract_claims(t, kind)) for t, y in zip(texts, labels)
+    )
     return n_bad/n if n else 0.
 
 # %% ../nbs/01_captions.ipynb #5df64382
@@ -421,20 +476,38 @@ IMPRESSION = ByKind({('pcam', 0): 'No metastatic tumour in the central region; b
                      ('pcam', 1): 'Metastatic carcinoma in the central region.',
                      ('mhist', 0): 'Hyperplastic polyp (HP).', ('mhist', 1): 'Sessile serrated adenoma (SSA).'},
                     lambda key: class_text(*key)[0].upper() + class_text(*key)[1:] + '.')
-REGION_TEXT = ByKind({'pcam': 'central 1/3 of a lymph node patch', 'mhist': 'whole colorectal polyp patch', 'grade': 'central half of the patch'},
-                     lambda k: 'whole patch')  # what the findings describe
+REGION_TEXT = ByKind(
+    {
+        'pcam': 'central 1/3 of a lymph node patch',
+        'mhist': 'whole colorectal polyp patch',
+        'grade': 'central half of the patch',
+    },
+    lambda k: 'whole patch',
+)  # what the findings describe
 
 # feature -> (name in text, format, unit, scale): how a measurement is written in reports and measurement lines alike
 NUMBERS = {
-    'n_nuclei': ('nuclei', '.0f', '', 1), 'density': ('density', ',.0f', '/mm^2', 1), 'area': ('mean area', '.1f', ' um^2', 1),
-    'area_cv': ('size CV', '.2f', '', 1), 'ecc': ('mean eccentricity', '.2f', '', 1), 'h_od': ('mean hematoxylin OD', '.2f', '', 1),
-    'nn_dist': ('nearest-neighbour distance', '.1f', ' um', 1), 'crowding': ('crowding index', '.2f', '', 1),
-    'stroma': ('stroma fraction', '.0f', '%', 100), 'lumen': ('white space', '.0f', '%', 100),
-    'lumen_area': ('mean lumen area', ',.0f', ' um^2', 1), 'lumen_circ': ('outline circularity', '.2f', '', 1)}
+    'n_nuclei': ('nuclei', '.0f', '', 1),
+    'density': ('density', ',.0f', '/mm^2', 1),
+    'area': ('mean area', '.1f', ' um^2', 1),
+    'area_cv': ('size CV', '.2f', '', 1),
+    'ecc': ('mean eccentricity', '.2f', '', 1),
+    'h_od': ('mean hematoxylin OD', '.2f', '', 1),
+    'nn_dist': ('nearest-neighbour distance', '.1f', ' um', 1),
+    'crowding': ('crowding index', '.2f', '', 1),
+    'stroma': ('stroma fraction', '.0f', '%', 100),
+    'lumen': ('white space', '.0f', '%', 100),
+    'lumen_area': ('mean lumen area', ',.0f', ' um^2', 1),
+    'lumen_circ': ('outline circularity', '.2f', '', 1),
+}
 _LINES = [('Cellularity', ('n_nuclei', 'density')), ('Nuclear size', ('area', 'area_cv')), ('Nuclear shape', ('ecc',)),
           ('Chromatin', ('h_od',)), ('Arrangement', ('nn_dist', 'crowding')), ('Stroma', ('stroma', 'lumen'))]
 def _lines(kind): # the findings lines of `kind`: crypts (MHIST) or lumens (your own kinds) where its captions talk about them
-    return _LINES + ([('Crypts' if kind == 'mhist' else 'Lumens', ('lumen_area', 'lumen_circ'))] if 'lumen_area' in CAPTION_FEATURES[kind] else [])
+    return _LINES + (
+        [('Crypts' if kind == 'mhist' else 'Lumens', ('lumen_area', 'lumen_circ'))]
+        if 'lumen_area' in CAPTION_FEATURES[kind]
+        else []
+    )
 
 def _num(m, kind, f): # "mean area 23.4 um^2", or "mean area not measurable"
     name, fmt, unit, sc = NUMBERS[f]; v = getattr(m, REGION[kind] + f)
@@ -528,37 +601,60 @@ def check_consistency(text:str, # a report or answer
         h = 0.5*10**-int(fmt[-2])/sc  # the number is rounded: any value within half its last digit could be meant
         for mt in re.finditer(rf"(?<![\w-]){re.escape(name)}\s+{_NUM}[^(;\n]*\(([^)]*)\)", text):
             v, w = float(mt.group(1).replace(',', ''))/sc, [c for c in extract_claims(mt.group(2), kind) if c[1] == f]
-            if w and w[0][2] not in {level(v + d, getattr(thr, f)) for d in (-h, 0, h)}: bad.append(f"'{w[0][0]}' does not fit its number {mt.group(1)} ({name})")
+            if w and w[0][2] not in {level(v + d, getattr(thr, f)) for d in (-h, 0, h)}:
+                bad.append(f"'{w[0][0]}' does not fit its number {mt.group(1)} ({name})")
     rep = parse_report(text)
     imp = [b for _, f, b in extract_claims(rep['impression'] or text, kind) if f == 'diagnosis']
-    if cls is not None and imp and set(imp) != {cls}: bad.append(f"impression says {LABEL_NAMES[kind][imp[0]]}, the model's class is {LABEL_NAMES[kind][cls]}")
+    if cls is not None and imp and set(imp) != {cls}:
+        bad.append(f"impression says {LABEL_NAMES[kind][imp[0]]}, the model's class is {LABEL_NAMES[kind][cls]}")
     if odds and imp and rep['findings']:
         claims = [(f, b) for _, f, b in extract_claims(rep['findings'], kind) if f in odds]
         s = np.sum([odds[f][b] for f, b in claims], 0) if claims else None
         if s is not None and s.max() - s[imp[0]] > math.log(ratio):
-            bad.append(f"findings speak for {LABEL_NAMES[kind][int(s.argmax())]} over the impression's {LABEL_NAMES[kind][imp[0]]} ({math.exp(s.max() - s[imp[0]]):.0f}:1)")
+            bad.append(
+                f"findings speak for {LABEL_NAMES[kind][int(s.argmax())]} over the impression's "
+                f"{LABEL_NAMES[kind][imp[0]]} ({math.exp(s.max() - s[imp[0]]):.0f}:1)"
+            )
     return bad
 
 # %% ../nbs/01_captions.ipynb #bc938c5a
 def _generic_question(key): # the class question of any registered kind (the yes/no one names the class asked about: {c})
     names = [class_text(key[0], c) for c in range(len(LABEL_NAMES[key[0]]))]
     alt = ', '.join(names[:-1]) + ' or ' + names[-1]
-    return (f'Which is this patch: {alt}?', f'Classify this patch: {alt}.') if key[1] == 'class' else ('Is this {c}?', 'Does this patch show {c}?')
+    return (
+        (f'Which is this patch: {alt}?', f'Classify this patch: {alt}.')
+        if key[1] == 'class'
+        else ('Is this {c}?', 'Does this patch show {c}?')
+    )
 
-QUESTIONS = ByKind({
-    ('pcam', 'closed'): ('Is there metastatic tumour in the centre of this patch?', 'Does the central region contain tumour cells?',
-                         'Is this lymph node patch positive for metastasis in the centre?'),
-    ('mhist', 'closed'): ('Is this a sessile serrated adenoma?', 'Does this polyp show a sessile serrated lesion?'),
-    ('pcam', 'class'): ('Is the centre of this patch normal or tumor?', 'Classify the central region: normal or tumor?'),
-    ('mhist', 'class'): ('Is this polyp HP or SSA?', 'Classify this polyp as HP (hyperplastic) or SSA (sessile serrated).'),
-    'caption': ('Describe this image.', 'Write a short caption for this H&E patch.', 'What does this patch show?'),
-    'report': ('Write a structured pathology report for this patch.', 'Report the findings and impression.'),
-    'nuclei': ('Describe the nuclei.', 'What do the nuclei look like?', 'Comment on nuclear morphology.'),
-    'crypts': ('Describe the crypts.', 'What do the crypts look like?'),
-}, _generic_question)
-FEATURE_QUESTIONS = {'area': ('Are the nuclei enlarged?', 2), 'area_cv': ('Are the nuclei pleomorphic?', 2),
-                     'h_od': ('Are the nuclei hyperchromatic?', 2), 'crowding': ('Are the nuclei crowded?', 2),
-                     'lumen_area': ('Are the crypts dilated?', 2), 'lumen_circ': ('Are the crypt outlines serrated?', 0)}
+QUESTIONS = ByKind(
+    {
+        ('pcam', 'closed'): (
+            'Is there metastatic tumour in the centre of this patch?',
+            'Does the central region contain tumour cells?',
+            'Is this lymph node patch positive for metastasis in the centre?',
+        ),
+        ('mhist', 'closed'): ('Is this a sessile serrated adenoma?', 'Does this polyp show a sessile serrated lesion?'),
+        ('pcam', 'class'): (
+            'Is the centre of this patch normal or tumor?',
+            'Classify the central region: normal or tumor?',
+        ),
+        ('mhist', 'class'): (
+            'Is this polyp HP or SSA?',
+            'Classify this polyp as HP (hyperplastic) or SSA (sessile serrated).',
+        ),
+        'caption': ('Describe this image.', 'Write a short caption for this H&E patch.', 'What does this patch show?'),
+        'report': ('Write a structured pathology report for this patch.', 'Report the findings and impression.'),
+        'nuclei': ('Describe the nuclei.', 'What do the nuclei look like?', 'Comment on nuclear morphology.'),
+        'crypts': ('Describe the crypts.', 'What do the crypts look like?'),
+    },
+    _generic_question,
+)
+FEATURE_QUESTIONS = {
+    'area': ('Are the nuclei enlarged?', 2), 'area_cv': ('Are the nuclei pleomorphic?', 2),
+    'h_od': ('Are the nuclei hyperchromatic?', 2), 'crowding': ('Are the nuclei crowded?', 2),
+    'lumen_area': ('Are the crypts dilated?', 2), 'lumen_circ': ('Are the crypt outlines serrated?', 0),
+}
 def phrasings(frames:tuple, # templates with one '{}' (a verb frame: 'Describe {}.')
               topics:tuple, # what is asked about ('the nuclear size', 'the size of the nuclei')
               direct:tuple=(), # whole questions added as they are
@@ -566,9 +662,17 @@ def phrasings(frames:tuple, # templates with one '{}' (a verb frame: 'Describe {
     "Compositional phrasings: each frame with each topic, so a model learns the topic, not one sentence"
     return tuple(f.format(t) for f in frames for t in topics) + tuple(direct)
 
-_FRAMES = ('Describe {}.', 'Tell me about {}.', 'What can you say about {}?', 'Please describe {}.', 'Please assess {}.',
-           # never 'Comment on' nor 'How would you describe' (held out)
-           'What is {} like?', 'How would you characterise {}?', 'Evaluate {}.')
+_FRAMES = (
+    'Describe {}.',
+    'Tell me about {}.',
+    'What can you say about {}?',
+    'Please describe {}.',
+    'Please assess {}.',
+    # never 'Comment on' nor 'How would you describe' (held out)
+    'What is {} like?',
+    'How would you characterise {}?',
+    'Evaluate {}.',
+)
 # follow-ups that lean on the conversation
 _AND = ('And {}?', 'What about {}?', 'How about {}?', 'Tell me about {}.')
 # question type -> (feature, training phrasings, held-out phrasings: never in the training text, for evaluation)
@@ -583,17 +687,21 @@ ASK = {
     'pleomorphism': ('area_cv', phrasings(_FRAMES, ('the nuclear pleomorphism', 'the variability of the nuclei'),
                                           ('How variable are the nuclei in size?', 'How variable are the nuclei?')),
                      ('How much do the nuclear sizes vary?', 'Comment on nuclear pleomorphism.')),
-    'crowding': ('crowding', phrasings(_FRAMES, ('the arrangement of the nuclei', 'the nuclear crowding', 'the spacing of the nuclei',
+    'crowding': ('crowding', phrasings(_FRAMES, ('the arrangement of the nuclei', 'the nuclear crowding', 'the spacing '
+                                                                                                          'of the nuclei',
                                                  'the packing of the nuclei'), ('How crowded are the nuclei?',)),
                  ('How closely packed are the nuclei?', 'Comment on the spacing of the nuclei.')),
     'cellularity': ('density', phrasings(_FRAMES, ('the cellularity', 'the cell density', 'the density of cells'),
-                                         ('How cellular is the region?', 'What is the cellularity?', 'How many cells are there?')),
+                                         ('How cellular is the region?', 'What is the cellularity?', 'How many cells '
+                                                                                                     'are there?')),
                     ('How densely populated with cells is the region?', 'Comment on the cellularity.')),
     'stroma': ('stroma', phrasings(_FRAMES, ('the stroma', 'the amount of stroma', 'the connective tissue'), ('How much stroma is there?',)),
                ('How much connective tissue is present?', 'Comment on the stroma.')),
-    'crypt_size': ('lumen_area', phrasings(_FRAMES, ('the crypt lumens', 'the width of the crypts'), ('How wide are the crypts?',)),
+    'crypt_size': ('lumen_area', phrasings(_FRAMES, ('the crypt lumens', 'the width of the crypts'), ('How wide are '
+                                                                                                      'the crypts?',)),
                    ('Comment on the crypt calibre.',)),
-    'crypt_outline': ('lumen_circ', phrasings(_FRAMES, ('the crypt outlines', 'the crypt borders'), ('How regular are the crypt outlines?',)),
+    'crypt_outline': ('lumen_circ', phrasings(_FRAMES, ('the crypt outlines', 'the crypt borders'), ('How regular are '
+                                                                                                     'the crypt outlines?',)),
                       ('Comment on the crypt contours.',)),
 }
 FOLLOW_UPS = {  # question type -> (training, held-out) follow-up phrasings that lean on the conversation so far
@@ -601,7 +709,10 @@ FOLLOW_UPS = {  # question type -> (training, held-out) follow-up phrasings that
     'shape': (phrasings(_AND, ('their shape', 'their outline')), ('What shape are they?',)),
     'chromatin': (phrasings(_AND, ('the chromatin', 'their staining')), ('How dark are they?',)),
     'pleomorphism': (phrasings(_AND, ('their variability', 'their pleomorphism')), ('How uniform are they?',)),
-    'crowding': (phrasings(_AND, ('their spacing', 'their arrangement'), ('How are they arranged?',)), ('How tightly packed are they?',)),
+    'crowding': (
+        phrasings(_AND, ('their spacing', 'their arrangement'), ('How are they arranged?',)),
+        ('How tightly packed are they?',),
+    ),
     'cellularity': (phrasings(_AND, ('the cellularity', 'the cell density')), ('How cellular is it overall?',)),
     'stroma': (phrasings(_AND, ('the stroma', 'the connective tissue')), ('How much stroma?',)),
     'crypt_size': (phrasings(_AND, ('the crypt lumens',)), ('How wide are they?',)),
@@ -614,12 +725,15 @@ def _generic_ask(key): # the diagnosis questions of any registered kind; '{c}' i
 
 # (kind, type) -> (training, held-out) phrasings of the questions about the diagnosis ('{c}': the class asked about)
 CLASS_ASK = ByKind({
-    ('pcam', 'diagnosis'): (QUESTIONS['pcam', 'closed'] + phrasings(('Is there {} in the centre?', 'Does the central region contain {}?',
-                                                                       'Is the centre positive for {}?', 'Can you find {} in the centre?'),
+    ('pcam', 'diagnosis'): (QUESTIONS['pcam', 'closed'] + phrasings(('Is there {} in the centre?', 'Does the central '
+                                                                                                   'region contain {}?',
+                                                                       'Is the centre positive for {}?', 'Can you find '
+                                                                                                         '{} in the centre?'),
                                                                       ('metastatic tumour', 'tumour', 'metastatic carcinoma', 'carcinoma', 'cancer')), ('Do you see metastatic carcinoma in the central region?',
                                                           'Is the centre of this node involved by tumour?')),
     ('mhist', 'diagnosis'): (QUESTIONS['mhist', 'closed'], ('Is this polyp a sessile serrated lesion?', 'Would you call this an SSA?')),
-    ('pcam', 'location'): (('Where is the tumour?', 'Which region does the diagnosis refer to?', 'Where is the tumour located?',
+    ('pcam', 'location'): (('Where is the tumour?', 'Which region does the diagnosis refer to?', 'Where is the tumour '
+                                                                                                 'located?',
                             'Where is the lesion?', 'Which area is affected?', 'Where is the abnormality located?'),
                            ('In which part of the patch is the lesion?', 'Where exactly is the abnormality?')),
     ('pcam', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?', 'How sure are you?',
@@ -631,7 +745,10 @@ CLASS_ASK = ByKind({
 
 # %% ../nbs/01_captions.ipynb #1f6f01d1
 def _where(kind): return 'in the centre' if REGION[kind] == 'c_' else 'in this patch'
-_SUBJECT = {'density': 'the region is {}', 'stroma': 'there is {}', 'lumen_area': 'the crypts are {}', 'lumen_circ': 'the crypt outlines are {}'}
+_SUBJECT = {
+    'density': 'the region is {}', 'stroma': 'there is {}', 'lumen_area': 'the crypts are {}',
+    'lumen_circ': 'the crypt outlines are {}',
+}
 
 def _feature_answer(m, kind, f, lv, rng):
     "The answer to an open question about feature `f`: its word first, then a sentence"
@@ -643,13 +760,21 @@ def _yesno_answer(f, lv, yes):
     return f"{'Yes' if lv[f] == yes else 'No'}: they are {VOCAB[f][lv[f]][0]}."
 
 def _diagnosis_answer(label, kind, asked=1):
-    if kind == 'pcam': return 'Yes: metastatic carcinoma in the centre.' if label else 'No: no metastatic tumour in the centre.'
-    if kind == 'mhist': return 'Yes: sessile serrated adenoma.' if label else 'No: hyperplastic polyp, not a sessile serrated lesion.'
-    return f'Yes: {class_text(kind, label)}.' if label == asked else f'No: {class_text(kind, label)}, not {class_text(kind, asked)}.'
+    if kind == 'pcam':
+        return 'Yes: metastatic carcinoma in the centre.' if label else 'No: no metastatic tumour in the centre.'
+    if kind == 'mhist':
+        return 'Yes: sessile serrated adenoma.' if label else 'No: hyperplastic polyp, not a sessile serrated lesion.'
+    return (
+        f'Yes: {class_text(kind, label)}.'
+        if label == asked
+        else f'No: {class_text(kind, label)}, not {class_text(kind, asked)}.'
+    )
 
 def _diagnosis_qa(label, kind, rng, held_out=False)->tuple: # a yes/no question about the diagnosis and its answer
     "PCam and MHIST ask about their positive class; other kinds about a random class (half the time the true one)"
-    asked = 1 if kind in ('pcam', 'mhist') else int(label if rng.random() < 0.5 else rng.integers(len(LABEL_NAMES[kind])))
+    asked = (
+        1 if kind in ('pcam', 'mhist') else int(label if rng.random() < 0.5 else rng.integers(len(LABEL_NAMES[kind])))
+    )
     q = str(rng.choice(CLASS_ASK[kind, 'diagnosis'][int(held_out)])).format(c=class_text(kind, asked))
     return q, _diagnosis_answer(label, kind, asked)
 
@@ -659,7 +784,11 @@ def _location_answer(label, kind):
 
 def _nuclei_answer(m, kind, lv):
     "A words-only description of the nuclei: every clear nuclear feature"
-    ws = [VOCAB[f][lv[f]][0] + (' in size' if f == 'area_cv' else '') for f in ('area', 'ecc', 'h_od', 'area_cv') if lv[f] is not None]
+    ws = [
+        VOCAB[f][lv[f]][0] + (' in size' if f == 'area_cv' else '')
+        for f in ('area', 'ecc', 'h_od', 'area_cv')
+        if lv[f] is not None
+    ]
     if not ws: return f"No nuclei could be assessed {_where(kind)}."
     return f"The nuclei {_where(kind)} are " + ', '.join(ws[:-1]) + (' and ' if len(ws) > 1 else '') + ws[-1] + '.'
 
@@ -676,7 +805,9 @@ def confidence_answer(probs:list, # class probabilities of one image
     return f"{'Very sure' if p >= 0.9 else 'Fairly sure' if p >= 0.7 else 'Unsure'}: {names[i]}, probability {p:.2f}."
 
 # %% ../nbs/01_captions.ipynb #036e09a2
-COT_QUESTION = 'Describe the nuclei and the tissue first, then give your impression: {a} or {b}. End with "Answer: <{a} or {b}>".'
+COT_QUESTION = (
+    'Describe the nuclei and the tissue first, then give your impression: {a} or {b}. End with "Answer: <{a} or {b}>".'
+)
 COT_MARKER = 'Answer:'  # what precedes the class at the end of a chain-of-thought answer
 
 def cot_answer(morph:Morphology, # measured features
@@ -693,7 +824,8 @@ def cot_answer(morph:Morphology, # measured features
     return f"{_nuclei_answer(morph, kind, lv)}{t} {COT_MARKER} {LABEL_NAMES[kind][label]}"
 
 # %% ../nbs/01_captions.ipynb #8b8fa500
-def _open_types(kind, clear): return [t for t, (f, _, _) in ASK.items() if f in CAPTION_FEATURES[kind] and clear[f] is not None]
+def _open_types(kind, clear):
+    return [t for t, (f, _, _) in ASK.items() if f in CAPTION_FEATURES[kind] and clear[f] is not None]
 
 def vqa_pairs(morph:Morphology, # measured features
               label:int, # class id
@@ -715,33 +847,55 @@ def vqa_pairs(morph:Morphology, # measured features
            dict(q=q(QUESTIONS[kind, 'class']), a=LABEL_NAMES[kind][label], task='class'),
            dict(q=q(QUESTIONS['nuclei']), a=_nuclei_answer(morph, kind, clear), task='open')]
     if kind == 'mhist': out.append(dict(q=q(QUESTIONS['crypts']), a=_crypts_answer(morph, kind, clear), task='open'))
-    if (kind, 'location') in CLASS_ASK: out.append(dict(q=q(CLASS_ASK[kind, 'location'][0]), a=_location_answer(label, kind), task='open'))
+    if (kind, 'location') in CLASS_ASK:
+        out.append(dict(q=q(CLASS_ASK[kind, 'location'][0]), a=_location_answer(label, kind), task='open'))
     for t in rng.permutation(_open_types(kind, clear))[:2]:
         out.append(dict(q=q(ASK[t][1]), a=_feature_answer(morph, kind, ASK[t][0], lv, rng), task='open'))
     if fs := [f for f in FEATURE_QUESTIONS if f in CAPTION_FEATURES[kind] and clear[f] is not None]:
         f = str(rng.choice(fs)); fq, yes = FEATURE_QUESTIONS[f]
         out.append(dict(q=fq, a=_yesno_answer(f, lv, yes), task='closed'))
-    return out + [dict(q=COT_QUESTION.format(**class_choice(kind)), a=cot_answer(morph, label, kind, thr, margin, omit), task='cot')]
+    return out + [
+        dict(
+            q=COT_QUESTION.format(**class_choice(kind)), a=cot_answer(morph, label, kind, thr, margin, omit), task='cot'
+        )
+    ]
 
 # %% ../nbs/01_captions.ipynb #a07b1193
-_QTYPES = [('confidence', r'\b(?:sure|confiden\w*|certain\w*|probab\w*|likel\w*)\b'), ('location', r'\b(?:where|which (?:region|part|area))\b'),
-           ('report', r'\breport\b'), ('crypt_size', r'\b(?:lumens?|wide|width|widened|dilated|dilation|calibre)\b'),
-           ('crypt_outline', r'\b(?:contours?|borders?|saw-?toothed)\b|\bcrypt outlines?\b'),
-           ('pleomorphism', r'\b(?:pleomorph\w*|vary|variab\w*|uniform)'), ('size', r'\b(?:size|sizes|large|big|small|enlarged)\b'),
-           ('shape', r'\b(?:shape|round|oval|elongated|outline)\b'), ('chromatin', r'\b(?:chromatin|stain\w*|dark\w*|hyperchromatic|pale)\b'),
-           ('crowding', r'\b(?:crowd\w*|spac\w*|arrange\w*|pack\w*|overlap\w*|apart)\b'),
-           ('diagnosis', r'\b(?:tumou?r\w*|carcinoma|metasta\w*|malignan\w*|cancer\w*|benign|normal|diagnos\w*|ssa|sessile|hyperplastic|polyp|lesion|hp)\b'),
-           ('cellularity', r'\b(?:cellular\w*|cells?|dens\w*|how many)\b'), ('stroma', r'\b(?:stroma\w*|connective)\b'),
-           ('caption', r'\b(?:caption|image|patch|show)\b'), ('nuclei', r'\bnucle\w*'), ('crypts', r'\bcrypts?\b')]
+_QTYPES = [
+    ('confidence', r'\b(?:sure|confiden\w*|certain\w*|probab\w*|likel\w*)\b'),
+    ('location', r'\b(?:where|which (?:region|part|area))\b'),
+    ('report', r'\breport\b'),
+    ('crypt_size', r'\b(?:lumens?|wide|width|widened|dilated|dilation|calibre)\b'),
+    ('crypt_outline', r'\b(?:contours?|borders?|saw-?toothed)\b|\bcrypt outlines?\b'),
+    ('pleomorphism', r'\b(?:pleomorph\w*|vary|variab\w*|uniform)'),
+    ('size', r'\b(?:size|sizes|large|big|small|enlarged)\b'),
+    ('shape', r'\b(?:shape|round|oval|elongated|outline)\b'),
+    ('chromatin', r'\b(?:chromatin|stain\w*|dark\w*|hyperchromatic|pale)\b'),
+    ('crowding', r'\b(?:crowd\w*|spac\w*|arrange\w*|pack\w*|overlap\w*|apart)\b'),
+    (
+        'diagnosis',
+        r'\b(?:tumou?r\w*|carcinoma|metasta\w*|malignan\w*|cancer\w*|benign|normal|diagnos\w*|ssa|sessile|hyperplastic|polyp|lesion|hp)\b',
+    ),
+    ('cellularity', r'\b(?:cellular\w*|cells?|dens\w*|how many)\b'),
+    ('stroma', r'\b(?:stroma\w*|connective)\b'),
+    ('caption', r'\b(?:caption|image|patch|show)\b'),
+    ('nuclei', r'\bnucle\w*'),
+    ('crypts', r'\bcrypts?\b'),
+]
 _YESNO = ('is', 'are', 'does', 'do', 'can', 'has', 'have', 'would', 'could', 'was', 'were')
 
 def question_type(q:str, # a question
                   kind:str='pcam', # 'pcam' or 'mhist'
                  )->str|None: # 'caption', 'report', 'nuclei', 'crypts', 'diagnosis', 'location', 'confidence', an `ASK` type, or 'yesno:<feature>'; `None` if unknown
     "What a question asks about: its phrasing in the question banks, else keywords; yes/no questions about a feature are 'yesno:<feature>'"
-    t, names = q.strip().lower(), '|'.join(re.escape(class_text(kind, c).lower()) for c in range(len(LABEL_NAMES[kind])))
-    rules = [r for r in _QTYPES if r[0] not in ('caption', 'nuclei', 'crypts')] + [('diagnosis', rf'(?<![\w-])(?:{names})(?![\w-])')] + \
-            [r for r in _QTYPES if r[0] in ('caption', 'nuclei', 'crypts')]  # a class name of `kind` before the generic words
+    t, names = q.strip().lower(), '|'.join(
+        re.escape(class_text(kind, c).lower()) for c in range(len(LABEL_NAMES[kind]))
+    )
+    rules = (
+        [r for r in _QTYPES if r[0] not in ('caption', 'nuclei', 'crypts')]
+        + [('diagnosis', rf'(?<![\w-])(?:{names})(?![\w-])')]
+        + [r for r in _QTYPES if r[0] in ('caption', 'nuclei', 'crypts')]
+    )  # a class name of `kind` before the generic words
     for typ, pat in rules:
         if re.search(pat, t): break
     else: return None
@@ -778,7 +932,9 @@ def conversation(morph:Morphology, # measured features
     if style not in ('describe', 'questions'): raise ValueError(f"style: {style!r} is not 'describe' or 'questions'")
     ts, feat = rng.permutation(_open_types(kind, clear))[:2], lambda t: _feature_answer(morph, kind, ASK[t][0], lv, rng)
     if style == 'questions' and len(ts):
-        turns = [(str(rng.choice(ASK[t][1])), feat(t)) for t in ts] + [(str(rng.choice(FOLLOW_UPS[ts[0]][0])), feat(ts[0]))]
+        turns = [(str(rng.choice(ASK[t][1])), feat(t)) for t in ts] + [
+            (str(rng.choice(FOLLOW_UPS[ts[0]][0])), feat(ts[0]))
+        ]
         return turns + [_diagnosis_qa(label, kind, rng)]
     turns = [(str(rng.choice(QUESTIONS['caption'])), caption(morph, label, kind, seed, thr, margin, omit)),
              (str(rng.choice(QUESTIONS[kind, 'class'])), LABEL_NAMES[kind][label]),
@@ -799,8 +955,10 @@ def held_out_questions(morph:Morphology, # measured features
     q = lambda opts: str(rng.choice(opts))
     out = [dict(zip(('q', 'a'), _diagnosis_qa(label, kind, rng, True)), type='diagnosis'),
            dict(q=q(CLASS_ASK[kind, 'confidence'][1]), a=None, type='confidence')]
-    if (kind, 'location') in CLASS_ASK: out.append(dict(q=q(CLASS_ASK[kind, 'location'][1]), a=_location_answer(label, kind), type='location'))
-    for t in _open_types(kind, clear): out.append(dict(q=q(ASK[t][2]), a=_feature_answer(morph, kind, ASK[t][0], lv, rng), type=t))
+    if (kind, 'location') in CLASS_ASK:
+        out.append(dict(q=q(CLASS_ASK[kind, 'location'][1]), a=_location_answer(label, kind), type='location'))
+    for t in _open_types(kind, clear):
+        out.append(dict(q=q(ASK[t][2]), a=_feature_answer(morph, kind, ASK[t][0], lv, rng), type=t))
     return out
 
 # %% ../nbs/01_captions.ipynb #0e0c296a
@@ -829,7 +987,9 @@ def flat_records(id:str, # id prefix of the patch
                  pairs:list, # dicts with `q`, `a`, `task` (from `vqa_pairs`)
                 )->list: # {'id', 'image', 'prompt', 'response', 'task'} per pair
     "Flat instruction records, one per question"
-    return [dict(id=f'{id}_{i}', image=image, prompt=o['q'], response=o['a'], task=o['task']) for i, o in enumerate(pairs)]
+    return [
+        dict(id=f'{id}_{i}', image=image, prompt=o['q'], response=o['a'], task=o['task']) for i, o in enumerate(pairs)
+    ]
 
 # %% ../nbs/01_captions.ipynb #464a6990
 def write_jsonl(path:Path|str, # destination `.jsonl` file
@@ -881,17 +1041,28 @@ def _few_shot_records(rows, kind, seed, share=1/3, k=2):
         pools = [[e for e in by[c] if e['id'] != r['id']] for c in cs]   # never the patch itself
         ex = [pl[int(rng.integers(len(pl)))] for pl in pools if pl]
         turns = few_shot_turns([e['label'] for e in ex] + [r['label']], kind)
-        out.setdefault(r['split'], []).append(llava_record(r['id'] + '_fs', [e['image'] for e in ex] + [r['image']], turns))
+        out.setdefault(r['split'], []).append(
+            llava_record(r['id'] + '_fs', [e['image'] for e in ex] + [r['image']], turns)
+        )
     return out
 
 def _patch_records(r, m, kind, seed, thr, margin, n_captions, omit=()):
     "The text of one measured patch: caption, report, LLaVA record and flat records (`n_captions` caption paraphrases)"
     pid, img, y, s = r['id'], r['image'], r['label'], seed + int(r['id'].rsplit('_', 1)[1])
     pairs = vqa_pairs(m, y, kind, s, thr, margin, omit)
-    pairs += [dict(q=str(np.random.default_rng(s + k).choice(QUESTIONS['caption'])), a=caption(m, y, kind, s + 7919*k, thr, margin, omit),
-                   task='caption') for k in range(1, n_captions)]
+    pairs += [
+        dict(
+            q=str(np.random.default_rng(s + k).choice(QUESTIONS['caption'])),
+            a=caption(m, y, kind, s + 7919 * k, thr, margin, omit),
+            task='caption',
+        )
+        for k in range(1, n_captions)
+    ]
     rep = dict(id=pid, split=r['split'], label=y, image=img, report=report(m, y, kind, thr))
-    return {**r, 'caption': pairs[0]['a']}, rep, llava_record(pid, img, conversation(m, y, kind, s, thr, margin, omit)), flat_records(pid, img, pairs)
+    return (
+        {**r, 'caption': pairs[0]['a']}, rep, llava_record(pid, img, conversation(m, y, kind, s, thr, margin, omit)),
+        flat_records(pid, img, pairs),
+    )
 
 # %% ../nbs/01_captions.ipynb #16a7d340
 def _train_thresholds(rows, morphs, kind):
@@ -931,14 +1102,25 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
             errs.append(f'patch {i}: {e!r}'); continue
         rows.append(r); morphs.append(m)
     report_errors(errs, on_error, 'patches')
-    thr = THRESHOLDS[kind] if thr == 'default' else _train_thresholds(rows, morphs, kind) if thr in (None, 'train') else thr
+    thr = (
+        THRESHOLDS[kind]
+        if thr == 'default'
+        else _train_thresholds(rows, morphs, kind) if thr in (None, 'train') else thr
+    )
     return _text_files(out, rows, morphs, kind, seed, thr, margin, n_captions, few_shot)
 
 def _text_files(out, rows, morphs, kind, seed, thr, margin, n_captions, few_shot, omit=None):
     "Write every text file of a captioned folder from measured rows (`omit`: image -> features its text never names)"
-    recs = [_patch_records(r, m, kind, seed, thr, margin, n_captions, (omit or {}).get(r['image'], ())) for r, m in zip(rows, morphs)]
-    trn = [(m, r['label']) for r, m in zip(rows, morphs) if r['split'] == 'train'] or [(m, r['label']) for r, m in zip(rows, morphs)]
-    return _write_all(out, recs, thr, level_odds(*zip(*trn), kind, thr), _few_shot_records(rows, kind, seed) if few_shot else None)
+    recs = [
+        _patch_records(r, m, kind, seed, thr, margin, n_captions, (omit or {}).get(r['image'], ()))
+        for r, m in zip(rows, morphs)
+    ]
+    trn = [(m, r['label']) for r, m in zip(rows, morphs) if r['split'] == 'train'] or [
+        (m, r['label']) for r, m in zip(rows, morphs)
+    ]
+    return _write_all(
+        out, recs, thr, level_odds(*zip(*trn), kind, thr), _few_shot_records(rows, kind, seed) if few_shot else None
+    )
 
 # %% ../nbs/01_captions.ipynb #fb379530
 CAPTION_COLUMNS = ['id', 'split', 'label', 'label_name', 'image', 'caption'] + FEATURES
@@ -946,7 +1128,8 @@ CAPTION_COLUMNS = ['id', 'split', 'label', 'label_name', 'image', 'caption'] + F
 def _write_all(out, recs, thr, odds, few_shot=None):
     "Write the caption files of `caption_dataset` into `out`: captions.csv, reports, LLaVA and instruction records, cut points, level odds"
     rows, reps, llava, inst = [o[0] for o in recs], [o[1] for o in recs], {}, {}
-    for row, _, conv, flat in recs: llava.setdefault(row['split'], []).append(conv); inst.setdefault(row['split'], []).extend(flat)
+    for row, _, conv, flat in recs:
+        llava.setdefault(row['split'], []).append(conv); inst.setdefault(row['split'], []).extend(flat)
     for s, fs in (few_shot or {}).items(): llava[s] = llava.get(s, []) + fs
     atomic_write(out/'captions.csv', pd.DataFrame(rows, columns=CAPTION_COLUMNS).to_csv(index=False))
     write_jsonl(out/'reports.jsonl', reps)
@@ -987,8 +1170,13 @@ def recaption(root:Path|str, # a folder written by `caption_dataset`
     df = pd.read_csv(root/'captions.csv'); thr = read_thresholds(root)
     kind = kind or next((k for k, v in LABEL_NAMES.items() if set(df.label_name) <= set(v)), 'pcam')
     rel = {p: Path(os.path.relpath(root/p, out)).as_posix() for p in df.image}
-    rows = [dict(id=r.id, split=r.split, label=int(r.label), label_name=r.label_name, image=rel[r.image], **{f: getattr(r, f) for f in FEATURES})
-            for r in df.itertuples()]
+    rows = [
+        dict(
+            id=r.id, split=r.split, label=int(r.label), label_name=r.label_name, image=rel[r.image],
+            **{f: getattr(r, f) for f in FEATURES}
+        )
+        for r in df.itertuples()
+    ]
     morphs = [Morphology(**{f: float(r[f]) for f in FEATURES}) for r in rows]
     omit = {rel[k]: tuple(v) for k, v in (omit or {}).items()}
     return _text_files(out, rows, morphs, kind, seed, thr, margin, n_captions, few_shot, omit)
@@ -1019,7 +1207,9 @@ def _jsonl_texts(fn, split=None):
         except json.JSONDecodeError as e: raise ValueError(f'{fn} line {i}: malformed JSON ({e.msg})') from None
         if split and r.get('split', split) != split: continue
         out += [r[k] for k in _TEXT_KEYS if isinstance(r.get(k), str)]
-        out += [t['value'] for t in r.get('conversations', []) if isinstance(t, dict) and isinstance(t.get('value'), str)]
+        out += [
+            t['value'] for t in r.get('conversations', []) if isinstance(t, dict) and isinstance(t.get('value'), str)
+        ]
     return out
 
 def read_corpus(src:Path|str, # a folder written by `caption_dataset`, or a .txt, .jsonl or .csv file
@@ -1029,7 +1219,8 @@ def read_corpus(src:Path|str, # a folder written by `caption_dataset`, or a .txt
     src = Path(src)
     if not src.exists(): raise FileNotFoundError(f'{src}: no such file or folder')
     if src.is_dir():
-        if not (src/'captions.csv').exists(): raise FileNotFoundError(f'{src}: no captions.csv; run `pathllm data caption {src}` first')
+        if not (src/'captions.csv').exists():
+            raise FileNotFoundError(f'{src}: no captions.csv; run `pathllm data caption {src}` first')
         df = pd.read_csv(src/'captions.csv')
         out = df.caption[df.split == split].tolist() + _jsonl_texts(src/'reports.jsonl', split)
         if (src/f'instructions_{split}.jsonl').exists(): out += _jsonl_texts(src/f'instructions_{split}.jsonl')

@@ -26,7 +26,9 @@ app.add_typer(data_app, name='data')
 def _fail(e:Exception):
     "Print a clean one-line error (no traceback) and exit with status 2"
     msg = (str(e).strip().splitlines() or [''])[0]
-    typer.secho(f"error: {msg if isinstance(e, (ValueError, OSError)) else f'{type(e).__name__}: {msg}'}", fg='red', err=True)
+    typer.secho(
+        f"error: {msg if isinstance(e, (ValueError, OSError)) else f'{type(e).__name__}: {msg}'}", fg='red', err=True
+    )
     raise typer.Exit(2)
 
 @contextmanager
@@ -49,7 +51,8 @@ def _check_model(model:Path): # name a malformed or truncated file of a model fo
 # %% ../nbs/99_cli.ipynb #d4e9fe1d
 @data_app.command('synth')
 def data_synth(out:Path=typer.Option(..., help="Folder to write the data set into"),
-               kind:str=typer.Option('pcam', help="'pcam' (96 px, normal/tumor), 'mhist' (224 px, HP/SSA) or 'grade' (96 px, normal/low-grade/high-grade/carcinoma)"),
+               kind:str=typer.Option('pcam', help="'pcam' (96 px, normal/tumor), 'mhist' (224 px, HP/SSA) or 'grade' "
+                                                  "(96 px, normal/low-grade/high-grade/carcinoma)"),
                n:int=typer.Option(2000, help="Number of patches (balanced classes)"),
                seed:int=typer.Option(0, help="Random seed: the same seed writes the same data set"),
                difficulty:float=typer.Option(0.5, help="0 (easy) to 1 (hard)"),
@@ -93,7 +96,10 @@ def lm_train(out:Path=typer.Option(..., help="Folder for the tokenizer, model, c
         texts = read_corpus(data) if data else text_corpus('pcam', n=n_synth, seed=seed)
         _, _, m = train_lm(texts, out, size=size, epochs=epochs, lr=lr, seq_len=seq_len, vocab_size=vocab_size, bs=bs,
                            seed=seed, resume=resume)
-    typer.echo(f"trained on {len(texts)} texts; " + ', '.join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, (int, float))))
+    typer.echo(
+        f"trained on {len(texts)} texts; "
+        + ', '.join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, (int, float)))
+    )
     typer.echo(f"saved to {out}")
 
 @lm_app.command('generate')
@@ -106,15 +112,24 @@ def lm_generate(model:Path=typer.Option(..., help="Folder written by `pathllm lm
                 seed:int=typer.Option(0, help="Sampling seed")):
     "Continue a prompt with a trained language model."
     from pathllm.lm import generate_text
-    with _errors(): typer.echo(generate_text(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, seed=seed))
+    with _errors():
+        typer.echo(
+            generate_text(
+                model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                seed=seed,
+            )
+        )
 
 # %% ../nbs/99_cli.ipynb #5ccc25a7
 def _scores(r:dict)->str:
     "One line of the headline numbers of a `report.json`"
     f = lambda d, ks: ', '.join(f"{k}={d[k]:.3f}" for k in ks if isinstance(d.get(k), (int, float)))
     s = f"fused model: {f(r, ('accuracy', 'auc', 'bleu4', 'rouge_l'))}"
-    return s + (f" | image-only baseline: {f(r['baseline'], ('accuracy', 'auc'))}" if 'baseline' in r else '') + f" ({r['n_images']} images)"
+    return (
+        s
+        + (f" | image-only baseline: {f(r['baseline'], ('accuracy', 'auc'))}" if 'baseline' in r else '')
+        + f" ({r['n_images']} images)"
+    )
 
 def _threads(n:int):
     "Set torch's CPU threads (0: leave the default)"
@@ -123,15 +138,22 @@ def _threads(n:int):
         import torch; torch.set_num_threads(n)
 
 @app.command('train')
-def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small, full) or a JSON file of TrainConfig fields"),
-              data:Path=typer.Option(None, help="Patches in any format `load_patches` reads (default: synthetic PCam in OUT/data)"),
-              out:Path=typer.Option(Path('runs/train'), help="Output folder: report, plots, model/ and each stage's files"),
+def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small, full) or a JSON file of TrainConfig "
+                                                    "fields"),
+              data:Path=typer.Option(None, help="Patches in any format `load_patches` reads (default: synthetic PCam "
+                                                "in OUT/data)"),
+              out:Path=typer.Option(Path('runs/train'), help="Output folder: report, plots, model/ and each stage's "
+                                                             "files"),
               resume:bool=typer.Option(False, help="Skip finished stages and continue interrupted ones from checkpoints"),
-              backend:str=typer.Option('pathllm', help="'pathllm' (from-scratch models) or 'hf' (a Hugging Face LM + vision tower)"),
+              backend:str=typer.Option('pathllm', help="'pathllm' (from-scratch models) or 'hf' (a Hugging Face LM + "
+                                                       "vision tower)"),
               lm:str=typer.Option('Qwen/Qwen2.5-0.5B', help="--backend hf: causal LM, a hub name or a local folder"),
-              vision:str=typer.Option('openai/clip-vit-base-patch32', help="--backend hf: vision tower, a hub name, local folder or timm:<name>"),
-              threads:int=typer.Option(0, help="CPU threads for torch (0: torch's default; 1 is fastest for small models on a busy CPU)"),
-              seed:int=typer.Option(None, help="Overrides the config's seed (one run per seed; `pathllm results` pools them into mean ± sd)")):
+              vision:str=typer.Option('openai/clip-vit-base-patch32', help="--backend hf: vision tower, a hub name, "
+                                                                           "local folder or timm:<name>"),
+              threads:int=typer.Option(0, help="CPU threads for torch (0: torch's default; 1 is fastest for small "
+                                               "models on a busy CPU)"),
+              seed:int=typer.Option(None, help="Overrides the config's seed (one run per seed; `pathllm results` pools "
+                                               "them into mean ± sd)")):
     "Train the image-only baseline, the language model and the fused model; evaluate and write the report."
     _threads(threads)
     if backend not in ('pathllm', 'hf'): _fail(ValueError(f"backend: must be 'pathllm' or 'hf', got {backend!r}"))
@@ -149,13 +171,21 @@ def _train_hf(cfg, data, out:Path, lm:str, vision:str, resume:bool):
     from pathllm.hf import train_hf
     d = TrainConfig()  # the fields that describe the from-scratch parts have no meaning here: refused, never dropped
     if bad := [f for f in ('vit_name', 'vit_kw', 'lm_size', 'lm_kw') if getattr(cfg, f) != getattr(d, f)]:
-        raise ValueError(f"--backend hf: config field {bad[0]!r} sets the from-scratch {'encoder' if bad[0].startswith('vit') else 'language model'}; "
-                         f"this backend trains --vision and --lm (drop {', '.join(bad)} from the config, or use --backend pathllm)")
+        raise ValueError(
+            f"--backend hf: config field {bad[0]!r} sets the from-scratch "
+            f"{'encoder' if bad[0].startswith('vit') else 'language model'}; "
+            f"this backend trains --vision and --lm (drop {', '.join(bad)} from the config, or use --backend pathllm)"
+        )
     if data is None: data = make_synthetic(out/'data', cfg.kind, cfg.n_images, cfg.seed, progress=False)
-    _, m = train_hf(data, out/'model', lm, vision, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, bs=cfg.bs,
-                    max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size, resume=resume,
-                    cbs=stage_callbacks(cfg), sortish=cfg.sortish)
-    r = run_eval(out/'model', data, out, n=cfg.max_valid, n_captions=cfg.eval_captions, bs=cfg.bs, max_new_tokens=cfg.caption_tokens, tta=cfg.tta)
+    _, m = train_hf(
+        data, out / 'model', lm, vision, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, bs=cfg.bs,
+        max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size, resume=resume, cbs=stage_callbacks(cfg),
+        sortish=cfg.sortish,
+    )
+    r = run_eval(
+        out / 'model', data, out, n=cfg.max_valid, n_captions=cfg.eval_captions, bs=cfg.bs,
+        max_new_tokens=cfg.caption_tokens, tta=cfg.tta,
+    )
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 
 # %% ../nbs/99_cli.ipynb #db2b9a31
@@ -166,17 +196,20 @@ def eval_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `path
              split:str=typer.Option(None, help="Split to score (default: valid or test if present, else all)"),
              n:int=typer.Option(None, help="Score a random subset of this many patches"),
              n_captions:int=typer.Option(32, help="Patches captioned for the text metrics"),
-             tta:bool=typer.Option(False, help="Average the class probabilities over the 8 rotations/reflections of each patch")):
+             tta:bool=typer.Option(False, help="Average the class probabilities over the 8 rotations/reflections of "
+                                               "each patch")):
     "Classify and caption labelled patches with a saved model; write report.json, report.md and plots."
     from pathllm.train import run_eval
-    with _errors(_new_folder(out)): _check_model(model); r = run_eval(model, data, out, split=split, n=n, n_captions=n_captions, tta=tta)
+    with _errors(_new_folder(out)):
+        _check_model(model); r = run_eval(model, data, out, split=split, n=n, n_captions=n_captions, tta=tta)
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json and plots")
 
 @app.command('predict')
 def predict_cmd(images:list[Path]=typer.Argument(..., help="Image files"),
                 model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`)"),
                 max_new_tokens:int=typer.Option(64, help="Tokens per caption at most"),
-                rag:Path=typer.Option(None, help="Index folder of `pathllm index build`: put the k most similar patches' captions in the prompt"),
+                rag:Path=typer.Option(None, help="Index folder of `pathllm index build`: put the k most similar "
+                                                 "patches' captions in the prompt"),
                 k:int=typer.Option(4, help="With --rag: reference cases per prompt")):
     "Print the class, its probability and a caption of each image (with --rag: and the ids of the retrieved patches)."
     from pathllm.serve import Pipeline
@@ -188,7 +221,10 @@ def predict_cmd(images:list[Path]=typer.Argument(..., help="Image files"),
             from pathllm.rag import rag_predict
             res = rag_predict(pipe.model, xs, rag, k=k, max_new_tokens=max_new_tokens)
     for f, r in zip(images, res):
-        typer.echo(f"{f}\t{r['label']}\t{r['prob']:.3f}\t{r['caption']}" + (f"\t{','.join(r['neighbours'])}" if 'neighbours' in r else ''))
+        typer.echo(
+            f"{f}\t{r['label']}\t{r['prob']:.3f}\t{r['caption']}"
+            + (f"\t{','.join(r['neighbours'])}" if 'neighbours' in r else '')
+        )
 
 index_app = typer.Typer(help="Build faiss indexes of training patches for retrieval (RAG, kNN).", no_args_is_help=True)
 app.add_typer(index_app, name='index')
@@ -202,7 +238,8 @@ def index_build(model:Path=typer.Option(..., help="Model folder whose image embe
                 kind:str=typer.Option('flat', help="flat (exact), ivf or hnsw (approximate, for large collections)")):
     "Embed, caption and index a split of a data set with a trained model's vision encoder."
     from pathllm.rag import build_index
-    with _errors(_new_folder(out)): _check_model(model); ix = build_index(model, data, out, split=None if split == 'all' else split, n=n, kind=kind)
+    with _errors(_new_folder(out)):
+        _check_model(model); ix = build_index(model, data, out, split=None if split == 'all' else split, n=n, kind=kind)
     typer.echo(f"indexed {len(ix)} patches ({ix.kind}, {ix.dim}-d) into {out}")
 
 # %% ../nbs/99_cli.ipynb #10882300
@@ -216,7 +253,9 @@ def _data_summary(out:Path, kind:str, n:int, seed:int, progress:bool=True)->dict
     feats = df.groupby('label_name')[SHOW_FEATURES].mean().round(3)
     summary = dict(kind=kind, n_images=len(ds), seed=seed, counts=counts.to_dict(), feature_means=feats.to_dict(),
                    files=sorted(p.name for p in (out/'data').glob('*.*')))
-    plot_feature_hists(df, LABEL_NAMES[kind], title=f'synthetic {kind}: measured features per class').savefig(out/'features.png', dpi=80)
+    plot_feature_hists(df, LABEL_NAMES[kind], title=f'synthetic {kind}: measured features per class').savefig(
+        out / 'features.png', dpi=80
+    )
     pick = df.groupby('label').head(4).sort_values('label')
     show_captions([ds[i].img for i in pick.index], pick.caption.tolist()).savefig(out/'samples.png', dpi=80)
     md = (f"# pathllm demo: synthetic {kind}, {len(ds)} patches\n\n## Counts\n\n{counts.to_markdown()}\n\n"
@@ -250,51 +289,69 @@ def run_demo(out:Path|str, # folder for the data set, the summary, the report an
 @app.command('demo')
 def demo(out:Path=typer.Option(Path('runs/demo'), help="Output folder"),
          kind:str=typer.Option('pcam', help="'pcam', 'mhist' or 'grade'"),
-         classes:int=typer.Option(None, help="Number of classes: 2 (the --kind) or 4 (the 'grade' set: normal, low-grade, high-grade, carcinoma)"),
+         classes:int=typer.Option(None, help="Number of classes: 2 (the --kind) or 4 (the 'grade' set: normal, "
+                                             "low-grade, high-grade, carcinoma)"),
          n:int=typer.Option(None, help="Number of synthetic patches (default: the config's n_images, 400 for debug)"),
          seed:int=typer.Option(0, help="Random seed"),
          config:str=typer.Option('debug', help="Training config: a name (debug, small, full) or a JSON file"),
          threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default); the debug models run fastest on one")):
     "Run the main job on the embedded synthetic default: data summary, training, evaluation report and model."
     _threads(threads)
-    if classes not in (None, 2, 4) or (classes == 2 and kind == 'grade'): _fail(ValueError(f"--classes: the synthetic sets have 2 classes (pcam, mhist) or 4 (grade), got {classes}"))
+    if classes not in (None, 2, 4) or (classes == 2 and kind == 'grade'):
+        _fail(ValueError(f"--classes: the synthetic sets have 2 classes (pcam, mhist) or 4 (grade), got {classes}"))
     if classes == 4: kind = 'grade'
     with _errors(_new_folder(out)): s = run_demo(out, kind=kind, n=n, seed=seed, config=config)
     typer.echo((Path(out)/'summary.md').read_text())
     typer.echo(_scores(json.loads((Path(out)/'report.json').read_text())))
-    typer.echo(f"wrote {out}/summary.md, summary.json, samples.png, features.png, report.md, report.json, plots and model/")
+    typer.echo(
+        f"wrote {out}/summary.md, summary.json, samples.png, features.png, report.md, report.json, plots and model/"
+    )
 
 # %% ../nbs/99_cli.ipynb #af47de25
 @app.command('bench')
-def bench_cmd(config:str=typer.Option('debug', help="Bench config: a name (debug, small, full) or a JSON file of BenchConfig fields"),
-              data:Path=typer.Option(None, help="PCam/MHIST data (default: ../shared/data/pcam when present, else synthetic)"),
-              out:Path=typer.Option(Path('runs/bench'), help="Output folder: bench.md, bench.json, bench.png, per-row reports"),
+def bench_cmd(config:str=typer.Option('debug', help="Bench config: a name (debug, small, full) or a JSON file of "
+                                                    "BenchConfig fields"),
+              data:Path=typer.Option(None, help="PCam/MHIST data (default: ../shared/data/pcam when present, else "
+                                                "synthetic)"),
+              out:Path=typer.Option(Path('runs/bench'), help="Output folder: bench.md, bench.json, bench.png, per-row "
+                                                             "reports"),
               rows:str=typer.Option(None, help="Comma-separated rows to run (default: all of the config)"),
-              resume:bool=typer.Option(True, help="Reuse the main job and rows in --out made at this commit with this config, seed and data"),
-              seed:int=typer.Option(None, help="Seed of the training config (one bench run per seed; `pathllm results` pools them)"),
+              resume:bool=typer.Option(True, help="Reuse the main job and rows in --out made at this commit with this "
+                                                  "config, seed and data"),
+              seed:int=typer.Option(None, help="Seed of the training config (one bench run per seed; `pathllm results` "
+                                               "pools them)"),
               threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
     "Compare baselines, zero-shot, kNN, fused models, RAG, LoRA/QLoRA on the same patches; write one table."
     from pathllm.bench import run_bench, bench_config
     _threads(threads)
-    with _errors(): run_bench(bench_config(config, **({'rows': rows} if rows else {}), **({'seed': seed} if seed is not None else {})), data, out, resume=resume)
+    with _errors():
+        run_bench(
+            bench_config(config, **({'rows': rows} if rows else {}), **({'seed': seed} if seed is not None else {})),
+            data, out, resume=resume,
+        )
     typer.echo((Path(out)/'bench.md').read_text()); typer.echo(f"wrote {out}/bench.md, bench.json, bench.png")
 
 # %% ../nbs/99_cli.ipynb #e3a0bd1b
 def _sweep_values(spec:str)->tuple: # 'FIELD=V1,V2,...' -> (field, values), each value read as JSON (a number) or kept as text
     field, sep, vals = spec.partition('=')
-    if not sep or not field.strip() or not vals.strip(): raise ValueError(f"sweep: expected FIELD=V1,V2,... (e.g. lora_lr=0.001,0.01), got {spec!r}")
+    if not sep or not field.strip() or not vals.strip():
+        raise ValueError(f"sweep: expected FIELD=V1,V2,... (e.g. lora_lr=0.001,0.01), got {spec!r}")
     def val(s:str):
         try: return json.loads(s)
         except json.JSONDecodeError: return s
     return field.strip(), tuple(val(v.strip()) for v in vals.split(',') if v.strip())
 
 @app.command('sweep')
-def sweep_cmd(spec:str=typer.Argument(..., help="FIELD=V1,V2,...: a BenchConfig field and its candidate values, e.g. lora_lr=0.001,0.01,0.03"),
+def sweep_cmd(spec:str=typer.Argument(..., help="FIELD=V1,V2,...: a BenchConfig field and its candidate values, e.g. "
+                                                "lora_lr=0.001,0.01,0.03"),
               row:str=typer.Option('lora', help="The bench row built for each value"),
               by:str=typer.Option('cider', help="Dev metric that picks the value (lowest wins for hallucination)"),
-              config:str=typer.Option('debug', help="Bench config: a name (debug, small, full) or a JSON file of BenchConfig fields"),
-              data:Path=typer.Option(None, help="PCam/MHIST data (default: ../shared/data/pcam when present, else synthetic)"),
-              out:Path=typer.Option(Path('runs/bench'), help="Bench folder: its main job is reused; writes choices/FIELD_dev.json"),
+              config:str=typer.Option('debug', help="Bench config: a name (debug, small, full) or a JSON file of "
+                                                    "BenchConfig fields"),
+              data:Path=typer.Option(None, help="PCam/MHIST data (default: ../shared/data/pcam when present, else "
+                                                "synthetic)"),
+              out:Path=typer.Option(Path('runs/bench'), help="Bench folder: its main job is reused; writes "
+                                                             "choices/FIELD_dev.json"),
               threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
     "Choose a bench setting on the dev split (never the validation patches): one row per value, the best by a dev metric."
     from pathllm.bench import sweep_bench
@@ -308,22 +365,29 @@ def sweep_cmd(spec:str=typer.Argument(..., help="FIELD=V1,V2,...: a BenchConfig 
 # %% ../nbs/99_cli.ipynb #8e41144f
 @app.command('assess')
 def assess_cmd(run:Path=typer.Argument(..., help="A finished `pathllm train` folder (model/, baseline/, data.json)"),
-               what:str=typer.Option('robustness,stain_norm,prompting', help="Comma-separated: robustness, stain_norm, prompting"),
+               what:str=typer.Option('robustness,stain_norm,prompting', help="Comma-separated: robustness, stain_norm, "
+                                                                             "prompting"),
                n_stress:int=typer.Option(1000, help="Validation patches re-stained by the stress tests"),
                n_prompt:int=typer.Option(200, help="Validation patches of the prompting comparison"),
                threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
     "Add robustness (dev thresholds, stain stress), stain normalisation and prompting comparisons to a finished run, as JSON."
     from pathllm.bench import assess_run
     _threads(threads)
-    with _errors(): r = assess_run(run, tuple(w.strip() for w in what.split(',') if w.strip()), n_stress=n_stress, n_prompt=n_prompt)
+    with _errors():
+        r = assess_run(
+            run, tuple(w.strip() for w in what.split(',') if w.strip()), n_stress=n_stress, n_prompt=n_prompt
+        )
     typer.echo(f"wrote {', '.join(str(f) for f in r.values())}")
 
 # %% ../nbs/99_cli.ipynb #b8433bbc
 @app.command('results')
-def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results tables of README.md and nbs/*.ipynb from results/"),
-                publish:Path=typer.Option(None, help="A run folder of `pathllm train` or `pathllm bench` (or its report.json / bench.json) to copy, trimmed, into results/"),
+def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results tables of README.md and nbs/*.ipynb "
+                                                    "from results/"),
+                publish:Path=typer.Option(None, help="A run folder of `pathllm train` or `pathllm bench` (or its "
+                                                     "report.json / bench.json) to copy, trimmed, into results/"),
                 to:str=typer.Option(None, help="Folder under results/ for --publish, e.g. small/seed0"),
-                root:Path=typer.Option(None, help="Project root holding results/ and README.md (default: the one around the working directory)")):
+                root:Path=typer.Option(None, help="Project root holding results/ and README.md (default: the one "
+                                                  "around the working directory)")):
     "Check that every results table in README.md and the notebooks is the rendering of results/ (exit 1 if not); --write re-renders them."
     from pathllm.results import sync_results, publish_run
     if publish and not to: _fail(ValueError("--publish needs --to: a folder under results/, e.g. small/seed0"))
@@ -337,12 +401,15 @@ def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results
 # %% ../nbs/99_cli.ipynb #0b6861e0
 @app.command('optimize')
 def optimize_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`)"),
-                 variant:str=typer.Option('int8_dynamic', help="fp16, bf16, int8_dynamic, bnb_int8, bnb_nf4, bnb_fp4, ort_fp32 or ort_int8 (ONNX Runtime: the fast CPU path)"),
+                 variant:str=typer.Option('int8_dynamic', help="fp16, bf16, int8_dynamic, bnb_int8, bnb_nf4, bnb_fp4, "
+                                                               "ort_fp32 or ort_int8 (ONNX Runtime: the fast CPU path)"),
                  out:Path=typer.Option(..., help="Folder for the quantised model (`pathllm serve --model OUT` serves it)"),
                  parts:str=typer.Option('lm,connector', help="Comma-separated parts to quantise: lm, connector, vision")):
     "Quantise a saved model's weights (post-training) and save it; print the sizes before and after."
     from pathllm.optimize import optimize_model
-    with _errors(_new_folder(out)): _check_model(model); r = optimize_model(model, variant, out, tuple(p.strip() for p in parts.split(',') if p.strip()))
+    with _errors(_new_folder(out)):
+        _check_model(model)
+        r = optimize_model(model, variant, out, tuple(p.strip() for p in parts.split(',') if p.strip()))
     typer.echo(f"{variant}: {r['fp32_bytes'] / 2**20:.2f} MB -> {r['size_bytes'] / 2**20:.2f} MB; wrote {out}")
 
 # %% ../nbs/99_cli.ipynb #512a80b3
@@ -351,7 +418,8 @@ def _limits(items:list)->dict: # '--limit NAME=VALUE' options -> `Limits` fields
     fs, out = {f.name: f for f in fields(Limits)}, {}
     for it in items:
         k, eq, v = it.partition('=')
-        if not eq or k not in fs: _fail(ValueError(f"--limit {it!r}: expected NAME=VALUE with NAME one of {sorted(fs)}"))
+        if not eq or k not in fs:
+            _fail(ValueError(f"--limit {it!r}: expected NAME=VALUE with NAME one of {sorted(fs)}"))
         try: out[k] = type(fs[k].default)(v)
         except ValueError: _fail(ValueError(f"--limit {it!r}: {v!r} is not a valid {type(fs[k].default).__name__}"))
     return out
@@ -360,7 +428,9 @@ def _limits(items:list)->dict: # '--limit NAME=VALUE' options -> `Limits` fields
 def serve_cmd(model:Path=typer.Option(..., help="Model or pipeline folder (OUT/model of `pathllm train`)"),
               host:str=typer.Option('127.0.0.1', help="Interface to bind; 0.0.0.0 exposes the server to the network"),
               port:int=typer.Option(8000, help="TCP port"),
-              api_key_file:Path=typer.Option(None, help="File whose first line is the key required by all but the page and /health (default: $PATHLLM_API_KEY; never pass a key on the command line)"),
+              api_key_file:Path=typer.Option(None, help="File whose first line is the key required by all but the page "
+                                                        "and /health (default: $PATHLLM_API_KEY; never pass a key on "
+                                                        "the command line)"),
               insecure_public:bool=typer.Option(False, help="Allow a non-loopback --host without a key"),
               device:str=typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
               max_concurrency:int=typer.Option(16, help="Requests admitted at once; more get 503"),
@@ -368,11 +438,16 @@ def serve_cmd(model:Path=typer.Option(..., help="Model or pipeline folder (OUT/m
               timeout:float=typer.Option(60., help="Seconds before a request is answered 504 and its generation stopped"),
               max_new_tokens:int=typer.Option(256, help="Cap on generated tokens per request"),
               max_upload_mb:float=typer.Option(8., help="Maximum size of one uploaded image, in MiB"),
-              workers:int=typer.Option(1, help="Server processes, each with its own copy of the model (for machines with cores or devices to spare)"),
-              limit:list[str]=typer.Option(None, help="NAME=VALUE: any other `pathllm.serve.Limits` field, e.g. --limit max_text=500 (repeatable)"),
+              workers:int=typer.Option(1, help="Server processes, each with its own copy of the model (for machines "
+                                               "with cores or devices to spare)"),
+              limit:list[str]=typer.Option(None, help="NAME=VALUE: any other `pathllm.serve.Limits` field, e.g. "
+                                                      "--limit max_text=500 (repeatable)"),
               log_level:str=typer.Option('info', help="uvicorn log level ('warning': no line per request)")):
     "Serve the web page at /, the REST API (contract at /openapi.json) and OpenAI-compatible /v1/chat/completions."
     from pathllm.serve import serve
-    with _errors(): serve(model, host=host, port=port, api_key_file=api_key_file, insecure_public=insecure_public, device=device,
-                          max_concurrency=max_concurrency, max_batch=max_batch, timeout_s=timeout, max_new_tokens=max_new_tokens,
-                          max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, log_level=log_level, **_limits(limit or []))
+    with _errors():
+        serve(
+            model, host=host, port=port, api_key_file=api_key_file, insecure_public=insecure_public, device=device,
+            max_concurrency=max_concurrency, max_batch=max_batch, timeout_s=timeout, max_new_tokens=max_new_tokens,
+            max_upload_bytes=int(max_upload_mb * 2**20), workers=workers, log_level=log_level, **_limits(limit or []),
+        )

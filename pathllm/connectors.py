@@ -56,7 +56,9 @@ class Projector(Module):
                  n_vis:int): # vision tokens N
         s, C = cfg.mp_shuffle, cfg.lm_n_embd
         self.s, self.n_tokens, d_in = s, n_vis // (s*s), d_vis * s * s
-        self.mlp = nn.Linear(d_in, C) if cfg.mp_n_layer == 1 else nn.Sequential(nn.Linear(d_in, C), nn.GELU(), nn.Linear(C, C))
+        self.mlp = (
+            nn.Linear(d_in, C) if cfg.mp_n_layer == 1 else nn.Sequential(nn.Linear(d_in, C), nn.GELU(), nn.Linear(C, C))
+        )
     def forward(self, x:torch.Tensor)->torch.Tensor: # (B, N, D) -> (B, N/s^2, C)
         return self.mlp(pixel_shuffle(x, self.s) if self.s > 1 else x)
 
@@ -119,7 +121,8 @@ class ConceptTokens(Module):
     def forward(self, out)->torch.Tensor: # a `Readout` output: logits (B, K), or `(logits, bins (B, F, 3), z (B, F))` -> (B, 1+F, C)
         logits, *rest = out if isinstance(out, tuple) else (out,)
         t = [self.cls(logits.softmax(-1))[:, None]]                              # (B, 1, C)
-        if rest: t.append(torch.einsum('bfk,fkc->bfc', torch.cat([rest[0].softmax(-1), rest[1][..., None]], -1), self.morph))
+        if rest:
+            t.append(torch.einsum('bfk,fkc->bfc', torch.cat([rest[0].softmax(-1), rest[1][..., None]], -1), self.morph))
         return torch.cat(t, 1) + self.emb                                        # (B, 1+F, C)
 
 # %% ../nbs/04a_connectors.ipynb #06383029
@@ -142,7 +145,9 @@ class ContrastiveHead(Module):
     def __init__(self, cfg, # the model's config: `clip_dim`, `clip_temp` and the text width `lm_n_embd`
                  d_vis:int, # width of the pooled image embedding
                  n_vis:int=0): # vision tokens (unused: the dual encoder puts no image tokens in a prompt)
-        self.img, self.txt = nn.Linear(d_vis, cfg.clip_dim, bias=False), nn.Linear(cfg.lm_n_embd, cfg.clip_dim, bias=False)
+        self.img, self.txt = nn.Linear(d_vis, cfg.clip_dim, bias=False), nn.Linear(
+            cfg.lm_n_embd, cfg.clip_dim, bias=False
+        )
         self.logit_scale, self.n_tokens = nn.Parameter(torch.tensor(math.log(1 / cfg.clip_temp))), 0
     def forward(self, img:torch.Tensor, txt:torch.Tensor)->torch.Tensor: # (B, D), (M, C) -> (B, M) scaled cosine similarities
         i, t = F.normalize(self.img(img), dim=-1), F.normalize(self.txt(txt), dim=-1)
@@ -157,5 +162,8 @@ def clip_loss(logits:torch.Tensor, # (B, B) image-text similarities, pairs on th
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
 
 # %% ../nbs/04a_connectors.ipynb #03f6f203
-for _n, _c, _kw in [('projector', Projector, dict(hf=True)), ('qformer', QFormer, dict(hf=True)),
-                    ('dual', ContrastiveHead, dict(generative=False)), ('xattn', QFormer, dict(xattn=True))]: register_connector(_n, _c, **_kw)
+for _n, _c, _kw in [
+    ('projector', Projector, dict(hf=True)), ('qformer', QFormer, dict(hf=True)),
+    ('dual', ContrastiveHead, dict(generative=False)), ('xattn', QFormer, dict(xattn=True)),
+]:
+    register_connector(_n, _c, **_kw)

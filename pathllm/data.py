@@ -33,7 +33,9 @@ __all__ = ['HE_STAINS', 'PRESETS', 'LABEL_NAMES', 'PATCH_SIZE', 'MHIST_COLS', 'H
 def project_root(start:Path|str|None=None, # where to start looking (default: working directory)
                 )->Path: # the closest folder at or above `start` holding `pyproject.toml` (else `start`)
     "The `pathllm` project root: the first parent of `start` (or of the package) that holds `pyproject.toml`"
-    starts = [Path(start or Path.cwd()).resolve()] + ([Path(__file__).resolve().parent] if '__file__' in globals() else [])
+    starts = [Path(start or Path.cwd()).resolve()] + (
+        [Path(__file__).resolve().parent] if '__file__' in globals() else []
+    )
     for p in starts:
         for q in [p, *p.parents]:
             if (q/'pyproject.toml').exists(): return q
@@ -42,7 +44,11 @@ def project_root(start:Path|str|None=None, # where to start looking (default: wo
 # %% ../nbs/00_data.ipynb #f6b6579a
 def pcam_dir()->Path|None: # the real PCam folder with `labels.csv`, or `None` when absent
     "The real PCam patches: `$PATHLLM_PCAM`, else `../shared/data/pcam` beside the project root"
-    p = Path(os.environ['PATHLLM_PCAM']) if os.environ.get('PATHLLM_PCAM') else project_root().parent/'shared'/'data'/'pcam'
+    p = (
+        Path(os.environ['PATHLLM_PCAM'])
+        if os.environ.get('PATHLLM_PCAM')
+        else project_root().parent / 'shared' / 'data' / 'pcam'
+    )
     return p if (p/'labels.csv').exists() else None
 
 # %% ../nbs/00_data.ipynb #d3549000
@@ -52,7 +58,11 @@ HE_STAINS = np.array([[0.650, 0.704, 0.286],
                       [0.268, 0.570, 0.776]])
 HE_STAINS = HE_STAINS/np.linalg.norm(HE_STAINS, axis=1, keepdims=True)
 PRESETS = ('pcam', 'mhist', 'grade')  # data set kinds with their own class names and vocabulary
-LABEL_NAMES = {'pcam': ('normal', 'tumor'), 'mhist': ('HP', 'SSA'), 'grade': ('normal', 'low-grade', 'high-grade', 'carcinoma')}
+LABEL_NAMES = {
+    'pcam': ('normal', 'tumor'),
+    'mhist': ('HP', 'SSA'),
+    'grade': ('normal', 'low-grade', 'high-grade', 'carcinoma'),
+}
 PATCH_SIZE = {'pcam': 96, 'mhist': 224, 'grade': 96}
 
 def register_kind(kind:str, # the data set kind, e.g. the name of a folder of your own patches
@@ -61,9 +71,14 @@ def register_kind(kind:str, # the data set kind, e.g. the name of a folder of yo
     "Make `kind` a data set kind with these classes: every part of the library then knows its class names"
     classes = tuple(str(c) for c in classes)
     if len(classes) < 2: raise DataError(f"kind {kind!r}: needs at least 2 classes, got {list(classes)}")
-    if len(set(c.lower() for c in classes)) < len(classes) or not all(c.strip() for c in classes): raise DataError(f"kind {kind!r}: class names must be distinct and non-empty, got {list(classes)}")
-    if kind in PRESETS and classes != LABEL_NAMES[kind]: raise DataError(f"kind {kind!r} is a preset with classes {list(LABEL_NAMES[kind])}; name your data set otherwise")
-    if kind in LABEL_NAMES and classes != LABEL_NAMES[kind]: warnings.warn(f"kind {kind!r}: classes {list(LABEL_NAMES[kind])} replaced by {list(classes)}")
+    if len(set(c.lower() for c in classes)) < len(classes) or not all(c.strip() for c in classes):
+        raise DataError(f"kind {kind!r}: class names must be distinct and non-empty, got {list(classes)}")
+    if kind in PRESETS and classes != LABEL_NAMES[kind]:
+        raise DataError(
+            f"kind {kind!r} is a preset with classes {list(LABEL_NAMES[kind])}; name your data set otherwise"
+        )
+    if kind in LABEL_NAMES and classes != LABEL_NAMES[kind]:
+        warnings.warn(f"kind {kind!r}: classes {list(LABEL_NAMES[kind])} replaced by {list(classes)}")
     LABEL_NAMES[kind] = classes
     return kind
 
@@ -124,7 +139,11 @@ def place_points(rng:np.random.Generator, # random generator
     i, j = np.meshgrid(np.arange(-m, m), np.arange(-m, m), indexing='ij')
     pts = np.stack([i*np.sqrt(3)/2, j + 0.5*(i % 2)], -1).reshape(-1, 2)*spacing
     th = rng.uniform(0, np.pi)
-    pts = pts @ np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]]) + np.array([h/2, w/2]) + rng.uniform(-spacing, spacing, 2)
+    pts = (
+        pts @ np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+        + np.array([h / 2, w / 2])
+        + rng.uniform(-spacing, spacing, 2)
+    )
     pts += rng.uniform(-jitter, jitter, pts.shape)*spacing
     iy, ix = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
     ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
@@ -177,7 +196,9 @@ def synth_pcam(label:int, # 0 normal, 1 tumour in the central 32x32 region
     if label == 1: tum = _disk(sz, c+rng.uniform(-5, 5), c+rng.uniform(-5, 5), rng.uniform(15, 26)*sz/96)
     elif rng.random() < 0.6*d:  # a tumour cluster outside the centre: still a negative
         ang = rng.uniform(0, 2*np.pi)
-        tum = _disk(sz, c + 0.42*sz*np.sin(ang), c + 0.42*sz*np.cos(ang), rng.uniform(12, 20)*sz/96) & ~_disk(sz, c, c, 26*sz/96)
+        tum = _disk(
+            sz, c + 0.42 * sz * np.sin(ang), c + 0.42 * sz * np.cos(ang), rng.uniform(12, 20) * sz / 96
+        ) & ~_disk(sz, c, c, 26 * sz / 96)
     lym = (smooth_noise(rng, (sz, sz), sz/8) > rng.uniform(-1.2, 0.3)) & ~tum & ~fat
     if label == 0: lym |= _disk(sz, c, c, rng.uniform(14, 24)*sz/96) & ~tum  # lymphoid tissue fills a normal centre
     r_l = rng.uniform(2.0, 2.6)
@@ -226,7 +247,8 @@ def synth_mhist(label:int, # 0 HP, 1 SSA
         lumen |= dist < 1; epi |= (dist >= 1) & (dist < 1+t); basal |= (dist >= 1+0.55*t) & (dist < 1+0.9*t)
     E[lumen], H[lumen] = 0.03, 0.01
     E[epi] = 0.55 + 0.06*smooth_noise(rng, (sz, sz), 1.5)[epi]; H[epi] += 0.12
-    for cy, cx in place_points(rng, epi & ~basal, 60, 9): draw_blob(E, cy, cx, 2.5, 2.0, rng.uniform(0, np.pi), 0.1, rng)  # goblet cells
+    for cy, cx in place_points(rng, epi & ~basal, 60, 9):
+        draw_blob(E, cy, cx, 2.5, 2.0, rng.uniform(0, np.pi), 0.1, rng)  # goblet cells
     _nuclei(rng, H, E, place_points(rng, basal, 10**4, 5.0), 1.8, 0.2, 1.9, 0.1, 1.0, 0.12)  # basal columnar nuclei
     lp = ~(lumen | epi)  # lamina propria: scattered lymphocytes and plasma cells
     _nuclei(rng, H, E, place_points(rng, lp, int(lp.sum()/220), 7, jitter=0.4), 2.0, 0.3, 1.2, 0.1, 0.9, 0.15)
@@ -241,7 +263,11 @@ def synth_grade(label:int, # 0 normal, 1 low-grade, 2 high-grade, 3 carcinoma
     "Render one patch of graded atypia: an epithelial cluster whose nuclei grow larger, darker, more variable and more crowded with the grade"
     d, c, g = float(np.clip(difficulty, 0, 1)), sz/2, label/3
     H, E, fat = _tissue(rng, sz)
-    atyp = _disk(sz, c + rng.uniform(-6, 6), c + rng.uniform(-6, 6), rng.uniform(14, 22)*sz/96) if label else np.zeros((sz, sz), bool)
+    atyp = (
+        _disk(sz, c + rng.uniform(-6, 6), c + rng.uniform(-6, 6), rng.uniform(14, 22) * sz / 96)
+        if label
+        else np.zeros((sz, sz), bool)
+    )
     lym = (smooth_noise(rng, (sz, sz), sz/8) > rng.uniform(-1.2, 0.3)) & ~atyp & ~fat
     r_l = rng.uniform(2.0, 2.6)
     _nuclei(rng, H, E, place_points(rng, lym, 10**4, 2.7*r_l)[:int(1e4)], r_l, 0.2, 1.15, 0.06, 1.05, 0.12)
@@ -261,12 +287,18 @@ def synth_patch(kind:str='pcam', # 'pcam' (96 px, normal/tumor), 'mhist' (224 px
                 sz:int|None=None, # patch size (default: the data set's, 96 or 224)
                )->np.ndarray: # uint8 RGB (sz, sz, 3)
     "Render one synthetic H&E patch of class `label`, deterministic in `seed`"
-    if kind not in PRESETS: raise ValueError(f"kind: no synthetic generator for {kind!r}; expected one of {list(PRESETS)}")
+    if kind not in PRESETS:
+        raise ValueError(f"kind: no synthetic generator for {kind!r}; expected one of {list(PRESETS)}")
     names = LABEL_NAMES[kind]
-    if label not in range(len(names)): raise ValueError(f"label: {label!r} is not a class id of {kind} ({', '.join(f'{i}={n}' for i, n in enumerate(names))})")
+    if label not in range(len(names)):
+        raise ValueError(
+            f"label: {label!r} is not a class id of {kind} ({', '.join(f'{i}={n}' for i, n in enumerate(names))})"
+        )
     if not 0 <= difficulty <= 1: raise ValueError(f"difficulty: {difficulty} is outside [0, 1]")
     rng = np.random.default_rng([seed, label, PRESETS.index(kind)])
-    return dict(pcam=synth_pcam, mhist=synth_mhist, grade=synth_grade)[kind](label, rng, difficulty, sz or PATCH_SIZE[kind], stain_var)
+    return dict(pcam=synth_pcam, mhist=synth_mhist, grade=synth_grade)[kind](
+        label, rng, difficulty, sz or PATCH_SIZE[kind], stain_var
+    )
 
 # %% ../nbs/00_data.ipynb #e7d51902
 def atomic_write(path:Path|str, # destination file
@@ -301,15 +333,25 @@ def _synth_jobs(kind, n, seed, valid_pct):
         idx = rng.permutation(np.flatnonzero(lbl == c))
         held[idx[:int(round(len(idx)*valid_pct))]] = True
     split = np.where(held, 'test' if kind == 'mhist' else 'valid', 'train')
-    path = [f'images/MHIST_{i:04d}.png' if kind == 'mhist' else f'{s}/{l if kind == "pcam" else LABEL_NAMES[kind][l]}/patch{i:07d}.png'
-            for i, (s, l) in enumerate(zip(split, lbl))]
+    path = [
+        (
+            f'images/MHIST_{i:04d}.png'
+            if kind == 'mhist'
+            else f'{s}/{l if kind == "pcam" else LABEL_NAMES[kind][l]}/patch{i:07d}.png'
+        )
+        for i, (s, l) in enumerate(zip(split, lbl))
+    ]
     return pd.DataFrame(dict(split=split, label=lbl, seed=seed*10**7 + np.arange(n), path=path))
 
 def _mhist_table(jobs, seed):
     "The jobs as an official MHIST `annotations.csv` table"
     votes = np.random.default_rng(seed).integers(0, 4, len(jobs)) + 4*jobs.label.to_numpy()  # SSA: 4-7 of 7
-    return pd.DataFrame({MHIST_COLS[0]: jobs.path.str.slice(len('images/')), MHIST_COLS[1]: np.array(LABEL_NAMES['mhist'])[jobs.label],
-                         MHIST_COLS[2]: votes, MHIST_COLS[3]: jobs.split})
+    return pd.DataFrame(
+        {
+            MHIST_COLS[0]: jobs.path.str.slice(len('images/')),
+            MHIST_COLS[1]: np.array(LABEL_NAMES['mhist'])[jobs.label], MHIST_COLS[2]: votes, MHIST_COLS[3]: jobs.split,
+        }
+    )
 
 def _write_csv(df, fn):
     "Write `df` to `fn` atomically"
@@ -354,7 +396,9 @@ def make_synthetic(out:Path|str, # folder to write (created if needed)
     from tqdm.auto import tqdm
     out, jobs = Path(out), _synth_jobs(kind, n, seed, valid_pct)
     for d in sorted({(out/p).parent for p in jobs.path}): d.mkdir(parents=True, exist_ok=True)
-    nw, pbar = min(n_workers or os.cpu_count() or 1, max(1, n//32)), partial(tqdm, disable=not progress, leave=False, desc=f'{kind} patches')
+    nw, pbar = min(n_workers or os.cpu_count() or 1, max(1, n // 32)), partial(
+        tqdm, disable=not progress, leave=False, desc=f'{kind} patches'
+    )
     if nw > 1 and 'fork' in mp.get_all_start_methods(): _render_parallel(jobs, kind, difficulty, out, nw, pbar)
     else:
         for i in pbar(range(len(jobs))): _render(jobs.iloc[i:i+1], kind, difficulty, out)
@@ -386,8 +430,10 @@ def check_image(img:Image.Image|np.ndarray, # decoded image or (H, W, C) array
         img = Image.fromarray(img)
     if img.mode != 'RGB': raise DataError(f'{where}: expected 3 channels (RGB), got mode {img.mode!r}')
     sz = PATCH_SIZE.get(kind)
-    if sz and img.size != (sz, sz): raise DataError(f'{where}: expected {sz}x{sz} pixels for {kind}, got {img.size[0]}x{img.size[1]}')
-    if min(img.size) < 16: raise DataError(f'{where}: {img.size[0]}x{img.size[1]} pixels is too small for a patch (at least 16x16)')
+    if sz and img.size != (sz, sz):
+        raise DataError(f'{where}: expected {sz}x{sz} pixels for {kind}, got {img.size[0]}x{img.size[1]}')
+    if min(img.size) < 16:
+        raise DataError(f'{where}: {img.size[0]}x{img.size[1]} pixels is too small for a patch (at least 16x16)')
     return img
 
 # %% ../nbs/00_data.ipynb #b7385360
@@ -401,7 +447,11 @@ def open_image(fn:str|Path, # an image file
 
 def _label_ids(kind)->dict: # raw label (lower case) -> class id: the ids, their float forms, the names (and true/false for 2 classes)
     names = LABEL_NAMES[kind]
-    ids = {**{str(i): i for i in range(len(names))}, **{f'{i}.0': i for i in range(len(names))}, **{n.lower(): i for i, n in enumerate(names)}}
+    ids = {
+        **{str(i): i for i in range(len(names))},
+        **{f'{i}.0': i for i in range(len(names))},
+        **{n.lower(): i for i, n in enumerate(names)},
+    }
     if kind == 'pcam': ids['tumour'] = 1
     return {**ids, 'false': 0, 'true': 1} if len(names) == 2 else ids
 
@@ -417,7 +467,8 @@ def _kind_of(labels, kind, name, where, classes_file=None)->str:
     "The kind of a data set from its raw labels: `kind` if given, else the first preset they fit, else a new kind `name` whose classes are its labels"
     raw = [str(v).strip() for v in pd.unique(pd.Series(list(labels)).astype(str))]
     if kind in PRESETS: return kind
-    if kind is None and (k := next((p for p in PRESETS if all(r.lower() in _label_ids(p) for r in raw)), None)): return k
+    if kind is None and (k := next((p for p in PRESETS if all(r.lower() in _label_ids(p) for r in raw)), None)):
+        return k
     if classes_file is not None and Path(classes_file).exists():
         classes = [l.strip() for l in Path(classes_file).read_text().splitlines() if l.strip()]
         if miss := sorted(set(raw) - set(classes)): raise DataError(f'{where}: labels {miss} are not in {classes_file}')
@@ -431,7 +482,8 @@ def report_errors(errs:list, # messages, each naming the file/row at fault
                  ):
     "Raise the first of `errs` (`on_error='raise'`) or warn with their count and first examples"
     if not errs: return
-    if on_error == 'raise': raise DataError(errs[0] + (f' (and {len(errs)-1} more bad {what})' if len(errs) > 1 else ''))
+    if on_error == 'raise':
+        raise DataError(errs[0] + (f' (and {len(errs)-1} more bad {what})' if len(errs) > 1 else ''))
     warnings.warn(f'skipped {len(errs)} bad {what}, e.g. ' + '; '.join(errs[:3]))
 
 # %% ../nbs/00_data.ipynb #16dc130b
@@ -451,7 +503,8 @@ class PatchDataset:
     ids     = property(lambda self: self.items.source_id.tolist(), doc='`source_id` of each patch')
     splits  = property(lambda self: tuple(pd.unique(self.items.split)), doc='split names, in order of appearance')
     def __len__(self): return len(self.items)
-    def __repr__(self): return f'{type(self).__name__}({self.kind}, {len(self)} patches, splits={self.splits}, source={self.source!r})'
+    def __repr__(self):
+        return f'{type(self).__name__}({self.kind}, {len(self)} patches, splits={self.splits}, source={self.source!r})'
 
     def image(self, i:int, # position of the patch
              )->Image.Image: # RGB patch
@@ -492,7 +545,8 @@ def carve(self:PatchDataset, name:str='dev', # the new split's name
     "Move a seeded, class-stratified share of split `src` into a new split (e.g. a `dev` split for choosing settings)"
     if not 0 < frac < 1: raise ValueError(f'frac: must be in (0, 1), got {frac}')
     s, rng, items = self.items.split.to_numpy(), np.random.default_rng(seed), self.items.copy()
-    if not (s == src).any(): raise DataError(f'{self.source}: no {src!r} split to carve {name!r} from; splits present: {list(self.splits)}')
+    if not (s == src).any():
+        raise DataError(f'{self.source}: no {src!r} split to carve {name!r} from; splits present: {list(self.splits)}')
     for c in np.unique(self._lbl[s == src]):
         idx = rng.permutation(np.flatnonzero((s == src) & (self._lbl == c)))
         items.loc[idx[:int(round(len(idx)*frac))], 'split'] = name
@@ -502,7 +556,10 @@ def carve(self:PatchDataset, name:str='dev', # the new split's name
 @patch
 def counts(self:PatchDataset)->pd.DataFrame:
     "Number of patches per split (rows) and class (columns), with totals"
-    t = pd.crosstab(self.items.split, pd.Categorical(np.array(self.classes)[self._lbl], self.classes), margins=True, margins_name='total')
+    t = pd.crosstab(
+        self.items.split, pd.Categorical(np.array(self.classes)[self._lbl], self.classes), margins=True,
+        margins_name='total',
+    )
     t.columns.name, t.index.name = None, None
     return t
 
@@ -541,7 +598,12 @@ def _select_split(df, split, source):
     "Rows of `split` (all when `None`), raising a `DataError` when none are left"
     if split is None: sel = df
     else: sel = df[df.split == split]
-    if not len(sel): raise DataError(f'{source}: split {split!r} is empty; splits present: {sorted(pd.unique(df.split))}' if split else f'{source}: no patches found')
+    if not len(sel):
+        raise DataError(
+            f'{source}: split {split!r} is empty; splits present: {sorted(pd.unique(df.split))}'
+            if split
+            else f'{source}: no patches found'
+        )
     return sel
 
 def _check_splits(df, kind, source):
@@ -550,8 +612,10 @@ def _check_splits(df, kind, source):
     ids = _label_ids(kind); cls = lambda s: {ids.get(str(v).strip().lower()) for v in df.label[df.split == s]} - {None}
     names, trn = LABEL_NAMES[kind], cls('train')
     for s in sorted(set(df.split) - {'train'}):
-        if extra := sorted(names[i] for i in cls(s) - trn): raise DataError(f'{source}: label(s) {extra} appear in split {s!r} but never in train')
-    if miss := [n for i, n in enumerate(names) if i not in trn]: raise DataError(f'{source}: class(es) {miss} have no training patches')
+        if extra := sorted(names[i] for i in cls(s) - trn):
+            raise DataError(f'{source}: label(s) {extra} appear in split {s!r} but never in train')
+    if miss := [n for i, n in enumerate(names) if i not in trn]:
+        raise DataError(f'{source}: class(es) {miss} have no training patches')
 
 def _dataset(df, kind, reader, source, split, on_error, where, name=None, classes_file=None):
     "Check rows of `df` (split, labels, files in a `path` column) and wrap them in a `PatchDataset`; `where(i)` names row i"
@@ -576,22 +640,30 @@ def _read_csv(fn, cols):
     "Read CSV `fn`, raising a `DataError` when it is unreadable or lacks any of `cols`"
     try: df = pd.read_csv(fn, skipinitialspace=True)
     except FileNotFoundError: raise DataError(f'{fn}: missing file') from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e: raise DataError(f'{fn}: unreadable CSV ({e})') from e
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f'{fn}: unreadable CSV ({e})') from e
     df.columns = [str(c).strip() for c in df.columns]
-    if miss := [c for c in cols if c not in df.columns]: raise DataError(f'{fn}: missing column(s) {miss}; found {list(df.columns)}')
+    if miss := [c for c in cols if c not in df.columns]:
+        raise DataError(f'{fn}: missing column(s) {miss}; found {list(df.columns)}')
     return df
 
 def _pcam_csv(root, kind, split, on_error):
     "PCam as in `../shared/data/pcam`: `labels.csv` (split,label,path) next to the images"
     fn = root/'labels.csv'; df = _read_csv(fn, ['split', 'label', 'path'])
     df = df.assign(split=df.split.astype(str), source_id=df.path.astype(str), path=[str(root/p) for p in df.path])
-    return _dataset(df, kind, _read_file, root, split, on_error, lambda i: f'{fn} row {i+2}', root.name, root/'classes.txt')
+    return _dataset(
+        df, kind, _read_file, root, split, on_error, lambda i: f'{fn} row {i+2}', root.name, root / 'classes.txt'
+    )
 
 def _mhist_csv(root, kind, split, on_error):
     "MHIST as released: `images/` plus `annotations.csv`"
     fn = root/'annotations.csv'; df = _read_csv(fn, MHIST_COLS)
-    df = pd.DataFrame(dict(split=df[MHIST_COLS[3]].astype(str).str.strip(), label=df[MHIST_COLS[1]], source_id=df[MHIST_COLS[0]].astype(str),
-                           path=[str(root/'images'/str(p)) for p in df[MHIST_COLS[0]]]))
+    df = pd.DataFrame(
+        dict(
+            split=df[MHIST_COLS[3]].astype(str).str.strip(), label=df[MHIST_COLS[1]],
+            source_id=df[MHIST_COLS[0]].astype(str), path=[str(root / 'images' / str(p)) for p in df[MHIST_COLS[0]]],
+        )
+    )
     return _dataset(df, kind or 'mhist', _read_file, root, split, on_error, lambda i: f'{fn} row {i+2}')
 
 # %% ../nbs/00_data.ipynb #4f901dc8
@@ -602,9 +674,16 @@ def _folders(root, kind, split, on_error):
     "Class folders: `{split}/{class}/*.png|jpg`, or `{class}/*` (then all in split 'train'); any class names"
     subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
     if any(s.name.lower() in _SPLIT_DIRS for s in subs):
-        groups = [(_SPLIT_DIRS[s.name.lower()], c) for s in subs if s.name.lower() in _SPLIT_DIRS for c in sorted(s.iterdir()) if c.is_dir()]
-    else: groups = [('train', c) for c in subs]
-    rows = [(s, c.name, str(f.relative_to(root)), str(f)) for s, c in groups for f in sorted(c.iterdir()) if f.suffix.lower() in _IMG_EXTS]
+        groups = [
+            (_SPLIT_DIRS[s.name.lower()], c) for s in subs if s.name.lower() in _SPLIT_DIRS
+            for c in sorted(s.iterdir()) if c.is_dir()
+        ]
+    else:
+        groups = [('train', c) for c in subs]
+    rows = [
+        (s, c.name, str(f.relative_to(root)), str(f)) for s, c in groups for f in sorted(c.iterdir())
+        if f.suffix.lower() in _IMG_EXTS
+    ]
     if not rows: raise DataError(f'{root}: no images in class folders ({{split}}/{{class}}/*.png or {{class}}/*.png)')
     df = pd.DataFrame(rows, columns=['split', 'label', 'source_id', 'path'])
     return _dataset(df, kind, _read_file, root, split, on_error, lambda i: df.path[i], root.name, root/'classes.txt')
@@ -629,15 +708,23 @@ def _h5_split(fx):
     try:
         with h5py.File(fx, 'r') as f, h5py.File(fy, 'r') as g: n, y = f['x'].shape, g['y'][:].reshape(-1)
     except (OSError, KeyError) as e: raise DataError(f'{fx.name} / {fy.name}: unreadable PCam HDF5 ({e})') from e
-    if len(n) != 4 or n[0] != len(y): raise DataError(f"{fx}: dataset 'x' has shape {n}, expected (N, 96, 96, 3) with N = {len(y)} labels in {fy.name}")
-    return pd.DataFrame(dict(split=_H5_RE.search(fx.name)[1], label=y, source_id=[f'{fx.name}[{i}]' for i in range(len(y))], file=str(fx), idx=range(len(y))))
+    if len(n) != 4 or n[0] != len(y):
+        raise DataError(f"{fx}: dataset 'x' has shape {n}, expected (N, 96, 96, 3) with N = {len(y)} labels in "
+                        f"{fy.name}")
+    return pd.DataFrame(
+        dict(
+            split=_H5_RE.search(fx.name)[1], label=y, source_id=[f'{fx.name}[{i}]' for i in range(len(y))],
+            file=str(fx), idx=range(len(y)),
+        )
+    )
 
 def _h5(src, kind, split, on_error):
     "The original PCam HDF5 files `camelyonpatch_level_2_split_{split}_{x,y}.h5` (a folder of them, or one `_x.h5`)"
     fxs = [src] if src.is_file() else sorted(f for f in src.iterdir() if _H5_RE.search(f.name))
     if not fxs: raise DataError(f'{src}: no camelyonpatch_level_2_split_*_x.h5 files (decompress any .h5.gz first)')
     have = [_H5_RE.search(f.name)[1] for f in fxs]
-    if split is not None and split not in have: raise DataError(f'{src}: split {split!r} is empty; splits present: {have}')
+    if split is not None and split not in have:
+        raise DataError(f'{src}: split {split!r} is empty; splits present: {have}')
     df = pd.concat([_h5_split(f) for f, s in zip(fxs, have) if split in (None, s)], ignore_index=True)
     return _dataset(df, kind or 'pcam', _H5Reader(), src, split, on_error, lambda i: df.source_id[i])
 
@@ -649,9 +736,12 @@ def _hf_columns(d, source):
     "(image column, label column, class names or `None`) of a Hugging Face `Dataset`"
     import datasets
     f = d.features
-    img = next((c for c, t in f.items() if isinstance(t, datasets.Image)), None) or next((c for c in ('image', 'img') if c in f), None)
+    img = next((c for c, t in f.items() if isinstance(t, datasets.Image)), None) or next(
+        (c for c in ('image', 'img') if c in f), None
+    )
     lbl = next((c for c in ('label', 'labels', 'Majority Vote Label', 'class') if c in f), None)
-    if img is None or lbl is None: raise DataError(f'{source}: columns {list(f)} lack an image column (e.g. image) or a label column (e.g. label)')
+    if img is None or lbl is None:
+        raise DataError(f'{source}: columns {list(f)} lack an image column (e.g. image) or a label column (e.g. label)')
     return img, lbl, getattr(f[lbl], 'names', None)
 
 class _HFReader:
@@ -664,18 +754,26 @@ def _hf_frame(d, name, source):
     "Rows of the Hugging Face split `name`: labels as stored, or as class names for a `ClassLabel`"
     img, lbl, names = _hf_columns(d, source)
     y = [names[v] if names else v for v in d[lbl]]
-    return img, pd.DataFrame(dict(split=_SPLIT_ALIASES.get(name, name), label=y, source_id=[f'{name}[{i}]' for i in range(len(y))],
-                                  hf_split=name, idx=range(len(y))))
+    return img, pd.DataFrame(
+        dict(
+            split=_SPLIT_ALIASES.get(name, name), label=y, source_id=[f'{name}[{i}]' for i in range(len(y))],
+            hf_split=name, idx=range(len(y)),
+        )
+    )
 
 def _hf(dd, kind, split, on_error, source):
     "A Hugging Face `Dataset` (one split, 'train') or `DatasetDict` as a `PatchDataset`"
     dd = dict(dd) if isinstance(dd, dict) else {'train': dd}
     names = [k for k in dd if split is None or _SPLIT_ALIASES.get(k, k) == split]
-    if not names: raise DataError(f"{source}: split {split!r} is empty; splits present: {[_SPLIT_ALIASES.get(k, k) for k in dd]}")
+    if not names:
+        raise DataError(f"{source}: split {split!r} is empty; splits present: {[_SPLIT_ALIASES.get(k, k) for k in dd]}")
     cols, frames = {}, []
     for k in names: cols[k], f = _hf_frame(dd[k], k, source); frames.append(f)
     df = pd.concat(frames, ignore_index=True)
-    return _dataset(df, kind, _HFReader(dd, cols), source, split, on_error, lambda i: f'{source}: {df.source_id[i]}', Path(str(source)).name)
+    return _dataset(
+        df, kind, _HFReader(dd, cols), source, split, on_error, lambda i: f'{source}: {df.source_id[i]}',
+        Path(str(source)).name,
+    )
 
 def _hf_disk(src, kind, split, on_error):
     "A folder written by `datasets` `save_to_disk`"
@@ -687,8 +785,10 @@ def _hub(name, kind, split, on_error):
     import datasets
     try: dd = datasets.load_dataset(name)
     except Exception as e:
-        raise DataError(f'{name}: could not load from the Hugging Face hub ({type(e).__name__}: {e}). Offline? Where there is internet, '
-                        f'run `datasets.load_dataset({name!r}).save_to_disk(DIR)`, copy DIR here and call `load_patches(DIR)`') from e
+        raise DataError(f'{name}: could not load from the Hugging Face hub ({type(e).__name__}: {e}). Offline? Where '
+                        'there is internet, '
+                        f'run `datasets.load_dataset({name!r}).save_to_disk(DIR)`, copy DIR here and call '
+                        '`load_patches(DIR)`') from e
     return _hf(dd, kind or next((k for k, v in HUB_NAMES.items() if v == name), None), split, on_error, name)
 
 # %% ../nbs/00_data.ipynb #e06c8d1d
@@ -699,7 +799,10 @@ def _detect(src):
         if isinstance(src, str) and re.fullmatch(r'[\w.-]+/[\w.-]+', src): return 'hub'
         raise DataError(f'{src}: missing file or folder')
     if p.is_file(): return 'h5' if p.suffix == '.h5' else 'unknown'
-    for f, fmt in (('labels.csv', 'pcam_csv'), ('annotations.csv', 'mhist_csv'), ('dataset_dict.json', 'hf_disk'), ('state.json', 'hf_disk')):
+    for f, fmt in (
+        ('labels.csv', 'pcam_csv'), ('annotations.csv', 'mhist_csv'), ('dataset_dict.json', 'hf_disk'),
+        ('state.json', 'hf_disk'),
+    ):
         if (p/f).exists(): return fmt
     return 'h5' if any(f.name.endswith(('.h5', '.h5.gz')) for f in p.iterdir()) else 'folders'
 
@@ -715,7 +818,8 @@ def load_patches(source:Path|str, # folder, HDF5 file, `save_to_disk` folder or 
     "Read labelled patches (PCam, MHIST, or your own classes) in any supported format into a `PatchDataset`"
     if on_error not in ('raise', 'skip'): raise ValueError(f"on_error: {on_error!r} is not 'raise' or 'skip'")
     fmt = _detect(source)
-    if fmt == 'unknown': raise DataError(f'{source}: unsupported file type (expected a folder, a PCam _x.h5 file or a hub name)')
+    if fmt == 'unknown':
+        raise DataError(f'{source}: unsupported file type (expected a folder, a PCam _x.h5 file or a hub name)')
     src = source if fmt == 'hub' else Path(source)
     ds = _READERS[fmt](src, kind, split, on_error)
     return ds.verify(on_error) if verify else ds
@@ -737,7 +841,8 @@ def _macenko(img, beta=0.15, alpha=1.):
     "Stain matrix (2, 3) rows H, E, and concentrations (2, H*W) of `img`"
     od = rgb_to_od(img).reshape(-1, 3)
     tissue = od[(od > beta).all(1)]  # drop near-transparent background
-    if len(tissue) < 16: raise DataError(f'macenko: too little stained tissue ({len(tissue)} pixels with OD > {beta} in every channel)')
+    if len(tissue) < 16:
+        raise DataError(f'macenko: too little stained tissue ({len(tissue)} pixels with OD > {beta} in every channel)')
     v = np.linalg.svd(tissue, full_matrices=False)[2][:2].T  # (3, 2) basis of the stain plane
     v = v*np.sign(v.sum(0))  # orient both axes towards positive OD
     t = tissue @ v
@@ -805,8 +910,12 @@ class StainNormalizer(Transform):
     def transform(self, img:np.ndarray)->np.ndarray:
         "`img` in the colours of the target; unchanged when it holds too little stain to fit (e.g. blank background)"
         if self.target_ is None: raise ValueError('StainNormalizer: call `fit(target)` first')
-        try: return (macenko_normalize if self.method == 'macenko' else reinhard_normalize)(np.asarray(img), self.target_)
-        except DataError: return np.asarray(img)
+        try:
+            return (macenko_normalize if self.method == 'macenko' else reinhard_normalize)(
+                np.asarray(img), self.target_
+            )
+        except DataError:
+            return np.asarray(img)
 
     def encodes(self, x:PILImage): return PILImage.create(self.transform(x))
 
@@ -863,7 +972,8 @@ def _train_valid(ds, valid):
     "Positions of the train split and of `valid` (default 'valid', else 'test')"
     valid, s = valid or next((v for v in ('valid', 'test') if v in ds.splits), 'valid'), ds.items.split.to_numpy()
     trn, val = np.flatnonzero(s == 'train').tolist(), np.flatnonzero(s == valid).tolist()
-    if not trn or not val: raise DataError(f'{ds.source}: need a train and a {valid!r} split; splits present: {list(ds.splits)}')
+    if not trn or not val:
+        raise DataError(f'{ds.source}: need a train and a {valid!r} split; splits present: {list(ds.splits)}')
     return trn, val
 
 def _stain_tfm(normalize, ds, trn):
@@ -893,8 +1003,11 @@ def get_dls(source:PatchDataset|Path|str, # a `PatchDataset`, or anything `load_
     if (sn := _stain_tfm(normalize, ds, trn)) is not None: tfms.append(sn)
     if augment: tfms += [RandDihedral(seed=seed), RandStainJitter(sigma=stain_sigma, bias=stain_bias, seed=seed)]
     names = np.array(ds.classes)[ds.labels]
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=list(ds.classes))), get_x=lambda i: ds.image(i), get_y=lambda i: names[i],
-                       splitter=lambda _: (list(range(len(trn))), list(range(len(trn), len(trn)+len(val)))), item_tfms=tfms)
+    dblock = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=list(ds.classes))), get_x=lambda i: ds.image(i),
+        get_y=lambda i: names[i],
+        splitter=lambda _: (list(range(len(trn))), list(range(len(trn), len(trn) + len(val)))), item_tfms=tfms,
+    )
     dls = dblock.dataloaders(trn + val, bs=bs, num_workers=num_workers)
     for i, dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
     return dls
@@ -913,7 +1026,8 @@ def image_tensor(images, # image files, PIL images or uint8 (H, W, 3) arrays
         if size and im.size != (size, size): im = im.resize((size, size), Image.BILINEAR)
         return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
     ims = [one(i) for i in tqdm(images, total=n, disable=not progress, leave=False, desc='decoding images')]
-    if len(shapes := {tuple(t.shape[1:]) for t in ims}) > 1: raise DataError(f'images: sizes differ {sorted(shapes)}; pass `size`')
+    if len(shapes := {tuple(t.shape[1:]) for t in ims}) > 1:
+        raise DataError(f'images: sizes differ {sorted(shapes)}; pass `size`')
     return torch.stack(ims) if ims else torch.zeros(0, 3, size or 1, size or 1, dtype=torch.uint8)
 
 def patch_tensor(ds:PatchDataset, # the patches
@@ -994,10 +1108,15 @@ def tensor_dls(x:torch.Tensor, # uint8 (N, 3, H, W) images, e.g. from `patch_ten
                device=None, # where batches go (default: CUDA if available)
               )->DataLoaders: # uint8 batches; add `BatchAugment` to the `Learner` to scale and augment them
     "fastai `DataLoaders` over tensors in memory: no decoding, no per-item Python transforms"
-    if not len(train) or not len(valid): raise DataError(f'tensor_dls: need training and validation rows, got {len(train)} and {len(valid)}')
+    if not len(train) or not len(valid):
+        raise DataError(f'tensor_dls: need training and validation rows, got {len(train)} and {len(valid)}')
     t, v = torch.as_tensor(train), torch.as_tensor(valid)
     mk = lambda i, **kw: _RowsDL(TensorRows(x[i], *(y[i] for y in ys)), bs=bs, **kw)
-    dls = DataLoaders(mk(t, shuffle=True, drop_last=len(t) > bs), mk(v), device=device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    dls = DataLoaders(
+        mk(t, shuffle=True, drop_last=len(t) > bs),
+        mk(v),
+        device=device or ('cuda' if torch.cuda.is_available() else 'cpu'),
+    )
     dls.train.rng = random.Random(seed)
     return dls
 
@@ -1009,7 +1128,10 @@ def data_fingerprint(ds:PatchDataset|str|Path, # a `PatchDataset`, or anything `
     ds = ds if isinstance(ds, PatchDataset) else load_patches(ds)
     it = ds.items[['split', 'label', 'source_id']].astype(str)
     rows = sorted('\t'.join(r) for r in it.itertuples(index=False, name=None))
-    counts = {f'{s}/{LABEL_NAMES[ds.kind][int(l)]}': int(n) for (s, l), n in ds.items.groupby(['split', 'label']).size().items()}
+    counts = {
+        f'{s}/{LABEL_NAMES[ds.kind][int(l)]}': int(n)
+        for (s, l), n in ds.items.groupby(['split', 'label']).size().items()
+    }
     return dict(source=str(ds.source), kind=ds.kind, n=len(ds), counts=counts,
                 sha256=hashlib.sha256('\n'.join(rows).encode()).hexdigest())
 
@@ -1020,8 +1142,11 @@ def _git_commit(root:Path)->dict: # `commit` hash and `dirty` flag, or `None`s o
         run = lambda *a: subprocess.run(['git', '-C', str(root), *a], capture_output=True, text=True, timeout=10)
         c = run('rev-parse', 'HEAD')
         if c.returncode: return dict(commit=None, dirty=None)
-        return dict(commit=c.stdout.strip(), dirty=bool(run('status', '--porcelain', '--untracked-files=no').stdout.strip()))
-    except (OSError, subprocess.SubprocessError): return dict(commit=None, dirty=None)
+        return dict(
+            commit=c.stdout.strip(), dirty=bool(run('status', '--porcelain', '--untracked-files=no').stdout.strip())
+        )
+    except (OSError, subprocess.SubprocessError):
+        return dict(commit=None, dirty=None)
 
 def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', 'transformers', 'peft', 'bitsandbytes', # versions to record
                                      'accelerate', 'faiss-cpu', 'numpy', 'scikit-learn'),
@@ -1031,7 +1156,13 @@ def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', '
     def ver(p):
         try: return md.version(p)
         except md.PackageNotFoundError: return None
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})'
-    return dict(python=sys.version.split()[0], platform=platform.platform(), device=dev, torch_threads=torch.get_num_threads(),
-                packages={p: ver(p) for p in packages}, pathllm=ver('pathllm'), **_git_commit(project_root()),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))
+    dev = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f'cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})'
+    )
+    return dict(
+        python=sys.version.split()[0], platform=platform.platform(), device=dev, torch_threads=torch.get_num_threads(),
+        packages={p: ver(p) for p in packages}, pathllm=ver('pathllm'), **_git_commit(project_root()),
+        date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+    )

@@ -65,14 +65,20 @@ class AccelerateCallback(Callback):
                  cpu:bool|None=None, # force CPU (gloo); default: CPU only when CUDA is unavailable
                  find_unused_parameters:bool=False, # DDP flag, for models whose forward skips trainable parameters
                  writers:tuple=(CheckpointCallback,)): # callbacks whose `after_epoch` runs on rank 0 only
-        self._acc, self.cpu, self.find_unused_parameters, self.writers = accelerator, cpu, find_unused_parameters, writers
+        self._acc, self.cpu, self.find_unused_parameters, self.writers = (
+            accelerator, cpu, find_unused_parameters, writers,
+        )
 
     @property
     def accelerator(self): # the `Accelerator`, made on first use
         if self._acc is None:
             from accelerate import Accelerator, DistributedDataParallelKwargs
             cpu = not torch.cuda.is_available() if self.cpu is None else self.cpu
-            self._acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=self.find_unused_parameters)])
+            self._acc = Accelerator(
+                cpu=cpu,
+                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=self.find_unused_parameters)],
+            )
+
         return self._acc
     @property
     def is_main(self)->bool: return self.accelerator.is_main_process  # rank 0: the one that writes
@@ -111,7 +117,10 @@ def _tiny_learner(kind:str='lm', # 'lm' (`lm_learner`) or 'vlm' (`vlm_learner`, 
     else: items = [(im, w[:-1], torch.ones(8, dtype=torch.long), w[1:]) for im, w in zip(imgs, ids)]
     dls = DataLoaders(DataLoader(items[:n], bs=bs, shuffle=True), DataLoader(items[n:], bs=bs))
     set_seed(seed)
-    if kind == 'lm': return lm_learner(dls, LM(LMConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, dropout=0.)), ckpt_dir=ckpt_dir)
+    if kind == 'lm':
+        return lm_learner(
+            dls, LM(LMConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, dropout=0.0)), ckpt_dir=ckpt_dir
+        )
     cfg = VLMConfig.from_name('tiny', vit_img_size=32, lm_vocab_size=64, lm_n_layer=1, lm_n_embd=32)
     return vlm_learner(dls, PathVLM(cfg), stage=2, ckpt_dir=ckpt_dir)
 
@@ -156,6 +165,8 @@ def train_tiny(out:str|Path, # folder for rank 0's `{kind}.pth`, `{kind}_losses.
     sd = learn.model.state_dict()
     if learn.accelerate.is_main:
         torch.save(sd, Path(out)/f'{kind}.pth')
-        (Path(out)/f'{kind}_losses.json').write_text(json.dumps([[float(v) for v in r[:2]] for r in learn.recorder.values]))
+        (Path(out) / f'{kind}_losses.json').write_text(
+            json.dumps([[float(v) for v in r[:2]] for r in learn.recorder.values])
+        )
     learn.accelerate.accelerator.wait_for_everyone()
     return sd

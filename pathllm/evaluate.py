@@ -118,7 +118,8 @@ def per_class_metrics(y_true:list, # true class ids
         tp, t, pp = int(((p == c) & (y == c)).sum()), int((y == c).sum()), int((p == c).sum())
         rec, prec = (tp/t if t else float('nan')), (tp/pp if pp else float('nan'))
         r = dict(recall=rec, precision=prec, f1=2*tp/(t + pp) if t + pp else float('nan'), n=t)
-        if probs is not None: r['auc'] = float(skm.roc_auc_score(y == c, probs[:, c])) if 0 < t < len(y) else float('nan')
+        if probs is not None:
+            r['auc'] = float(skm.roc_auc_score(y == c, probs[:, c])) if 0 < t < len(y) else float('nan')
         out[str(classes[c]) if classes else str(c)] = r
     return out
 
@@ -130,7 +131,11 @@ def classification_metrics(y_true:list, # true class ids
     "All classification metrics of `prob_or_pred` against `y_true`, overall and per class"
     _check_len(y_true, prob_or_pred, 'y_true', 'prob_or_pred')
     x, pred = np.asarray(prob_or_pred), to_preds(prob_or_pred, thresh)
-    C = len(classes) if classes else x.shape[1] if _is_probs(x) and x.ndim == 2 else max(2, int(max(np.max(y_true), pred.max())) + 1)
+    C = (
+        len(classes)
+        if classes
+        else x.shape[1] if _is_probs(x) and x.ndim == 2 else max(2, int(max(np.max(y_true), pred.max())) + 1)
+    )
     p2 = (np.stack([1 - x, x], 1) if x.ndim == 1 else x) if _is_probs(x) else np.eye(C)[pred]
     score = x if _is_probs(x) else (pred if C == 2 else p2)
     pc = per_class_metrics(y_true, pred, p2, classes or [str(i) for i in range(C)])
@@ -149,7 +154,8 @@ def best_threshold(y_true:list, # true class ids, 0 or 1
     y, p = np.asarray(y_true), _as_probs(np.asarray(probs, dtype=float), 'probs')
     if p.ndim == 2: p = p[:, 1]
     _check_len(y, p, 'y_true', 'probs')
-    if set(np.unique(y).tolist()) != {0, 1}: raise ValueError(f"y_true: best_threshold needs both classes 0 and 1, got {sorted(set(y.tolist()))}")
+    if set(np.unique(y).tolist()) != {0, 1}:
+        raise ValueError(f"y_true: best_threshold needs both classes 0 and 1, got {sorted(set(y.tolist()))}")
     # between neighbouring scores, or above all but the top
     s = np.unique(p); cuts = np.concatenate([(s[:-1] + s[1:])/2, [s[-1]]])
     ba = [((p >= t)[y == 1].mean() + (p < t)[y == 0].mean())/2 for t in cuts]
@@ -167,7 +173,12 @@ def stain_shift(images:list, # PIL images or uint8 (H, W, 3) arrays
     from PIL import Image
     if not 0 <= strength < 1: raise ValueError(f"strength: must be in [0, 1), got {strength}")
     arr = [np.asarray(im.convert('RGB') if hasattr(im, 'convert') else im, dtype=np.uint8) for im in images]
-    return [Image.fromarray(a if strength == 0 else stain_jitter(a, np.random.default_rng([seed, i]), strength, strength/4)) for i, a in enumerate(arr)]
+    return [
+        Image.fromarray(
+            a if strength == 0 else stain_jitter(a, np.random.default_rng([seed, i]), strength, strength / 4)
+        )
+        for i, a in enumerate(arr)
+    ]
 
 def class_probs(model, # anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
                 imgs:list, # the patches
@@ -177,7 +188,12 @@ def class_probs(model, # anything with `classify(images, generate=False)` giving
     "Class probabilities of many patches, in batches"
     kw = dict(tta=True) if tta else {}  # image-only adapters without TTA take no `tta`
     with torch.no_grad():
-        return torch.cat([model.classify(imgs[i:i+bs], generate=False, **kw)['probs'].float().cpu() for i in range(0, len(imgs), bs)]).numpy()
+        return torch.cat(
+            [
+                model.classify(imgs[i : i + bs], generate=False, **kw)['probs'].float().cpu()
+                for i in range(0, len(imgs), bs)
+            ]
+        ).numpy()
 
 def stain_stress(models:dict, # name -> anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
                  images:list, # the patches
@@ -193,7 +209,10 @@ def stain_stress(models:dict, # name -> anything with `classify(images, generate
         for name, m in models.items():
             c = classification_metrics(y, class_probs(m, xs, bs), decision_threshold(m))
             r = dict(model=name, strength=s, **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc')})
-            ref.setdefault(name, r); rows.append({**r, 'auc_drop': ref[name]['auc'] - r['auc'], 'acc_drop': ref[name]['accuracy'] - r['accuracy']})
+            ref.setdefault(name, r)
+            rows.append(
+                {**r, 'auc_drop': ref[name]['auc'] - r['auc'], 'acc_drop': ref[name]['accuracy'] - r['accuracy']}
+            )
     return rows
 
 def plot_stain_stress(rows:list, # from `stain_stress`
@@ -203,8 +222,10 @@ def plot_stain_stress(rows:list, # from `stain_stress`
     fig, axs = plt.subplots(1, 2, figsize=(8, 3))
     for name in dict.fromkeys(r['model'] for r in rows):
         rs = [r for r in rows if r['model'] == name]
-        for ax, k in zip(axs, ('accuracy', 'auc')): ax.plot([r['strength'] for r in rs], [r[k] for r in rs], 'o-', label=name)
-    for ax, k in zip(axs, ('accuracy', 'AUC')): ax.set(xlabel='stain shift strength', ylabel=k, title=f'{title}: {k}'); ax.grid(alpha=.3)
+        for ax, k in zip(axs, ('accuracy', 'auc')):
+            ax.plot([r['strength'] for r in rs], [r[k] for r in rs], 'o-', label=name)
+    for ax, k in zip(axs, ('accuracy', 'AUC')):
+        ax.set(xlabel='stain shift strength', ylabel=k, title=f'{title}: {k}'); ax.grid(alpha=.3)
     axs[0].legend(); fig.tight_layout(); return fig
 
 # %% ../nbs/01a_evaluate.ipynb #4d18d7f1
@@ -261,7 +282,9 @@ def exact_match(preds:list, # generated answers
                 refs:list, # one reference, or a list of references, per answer
                )->float: # fraction of answers equal to a reference after `normalize_answer`
     "Fraction of `preds` that match a reference exactly, after normalisation"
-    return float(np.mean([any(normalize_answer(p) == normalize_answer(o) for o in r) for p, r in zip(preds, _refs(preds, refs))]))
+    return float(
+        np.mean([any(normalize_answer(p) == normalize_answer(o) for o in r) for p, r in zip(preds, _refs(preds, refs))])
+    )
 
 # %% ../nbs/01a_evaluate.ipynb #39bb08bd
 def _tf1(p:str, r:str)->float:
@@ -295,7 +318,10 @@ def closed_answer(text:str, # an answer
     hits = [(m.start(), c) for pat, c in CLASS_SYNONYMS for m in [re.search(pat, t)] if m]
     if hits: return min(hits)[1]
     names = sorted({n for ns in LABEL_NAMES.values() for n in ns}, key=len, reverse=True)  # any registered class name
-    hits = [(m.start(), n) for n in names for m in [re.search(rf'\b{re.escape(normalize_answer(n.replace("-", " ").replace("_", " ")))}\b', t)] if m]
+    hits = [
+        (m.start(), n) for n in names
+        for m in [re.search(rf'\b{re.escape(normalize_answer(n.replace("-", " ").replace("_", " ")))}\b', t)] if m
+    ]
     return min(hits)[1] if hits else None
 
 # %% ../nbs/01a_evaluate.ipynb #fcf70b3d
@@ -310,10 +336,18 @@ def closed_accuracy(preds:list, # generated answers
     return float(np.mean([closed_answer(p, y) == c for p, y, c in zip(preds, yn, refc)]))
 
 # %% ../nbs/01a_evaluate.ipynb #4eef867f
-PATH_TERMS = sorted({p for bins in VOCAB.values() for ps in bins for p in ps} | {'tumor', 'tumour', 'normal', 'benign',
-                    'metastatic', 'carcinoma', 'hyperplastic', 'sessile serrated', 'hp', 'ssa'}, key=lambda s: (-len(s), s))
-STOPWORDS = set('a an the is are was were be been of in on at to and or with without for by as it its this that these those '
-                'there their they them which who what some any no not nor from into than then also has have had do does'.split())
+PATH_TERMS = sorted(
+    {p for bins in VOCAB.values() for ps in bins for p in ps}
+    | {
+        'tumor', 'tumour', 'normal', 'benign', 'metastatic', 'carcinoma', 'hyperplastic', 'sessile serrated', 'hp',
+        'ssa',
+    },
+    key=lambda s: (-len(s), s),
+)
+STOPWORDS = set(
+    'a an the is are was were be been of in on at to and or with without for by as it its this that these those '
+    'there their they them which who what some any no not nor from into than then also has have had do does'.split()
+)
 
 def key_terms(text:str, # any text
               vocab:list|None=PATH_TERMS, # phrases to look for (longest first); `None`: content words
@@ -347,14 +381,20 @@ def retrieval_recall(sims:torch.Tensor, # (N, N) image-text similarities, pairs 
                     )->dict: # `i2t@k` and `t2i@k` recall for each k
     "Recall@k of image->text and text->image retrieval"
     gt = torch.arange(len(sims), device=sims.device)[:, None]
-    ri, rt = (sims.argsort(1, descending=True) == gt).float().argmax(1), (sims.T.argsort(1, descending=True) == gt).float().argmax(1)
+    ri, rt = (sims.argsort(1, descending=True) == gt).float().argmax(1), (
+        sims.T.argsort(1, descending=True) == gt
+    ).float().argmax(1)
     return {f'{d}@{k}': float((r < k).float().mean()) for k in ks for d, r in (('i2t', ri), ('t2i', rt))}
 
 def recall_at_k(approx, # `pathllm.rag.SearchResult` of an approximate index: `rows` of neighbour ids, -1 where none
                 exact, # the exact index's, same queries and `k`
                )->float: # mean share of the exact top-k found by the approximate search
     "Recall@k of an approximate search against the exact one"
-    return float(np.mean([len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, (e >= 0).sum()) for a, e in zip(approx.rows, exact.rows)]))
+    return float(
+        np.mean(
+            [len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, (e >= 0).sum()) for a, e in zip(approx.rows, exact.rows)]
+        )
+    )
 
 # %% ../nbs/01a_evaluate.ipynb #dc7e99f2
 def hallucination(texts:list, # generated texts, one per patch
@@ -391,7 +431,11 @@ def attribute_accuracy(texts:list, # generated texts, one per patch
             lv = level(getattr(m, REGION[kind] + f), getattr(thr, f))
             if lv is not None: ok.setdefault(f, []).append(b == lv)
     per = {f: float(np.mean(v)) for f, v in ok.items()}
-    return dict(mean=float(np.mean(list(per.values()))) if per else float('nan'), per_feature=per, n={f: len(v) for f, v in ok.items()})
+    return dict(
+        mean=float(np.mean(list(per.values()))) if per else float('nan'),
+        per_feature=per,
+        n={f: len(v) for f, v in ok.items()},
+    )
 
 # %% ../nbs/01a_evaluate.ipynb #73e3b1eb
 def distinct_ratio(texts:list, # generated texts, one per patch
@@ -455,8 +499,10 @@ def text_metrics(preds:list, # generated texts
                 )->dict: # bleu4, rouge_l, cider, exact_match, token_f1, term_recall [, hallucination, bertscore_f1]
     "Text metrics of `preds` against `refs`"
     rs = _refs(preds, refs)
-    out = dict(bleu4=bleu4(preds, rs), rouge_l=rouge_l(preds, rs), cider=cider(preds, rs), exact_match=exact_match(preds, rs),
-               token_f1=token_f1(preds, rs), term_recall=open_recall(preds, rs))
+    out = dict(
+        bleu4=bleu4(preds, rs), rouge_l=rouge_l(preds, rs), cider=cider(preds, rs), exact_match=exact_match(preds, rs),
+        token_f1=token_f1(preds, rs), term_recall=open_recall(preds, rs),
+    )
     if morphs is not None: out['hallucination'] = hallucination(preds, morphs, labels, kind, thr)
     if bert_model is not None: out['bertscore_f1'] = bertscore(preds, rs, bert_model, bert_layers)['f1']
     return out
@@ -498,8 +544,15 @@ def plot_roc(y_true:list, # true class ids
     "ROC curve with its AUC; with more than two classes one curve per class against the rest"
     _check_len(y_true, probs, 'y_true', 'probs')
     p, y = _as_probs(probs, 'probs'), np.asarray(y_true); p = p[:, 1] if p.ndim == 2 and p.shape[1] == 2 else p
-    curves = [(f'AUC = {roc_auc(y, p):.3f}', y, p)] if p.ndim == 1 else \
-             [(f'{(classes or range(p.shape[1]))[c]}: AUC = {skm.roc_auc_score(y == c, p[:, c]):.3f}', y == c, p[:, c]) for c in range(p.shape[1]) if 0 < (y == c).sum() < len(y)]
+    curves = (
+        [(f'AUC = {roc_auc(y, p):.3f}', y, p)]
+        if p.ndim == 1
+        else [
+            (f'{(classes or range(p.shape[1]))[c]}: AUC = {skm.roc_auc_score(y == c, p[:, c]):.3f}', y == c, p[:, c])
+            for c in range(p.shape[1])
+            if 0 < (y == c).sum() < len(y)
+        ]
+    )
     fig, axs = _fig(); ax = axs[0, 0]
     for lab, yy, pp in curves: fpr, tpr, _ = skm.roc_curve(yy, pp); ax.plot(fpr, tpr, label=lab)
     ax.plot([0, 1], [0, 1], 'k:', lw=1)
@@ -513,8 +566,12 @@ def plot_confusion(cm:list, # (C, C) counts, rows true class
     cm = np.asarray(cm); classes = classes or [str(i) for i in range(len(cm))]
     fig, axs = _fig(); ax = axs[0, 0]
     ax.imshow(cm, cmap='Blues')
-    for (i, j), v in np.ndenumerate(cm): ax.text(j, i, str(v), ha='center', va='center', color='white' if v > cm.max()/2 else 'black')
-    ax.set(xticks=range(len(cm)), yticks=range(len(cm)), xticklabels=classes, yticklabels=classes, xlabel='predicted', ylabel='true')
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha='center', va='center', color='white' if v > cm.max()/2 else 'black')
+    ax.set(
+        xticks=range(len(cm)), yticks=range(len(cm)), xticklabels=classes, yticklabels=classes, xlabel='predicted',
+        ylabel='true',
+    )
     return fig
 
 # %% ../nbs/01a_evaluate.ipynb #5f61047b
@@ -540,8 +597,11 @@ def plot_claims(images:list, # patches
         ax.imshow(np.asarray(im)); ax.set_title(textwrap.fill(str(t), width), fontsize=7, loc='left')
         for i, (ok, col) in enumerate(((True, 'tab:green'), (False, 'tab:red'))):
             ps = [p for p in cl if (p not in bad) == ok]
-            ax.text(0, -0.04 - 0.1*i, textwrap.fill(('agreed: ' if ok else 'contradicted: ') + (', '.join(ps) or '-'), width),
-                    transform=ax.transAxes, va='top', fontsize=7, color=col)
+            ax.text(
+                0, -0.04 - 0.1 * i,
+                textwrap.fill(('agreed: ' if ok else 'contradicted: ') + (', '.join(ps) or '-'), width),
+                transform=ax.transAxes, va='top', fontsize=7, color=col,
+            )
     fig.tight_layout()
     return fig
 
@@ -586,16 +646,24 @@ def write_report(out_dir:Path|str, # folder to write into (created)
                 )->dict: # name -> path of each file written
     "Write `report.json`, `report.md` and the plots of one evaluation to `out_dir`"
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    n = metrics.get('n_images') or metrics.get('n') or next((len(o) for o in (y_true, images, probs) if o is not None), None)
+    n = (
+        metrics.get('n_images')
+        or metrics.get('n')
+        or next((len(o) for o in (y_true, images, probs) if o is not None), None)
+    )
     files = {}
     if history: files['loss'] = _save_fig(plot_losses(history), out/'loss.png')
     if y_true is not None and probs is not None and len(set(np.asarray(y_true).tolist())) > 1:
         files['roc'] = _save_fig(plot_roc(y_true, probs, classes), out/'roc.png')
-    if 'confusion' in metrics: files['confusion'] = _save_fig(plot_confusion(metrics['confusion'], classes), out/'confusion.png')
+    if 'confusion' in metrics:
+        files['confusion'] = _save_fig(plot_confusion(metrics['confusion'], classes), out/'confusion.png')
     if images is not None and captions is not None:
         k = max_images
-        fig = plot_claims(images[:k], captions[:k], morphs[:k], kind, thr, y_true[:k] if y_true is not None else None) if morphs is not None \
-              else show_captions(images[:k], captions[:k])
+        fig = (
+            plot_claims(images[:k], captions[:k], morphs[:k], kind, thr, y_true[:k] if y_true is not None else None)
+            if morphs is not None
+            else show_captions(images[:k], captions[:k])
+        )
         files['captions'] = _save_fig(fig, out/'captions.png')
     js = {**metrics, 'n_images': n, **({'baseline': baseline} if baseline is not None else {}),
           **({'config': config} if config is not None else {}), 'plots': {k: p.name for k, p in files.items()}}
@@ -618,12 +686,18 @@ def report_metrics(reports:list, # generated reports, one per patch
     nums = [o for r, m in zip(reports, morphs) for o in check_numbers(r, m, kind)]
     errs = [min(o['rel_err'], 10.) for o in nums]
     word_num = [any('does not fit its number' in b for b in check_consistency(r, kind, thr)) for r in reports]
-    out = dict(report_numbers=len(nums), report_numbers_per_report=len(nums)/len(reports),
-               report_number_rel_err=float(np.median(errs)) if errs else float('nan'), report_word_number_inconsistent=float(np.mean(word_num)))
+    out = dict(
+        report_numbers=len(nums), report_numbers_per_report=len(nums) / len(reports),
+        report_number_rel_err=float(np.median(errs)) if errs else float('nan'),
+        report_word_number_inconsistent=float(np.mean(word_num)),
+    )
     if classes is not None:
         imp = [parse_report(r)['impression'] for r in reports]
         out['report_impression_agrees_class'] = diagnosis_agreement(imp, classes, kind)
-    if odds is not None: out['report_findings_contradict_impression'] = float(np.mean([any('findings speak' in b for b in check_consistency(r, kind, thr, odds=odds)) for r in reports]))
+    if odds is not None:
+        out['report_findings_contradict_impression'] = float(
+            np.mean([any('findings speak' in b for b in check_consistency(r, kind, thr, odds=odds)) for r in reports])
+        )
     return out
 
 # %% ../nbs/01a_evaluate.ipynb #501dfa14
@@ -635,7 +709,11 @@ def _ask(model, imgs:list, qs:list)->list: # `model.answer` of each (image index
     return out
 
 def _on_topic(answer, t, kind): # the claims of `answer` all concern what a question of type `t` asks
-    f = 'diagnosis' if t in ('diagnosis', 'location') else t.split(':')[1] if t.startswith('yesno:') else ASK[t][0] if t in ASK else None
+    f = (
+        'diagnosis'
+        if t in ('diagnosis', 'location')
+        else t.split(':')[1] if t.startswith('yesno:') else ASK[t][0] if t in ASK else None
+    )
     fs = {g for _, g, _ in extract_claims(answer, kind)}
     return bool(fs) and fs <= {f}
 
@@ -650,25 +728,38 @@ def qa_metrics(model, # anything with `answer(images, questions)`
                calls:list|None=None, # the class the model calls per patch (e.g. with its decision threshold); default: the likelier class
               )->dict: # answer-form and topic rates, correctness per type, confidence agreement
     "The held-out questions of every type about each patch: is each answer of the form asked, on topic, right"
-    qs = [(i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in held_out_questions(m, l, kind, i, thr, margin)]
+    qs = [
+        (i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in held_out_questions(m, l, kind, i, thr, margin)
+    ]
     ans = _ask(model, imgs, [(i, o['q']) for i, o in qs])
     form, topic, right = {}, {}, {}
     for a, (i, o) in zip(ans, qs):
         t = o['type']
         if t == 'confidence':
             st = re.search(r'probability\s+(\d*\.?\d+)', a)
-            ok = probs is not None and st is not None and abs(float(st.group(1)) - probs[i][int(np.argmax(probs[i])) if calls is None else int(calls[i])]) <= 0.01
+            ok = (
+                probs is not None and st is not None
+                and abs(float(st.group(1)) - probs[i][int(np.argmax(probs[i])) if calls is None else int(calls[i])])
+                <= 0.01
+            )
             form.setdefault(t, []).append(answer_form(a, kind) == 'confidence')
             right.setdefault(t, []).append(ok)
             continue
         want = 'yesno' if t == 'diagnosis' else 'diagnosis' if t == 'location' else t
-        form.setdefault(t, []).append(answer_form(a, kind) == want or (t == 'location' and a.lower().startswith(('in the centre', 'nowhere'))))
+        form.setdefault(t, []).append(
+            answer_form(a, kind) == want or (t == 'location' and a.lower().startswith(('in the centre', 'nowhere')))
+        )
         topic.setdefault(t, []).append(_on_topic(a, t, kind))
-        right.setdefault(t, []).append(not check_claims(a, morphs[i], kind, labels[i], thr) and (t != 'diagnosis' or closed_answer(a, True) == closed_answer(o['a'], True)))
+        right.setdefault(t, []).append(
+            not check_claims(a, morphs[i], kind, labels[i], thr)
+            and (t != 'diagnosis' or closed_answer(a, True) == closed_answer(o['a'], True))
+        )
     mean = lambda d: float(np.mean([v for vs in d.values() for v in vs])) if d else float('nan')
-    return dict(qa_form=mean(form), qa_topic=mean(topic), qa_correct=mean(right), n_questions=len(qs),
-                qa_correct_by_type={t: float(np.mean(v)) for t, v in right.items()},
-                **({'qa_confidence_matches_prob': float(np.mean(right['confidence']))} if 'confidence' in right else {}))
+    return dict(
+        qa_form=mean(form), qa_topic=mean(topic), qa_correct=mean(right), n_questions=len(qs),
+        qa_correct_by_type={t: float(np.mean(v)) for t, v in right.items()},
+        **({'qa_confidence_matches_prob': float(np.mean(right['confidence']))} if 'confidence' in right else {})
+    )
 
 def chat_consistency(model, # anything with `chat(image, message, history)` -> `(reply, history)`
                      imgs:list, # the patches
@@ -725,11 +816,17 @@ def vqa_metrics(model, # anything with `answer(images, question)`
                 margin:float=CAPTION_MARGIN, # feature yes/no questions are asked only where the answer is clear (see `vqa_pairs`)
                )->dict: # `vqa_closed_acc` (yes/no questions: diagnosis and features), `vqa_open_recall` (term recall), counts
     "Closed (yes/no) and open questions of `pathllm.captions.vqa_pairs` about each patch, answered by the model"
-    qa = [(i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in vqa_pairs(m, l, kind, i, thr, margin) if o['task'] in ('closed', 'open')]
+    qa = [
+        (i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in vqa_pairs(m, l, kind, i, thr, margin)
+        if o['task'] in ('closed', 'open')
+    ]
     ans = _ask(model, imgs, [(i, o['q']) for i, o in qa])
     closed = [(a, o['a']) for a, (_, o) in zip(ans, qa) if o['task'] == 'closed']
     opn = [(a, o['a']) for a, (_, o) in zip(ans, qa) if o['task'] == 'open']
-    return dict(vqa_closed_acc=closed_accuracy(*zip(*closed)), vqa_open_recall=open_recall(*zip(*opn)), n_closed=len(closed), n_open=len(opn))
+    return dict(
+        vqa_closed_acc=closed_accuracy(*zip(*closed)), vqa_open_recall=open_recall(*zip(*opn)), n_closed=len(closed),
+        n_open=len(opn),
+    )
 
 def evaluate_model(model, # any object with some of `classify`, `caption`, `report`, `answer`
                    ds, # a `PatchDataset`, or a list of `(image, label)`
@@ -764,11 +861,18 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
         outs['reports'] = list(model.report(imgs))
         tr = text_metrics(outs['reports'], [report(m, l, kind, thr) for m, l in zip(ms, y)], ms, y, kind, thr)
         met.update({f'report_{k}': tr[k] for k in ('bleu4', 'rouge_l', 'cider', 'hallucination')})
-        met['report_impression_acc'] = closed_accuracy([parse_report(r)['impression'] for r in outs['reports']], [LABEL_NAMES[kind][l] for l in y])
+        met['report_impression_acc'] = closed_accuracy(
+            [parse_report(r)['impression'] for r in outs['reports']], [LABEL_NAMES[kind][l] for l in y]
+        )
         met.update(report_metrics(outs['reports'], ms, kind, thr, pred, getattr(model, 'level_odds', None)))
     if has('answer'):
         met.update(vqa_metrics(model, imgs, ms, y, kind, thr, margin))
-        met.update(qa_metrics(model, imgs, ms, y, kind, thr, None if (p := outs.get('probs', probs)) is None else np.asarray(p).tolist(), margin, pred))
+        met.update(
+            qa_metrics(
+                model, imgs, ms, y, kind, thr,
+                None if (p := outs.get('probs', probs)) is None else np.asarray(p).tolist(), margin, pred,
+            )
+        )
     if has('chat'): met['chat_consistency'] = chat_consistency(model, imgs, kind)
     return met, outs
 
@@ -782,22 +886,38 @@ def vlm_accuracy(model, # a `PathVLM` (generative or dual): anything with `class
     lbl = {r['image']: r['response'] for r in ds.recs if r.get('task') == 'class'}
     if not lbl: return float('nan')
     keys = [k for k in ds.images if k in lbl]; names = list(LABEL_NAMES[model.cfg.vlm_kind])
-    pred = torch.cat([model.classify(torch.stack([ds.images[k] for k in keys[i:i+bs]]), generate=False)['pred'] for i in range(0, len(keys), bs)])
+    pred = torch.cat(
+        [
+            model.classify(torch.stack([ds.images[k] for k in keys[i : i + bs]]), generate=False)['pred']
+            for i in range(0, len(keys), bs)
+        ]
+    )
     return float((pred == torch.tensor([names.index(lbl[k]) for k in keys])).float().mean())
 
 # %% ../nbs/01a_evaluate.ipynb #9c005f4c
 class _Batched:
     "The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what `evaluate_model` then scores"
     def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none'):
-        self.model, self.bs, self.thresholds, self.level_odds = model, bs, getattr(model, 'thresholds', None), getattr(model, 'level_odds', None)
-        self.kw = dict(max_new_tokens=max_new_tokens, **(dict(ground=ground) if 'ground' in inspect.signature(model.caption).parameters else {}))
+        self.model, self.bs, self.thresholds, self.level_odds = (
+            model, bs, getattr(model, 'thresholds', None), getattr(model, 'level_odds', None),
+        )
+        self.kw = dict(
+            max_new_tokens=max_new_tokens,
+            **(dict(ground=ground) if 'ground' in inspect.signature(model.caption).parameters else {}),
+        )
     def _b(self, f, imgs:list)->list: return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs])]
     def caption(self, imgs:list)->list: return self._b(lambda b: self.model.caption(b, **self.kw), imgs)
-    def answer(self, imgs:list, q:str)->list: return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens']), imgs)
-    def report(self, imgs:list)->list: return self._b(lambda b: self.model.report(b, max_new_tokens=4*self.kw['max_new_tokens']), imgs)
-    def chat(self, img, msg:str, history=())->tuple: return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'])
+    def answer(self, imgs:list, q:str)->list:
+        return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens']), imgs)
+    def report(self, imgs:list)->list:
+        return self._b(lambda b: self.model.report(b, max_new_tokens=4*self.kw['max_new_tokens']), imgs)
+    def chat(self, img, msg:str, history=())->tuple:
+        return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'])
 
-GROUNDED_KEYS = ('hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider', 'rouge_l')
+GROUNDED_KEYS = (
+    'hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider',
+    'rouge_l',
+)
 
 def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify(images, generate=False)` (and `caption`, `answer`)
                  ds:PatchDataset, # labelled patches to score
@@ -822,7 +942,10 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
     for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
         # asked once
         tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]
-        r, oo = evaluate_model(_Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=to_preds(own, t).tolist(), tasks=tasks, probs=own)
+        r, oo = evaluate_model(
+            _Batched(model, bs, max_new_tokens, g), sub, kind, vocab=vocab, classes=to_preds(own, t).tolist(),
+            tasks=tasks, probs=own,
+        )
         if j == 0: tm, o = r, oo
         grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
     met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))

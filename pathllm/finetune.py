@@ -61,8 +61,15 @@ def lora_model(model:PathVLM, # the model to adapt (changed in place: its target
     "Wrap `model` with `peft` LoRA adapters on the language model's projections"
     from peft import LoraConfig, get_peft_model
     tm = lm_linear_names(model, tuple(target_modules))
-    if not tm: raise ValueError(f"target_modules: no linear layer of the LM is named {list(target_modules)}; choose from {list(LORA_TARGETS)}")
-    lc = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=tm, modules_to_save=list(modules_to_save), bias='none')
+    if not tm:
+        raise ValueError(
+            f"target_modules: no linear layer of the LM is named {list(target_modules)}; choose from "
+            f"{list(LORA_TARGETS)}"
+        )
+    lc = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=tm, modules_to_save=list(modules_to_save),
+        bias='none',
+    )
     return get_peft_model(model, lc)
 
 # %% ../nbs/08_finetune.ipynb #7132b6a6
@@ -75,8 +82,10 @@ def finetune_learner(dls, # from `vlm_dataloaders`
                     )->Learner: # trains exactly the parameters with `requires_grad`
     "A fastai `Learner` that fine-tunes whatever of `model` is trainable"
     dual = getattr(model, 'dual', False)
-    return Learner(dls, model, loss_func=clip_loss if dual else lm_loss, lr=lr, wd=wd, cbs=[GradientClip(clip)] + list(cbs or []),
-                   opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if dual else [TokenPerplexity()])
+    return Learner(
+        dls, model, loss_func=clip_loss if dual else lm_loss, lr=lr, wd=wd, cbs=[GradientClip(clip)] + list(cbs or []),
+        opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if dual else [TokenPerplexity()],
+    )
 
 # %% ../nbs/08_finetune.ipynb #9e59623c
 def load_lora(model:PathVLM, # the base model the adapters were trained on
@@ -85,7 +94,8 @@ def load_lora(model:PathVLM, # the base model the adapters were trained on
              ): # a `peft.PeftModel`
     "Put saved LoRA adapters (and `modules_to_save`) back on `model`"
     from peft import PeftModel
-    if not (Path(path)/'adapter_config.json').exists(): raise FileNotFoundError(f"path: no adapter_config.json in {path}")
+    if not (Path(path)/'adapter_config.json').exists():
+        raise FileNotFoundError(f"path: no adapter_config.json in {path}")
     return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
 
 # %% ../nbs/08_finetune.ipynb #bb7b6318
@@ -112,7 +122,9 @@ def quantize_linears(module:nn.Module, # changed in place
     def make(lin):
         q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=compute_dtype,
                               compress_statistics=double_quant, quant_type=quant_type, device='meta')
-        q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, compress_statistics=double_quant, quant_type=quant_type)
+        q.weight = bnb.nn.Params4bit(
+            lin.weight.data, requires_grad=False, compress_statistics=double_quant, quant_type=quant_type
+        )
         if lin.bias is not None: q.bias = nn.Parameter(lin.bias.data, requires_grad=False)
         # else the first CPU eval forward repacks the weights with bf16 scales, for good
         q.support_avx512bf16_for_cpu = False
@@ -207,7 +219,10 @@ def train_bytes(learn:Learner, # after at least one step (so the optimiser state
                )->int: # bytes of weights, gradients of trainable weights and optimiser state
     "Memory that training `learn.model` holds besides activations"
     grads = sum(p.numel() * p.element_size() for p in learn.model.parameters() if p.requires_grad)
-    opt = sum(t.numel() * t.element_size() for st in (learn.opt.state.values() if learn.opt else []) for t in st.values() if isinstance(t, torch.Tensor))
+    opt = sum(
+        t.numel() * t.element_size() for st in (learn.opt.state.values() if learn.opt else []) for t in st.values()
+        if isinstance(t, torch.Tensor)
+    )
     return model_bytes(learn.model) + grads + opt
 
 # %% ../nbs/08_finetune.ipynb #6c87f881
@@ -225,7 +240,10 @@ def finetune_run(model:PathVLM, # the starting model (changed in place)
     if method != 'frozen':
         learn = finetune_learner(dls, m, lr, cbs=[timer := StepTimer()])
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-        st.update(steps=len(timer.times), s_per_step=round(float(np.median(timer.times)), 4), loss=round(float(learn.recorder.losses[-1]), 4), train_bytes=train_bytes(learn))
+        st.update(
+            steps=len(timer.times), s_per_step=round(float(np.median(timer.times)), 4),
+            loss=round(float(learn.recorder.losses[-1]), 4), train_bytes=train_bytes(learn),
+        )
     if out_dir is not None:
         m.save_pretrained(out_dir)
         st['disk_bytes'] = sum(f.stat().st_size for f in Path(out_dir).glob('*.safetensors'))
@@ -239,7 +257,9 @@ def dpo_loss(policy_chosen_logps:torch.Tensor, # (B,) log-probability of the cho
              beta:float=0.1, # inverse temperature: how far the policy may move from the reference
             )->torch.Tensor: # the mean loss over pairs
     "DPO loss: `-log sigmoid(beta * ((pc - rc) - (pr - rr)))`, averaged over pairs"
-    return -F.logsigmoid(beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))).mean()
+    return -F.logsigmoid(
+        beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))
+    ).mean()
 
 # %% ../nbs/08_finetune.ipynb #b676d3d7
 # a `captions.csv` row's measurements
@@ -256,7 +276,9 @@ def preference_pairs(root:str|Path, # folder written by `caption_dataset` (reads
     rng, pairs = np.random.default_rng(seed), []
     for _, r in df.iterrows():
         m, oth = _morph(r), df[df.label != r.label]
-        cands = [report(_morph(o), int(o.label), kind) for _, o in oth.iloc[rng.permutation(len(oth))[:n_cand]].iterrows()]
+        cands = [
+            report(_morph(o), int(o.label), kind) for _, o in oth.iloc[rng.permutation(len(oth))[:n_cand]].iterrows()
+        ]
         pairs.append(dict(image=r.image, prompt=QUESTIONS['report'][0], chosen=report(m, int(r.label), kind),
                           rejected=max(cands, key=lambda c: len(check_claims(c, m, kind))), label=int(r.label)))
     return pairs
@@ -269,7 +291,9 @@ class DPODataset:
                  tok, # tokenizer with the chat template
                  img_size:int=96, # image side
                  max_len:int=512): # rows are truncated to this many tokens
-        mk = lambda k: VLMDataset([dict(image=p['image'], prompt=p['prompt'], response=p[k]) for p in pairs], root, tok, img_size, max_len)
+        mk = lambda k: VLMDataset(
+            [dict(image=p['image'], prompt=p['prompt'], response=p[k]) for p in pairs], root, tok, img_size, max_len
+        )
         self.chosen, self.rejected = mk('chosen'), mk('rejected')
     def __len__(self): return len(self.chosen)
     def __getitem__(self, i): return (*self.chosen[i], *self.rejected[i][1:])
@@ -280,7 +304,10 @@ def dpo_collate(batch:list, # `DPODataset` items
     "Stack images; right-pad chosen and rejected rows into one batch"
     rows, masks = [b[1] for b in batch] + [b[3] for b in batch], [b[2] for b in batch] + [b[4] for b in batch]
     ids, am = pad_ids([r.tolist() for r in rows], pad_id)
-    return torch.stack([b[0] for b in batch]).float() / 255, ids, am, pad_ids([m.tolist() for m in masks], 0)[0], torch.zeros(len(batch))
+    return (
+        torch.stack([b[0] for b in batch]).float() / 255, ids, am, pad_ids([m.tolist() for m in masks], 0)[0],
+        torch.zeros(len(batch)),
+    )
 
 def dpo_dataloaders(pairs:list, # from `preference_pairs`
                     root:str|Path, # image folder
@@ -293,9 +320,15 @@ def dpo_dataloaders(pairs:list, # from `preference_pairs`
                    )->DataLoaders: # batches of `dpo_collate`
     "Train/valid `DataLoaders` of preference pairs"
     idx = np.random.default_rng(seed).permutation(len(pairs)); nv = max(1, int(len(pairs) * valid_pct))
-    mk, col = lambda ii: DPODataset([pairs[i] for i in ii], root, tok, img_size, max_len), partial(dpo_collate, pad_id=tok.pad_id)
+    mk, col = lambda ii: DPODataset([pairs[i] for i in ii], root, tok, img_size, max_len), partial(
+        dpo_collate, pad_id=tok.pad_id
+    )
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return DataLoaders(DataLoader(mk(idx[nv:]), bs=bs, shuffle=True, create_batch=col), DataLoader(mk(idx[:nv]), bs=bs, create_batch=col), device=dev)
+    return DataLoaders(
+        DataLoader(mk(idx[nv:]), bs=bs, shuffle=True, create_batch=col),
+        DataLoader(mk(idx[:nv]), bs=bs, create_batch=col),
+        device=dev,
+    )
 
 # %% ../nbs/08_finetune.ipynb #7cf53317
 def response_logps(model:nn.Module, # a `PathVLM` (or a LoRA-wrapped one)
@@ -340,5 +373,8 @@ def dpo_learner(dls:DataLoaders, # from `dpo_dataloaders`
                 cbs:list|None=None, # extra callbacks
                )->Learner: # a fastai `Learner` over a `DPOModel`
     "A fastai `Learner` that trains `model` with DPO against a frozen reference copy"
-    return Learner(dls, DPOModel(model, ref), loss_func=partial(_dpo_out_loss, beta=beta), lr=lr, wd=wd, metrics=[reward_accuracy],
-                   cbs=[GradientClip(clip)] + list(cbs or []), opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8))
+    return Learner(
+        dls, DPOModel(model, ref), loss_func=partial(_dpo_out_loss, beta=beta), lr=lr, wd=wd,
+        metrics=[reward_accuracy], cbs=[GradientClip(clip)] + list(cbs or []),
+        opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8),
+    )

@@ -37,7 +37,8 @@ def read_weights(path:str|Path, # folder written by `save_weights`
     from safetensors.torch import load_file
     path = Path(path)
     for f in ('config.json', 'model.safetensors'):
-        if not (path/f).is_file(): raise FileNotFoundError(f'{path/f}: missing; is {path} a folder written by save_pretrained?')
+        if not (path/f).is_file():
+            raise FileNotFoundError(f'{path/f}: missing; is {path} a folder written by save_pretrained?')
     return json.loads((path/'config.json').read_text()), load_file(path/'model.safetensors')
 
 # %% ../nbs/02a_fit.ipynb #aed05179
@@ -51,7 +52,11 @@ def fit_stage(learn, # a fastai `Learner`
     else:
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     vals = [[float(v) for v in r] for r in learn.recorder.values if len(r)]  # epochs skipped on resume record nothing
-    return dict(losses=[float(l) for l in learn.recorder.losses], train_loss=[v[0] for v in vals], valid_loss=[v[1] for v in vals])
+    return dict(
+        losses=[float(l) for l in learn.recorder.losses],
+        train_loss=[v[0] for v in vals],
+        valid_loss=[v[1] for v in vals],
+    )
 
 # %% ../nbs/02a_fit.ipynb #6d85cfdd
 def rng_states(learn=None, # a `Learner`: also its data loaders' and callbacks' generators
@@ -80,7 +85,10 @@ class CheckpointCallback(Callback):
     order = 70  # like fastai's `SkipToEpoch`: after the recorder
     def __init__(self, path:str|Path, # folder for `checkpoint.pth`
                  resume:bool=False): # load the checkpoint (if any) when training starts and skip finished epochs
-        self.path, self.resume, self.start_epoch, self._loaded, self._trained, self._rng = Path(path), resume, 0, False, False, None
+        self.path, self.resume, self.start_epoch, self._loaded, self._trained, self._rng = (
+            Path(path), resume, 0, False, False, None,
+        )
+
     @property
     def fname(self): return self.path/'checkpoint.pth'
     # fastai's `get_preds`/`validate` also fire `before_fit`/`before_epoch`/`after_epoch`, but never `before_train`:
@@ -100,5 +108,7 @@ class CheckpointCallback(Callback):
     def after_epoch(self):
         if not self._trained: return
         self._trained = False
-        ck = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), epoch=self.epoch + 1, rng=rng_states(self.learn))
+        ck = dict(
+            model=self.model.state_dict(), opt=self.opt.state_dict(), epoch=self.epoch + 1, rng=rng_states(self.learn)
+        )
         atomic_write(self.fname, lambda p: torch.save(ck, p))

@@ -42,9 +42,11 @@ __all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFea
 # how `caption` and `report` tie their text to the image (see "Grounded captions")
 GROUNDING = ('none', 'class', 'rerank')
 _LM_FIELDS = ('vocab_size', 'n_layer', 'n_embd', 'n_head', 'n_kv_head', 'dropout')
-_VLM_SIZES = dict(tiny=dict(lm_n_layer=2, lm_n_embd=64, lm_n_head=4),
-                  nano=dict(lm_n_layer=4, lm_n_embd=128, lm_n_head=4, lm_n_kv_head=2),
-                  micro=dict(lm_n_layer=6, lm_n_embd=256, lm_n_head=8, lm_n_kv_head=4, vit_name='pathvit_tiny', mp_shuffle=2))
+_VLM_SIZES = dict(
+    tiny=dict(lm_n_layer=2, lm_n_embd=64, lm_n_head=4),
+    nano=dict(lm_n_layer=4, lm_n_embd=128, lm_n_head=4, lm_n_kv_head=2),
+    micro=dict(lm_n_layer=6, lm_n_embd=256, lm_n_head=8, lm_n_kv_head=4, vit_name='pathvit_tiny', mp_shuffle=2),
+)
 
 @dataclass
 class VLMConfig:
@@ -85,19 +87,36 @@ class VLMConfig:
     vlm_threshold:float|None=None # two classes: P(class 1) from which `classify` calls class 1 (chosen on `dev`, `pathllm.evaluate.best_threshold`); None: the likelier class
 
     def __post_init__(self):
-        if self.vlm_connector not in CONNECTORS: raise ValueError(f"vlm_connector: unknown connector {self.vlm_connector!r}; choose from {list(CONNECTORS)}")
-        if self.vlm_classes is not None: register_kind(self.vlm_kind, self.vlm_classes); self.vlm_classes = list(LABEL_NAMES[self.vlm_kind])
-        if self.vlm_kind not in LABEL_NAMES: raise ValueError(f"vlm_kind: unknown data set {self.vlm_kind!r}; choose from {list(LABEL_NAMES)}")
-        if self.clip_img_pool not in ('mean', 'pooled'): raise ValueError(f"clip_img_pool: must be 'mean' or 'pooled', got {self.clip_img_pool!r}")
-        if self.clip_pool not in ('eos', 'mean'): raise ValueError(f"clip_pool: must be 'eos' or 'mean', got {self.clip_pool!r}")
+        if self.vlm_connector not in CONNECTORS:
+            raise ValueError(f"vlm_connector: unknown connector {self.vlm_connector!r}; choose from {list(CONNECTORS)}")
+        if self.vlm_classes is not None:
+            register_kind(self.vlm_kind, self.vlm_classes); self.vlm_classes = list(LABEL_NAMES[self.vlm_kind])
+        if self.vlm_kind not in LABEL_NAMES:
+            raise ValueError(f"vlm_kind: unknown data set {self.vlm_kind!r}; choose from {list(LABEL_NAMES)}")
+        if self.clip_img_pool not in ('mean', 'pooled'):
+            raise ValueError(f"clip_img_pool: must be 'mean' or 'pooled', got {self.clip_img_pool!r}")
+        if self.clip_pool not in ('eos', 'mean'):
+            raise ValueError(f"clip_pool: must be 'eos' or 'mean', got {self.clip_pool!r}")
         if self.mp_n_layer not in (1, 2): raise ValueError(f"mp_n_layer: must be 1 or 2, got {self.mp_n_layer}")
-        if self.vlm_ground not in GROUNDING: raise ValueError(f"vlm_ground: must be one of {list(GROUNDING)}, got {self.vlm_ground!r}")
+        if self.vlm_ground not in GROUNDING:
+            raise ValueError(f"vlm_ground: must be one of {list(GROUNDING)}, got {self.vlm_ground!r}")
         con = CONNECTORS[self.vlm_connector]
-        if self.xattn_every < 0 or (self.xattn_every and not con.generative): raise ValueError(f"xattn_every: must be >= 0 and 0 for a non-generative connector ({self.vlm_connector!r}), got {self.xattn_every}")
-        if con.xattn and not self.xattn_every: raise ValueError(f"xattn_every: vlm_connector={self.vlm_connector!r} needs xattn_every >= 1")
-        if self.vlm_readout is not None and (bad := set(self.vlm_readout) - {'n_classes', 'n_morph', 'centre'}): raise ValueError(f"vlm_readout: unknown keys {sorted(bad)}; expected n_classes, n_morph, centre")
-        if self.vlm_thresholds is not None and (bad := set(self.vlm_thresholds) - set(WORD_FEATURES)): raise ValueError(f"vlm_thresholds: unknown features {sorted(bad)}")
-        if self.vlm_threshold is not None and not (0 < self.vlm_threshold < 1 and len(LABEL_NAMES[self.vlm_kind]) == 2): raise ValueError(f"vlm_threshold: must be in (0, 1), for two classes only; got {self.vlm_threshold} for {len(LABEL_NAMES[self.vlm_kind])}")
+        if self.xattn_every < 0 or (self.xattn_every and not con.generative):
+            raise ValueError(
+                f"xattn_every: must be >= 0 and 0 for a non-generative connector ({self.vlm_connector!r}), got "
+                f"{self.xattn_every}"
+            )
+        if con.xattn and not self.xattn_every:
+            raise ValueError(f"xattn_every: vlm_connector={self.vlm_connector!r} needs xattn_every >= 1")
+        if self.vlm_readout is not None and (bad := set(self.vlm_readout) - {'n_classes', 'n_morph', 'centre'}):
+            raise ValueError(f"vlm_readout: unknown keys {sorted(bad)}; expected n_classes, n_morph, centre")
+        if self.vlm_thresholds is not None and (bad := set(self.vlm_thresholds) - set(WORD_FEATURES)):
+            raise ValueError(f"vlm_thresholds: unknown features {sorted(bad)}")
+        if self.vlm_threshold is not None and not (0 < self.vlm_threshold < 1 and len(LABEL_NAMES[self.vlm_kind]) == 2):
+            raise ValueError(
+                f"vlm_threshold: must be in (0, 1), for two classes only; got {self.vlm_threshold} for "
+                f"{len(LABEL_NAMES[self.vlm_kind])}"
+            )
         self.lm_config  # validates the LM sizes
 
     @property
@@ -133,7 +152,10 @@ def merge_image_tokens(tok_embeds:torch.Tensor, # (B, T, C) text embeddings
     m, n = img_embeds.shape[1:3]
     is_img = ids == image_id                                                      # (B, T)
     cnt = is_img.long().cumsum(1)                                                 # (B, T) images up to and including t
-    if bool((cnt[:, -1] > m).any()): raise ValueError(f"ids: a row has {int(cnt[:, -1].max())} <image> tokens but img_embeds holds {m} image(s) per row")
+    if bool((cnt[:, -1] > m).any()):
+        raise ValueError(
+            f"ids: a row has {int(cnt[:, -1].max())} <image> tokens but img_embeds holds {m} image(s) per row"
+        )
     am = torch.ones_like(ids) if attention_mask is None else attention_mask
     pos = torch.arange(T, device=ids.device) + (n - 1) * cnt                      # (B, T); `<image>` -> its last slot
     L = T + (n - 1) * int(cnt[:, -1].max()) if n else T
@@ -164,9 +186,13 @@ class PathVLM(Module):
         self.readout = Readout(self.vision.dim, **ro) if ro else None
         self.concepts = ConceptTokens(ro['n_classes'], ro.get('n_morph', 0), cfg.lm_n_embd) if ro else None
         k, L = cfg.xattn_every, cfg.lm_config.n_layer
-        self.xattn = nn.ModuleList(GatedCrossAttention(cfg.lm_n_embd, cfg.lm_n_head) for _ in range(0, L, k)) if k else None
-        for j, i in enumerate(range(0, L, k) if k else []): self.lm.blocks[i].register_forward_pre_hook(self.xattn[j].hook)
-        if tok is not None and len(tok) != cfg.lm_vocab_size: raise ValueError(f"lm_vocab_size={cfg.lm_vocab_size} but the tokenizer has {len(tok)} tokens")
+        self.xattn = (
+            nn.ModuleList(GatedCrossAttention(cfg.lm_n_embd, cfg.lm_n_head) for _ in range(0, L, k)) if k else None
+        )
+        for j, i in enumerate(range(0, L, k) if k else []):
+            self.lm.blocks[i].register_forward_pre_hook(self.xattn[j].hook)
+        if tok is not None and len(tok) != cfg.lm_vocab_size:
+            raise ValueError(f"lm_vocab_size={cfg.lm_vocab_size} but the tokenizer has {len(tok)} tokens")
 
     @property
     # image tokens per `<image>` in the LM
@@ -194,7 +220,8 @@ class VisionFeatures:
     def __len__(self): return len(self.tokens)
     def __getitem__(self, i): return VisionFeatures(self.tokens[i], self.pooled[i])
     @classmethod
-    def stack(cls, fs:list, group:int=1)->VisionFeatures: return cls(torch.stack([f.tokens for f in fs]), torch.stack([f.pooled for f in fs]), group)
+    def stack(cls, fs:list, group:int=1)->VisionFeatures:
+        return cls(torch.stack([f.tokens for f in fs]), torch.stack([f.pooled for f in fs]), group)
 
 @patch
 def vision_features(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
@@ -207,7 +234,8 @@ def encode_images(self:PathVLM, images:torch.Tensor|VisionFeatures, # (B, 3, H, 
                  )->torch.Tensor: # (B, n, C) image tokens in the LM width; (B, m, n, C) for m images per row
     "Vision encoder then connector (then the concept tokens of the readout, when the model has one)"
     if self.dual: raise ValueError("vlm_connector: 'dual' models have no image tokens; use `embed_images`")
-    if torch.is_tensor(images) and images.ndim == 5: return self.encode_images(images.flatten(0, 1)).unflatten(0, images.shape[:2])
+    if torch.is_tensor(images) and images.ndim == 5:
+        return self.encode_images(images.flatten(0, 1)).unflatten(0, images.shape[:2])
     o = images if isinstance(images, VisionFeatures) else self.vision_features(images)
     e = self.connector(o.tokens)                                                 # (B, n, C)
     e = torch.cat([e, self.concepts(self.readout(o))], 1) if self.concepts is not None else e
@@ -225,7 +253,9 @@ def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with `<image>` tokens
     if CONNECTORS[self.cfg.vlm_connector].xattn:
         pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         return self.lm.tok_emb(ids), torch.ones_like(ids) if attention_mask is None else attention_mask, pos
-    return merge_image_tokens(self.lm.tok_emb(ids), ids, img_embeds, self._image_id if self.tok is None else self.tok.image_id, attention_mask)
+    return merge_image_tokens(
+        self.lm.tok_emb(ids), ids, img_embeds, self._image_id if self.tok is None else self.tok.image_id, attention_mask
+    )
 
 @patch
 def forward(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
@@ -270,8 +300,12 @@ class VLMDataset:
                  max_len:int=256, # rows are truncated to this many tokens
                  text_only:bool=False): # rows are `<bos> response <eos>` (dual encoder), else chat turns
         self.recs, self.tok = records, tok
-        self.images = {p: _load_img(Path(root)/p, img_size) for p in dict.fromkeys(p for r in records for p in record_images(r))}
-        enc = lambda r: (tok.encode(r['response'], True, True),) * 2 if text_only else tok.apply_chat_template(record_conv(r))
+        self.images = {
+            p: _load_img(Path(root) / p, img_size) for p in dict.fromkeys(p for r in records for p in record_images(r))
+        }
+        enc = lambda r: (
+            (tok.encode(r['response'], True, True),) * 2 if text_only else tok.apply_chat_template(record_conv(r))
+        )
         self.rows = [[torch.tensor(o[:max_len]) for o in enc(r)] for r in records]
     def __len__(self): return len(self.recs)
     def __getitem__(self, i): # (image (3, H, W) or images (m, 3, H, W) of an in-context row, ids, loss mask)
@@ -324,15 +358,20 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
     else: tr, va = tr[len(tr)//10:], tr[:max(1, len(tr)//10)]
     tr = tr + list(extra or [])
     if repeat: tr = [r for r in tr for _ in range(int((repeat or {}).get(r.get('task'), 1)))]
-    if max_rows and len(tr) > max_rows: tr = [tr[i] for i in np.random.default_rng(seed).permutation(len(tr))[:max_rows]]
-    if max_valid_rows and len(va) > max_valid_rows: va = [va[i] for i in np.random.default_rng(seed).permutation(len(va))[:max_valid_rows]]
+    if max_rows and len(tr) > max_rows:
+        tr = [tr[i] for i in np.random.default_rng(seed).permutation(len(tr))[:max_rows]]
+    if max_valid_rows and len(va) > max_valid_rows:
+        va = [va[i] for i in np.random.default_rng(seed).permutation(len(va))[:max_valid_rows]]
     mk = lambda recs: VLMDataset(recs, root, tok, img_size, max_len, text_only)
     col = partial(vlm_collate, pad_id=tok.pad_id, text_only=text_only)
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     set_seed(seed)
     tr, va = mk(tr), mk(va)
-    trdl = (SortedDL(tr, res=[len(r[0]) for r in tr.rows], bs=bs, shuffle=True, create_batch=col) if sortish and not text_only else
-            DataLoader(tr, bs=bs, shuffle=True, drop_last=text_only and len(tr) > bs, create_batch=col))
+    trdl = (
+        SortedDL(tr, res=[len(r[0]) for r in tr.rows], bs=bs, shuffle=True, create_batch=col)
+        if sortish and not text_only
+        else DataLoader(tr, bs=bs, shuffle=True, drop_last=text_only and len(tr) > bs, create_batch=col)
+    )
     return DataLoaders(trdl, DataLoader(va, bs=bs, create_batch=col), device=dev)
 
 # %% ../nbs/05_fusion.ipynb #0b5e59d3
@@ -384,11 +423,18 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                )->Learner: # a fastai `Learner`, frozen for stage 1
     "A fastai `Learner` for one training stage of a `PathVLM`"
     if stage not in (1, 2): raise ValueError(f"stage: must be 1 or 2, got {stage}")
-    cbs = [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache)] + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else []) + list(cbs or [])
+    cbs = (
+        [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache)]
+        + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else [])
+        + list(cbs or [])
+    )
     # sortish batches: per-token weights as in random ones
     if isinstance(dls.train, SortedDL) and not model.dual: cbs.append(TokenWeight(_mean_batch_tokens(dls.train)))
-    learn = Learner(dls, model, loss_func=clip_loss if model.dual else lm_loss, lr=lr, wd=wd, splitter=vlm_splitter, cbs=cbs, train_bn=False,
-                    opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if model.dual else [TokenPerplexity()])
+    learn = Learner(
+        dls, model, loss_func=clip_loss if model.dual else lm_loss, lr=lr, wd=wd, splitter=vlm_splitter, cbs=cbs,
+        train_bn=False, opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8),
+        metrics=[] if model.dual else [TokenPerplexity()],
+    )
     learn.freeze_to(-1) if stage == 1 else learn.freeze_to(1) if freeze_vision else learn.unfreeze()
     # stale (zero) gradients of an earlier stage would let weight decay move frozen weights
     for p in model.parameters():
@@ -431,12 +477,17 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
     qs = [questions] * len(x) if isinstance(questions, str) else list(questions)
-    pre = [self.tok.encode(p) if p else [] for p in ([prefix] * len(x) if prefix is None or isinstance(prefix, str) else prefix)]
+    pre = [
+        self.tok.encode(p) if p else []
+        for p in ([prefix] * len(x) if prefix is None or isinstance(prefix, str) else prefix)
+    ]
     rows = [self._prompt(q, h) + e for q, h, e in zip(qs, histories or [()] * len(qs), pre)]
     ids, am = [t.to(dev) for t in pad_ids(rows, self.tok.pad_id, 'left')]
     emb, mask, _ = self.embed(ids, am, self.encode_images(x))
-    out = self.lm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                           stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **kw)
+    out = self.lm.generate(
+        inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
+        stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **kw,
+    )
     return [self.tok.decode(e + o.tolist(), skip_special=True).strip() for e, o in zip(pre, out)]
 
 # %% ../nbs/05_fusion.ipynb #cf2e1e2b
@@ -470,7 +521,8 @@ def answer(self:PathVLM, images, question:str|list, # one question for all image
     if conf:
         # the class it calls (its stored threshold included) and that class's probability
         r = self.classify(x[conf], generate=False)
-        for i, p, c in zip(conf, r['probs'].tolist(), r['pred'].tolist()): out[i] = confidence_answer(p, LABEL_NAMES[kind], c)
+        for i, p, c in zip(conf, r['probs'].tolist(), r['pred'].tolist()):
+            out[i] = confidence_answer(p, LABEL_NAMES[kind], c)
     return out
 
 @patch
@@ -499,7 +551,9 @@ def class_logprobs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
     B, K = len(img), len(names)
     ids_, am_ = ids.repeat(B, 1), am.repeat(B, 1)                                         # (B*K, T)
     x, mask, pos = self.embed(ids_, am_, img.repeat_interleave(K, 0))
-    logits = self.lm(inputs_embeds=x, attention_mask=mask)[0].gather(1, pos[..., None].expand(-1, -1, self.cfg.lm_vocab_size))
+    logits = self.lm(inputs_embeds=x, attention_mask=mask)[0].gather(
+        1, pos[..., None].expand(-1, -1, self.cfg.lm_vocab_size)
+    )
     lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids_[:, 1:, None])[..., 0]   # (B*K, T-1): log p(ids[t+1])
     ans = (torch.arange(ids.shape[1] - 1, device=dev) >= len(p) - 1) & (am_[:, 1:] == 1)  # answer tokens only
     return (lp * ans).sum(1).view(B, K)
@@ -516,7 +570,11 @@ def classify(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
     t = self.cfg.vlm_threshold
     # a stored threshold decides between two classes
     pred = probs.argmax(-1) if t is None else (probs[:, 1] >= t).long()
-    ans = self.generate(x, QUESTIONS[self.cfg.vlm_kind, 'class'][0], max_new_tokens=8) if generate and not self.dual else [names[i] for i in pred]
+    ans = (
+        self.generate(x, QUESTIONS[self.cfg.vlm_kind, 'class'][0], max_new_tokens=8)
+        if generate and not self.dual
+        else [names[i] for i in pred]
+    )
     return dict(probs=probs, pred=pred, label=[names[i] for i in pred], answer=ans)
 
 # %% ../nbs/05_fusion.ipynb #d5370e93
@@ -561,7 +619,10 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
     fix = _with_impression if task == 'report' else _consistent
     pre = None if task == 'report' else [DIAGNOSIS[kind, c][1][0] for c in pred]
     gen = lambda **o: [fix(t, c, kind) for t, c in zip(self.generate(x, q, prefix=pre, **{**kw, **o}), pred)]
-    cands = [gen()] + [gen(temperature=sample_temperature, seed=seed + i) for i in range((n_samples or self.cfg.vlm_n_samples) - 1 if g == 'rerank' else 0)]
+    cands = [gen()] + [
+        gen(temperature=sample_temperature, seed=seed + i)
+        for i in range((n_samples or self.cfg.vlm_n_samples) - 1 if g == 'rerank' else 0)
+    ]
     if len(cands) == 1: return cands[0]
     score = lambda t, m, c: (len(check_claims(t, m, kind, c, self.thresholds)), -len(extract_claims(t, kind)))
     return [min(cs, key=lambda t: score(t, m, c)) for cs, m, c in zip(zip(*cands), ms, pred)]
@@ -578,7 +639,10 @@ def embed_images(self:PathVLM, images)->torch.Tensor: # (B, clip_dim) unit vecto
 @torch.no_grad()
 def embed_texts(self:PathVLM, texts:list)->torch.Tensor: # (M, clip_dim) unit vectors
     "Text embeddings in the shared space ('dual')"
-    ids, am = [t.to(next(self.parameters()).device) for t in pad_ids([self.tok.encode(t, True, True) for t in texts], self.tok.pad_id)]
+    ids, am = [
+        t.to(next(self.parameters()).device)
+        for t in pad_ids([self.tok.encode(t, True, True) for t in texts], self.tok.pad_id)
+    ]
     return F.normalize(self.connector.txt(self.lm(ids, am)), dim=-1)
 
 @patch
@@ -616,7 +680,8 @@ def from_pretrained(cls:PathVLM, path:str|Path, # folder written by `save_pretra
     cfg, sd = read_weights(path)
     tok = PathTokenizer.load(path) if (Path(path)/'tokenizer.json').exists() else None
     m = cls(VLMConfig(**cfg), tok)
-    if 'lm.lm_head.weight' not in sd and 'lm.tok_emb.weight' in sd and not m.dual: sd['lm.lm_head.weight'] = sd['lm.tok_emb.weight']
+    if 'lm.lm_head.weight' not in sd and 'lm.tok_emb.weight' in sd and not m.dual:
+        sd['lm.lm_head.weight'] = sd['lm.tok_emb.weight']
     m.load_state_dict(sd)
     return m.to(device).eval() if device else m.eval()
 
@@ -640,7 +705,9 @@ def init_vision(model:PathVLM, # the model whose `vision` tower (and `readout`) 
     enc, ro = (part('encoder.'), part('readout.')) if any(k.startswith('readout.') for k in sd) else (sd, {})
     _load(model.vision, enc, f"weights do not fit vit_name={model.cfg.vit_name!r}")
     if model.readout is not None:
-        if not ro: raise ValueError("vision_init: the model reads concept tokens (`vlm_readout`) but the weights have no heads; pass a multi-task `ImageClassifier` or its folder")
+        if not ro:
+            raise ValueError("vision_init: the model reads concept tokens (`vlm_readout`) but the weights have no "
+                             "heads; pass a multi-task `ImageClassifier` or its folder")
         _load(model.readout, ro, f"the heads do not fit vlm_readout={model.cfg.vlm_readout}")
     return model
 
@@ -683,29 +750,42 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     "Caption, tokenize, build and train a `PathVLM` in two stages; save everything to `out_dir`"
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     root, cfg = _captioned(src, out_dir), model.cfg if model is not None else cfg or VLMConfig.from_name(size, **cfg_kw)
-    if cfg.vlm_thresholds is None and (thr := read_thresholds(root)) is not None: cfg = replace(cfg, vlm_thresholds=asdict(thr))  # the words' cut points
+    if cfg.vlm_thresholds is None and (thr := read_thresholds(root)) is not None:
+        cfg = replace(cfg, vlm_thresholds=asdict(thr))  # the words' cut points
     if cfg.vlm_level_odds is None: cfg = replace(cfg, vlm_level_odds=read_level_odds(root))
     if model is not None: model.cfg = cfg
     tok = model.tok if model is not None else tok
     if cfg.lm_path and CONNECTORS[cfg.vlm_connector].generative and model is None:
         cfg = cfg.with_lm(LMConfig(**json.loads((Path(cfg.lm_path)/'config.json').read_text())))
         tok = tok or PathTokenizer.load(cfg.lm_path)
-    tok = tok or PathTokenizer.train([t for r in vlm_records(root, 'train', conversations=True) for t in _texts(r)], vocab_size)
+    tok = tok or PathTokenizer.train(
+        [t for r in vlm_records(root, 'train', conversations=True) for t in _texts(r)], vocab_size
+    )
     set_seed(seed)
     if model is None: cfg = replace(cfg, lm_vocab_size=len(tok)); model = PathVLM(cfg, tok, load_backbone=True)
     t0, dual = time.time(), not CONNECTORS[cfg.vlm_connector].generative
     if vision_init is not None: init_vision(model, vision_init)
-    dl = partial(vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed, text_only=dual,
-                 max_valid_rows=max_valid_rows, sortish=sortish)
+    dl = partial(
+        vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed,
+        text_only=dual, max_valid_rows=max_valid_rows, sortish=sortish,
+    )
     cache = {}  # features of the frozen vision tower, shared by both stages
     h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume, cache=cache, cbs=cbs), stage1_epochs, lr1, progress)
-    dls2 = dl(tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat, extra=None if dual else extra_rows)
-    learn2 = vlm_learner(dls2, model, 2, lr2, ckpt_dir=out_dir/'stage2', resume=resume, freeze_vision=freeze_vision, cache=cache, cbs=cbs)
+    dls2 = dl(
+        tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat,
+        extra=None if dual else extra_rows,
+    )
+    learn2 = vlm_learner(
+        dls2, model, 2, lr2, ckpt_dir=out_dir / 'stage2', resume=resume, freeze_vision=freeze_vision, cache=cache,
+        cbs=cbs,
+    )
     h2 = fit_stage(learn2, stage2_epochs, np.array([lr2/10, lr2, lr2]), progress)
     model.eval(); vs = _valid_split(root)
     acc = vlm_accuracy(model, VLMDataset(vlm_records(root, vs or 'train', ['class']), root, tok, cfg.vit_img_size))
-    metrics = dict(stage1=h1, stage2=h2, valid_accuracy=acc, valid_split=vs or 'train', seconds=round(time.time() - t0, 1),
-                   n_params=sum(p.numel() for p in model.parameters()), config=asdict(cfg))
+    metrics = dict(
+        stage1=h1, stage2=h2, valid_accuracy=acc, valid_split=vs or 'train', seconds=round(time.time() - t0, 1),
+        n_params=sum(p.numel() for p in model.parameters()), config=asdict(cfg),
+    )
     model.save_pretrained(out_dir)
     atomic_write(out_dir/'metrics.json', json.dumps(metrics, indent=2))
     return model, metrics

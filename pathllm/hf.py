@@ -30,8 +30,10 @@ def _hub(fn, name:str, what:str): # `fn(name)`, with a message naming the downlo
     try: return fn(name)
     except OSError as e:
         off = os.environ.get('HF_HUB_OFFLINE', '0')
-        raise OSError(f"{what}: cannot load {name!r}: not a local folder and not in the Hugging Face cache (HF_HUB_OFFLINE={off}). "
-                      f"Download it first, e.g. `hf download {name}` on a machine with internet, or pass a local folder "
+        raise OSError(f"{what}: cannot load {name!r}: not a local folder and not in the Hugging Face cache "
+                      f"(HF_HUB_OFFLINE={off}). "
+                      f"Download it first, e.g. `hf download {name}` on a machine with internet, or pass a local "
+                      "folder "
                       f"or a config for a random init") from e
 
 # %% ../nbs/05b_hf.ipynb #6034950b
@@ -41,12 +43,19 @@ class HFTokenizer:
     "A `transformers` tokenizer with the interface of `PathTokenizer`, `<image>` added as a special token"
     def __init__(self, tok, # a `transformers` tokenizer with a chat template
                  end_token:str|None=None): # end-of-turn token (default: the first of `_END_TOKENS` in the vocabulary, else eos)
-        if not getattr(tok, 'chat_template', None): raise ValueError("tok: the tokenizer has no chat template; set `tok.chat_template` (e.g. `pathllm.tokenizer.CHAT_TEMPLATE`)")
+        if not getattr(tok, 'chat_template', None):
+            raise ValueError(
+                "tok: the tokenizer has no chat template; set `tok.chat_template` (e.g. "
+                "`pathllm.tokenizer.CHAT_TEMPLATE`)"
+            )
         tok.add_tokens(['<image>'], special_tokens=True)  # a no-op when it exists
         if tok.pad_token is None: tok.pad_token = tok.eos_token
         v, self.tok = tok.get_vocab(), tok
         end = end_token or next((t for t in _END_TOKENS if t in v), tok.eos_token)
-        self.image_id, self.pad_id, self.eos_id, self.bos_id, self.end_id = v['<image>'], tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, v[end]
+        self.image_id, self.pad_id, self.eos_id, self.bos_id, self.end_id = (
+            v['<image>'], tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, v[end],
+        )
+
     def __len__(self): return len(self.tok)
     @property
     def vocab_size(self)->int: return len(self)
@@ -59,7 +68,11 @@ def encode(self:HFTokenizer, text:str, # the text; `<image>` and other special t
            add_eos:bool=False, # append the eos token
           )->list: # token ids
     "Encode `text` to ids without the tokenizer's automatic special tokens"
-    return [self.bos_id]*(add_bos and self.bos_id is not None) + self.tok.encode(text, add_special_tokens=False) + [self.eos_id]*add_eos
+    return (
+        [self.bos_id] * (add_bos and self.bos_id is not None)
+        + self.tok.encode(text, add_special_tokens=False)
+        + [self.eos_id] * add_eos
+    )
 
 @patch
 def decode(self:HFTokenizer, ids:list|torch.Tensor, # token ids
@@ -84,7 +97,9 @@ def load(cls:HFTokenizer, path:str|Path, # a folder written by `save`, or a hub 
 # %% ../nbs/05b_hf.ipynb #1735bc13
 @patch
 def _render(self:HFTokenizer, turns:list, gen:bool=False)->str: # chat-template text of `(role, content)` turns
-    return self.tok.apply_chat_template([dict(role=r, content=c) for r, c in turns], tokenize=False, add_generation_prompt=gen)
+    return self.tok.apply_chat_template(
+        [dict(role=r, content=c) for r, c in turns], tokenize=False, add_generation_prompt=gen
+    )
 
 @patch
 def apply_chat_template(self:HFTokenizer, conv:list|dict, # a conversation (see `normalize_conversation`)
@@ -93,7 +108,8 @@ def apply_chat_template(self:HFTokenizer, conv:list|dict, # a conversation (see 
     "Render `conv` with the tokenizer's chat template to ids and an assistant-only loss mask"
     turns, ids, mask, prev = normalize_conversation(conv), [], [], ''
     def add(text, m):
-        if not text.startswith(prev): raise ValueError("conv: the chat template does not render conversations prefix by prefix")
+        if not text.startswith(prev):
+            raise ValueError("conv: the chat template does not render conversations prefix by prefix")
         e = self.encode(text[len(prev):]); ids.extend(e); mask.extend([m]*len(e)); return text
     for i, (role, _) in enumerate(turns):
         if role == 'assistant': prev = add(self._render(turns[:i], True), 0)
@@ -143,19 +159,27 @@ class HFVision(VisionEncoder):
                  std:tuple|None=None): # normalisation std (default: OpenAI CLIP's)
         from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         c = model.config
-        self.model, self.feature_layer, self.img_size, self.dim = model, feature_layer, img_size or c.image_size, c.hidden_size
+        self.model, self.feature_layer, self.img_size, self.dim = (
+            model, feature_layer, img_size or c.image_size, c.hidden_size,
+        )
         self.n_tokens = (self.img_size // c.patch_size)**2
         self.mean, self.std = tuple(mean or OPENAI_CLIP_MEAN), tuple(std or OPENAI_CLIP_STD)
     def forward(self, x:torch.Tensor)->VisionOutput: # x (B, 3, H, W) normalised
-        o = self.model(pixel_values=x.to(next(self.model.parameters()).dtype), output_hidden_states=self.feature_layer != -1,
-                       interpolate_pos_encoding=x.shape[-1] != self.model.config.image_size)
+        o = self.model(
+            pixel_values=x.to(next(self.model.parameters()).dtype),
+            output_hidden_states=self.feature_layer != -1,
+            interpolate_pos_encoding=x.shape[-1] != self.model.config.image_size,
+        )
         h = o.last_hidden_state if self.feature_layer == -1 else o.hidden_states[self.feature_layer]   # (B, P+N, D)
         # drop class tokens
         return VisionOutput(h[:, h.shape[1] - self.n_tokens:], o.pooler_output)
 
 # %% ../nbs/05b_hf.ipynb #b7a65639
-_THROWAWAY = dict(vlm_connector='projector', vit_name='pathvit_nano', vit_img_size=16, vit_kw={}, mp_shuffle=1, lm_vocab_size=8,  # smallest parts
-                  lm_n_layer=1, lm_n_embd=8, lm_n_head=1, lm_n_kv_head=None, lm_kw={}, lm_path=None)
+# smallest parts
+_THROWAWAY = dict(
+    vlm_connector='projector', vit_name='pathvit_nano', vit_img_size=16, vit_kw={}, mp_shuffle=1, lm_vocab_size=8,
+    lm_n_layer=1, lm_n_embd=8, lm_n_head=1, lm_n_kv_head=None, lm_kw={}, lm_path=None,
+)
 
 class HFVLM(PathVLM):
     "A `PathVLM` over a Hugging Face language model and a Hugging Face or timm vision tower (build it with `hf_vlm`)"
@@ -165,9 +189,16 @@ class HFVLM(PathVLM):
                  vision:VisionEncoder, # the vision tower
                  vision_spec:dict|None=None): # how to rebuild `vision` in `from_pretrained` (see `hf_vlm`)
         hf_ok = [n for n, c in CONNECTORS.items() if c.hf]
-        if cfg.vlm_connector not in hf_ok: raise ValueError(f"connector: {cfg.vlm_connector!r} is not available with a Hugging Face LM; choose from {hf_ok}")
-        if getattr(cfg, 'xattn_every', 0): raise ValueError("xattn_every: gated cross-attention needs pathllm's own LM blocks; use 0 with a Hugging Face LM")
-        if len(tok) != lm.cfg.vocab_size: raise ValueError(f"tok: {len(tok)} tokens but the LM has {lm.cfg.vocab_size} embeddings")
+        if cfg.vlm_connector not in hf_ok:
+            raise ValueError(
+                f"connector: {cfg.vlm_connector!r} is not available with a Hugging Face LM; choose from {hf_ok}"
+            )
+        if getattr(cfg, 'xattn_every', 0):
+            raise ValueError(
+                "xattn_every: gated cross-attention needs pathllm's own LM blocks; use 0 with a Hugging Face LM"
+            )
+        if len(tok) != lm.cfg.vocab_size:
+            raise ValueError(f"tok: {len(tok)} tokens but the LM has {lm.cfg.vocab_size} embeddings")
         # sets `PathVLM`'s own attributes, on throwaway parts replaced below
         super().__init__(replace(cfg, **_THROWAWAY))
         self.cfg, self.tok, self.lm, self.vision, self.vision_spec = cfg, tok, lm, vision, vision_spec or {}
@@ -188,7 +219,9 @@ def _vision_tower(vision, img_size:int|None, feature_layer:int, pretrained:bool)
     from transformers import AutoConfig, AutoModel, PretrainedConfig
     if isinstance(vision, str) and (vision.startswith('timm:') or vision in vision_names()):   # a `get_vision` name
         return get_vision(vision, img_size or 96, pretrained=pretrained), dict(name=vision, img_size=img_size or 96)
-    if isinstance(vision, VisionEncoder) and not isinstance(vision, HFVision): raise ValueError("vision: pass a `get_vision` name (so that `from_pretrained` can rebuild it), not a built encoder")
+    if isinstance(vision, VisionEncoder) and not isinstance(vision, HFVision):
+        raise ValueError("vision: pass a `get_vision` name (so that `from_pretrained` can rebuild it), not a built "
+                         "encoder")
     if isinstance(vision, HFVision): enc = vision
     else:
         if isinstance(vision, PretrainedConfig): m = AutoModel.from_config(vision)
@@ -196,7 +229,10 @@ def _vision_tower(vision, img_size:int|None, feature_layer:int, pretrained:bool)
             c = _hub(AutoConfig.from_pretrained, str(vision), 'vision'); vc = getattr(c, 'vision_config', c)
             m = _hub(AutoModel._model_mapping[type(vc)].from_pretrained, str(vision), 'vision')
         enc = HFVision(m, img_size, feature_layer)
-    return enc, dict(hf=enc.model.config.to_dict(), img_size=enc.img_size, feature_layer=enc.feature_layer, mean=enc.mean, std=enc.std)
+    return enc, dict(
+        hf=enc.model.config.to_dict(), img_size=enc.img_size, feature_layer=enc.feature_layer, mean=enc.mean,
+        std=enc.std,
+    )
 
 # %% ../nbs/05b_hf.ipynb #bdcba94a
 def hf_vlm(lm:str|object='Qwen/Qwen2.5-0.5B', # hub name or local folder of a causal LM, a `transformers` config (random init) or model
@@ -215,15 +251,25 @@ def hf_vlm(lm:str|object='Qwen/Qwen2.5-0.5B', # hub name or local folder of a ca
     "A `PathVLM` on a Hugging Face causal LM and a Hugging Face or timm vision tower"
     if tok is None:
         from transformers import PretrainedConfig
-        if isinstance(lm, (PretrainedConfig, nn.Module)): raise ValueError("tok: required when `lm` is a config or a model")
+        if isinstance(lm, (PretrainedConfig, nn.Module)):
+            raise ValueError("tok: required when `lm` is a config or a model")
         tok = HFTokenizer.load(lm)
     tok = tok if isinstance(tok, HFTokenizer) else HFTokenizer(tok.to_hf() if isinstance(tok, PathTokenizer) else tok)
-    quant = dict(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype or torch.float32) if load_in_4bit else dict(load_in_8bit=True) if load_in_8bit else {}
+    quant = (
+        dict(
+            load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype or torch.float32,
+        )
+        if load_in_4bit
+        else dict(load_in_8bit=True) if load_in_8bit else {}
+    )
     hlm = HFLM(_causal_lm(lm, len(tok), quant, dtype))
     enc, spec = _vision_tower(vision, img_size, feature_layer, vision_pretrained)
     c = hlm.model.config
-    cfg = VLMConfig(vlm_connector=connector, vlm_kind=kind, vit_name=spec.get('name') or 'hf', vit_img_size=enc.img_size, lm_vocab_size=len(tok),
-                    lm_n_embd=c.hidden_size, lm_n_layer=c.num_hidden_layers, lm_n_head=1, **cfg_kw)
+    cfg = VLMConfig(
+        vlm_connector=connector, vlm_kind=kind, vit_name=spec.get('name') or 'hf', vit_img_size=enc.img_size,
+        lm_vocab_size=len(tok), lm_n_embd=c.hidden_size, lm_n_layer=c.num_hidden_layers, lm_n_head=1, **cfg_kw,
+    )
     return HFVLM(cfg, tok, hlm, enc, spec)
 
 # %% ../nbs/05b_hf.ipynb #96e17d36
@@ -238,9 +284,16 @@ def _shared(model:nn.Module)->set: # state-dict keys whose tensor an earlier key
 def save_pretrained(self:HFVLM, path:str|Path, # folder to write
                    )->Path: # the folder
     "Save config, weights (safetensors), the Hugging Face configs and the tokenizer"
-    if getattr(self.lm.model, 'is_quantized', False): raise ValueError("save_pretrained: the LM is loaded in 8/4 bits; save the LoRA adapters (`08_finetune`), or merge into a full-precision LM first")
+    if getattr(self.lm.model, 'is_quantized', False):
+        raise ValueError(
+            "save_pretrained: the LM is loaded in 8/4 bits; save the LoRA adapters (`08_finetune`), or merge into a "
+            "full-precision LM first"
+        )
     path = Path(path); save_weights(self, path, self.cfg, _shared(self))
-    atomic_write(path/'hf.json', json.dumps(dict(lm=self.lm.model.config.to_dict(), vision=self.vision_spec), indent=2, default=str))
+    atomic_write(
+        path / 'hf.json',
+        json.dumps(dict(lm=self.lm.model.config.to_dict(), vision=self.vision_spec), indent=2, default=str),
+    )
     self.tok.save(path)
     return path
 
@@ -251,15 +304,27 @@ def from_pretrained(cls:HFVLM, path:str|Path, # folder written by `HFVLM.save_pr
     "Load an `HFVLM` saved with `save_pretrained` (no download: the configs are in the folder)"
     from transformers import CONFIG_MAPPING, AutoModel
     path = Path(path); cfg, sd = read_weights(path)
-    if not (path/'hf.json').exists(): raise FileNotFoundError(f"{path/'hf.json'}: missing; for a from-scratch model use `PathVLM.from_pretrained`")
+    if not (path/'hf.json').exists():
+        raise FileNotFoundError(f"{path/'hf.json'}: missing; for a from-scratch model use `PathVLM.from_pretrained`")
     spec = json.loads((path/'hf.json').read_text()); cfg = VLMConfig(**cfg)
     mk = lambda d: CONFIG_MAPPING[d['model_type']].from_dict(d)
     v = spec['vision']
-    vision = HFVision(AutoModel.from_config(mk(v['hf'])), v['img_size'], v['feature_layer'], v['mean'], v['std']) if 'hf' in v else v['name']
-    keep = {k: getattr(cfg, k) for k in ('mp_shuffle', 'mp_n_layer', 'qf_n_query', 'qf_n_layer', 'qf_n_head', 'qf_n_embd', 'vlm_max_len')}
-    m = hf_vlm(mk(spec['lm']), vision, HFTokenizer.load(path), cfg.vlm_connector, cfg.vlm_kind, cfg.vit_img_size, vision_pretrained=False, **keep)
+    vision = (
+        HFVision(AutoModel.from_config(mk(v['hf'])), v['img_size'], v['feature_layer'], v['mean'], v['std'])
+        if 'hf' in v
+        else v['name']
+    )
+    keep = {
+        k: getattr(cfg, k)
+        for k in ('mp_shuffle', 'mp_n_layer', 'qf_n_query', 'qf_n_layer', 'qf_n_head', 'qf_n_embd', 'vlm_max_len')
+    }
+    m = hf_vlm(
+        mk(spec['lm']), vision, HFTokenizer.load(path), cfg.vlm_connector, cfg.vlm_kind, cfg.vit_img_size,
+        vision_pretrained=False, **keep
+    )
     missing, unexpected = m.load_state_dict(sd, strict=False)
-    if unexpected or set(missing) - _shared(m): raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if unexpected or set(missing) - _shared(m):
+        raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return m.to(device).eval() if device else m.eval()
 
 # %% ../nbs/05b_hf.ipynb #7eefd060
@@ -293,12 +358,18 @@ def train_hf(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folder
              **kw, # more `hf_vlm` arguments (`connector`, `img_size`, `load_in_4bit`, `dtype`, `vlm_max_len`, ...)
             )->tuple: # (model, metrics dict)
     "Build an `HFVLM` with `hf_vlm`, train it in two stages on `src`, and save it to `out_dir`"
-    if kw.get('load_in_4bit') or kw.get('load_in_8bit'): raise ValueError("load_in_4bit/load_in_8bit: a quantised LM cannot be fully fine-tuned; train adapters with `pathllm.finetune.qlora_model`")
+    if kw.get('load_in_4bit') or kw.get('load_in_8bit'):
+        raise ValueError(
+            "load_in_4bit/load_in_8bit: a quantised LM cannot be fully fine-tuned; train adapters with "
+            "`pathllm.finetune.qlora_model`"
+        )
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     root = _captioned(src, out_dir); set_seed(seed)
     model = hf_vlm(lm, vision, tok, **{'kind': getattr(src, 'kind', None) or _kind(root), **kw})
-    return train_vlm(root, out_dir, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, lr1=lr1, lr2=lr2, bs=bs,
-                     max_rows=max_rows, seed=seed, resume=resume, progress=progress, model=model, cbs=cbs, sortish=sortish)  # the same two stages as the from-scratch model
+    return train_vlm(
+        root, out_dir, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, lr1=lr1, lr2=lr2, bs=bs,
+        max_rows=max_rows, seed=seed, resume=resume, progress=progress, model=model, cbs=cbs, sortish=sortish,
+    )  # the same two stages as the from-scratch model
 
 def _kind(root:Path)->str: # 'pcam' or 'mhist', from the class answers of a captioned folder
     from pathllm.data import LABEL_NAMES

@@ -59,7 +59,8 @@ class LMConfig:
     def __post_init__(self):
         if self.n_embd % self.n_head: raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
         if self.n_head % self.kv_heads: raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
-        if self.rope_theta and self.head_dim % 2: raise ValueError(f"head_dim=n_embd/n_head={self.head_dim} must be even for rotary embeddings")
+        if self.rope_theta and self.head_dim % 2:
+            raise ValueError(f"head_dim=n_embd/n_head={self.head_dim} must be even for rotary embeddings")
         if self.norm not in ('rms', 'layer'): raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
         if self.mlp not in ('swiglu', 'gelu'): raise ValueError(f"mlp must be 'swiglu' or 'gelu', got {self.mlp!r}")
 
@@ -106,7 +107,11 @@ def _dropout(cfg:LMConfig)->nn.Module: return nn.Dropout(cfg.dropout) if cfg.dro
 def make_norm(cfg:LMConfig, # `norm`, `n_embd`, `norm_eps` and `bias` are read
              )->nn.Module: # RMSNorm or LayerNorm of width `cfg.n_embd`
     "The norm layer chosen by `cfg.norm`"
-    return RMSNorm(cfg.n_embd, cfg.norm_eps) if cfg.norm == 'rms' else nn.LayerNorm(cfg.n_embd, cfg.norm_eps, bias=cfg.bias)
+    return (
+        RMSNorm(cfg.n_embd, cfg.norm_eps)
+        if cfg.norm == 'rms'
+        else nn.LayerNorm(cfg.n_embd, cfg.norm_eps, bias=cfg.bias)
+    )
 
 # %% ../nbs/03_lm.ipynb #933cf6c1
 def rotate_half(x:torch.Tensor, # (..., d), d even
@@ -126,7 +131,9 @@ class Rotary(Module):
     "Cos and sin of rotary angles for given positions"
     def __init__(self, head_dim:int, # d
                  theta:float=10000.): # frequency base
-        self.register_buffer('inv_freq', 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+        self.register_buffer(
+            'inv_freq', 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False
+        )
     def forward(self, pos:torch.Tensor)->tuple: # (B, T) positions -> cos, sin each (B, 1, T, d)
         f = pos[..., None].float() * self.inv_freq  # (B, T, d/2)
         emb = torch.cat((f, f), dim=-1)             # (B, T, d)
@@ -236,7 +243,9 @@ class Block(Module):
 def _init_weights(m:nn.Module, cfg:LMConfig):
     "Normal init; residual projections scaled by `1/sqrt(2*n_layer)` (GPT-2) so the residual stream does not grow with depth"
     if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, 0., cfg.init_std / (math.sqrt(2*cfg.n_layer) if getattr(m, 'is_residual', False) else 1))
+        nn.init.normal_(
+            m.weight, 0.0, cfg.init_std / (math.sqrt(2 * cfg.n_layer) if getattr(m, 'is_residual', False) else 1)
+        )
         if m.bias is not None: nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Embedding): nn.init.normal_(m.weight, 0., cfg.init_std)
 
@@ -309,16 +318,24 @@ def lm_config_from_llama(hc, # a `transformers.LlamaConfig`
                         )->LMConfig: # `transformers.LlamaConfig` -> the equivalent `LMConfig`
     "The `LMConfig` of an HF `LlamaConfig`"
     rp = getattr(hc, 'rope_parameters', None) or {'rope_theta': getattr(hc, 'rope_theta', 10000.)}
-    if rp.get('rope_type', 'default') != 'default': raise ValueError(f"rope_parameters: only default RoPE is supported, got {rp}")
-    if hc.head_dim != hc.hidden_size // hc.num_attention_heads: raise ValueError(f"head_dim={hc.head_dim} must be hidden_size/num_attention_heads")
+    if rp.get('rope_type', 'default') != 'default':
+        raise ValueError(f"rope_parameters: only default RoPE is supported, got {rp}")
+    if hc.head_dim != hc.hidden_size // hc.num_attention_heads:
+        raise ValueError(f"head_dim={hc.head_dim} must be hidden_size/num_attention_heads")
     if hc.attention_bias != getattr(hc, 'mlp_bias', False): raise ValueError("attention_bias and mlp_bias must agree")
-    return LMConfig(vocab_size=hc.vocab_size, n_layer=hc.num_hidden_layers, n_embd=hc.hidden_size, n_head=hc.num_attention_heads,
-                    n_kv_head=hc.num_key_value_heads, mlp_hidden=hc.intermediate_size, rope_theta=rp['rope_theta'],
-                    norm_eps=hc.rms_norm_eps, bias=hc.attention_bias, tie_embeddings=hc.tie_word_embeddings)
+    return LMConfig(
+        vocab_size=hc.vocab_size, n_layer=hc.num_hidden_layers, n_embd=hc.hidden_size, n_head=hc.num_attention_heads,
+        n_kv_head=hc.num_key_value_heads, mlp_hidden=hc.intermediate_size, rope_theta=rp['rope_theta'],
+        norm_eps=hc.rms_norm_eps, bias=hc.attention_bias, tie_embeddings=hc.tie_word_embeddings,
+    )
 
 def _llama_map(cfg:LMConfig)->dict: # our parameter name -> HF Llama name
     "Parameter names of `LM` and their HF Llama counterparts"
-    m = {'tok_emb.weight': 'model.embed_tokens.weight', 'norm.weight': 'model.norm.weight', 'lm_head.weight': 'lm_head.weight'}
+    m = {
+        'tok_emb.weight': 'model.embed_tokens.weight',
+        'norm.weight': 'model.norm.weight',
+        'lm_head.weight': 'lm_head.weight',
+    }
     for i in range(cfg.n_layer):
         o, h = f'blocks.{i}.', f'model.layers.{i}.'
         for p in ['weight'] + ['bias']*cfg.bias:
@@ -338,7 +355,8 @@ def lm_from_llama(hf:nn.Module|dict, # a `LlamaForCausalLM` or its state dict
     new = {k: sd[s] for k, s in _llama_map(cfg).items() if s in sd}
     if cfg.tie_embeddings or 'lm_head.weight' not in new: new['lm_head.weight'] = new['tok_emb.weight']
     for k, v in new.items():
-        if v.shape != own[k].shape: raise ValueError(f"shape mismatch for {k}: Llama {tuple(v.shape)} vs LM {tuple(own[k].shape)}")
+        if v.shape != own[k].shape:
+            raise ValueError(f"shape mismatch for {k}: Llama {tuple(v.shape)} vs LM {tuple(own[k].shape)}")
     lm.load_state_dict(new)
     return lm
 
@@ -347,12 +365,17 @@ def lm_to_llama(lm:LM, # the model to convert
     "Convert an `LM` to HF `LlamaForCausalLM`"
     from transformers import LlamaConfig, LlamaForCausalLM
     c = lm.cfg
-    if c.norm != 'rms' or c.mlp != 'swiglu' or not c.rope_theta: raise ValueError("only norm='rms', mlp='swiglu' with rotary embeddings convert to Llama")
-    hc = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.hidden, num_hidden_layers=c.n_layer,
-                     num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, rms_norm_eps=c.norm_eps, attention_bias=c.bias,
-                     mlp_bias=c.bias, tie_word_embeddings=c.tie_embeddings)
-    if hasattr(hc, 'rope_parameters'): hc.rope_parameters = {'rope_type': 'default', 'rope_theta': c.rope_theta}
-    else: hc.rope_theta = c.rope_theta
+    if c.norm != 'rms' or c.mlp != 'swiglu' or not c.rope_theta:
+        raise ValueError("only norm='rms', mlp='swiglu' with rotary embeddings convert to Llama")
+    hc = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.hidden, num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, rms_norm_eps=c.norm_eps, attention_bias=c.bias,
+        mlp_bias=c.bias, tie_word_embeddings=c.tie_embeddings,
+    )
+    if hasattr(hc, 'rope_parameters'):
+        hc.rope_parameters = {'rope_type': 'default', 'rope_theta': c.rope_theta}
+    else:
+        hc.rope_theta = c.rope_theta
     hf, sd = LlamaForCausalLM(hc), lm.state_dict()
     hf.load_state_dict({s: sd[k].clone() for k, s in _llama_map(c).items()}, strict=True)
     return hf.eval()
@@ -373,7 +396,8 @@ def sample_next(logits:torch.Tensor, # (B, V) logits of the next token
         logits = torch.where(seen.bool(), pen, logits)
     if temperature <= 0: return logits.argmax(-1)
     logits = logits / temperature
-    if top_k: logits = logits.masked_fill(logits < logits.topk(min(top_k, logits.size(-1)), -1).values[:, -1:], -float('inf'))
+    if top_k:
+        logits = logits.masked_fill(logits < logits.topk(min(top_k, logits.size(-1)), -1).values[:, -1:], -float('inf'))
     if top_p is not None and top_p < 1:
         srt, order = logits.sort(-1, descending=True)
         p = srt.softmax(-1)
@@ -400,12 +424,19 @@ def generate(self:LM, idx:torch.Tensor|None=None, # (B, T) prompt ids, left-padd
     B, T, dev = x.shape[0], x.shape[1], x.device
     cache = KVCache(self.cfg, B, T + max_new_tokens, dev, self.tok_emb.weight.dtype)
     seen = torch.zeros(B, self.cfg.vocab_size, dtype=torch.long, device=dev)
-    if idx is not None: seen.scatter_reduce_(1, idx, torch.ones_like(idx) if attention_mask is None else attention_mask.long(), 'amax')
+    if idx is not None:
+        seen.scatter_reduce_(1, idx, torch.ones_like(idx) if attention_mask is None else attention_mask.long(), 'amax')
     gen = torch.Generator(dev).manual_seed(seed) if seed is not None else None
-    stop, done, out = torch.tensor(list(stop_tokens), device=dev, dtype=torch.long), torch.zeros(B, dtype=torch.bool, device=dev), []
+    stop, done, out = (
+        torch.tensor(list(stop_tokens), device=dev, dtype=torch.long),
+        torch.zeros(B, dtype=torch.bool, device=dev),
+        [],
+    )
     logits, _ = self(idx, inputs_embeds=inputs_embeds, attention_mask=attention_mask, kv_cache=cache)
     for i in range(max_new_tokens):
-        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, seen, repetition_penalty, gen).masked_fill(done, pad_id)  # (B,)
+        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, seen, repetition_penalty, gen).masked_fill(
+            done, pad_id
+        )  # (B,)
         out.append(nxt); done |= torch.isin(nxt, stop)
         if bool(done.all()) or i == max_new_tokens - 1: break
         seen.scatter_(1, nxt[:, None], 1)
@@ -495,7 +526,10 @@ class TokenPerplexity(Metric):
     def reset(self): self.nll, self.n = 0., 0
     def accumulate(self, learn):
         y = learn.yb[0]
-        self.nll += F.cross_entropy(learn.pred.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction='sum').item()
+        self.nll += F.cross_entropy(
+            learn.pred.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction='sum'
+        ).item()
+
         self.n += int((y != IGNORE).sum())
     @property
     def value(self): return math.exp(self.nll / self.n) if self.n else None
@@ -513,9 +547,15 @@ def lm_learner(dls:DataLoaders, # from `lm_dataloaders` or `chat_dataloaders`
                cbs:list|None=None, # extra callbacks
               )->Learner: # a fastai `Learner` (mixed precision on CUDA only)
     "A fastai `Learner` for `LM` with masked loss, perplexity, gradient clipping and checkpoints"
-    cbs = [LMOutputCallback(), GradientClip(clip)] + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else []) + list(cbs or [])
-    learn = Learner(dls, model, loss_func=lm_loss, opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), lr=lr, wd=wd,
-                    metrics=[TokenPerplexity()], cbs=cbs)
+    cbs = (
+        [LMOutputCallback(), GradientClip(clip)]
+        + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else [])
+        + list(cbs or [])
+    )
+    learn = Learner(
+        dls, model, loss_func=lm_loss, opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), lr=lr, wd=wd,
+        metrics=[TokenPerplexity()], cbs=cbs,
+    )
     if torch.cuda.is_available(): learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     return learn
 
@@ -537,7 +577,11 @@ def train_lm(texts:list[str], # training documents
             )->tuple: # (model, tokenizer, metrics dict)
     "Train a BPE tokenizer and a language model on `texts`; save everything to `out_dir`"
     out_dir = Path(out_dir); set_seed(seed)
-    tok = PathTokenizer.load(out_dir) if resume and (out_dir/'tokenizer.json').exists() else PathTokenizer.train(texts, vocab_size)
+    tok = (
+        PathTokenizer.load(out_dir)
+        if resume and (out_dir / 'tokenizer.json').exists()
+        else PathTokenizer.train(texts, vocab_size)
+    )
     tok.save(out_dir)
     dls = lm_dataloaders(texts, tok, seq_len, bs, valid_pct, seed)
     set_seed(seed); model = LM(LMConfig.from_name(size, vocab_size=len(tok), **cfg_kw))
@@ -564,8 +608,10 @@ def generate_text(model_dir:str|Path, # folder written by `train_lm`
     "Load a trained model and continue `prompt`"
     tok, lm = PathTokenizer.load(model_dir), LM.from_pretrained(model_dir)
     idx = torch.tensor([tok.encode(prompt, add_bos=True)])
-    out = lm.generate(idx, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      repetition_penalty=repetition_penalty, stop_tokens=[tok.eos_id, tok.end_id], pad_id=tok.pad_id, seed=seed)
+    out = lm.generate(
+        idx, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, stop_tokens=[tok.eos_id, tok.end_id], pad_id=tok.pad_id, seed=seed,
+    )
     cont = tok.decode(out[0], skip_special=True)
     return prompt + cont if full else cont
 
@@ -577,10 +623,17 @@ def ngram_perplexity(dls:DataLoaders, # from `lm_dataloaders`: counts from `trai
                     )->float: # validation perplexity
     "Perplexity of an add-`alpha` smoothed unigram or bigram model on the LM's own validation targets"
     if order not in (1, 2): raise ValueError(f"order must be 1 or 2, got {order}")
-    (xt, yt), (xv, yv) = [[torch.stack([it[j] for it in ds]).flatten() for j in (0, 1)] for ds in (dls.train_ds, dls.valid_ds)]
+    (xt, yt), (xv, yv) = [
+        [torch.stack([it[j] for it in ds]).flatten() for j in (0, 1)] for ds in (dls.train_ds, dls.valid_ds)
+    ]
     keep = yv != IGNORE; xv, yv = xv[keep], yv[keep]
     if order == 1:
         c = torch.bincount(yt, minlength=vocab_size).double() + alpha
         return math.exp(-(c / c.sum()).log()[yv].mean().item())
-    c = torch.zeros(vocab_size, vocab_size, dtype=torch.double).index_put_((xt, yt), torch.ones(len(xt), dtype=torch.double), accumulate=True) + alpha
+    c = (
+        torch.zeros(vocab_size, vocab_size, dtype=torch.double).index_put_(
+            (xt, yt), torch.ones(len(xt), dtype=torch.double), accumulate=True
+        )
+        + alpha
+    )
     return math.exp(-(c / c.sum(1, keepdim=True)).log()[xv, yv].mean().item())

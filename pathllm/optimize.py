@@ -90,12 +90,16 @@ class ClassScorer(Module):
     "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes: the prompt runs once per image, the K answers read its cache"
     def __init__(self, model:PathVLM): # a generative `PathVLM` with a tokenizer, connector 'projector' or 'qformer'
         if model.dual or model.xattn is not None or CONNECTORS[model.cfg.vlm_connector].xattn:
-            raise ValueError(f"vlm_connector: ClassScorer needs image tokens in the prompt ('projector' or 'qformer'), got {model.cfg.vlm_connector!r}")
+            raise ValueError(
+                "vlm_connector: ClassScorer needs image tokens in the prompt ('projector' or 'qformer'), got "
+                f"{model.cfg.vlm_connector!r}"
+            )
         tok, p = model.tok, model._prompt(QUESTIONS[model.cfg.vlm_kind, 'class'][0])
         # (K, A) answers, right-padded
         ids, am = pad_ids([tok.encode(n) + [tok.end_id] for n in LABEL_NAMES[model.cfg.vlm_kind]], tok.pad_id)
         self.model, self.i = model, p.index(tok.image_id)
-        for k, v in dict(prompt=torch.tensor(p), ids=ids, w=am.float()).items(): self.register_buffer(k, v, persistent=False)
+        for k, v in dict(prompt=torch.tensor(p), ids=ids, w=am.float()).items():
+            self.register_buffer(k, v, persistent=False)
     def forward(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> (B, K) log-likelihood of each class answer
         lm, img, K = self.model.lm, self.model.encode_images(x), len(self.ids)              # img (B, n, C)
         B, p, cache = len(img), lm.tok_emb(self.prompt)[None].expand(len(img), -1, -1), PromptCache(lm.cfg.n_layer)
@@ -117,11 +121,16 @@ def onnx_graph(module:nn.Module, # maps one tensor to one tensor
     "Export `module` to ONNX with `torch.export`, optionally with int8 matrix multiplies (ONNX Runtime quantization)"
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter('ignore')
-        proto = torch.onnx.export(module.eval(), (example,), input_names=['x'], output_names=['y'], dynamo=True, external_data=False).model_proto
+        proto = torch.onnx.export(
+            module.eval(), (example,), input_names=['x'], output_names=['y'], dynamo=True, external_data=False
+        ).model_proto
     if not int8: return proto.SerializeToString()
     from onnxruntime.quantization import quantize_dynamic, QuantType
     with tempfile.TemporaryDirectory() as d:
-        quantize_dynamic(proto, Path(d)/'q.onnx', op_types_to_quantize=['MatMul', 'Gemm'], per_channel=True, weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            proto, Path(d) / 'q.onnx', op_types_to_quantize=['MatMul', 'Gemm'], per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
         return (Path(d)/'q.onnx').read_bytes()
 
 def ort_session(graph:bytes, # from `onnx_graph`
@@ -142,7 +151,8 @@ class OrtVLM(PathVLM):
     # graphs hold the old weights
     def load_state_dict(self, *args, **kw): self._sessions = {}; return super().load_state_dict(*args, **kw)
     def _session(self, x:torch.Tensor):
-        if x.shape not in self._sessions: self._sessions[x.shape] = ort_session(onnx_graph(ClassScorer(self), x, self.int8))
+        if x.shape not in self._sessions:
+            self._sessions[x.shape] = ort_session(onnx_graph(ClassScorer(self), x, self.int8))
         return self._sessions[x.shape]
     @torch.no_grad()
     def class_logprobs(self, images, names:list|None=None, question:str|None=None)->torch.Tensor: # (B, K)
@@ -226,8 +236,16 @@ def variant_outputs(model:PathVLM, # a model with a tokenizer, e.g. from `quanti
     "Size, memory and outputs of one model variant on `images` (`time_models` times it)"
     x = to_images(images, model.cfg.vit_img_size, next(model.parameters()).device)
     cls = lambda b: model.classify(b, generate=False)['probs'].float().cpu()
-    probs, size, n_captions = torch.cat([cls(x[i:i+bs]) for i in range(0, len(x), bs)]), disk_bytes(model), min(n_captions, len(x))
-    caps = [c for i in range(0, n_captions, bs) for c in model.caption(x[i:min(i+bs, n_captions)], max_new_tokens=max_new_tokens)]
+    probs, size, n_captions = (
+        torch.cat([cls(x[i : i + bs]) for i in range(0, len(x), bs)]),
+        disk_bytes(model),
+        min(n_captions, len(x)),
+    )
+    caps = [
+        c
+        for i in range(0, n_captions, bs)
+        for c in model.caption(x[i : min(i + bs, n_captions)], max_new_tokens=max_new_tokens)
+    ]
     return dict(size_bytes=size, peak_bytes=size + peak_memory(lambda: cls(x[:bs])), probs=probs, captions=caps)
 
 # %% ../nbs/09_optimization.ipynb #74a82d98
@@ -279,7 +297,10 @@ def speed_markdown(rows:list, # from `speed_rows`, possibly with more columns (e
     f = lambda v: f'{v:.3g}' if isinstance(v, float) else str(v)
     rng = lambda r, q: f"{f(r[q])} [{f(r[q + '_min'])}, {f(r[q + '_max'])}]"
     hdr = ['variant', *extra, *[h for q in qs for h in (q, f'{q} ratio')]]
-    body = [[r['variant'], *[f(r.get(c, '')) for c in extra], *[c for q in qs for c in (rng(r, q), rng(r, q + '_ratio'))]] for r in rows]
+    body = [
+        [r['variant'], *[f(r.get(c, '')) for c in extra], *[c for q in qs for c in (rng(r, q), rng(r, q + '_ratio'))]]
+        for r in rows
+    ]
     return '\n'.join('| ' + ' | '.join(l) + ' |' for l in [hdr, ['---'] * len(hdr), *body])
 
 # %% ../nbs/09_optimization.ipynb #87fa8b43
@@ -294,17 +315,25 @@ def compare_variants(model:PathVLM, # the fp32 model
                      **kw, # `variant_outputs` arguments (`n_captions`, `max_new_tokens`)
                     )->tuple: # (rows: one dict per variant, outputs: variant -> `variant_outputs` dict)
     "Measure quantized variants of `model` on the same images, with ratios to fp32 from the same run"
-    if bad := [v for v in variants if v not in VARIANTS]: raise ValueError(f"variants: unknown {bad}; choose from {list(VARIANTS)}")
+    if bad := [v for v in variants if v not in VARIANTS]:
+        raise ValueError(f"variants: unknown {bad}; choose from {list(VARIANTS)}")
     models = {v: quantize_model(model, v, parts) for v in dict.fromkeys(('fp32', *variants))}
     outs = {v: variant_outputs(m, images, bs, **kw) for v, m in models.items()}
     speed, b, rows = speed_rows(time_models(models, images, bs, n_tokens, rounds)), outs['fp32'], []
     for (v, o), sp in zip(outs.items(), speed):
         m = score(o['probs'], o['captions']) if score else {}
-        r = dict(variant=v, size_mb=o['size_bytes'] / 2**20, size_ratio=o['size_bytes'] / b['size_bytes'], peak_mb=o['peak_bytes'] / 2**20,
-                 agreement=float((o['probs'].argmax(-1) == b['probs'].argmax(-1)).float().mean()),
-                 max_prob_diff=float((o['probs'] - b['probs']).abs().max()), **m)
+        r = dict(
+            variant=v, size_mb=o['size_bytes'] / 2**20, size_ratio=o['size_bytes'] / b['size_bytes'],
+            peak_mb=o['peak_bytes'] / 2**20,
+            agreement=float((o['probs'].argmax(-1) == b['probs'].argmax(-1)).float().mean()),
+            max_prob_diff=float((o['probs'] - b['probs']).abs().max()), **m,
+        )
         rows.append(r | sp); o['metrics'] = m
-    for r in rows: r |= {f'{k}_retained': r[k] / outs['fp32']['metrics'][k] if outs['fp32']['metrics'][k] else float('nan') for k in outs['fp32']['metrics']}
+    for r in rows:
+        r |= {
+            f'{k}_retained': r[k] / outs['fp32']['metrics'][k] if outs['fp32']['metrics'][k] else float('nan')
+            for k in outs['fp32']['metrics']
+        }
     return rows, outs
 
 def speed_report(rows:list, # from `compare_variants` or `speed_rows`
@@ -316,9 +345,14 @@ def speed_report(rows:list, # from `compare_variants` or `speed_rows`
     "Write speed rows as JSON (with the environment) and as a markdown table, both from the same numbers"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     env = environment_info(('torch', 'onnxruntime', 'onnx', 'bitsandbytes', 'numpy'))
-    atomic_write(out/f'{name}.json', json.dumps(dict(rows=rows, info=info or {}, environment=env), indent=2, default=str))
-    md = (f"# {title}\n\nRatios are to `{rows[0]['variant']}` measured in the same run, round by round; `[min, max]` over the rounds. "
-          f"Measured {env['date']} on {env['device']}, torch {env['packages']['torch']}.\n\n{speed_markdown(rows)}\n")
+    atomic_write(
+        out / f'{name}.json', json.dumps(dict(rows=rows, info=info or {}, environment=env), indent=2, default=str)
+    )
+    md = (
+        f"# {title}\n\nRatios are to `{rows[0]['variant']}` measured in the same run, round by round; `[min, max]` "
+        "over the rounds. "
+        f"Measured {env['date']} on {env['device']}, torch {env['packages']['torch']}.\n\n{speed_markdown(rows)}\n"
+    )
     atomic_write(out/f'{name}.md', md)
     return md
 
@@ -351,14 +385,21 @@ def load_optimized(path:str|Path, # folder written by `save_optimized`
     "Load a model saved by `save_optimized`"
     path = Path(path)
     for f in ('config.json', 'optimization.json', 'model.pt'):
-        if not (path/f).is_file(): raise FileNotFoundError(f"{path/f}: missing; is {path} a folder written by save_optimized?")
+        if not (path/f).is_file():
+            raise FileNotFoundError(f"{path/f}: missing; is {path} a folder written by save_optimized?")
     opt = json.loads((path/'optimization.json').read_text())
     tok = PathTokenizer.load(path) if (path/'tokenizer.json').exists() else None
-    m = quantize_model(PathVLM(VLMConfig(**json.loads((path/'config.json').read_text())), tok), opt['variant'], tuple(opt['parts']))
+    m = quantize_model(
+        PathVLM(VLMConfig(**json.loads((path / 'config.json').read_text())), tok), opt['variant'], tuple(opt['parts'])
+    )
     sd = torch.load(path/'model.pt', map_location='cpu', weights_only=False)
     done = _load_4bit(m, sd) if opt['variant'] in ('bnb_nf4', 'bnb_fp4') else set()
     missing, unexpected = m.load_state_dict(sd, strict=False)
-    if unexpected or set(missing) - done: raise ValueError(f"model.pt: weights do not fit the config (missing {sorted(set(missing) - done)[:3]}, unexpected {unexpected[:3]})")
+    if unexpected or set(missing) - done:
+        raise ValueError(
+            f"model.pt: weights do not fit the config (missing {sorted(set(missing) - done)[:3]}, unexpected "
+            f"{unexpected[:3]})"
+        )
     return m.eval()
 
 def optimize_model(model_dir:str|Path, # folder written by `PathVLM.save_pretrained`
@@ -369,7 +410,9 @@ def optimize_model(model_dir:str|Path, # folder written by `PathVLM.save_pretrai
     "Quantize a saved model and save it (the `pathllm optimize` command)"
     m = PathVLM.from_pretrained(model_dir); q = quantize_model(m, variant, parts)
     save_optimized(q, out, variant, parts)
-    return dict(variant=variant, fp32_bytes=disk_bytes(m), size_bytes=(Path(out)/'model.pt').stat().st_size, out=str(out))
+    return dict(
+        variant=variant, fp32_bytes=disk_bytes(m), size_bytes=(Path(out) / 'model.pt').stat().st_size, out=str(out)
+    )
 
 # %% ../nbs/09_optimization.ipynb #fbed2321
 def kd_loss(student_logits:torch.Tensor, # (B, T, V)
@@ -383,8 +426,10 @@ def kd_loss(student_logits:torch.Tensor, # (B, T, V)
     if T <= 0: raise ValueError(f"T: must be > 0, got {T}")
     s, t = student_logits.float(), teacher_logits.float()
     keep = targets != IGNORE if targets is not None else torch.ones(s.shape[:-1], dtype=torch.bool, device=s.device)
-    kl = F.kl_div(F.log_softmax(s[keep] / T, -1), F.log_softmax(t[keep] / T, -1), log_target=True, reduction='batchmean') * T * T \
-         if keep.any() else s.sum() * 0
+    kl = (
+        F.kl_div(F.log_softmax(s[keep] / T, -1), F.log_softmax(t[keep] / T, -1), log_target=True, reduction='batchmean')
+        * T * T if keep.any() else s.sum() * 0
+    )
     return kl if alpha == 1 or targets is None else alpha * kl + (1 - alpha) * lm_loss(s, targets)
 
 # %% ../nbs/09_optimization.ipynb #67b20ae0
@@ -412,7 +457,8 @@ class DistillCallback(Callback):
         store_attr()
     def before_fit(self):
         ts, ss = self.teacher.cfg.lm_vocab_size, self.learn.model.cfg.lm_vocab_size
-        if ts != ss: raise ValueError(f"lm_vocab_size: teacher has {ts} tokens, student {ss}; they must share the tokenizer")
+        if ts != ss:
+            raise ValueError(f"lm_vocab_size: teacher has {ts} tokens, student {ss}; they must share the tokenizer")
         self.teacher.to(next(self.learn.model.parameters()).device).eval().requires_grad_(False)
         self.scorers = (ClassScorer(self.learn.model), ClassScorer(self.teacher)) if self.cls_weight else None
     def after_loss(self):
@@ -439,7 +485,9 @@ def distill(teacher:PathVLM, # the trained teacher (frozen)
            )->dict: # `losses` (per batch), `train_loss`, `valid_loss` (task loss) per epoch
     "Train `student` with `DistillCallback(teacher)`"
     cb = DistillCallback(teacher, T, alpha, cls_weight, balanced)
-    return fit_stage(vlm_learner(dls, student, stage=2, lr=lr, cbs=[cb], freeze_vision=freeze_vision), epochs, lr, progress)
+    return fit_stage(
+        vlm_learner(dls, student, stage=2, lr=lr, cbs=[cb], freeze_vision=freeze_vision), epochs, lr, progress
+    )
 
 # %% ../nbs/09_optimization.ipynb #49fb50ed
 def _abs(r:dict, root:Path)->dict: # `r` with its image paths (`image`, or `images` of an in-context row) absolute
@@ -461,12 +509,18 @@ def teacher_dataset(teacher:PathVLM, # the trained teacher
     if not recs: raise ValueError(f"tasks: no training rows of {list(tasks)} in {root}")
     for i in range(0, len(recs), bs):
         b = recs[i:i+bs]
-        for r, a in zip(b, teacher.generate([Image.open(r['image']) for r in b], [r['prompt'] for r in b], max_new_tokens=max_new_tokens)):
+        for r, a in zip(
+            b,
+            teacher.generate(
+                [Image.open(r['image']) for r in b], [r['prompt'] for r in b], max_new_tokens=max_new_tokens
+            ),
+        ):
             r['response'] = a
     dump = lambda rs: '\n'.join(json.dumps(r) for r in rs) + '\n'
     atomic_write(out/'instructions_train.jsonl', dump(recs))
     for f in sorted(root.glob('*.jsonl')):
-        if f.name != 'instructions_train.jsonl' and f.name.startswith(('instructions_', 'llava_')): atomic_write(out/f.name, dump([_abs(r, root) for r in read_jsonl(f)]))
+        if f.name != 'instructions_train.jsonl' and f.name.startswith(('instructions_', 'llava_')):
+            atomic_write(out/f.name, dump([_abs(r, root) for r in read_jsonl(f)]))
     return out
 
 # %% ../nbs/09_optimization.ipynb #2e645139
@@ -547,8 +601,13 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
     trn, val = np.flatnonzero(sp == 'train')[:n].tolist(), np.flatnonzero(sp == vs)[:bs].tolist()
     sub = ds.subset(trn + val); ti, vi = list(range(len(trn))), list(range(len(trn), len(sub)))
     t0 = time.perf_counter(); x = patch_tensor(sub); decode = time.perf_counter() - t0
-    feeds = dict(per_item=lambda: (get_dls(sub, bs=bs, seed=0, stain_sigma=sigma, stain_bias=bias), []),
-                 batched=lambda: (tensor_dls(x, torch.as_tensor(sub.labels), train=ti, valid=vi, bs=bs, device='cpu'), [BatchAugment(sigma, bias, seed=0)]))
+    feeds = dict(
+        per_item=lambda: (get_dls(sub, bs=bs, seed=0, stain_sigma=sigma, stain_bias=bias), []),
+        batched=lambda: (
+            tensor_dls(x, torch.as_tensor(sub.labels), train=ti, valid=vi, bs=bs, device='cpu'),
+            [BatchAugment(sigma, bias, seed=0)],
+        ),
+    )
     out = {k: [] for k in feeds}
     for _ in range(rounds):
         for k, feed in feeds.items():
@@ -556,7 +615,10 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
             learn = vision_learner_for(dls, arch, len(sub.classes), img_size=x.shape[-1], cbs=cbs, **kw)
             t0 = time.perf_counter(); fit_stage(learn, 1, 1e-3); out[k].append(len(trn) / (time.perf_counter() - t0))
     ratio = [b / a for a, b in zip(out['per_item'], out['batched'])]
-    return dict(out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), n=len(trn), bs=bs, rounds=rounds, decode_s=decode)
+    return dict(
+        out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), n=len(trn), bs=bs,
+        rounds=rounds, decode_s=decode,
+    )
 
 # %% ../nbs/09_optimization.ipynb #3d9610c0
 def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. a `run_train` folder's `vlm`)
@@ -567,8 +629,10 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
                    max_len:int=384, # tokens per row at most
                   )->dict: # `random` and `sortish` rows/s per round, `ratio` (sortish / random, median), `pad_*` tokens per real token
     "Stage-2 training rows/s of a fused model with random batches against length-sorted ones: same rows, model and steps"
-    dl = lambda s: vlm_dataloaders(root, model.tok, conversations=True, bs=bs, img_size=model.cfg.vit_img_size, max_len=max_len,
-                                   max_rows=n, max_valid_rows=bs, seed=0, sortish=s)
+    dl = lambda s: vlm_dataloaders(
+        root, model.tok, conversations=True, bs=bs, img_size=model.cfg.vit_img_size, max_len=max_len, max_rows=n,
+        max_valid_rows=bs, seed=0, sortish=s,
+    )
     # tokens fed per real token
     pad = lambda d: float(sum(b[1].numel() for b in d.train) / sum(int(b[2].sum()) for b in d.train))
     out, cache = dict(random=[], sortish=[]), {}
@@ -580,8 +644,10 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
     for _ in range(rounds):
         for k in out: out[k].append(epoch(k == 'sortish'))
     ratio = [b / a for a, b in zip(out['random'], out['sortish'])]
-    return dict(out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), pad_random=pad(dl(False)),
-                pad_sortish=pad(dl(True)), n=n, bs=bs, rounds=rounds)
+    return dict(
+        out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), pad_random=pad(dl(False)),
+        pad_sortish=pad(dl(True)), n=n, bs=bs, rounds=rounds,
+    )
 
 # %% ../nbs/09_optimization.ipynb #2770db16
 def train_flops(n_params:float, # parameters (non-embedding, by convention)
@@ -605,15 +671,21 @@ def fit_power_law(x, # positive sizes (params, tokens, FLOPs)
                  )->dict: # `a`, `alpha`, `c`, and `r2` of the fit in log space
     "Fit `y = a x^-alpha (+ c)`: a line in log-log space, or nonlinear least squares with the offset"
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) != len(y) or len(x) < (4 if offset else 2): raise ValueError(f"x: need at least {4 if offset else 2} points of x and y, got {len(x)} and {len(y)}")
+    if len(x) != len(y) or len(x) < (4 if offset else 2):
+        raise ValueError(f"x: need at least {4 if offset else 2} points of x and y, got {len(x)} and {len(y)}")
     if (x <= 0).any() or (y <= 0).any(): raise ValueError("x: sizes and losses must be positive for a log-log fit")
     slope, icpt = np.polyfit(np.log(x), np.log(y), 1)
     a, alpha, c = math.exp(icpt), -slope, 0.
     if offset:
         from scipy.optimize import curve_fit
-        (a, alpha, c), _ = curve_fit(power_law, x, y, p0=(a, max(alpha, 1e-3), 0.), bounds=([0, 0, 0], [np.inf, 10, y.min()]), maxfev=20000)
+        (a, alpha, c), _ = curve_fit(
+            power_law, x, y, p0=(a, max(alpha, 1e-3), 0.0), bounds=([0, 0, 0], [np.inf, 10, y.min()]), maxfev=20000
+        )
     ly, lp = np.log(y), np.log(np.maximum(power_law(x, a, alpha, c), 1e-12))
-    return dict(a=float(a), alpha=float(alpha), c=float(c), r2=float(1 - ((ly - lp)**2).sum() / max(((ly - ly.mean())**2).sum(), 1e-12)))
+    return dict(
+        a=float(a), alpha=float(alpha), c=float(c),
+        r2=float(1 - ((ly - lp) ** 2).sum() / max(((ly - ly.mean()) ** 2).sum(), 1e-12)),
+    )
 
 # %% ../nbs/09_optimization.ipynb #b2a557a4
 def flat_point(fit:dict, # from `fit_power_law`
@@ -658,8 +730,10 @@ def lm_scaling_run(train:torch.Tensor, # (N, T+1) training windows from `pack_to
         b = train[torch.randint(len(train), (bs,), generator=g)]
         lm_loss(m(b[:, :-1])[0], b[:, 1:]).backward()
         nn.utils.clip_grad_norm_(m.parameters(), 1.); opt.step(); opt.zero_grad(); sch.step()
-    return dict(params=N, params_total=cfg.n_params, tokens=steps * bs * T, flops=train_flops(N, steps * bs * T), steps=steps,
-                valid_loss=_valid_loss(m, valid, 64))
+    return dict(
+        params=N, params_total=cfg.n_params, tokens=steps * bs * T, flops=train_flops(N, steps * bs * T), steps=steps,
+        valid_loss=_valid_loss(m, valid, 64),
+    )
 
 # %% ../nbs/09_optimization.ipynb #6259bc79
 def plot_scaling(x, # sizes
@@ -677,7 +751,10 @@ def plot_scaling(x, # sizes
     for i, l in enumerate(labels or []): ax.annotate(str(l), (x[i], y[i]), fontsize=7)
     if fit:
         xx = np.logspace(np.log10(min(x)), np.log10(max(x)), 50)
-        ax.plot(xx, power_law(xx, fit['a'], fit['alpha'], fit['c']), 'r--', label=f"alpha={fit['alpha']:.3f}" + (f", c={fit['c']:.2f}" if fit['c'] else ''))
+        ax.plot(
+            xx, power_law(xx, fit['a'], fit['alpha'], fit['c']), 'r--',
+            label=f"alpha={fit['alpha']:.3f}" + (f", c={fit['c']:.2f}" if fit['c'] else ''),
+        )
         ax.legend(fontsize=7)
     ax.set(xscale='log', yscale='log', xlabel=xlabel, ylabel=ylabel)
     return ax
@@ -697,7 +774,10 @@ def vlm_scaling_run(dls, # from `vlm_dataloaders`
     n = lambda mod: sum(p.numel() for p in mod.parameters())
     n_lm = non_embedding_params(cfg.lm_config) + n(m.connector)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    sch, it, tokens, m_ = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=max(0.1, 2 / steps)), iter(dls.train), 0, m.train()
+    sch, it, tokens, m_ = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=max(0.1, 2 / steps)),
+        iter(dls.train), 0, m.train(),
+    )
     for _ in range(steps):
         try: b = next(it)
         except StopIteration: it = iter(dls.train); b = next(it)
@@ -710,9 +790,12 @@ def vlm_scaling_run(dls, # from `vlm_dataloaders`
     m.eval()
     with torch.no_grad(): vl = [(lm_loss(m(*b[:3]), b[3]).item(), len(b[0])) for b in dls.valid]
     flops = train_flops(n_lm, tokens) + train_flops(n(m.vision), steps * dls.train.bs * m.vision.n_tokens)
-    return dict(params_vision=n(m.vision), params_lm=n_lm, params=n_lm + n(m.vision), params_total=n(m), image_tokens=m.n_image_tokens,
-                tokens=tokens, flops=flops, steps=steps, valid_loss=sum(l * k for l, k in vl) / sum(k for _, k in vl),
-                valid_accuracy=vlm_accuracy(m, dls.valid.dataset))
+    return dict(
+        params_vision=n(m.vision), params_lm=n_lm, params=n_lm + n(m.vision), params_total=n(m),
+        image_tokens=m.n_image_tokens, tokens=tokens, flops=flops, steps=steps,
+        valid_loss=sum(l * k for l, k in vl) / sum(k for _, k in vl),
+        valid_accuracy=vlm_accuracy(m, dls.valid.dataset),
+    )
 
 # %% ../nbs/09_optimization.ipynb #60804995
 def tokenizer_run(texts:list, # training documents
@@ -726,7 +809,10 @@ def tokenizer_run(texts:list, # training documents
     "Train one LM with `tok` on a FLOP budget; report the validation loss per character"
     enc = lambda ts: [tok.encode(t) + [getattr(tok, 'eos_id', 2)] for t in ts]
     va = enc(valid_texts)
-    r = lm_scaling_run(pack_tokens(enc(texts), seq_len), pack_tokens(va, seq_len), LMConfig(vocab_size=len(tok), **cfg_kw), flops=flops, **kw)
+    r = lm_scaling_run(
+        pack_tokens(enc(texts), seq_len), pack_tokens(va, seq_len), LMConfig(vocab_size=len(tok), **cfg_kw),
+        flops=flops, **kw,
+    )
     cpt = sum(len(t) + 1 for t in valid_texts) / sum(map(len, va))
     nats = r['valid_loss'] / cpt
     return dict(r, vocab=len(tok), chars_per_token=cpt, bits_per_char=nats / math.log(2), ppl_per_char=math.exp(nats))

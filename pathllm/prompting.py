@@ -25,10 +25,14 @@ __all__ = ['SYNONYMS', 'NEGATORS', 'ANSWER_MARKERS', 'SYSTEM_PROMPTS', 'PROMPTS'
 
 # %% ../nbs/06_prompting.ipynb #5a25f639
 SYNONYMS = {  # kind -> class id -> regexes (on lower-case text) that claim the class
-    'pcam': {0: [r'normal', r'benign', r'reactive', r'negative', r'non-?neoplastic', r'lymphoid'],
-             1: [r'tumou?rs?', r'metasta\w*', r'malignan\w*', r'carcinomas?', r'cancer\w*', r'neoplas\w*', r'positive']},
-    'mhist': {0: [r'hp', r'hyperplastic(?: polyps?)?', r'hyperplasia'],
-              1: [r'ssa', r'ssl', r'sessile serrated(?: adenomas?| lesions?| polyps?)?', r'serrated adenomas?']},
+    'pcam': {
+        0: [r'normal', r'benign', r'reactive', r'negative', r'non-?neoplastic', r'lymphoid'],
+        1: [r'tumou?rs?', r'metasta\w*', r'malignan\w*', r'carcinomas?', r'cancer\w*', r'neoplas\w*', r'positive'],
+    },
+    'mhist': {
+        0: [r'hp', r'hyperplastic(?: polyps?)?', r'hyperplasia'],
+        1: [r'ssa', r'ssl', r'sessile serrated(?: adenomas?| lesions?| polyps?)?', r'serrated adenomas?'],
+    },
 }
 NEGATORS = r'(?:no|not|non|without|negative for|free of|absence of|absent|lack of|lacks|neither|nor|rule out|ruled out|isn\'t|is not)'
 ANSWER_MARKERS = r'(?:answer|impression|diagnosis|conclusion|final answer)\s*[:\-]'
@@ -119,10 +123,12 @@ def chat_ids(tok, # a `PathTokenizer`
              image_turn:str|None='first', # user turn(s) that get `<image>`: 'first', 'last', 'all' or None (text only)
             )->list: # ids ending in `<|assistant|>\n`
     "Render `conv` through the chat template, with `<image>` in the chosen user turn(s), ready for generation"
-    if image_turn not in ('first', 'last', 'all', None): raise ValueError(f"image_turn: must be 'first', 'last', 'all' or None, got {image_turn!r}")
+    if image_turn not in ('first', 'last', 'all', None):
+        raise ValueError(f"image_turn: must be 'first', 'last', 'all' or None, got {image_turn!r}")
     conv = [dict(c) for c in conv]; users = [i for i, c in enumerate(conv) if c['role'] == 'user']
     if not users or conv[-1]['role'] != 'user': raise ValueError('conv: must end with a user turn')
-    for i in {'first': users[:1], 'last': users[-1:], 'all': users, None: []}[image_turn]: conv[i]['content'] = with_image(conv[i]['content'])
+    for i in {'first': users[:1], 'last': users[-1:], 'all': users, None: []}[image_turn]:
+        conv[i]['content'] = with_image(conv[i]['content'])
     return tok.apply_chat_template(conv, add_generation_prompt=True)[0]
 
 # %% ../nbs/06_prompting.ipynb #0a2ae855
@@ -147,11 +153,14 @@ def generate_chat(model:PathVLM, # a generative `PathVLM`
     "Batched generation from arbitrary conversations, one per image"
     if model.dual: raise ValueError("model: 'dual' models do not generate text")
     tok, dev = model.tok, next(model.parameters()).device
-    if len(convs) != len(images): raise ValueError(f"convs: need one conversation per image, {len(images)} images but {len(convs)} conversations")
+    if len(convs) != len(images):
+        raise ValueError(f"convs: need one conversation per image, {len(images)} images but {len(convs)} conversations")
     ids, am = [t.to(dev) for t in pad_ids([chat_ids(tok, c, image_turn) for c in convs], tok.pad_id, 'left')]
     emb, mask, _ = model.embed(ids, am, _image_embeds(model, images, shots))
-    out = model.lm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                            stop_tokens=[tok.end_id, tok.eos_id], pad_id=tok.pad_id, **kw)
+    out = model.lm.generate(
+        inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
+        stop_tokens=[tok.end_id, tok.eos_id], pad_id=tok.pad_id, **kw,
+    )
     stop = torch.isin(out, torch.tensor([tok.end_id, tok.eos_id], device=dev))
     n = torch.where(stop.any(1), stop.float().argmax(1) + 1, torch.full_like(out[:, 0], out.shape[1]))
     return [tok.decode(o, skip_special=True).strip() for o in out], n.tolist()
@@ -212,7 +221,8 @@ def pick_examples(captions:list, # captions of the candidate (training) patches
     out, cs = [], sorted(by)
     while len(out) < k and any(by.values()):
         for c in cs:
-            if by[c] and len(out) < k: i = by[c].pop(); out.append((None if images is None else images[i], captions[i], int(labels[i])))
+            if by[c] and len(out) < k:
+                i = by[c].pop(); out.append((None if images is None else images[i], captions[i], int(labels[i])))
     return out
 
 # %% ../nbs/06_prompting.ipynb #49fd80dd
@@ -225,7 +235,8 @@ def few_shot_conv(examples:list, # `(image, caption, label)` triples (see `pick_
     "The few-shot conversation: each example asked and answered, then the query"
     p = PROMPTS.get(prompt, prompt) if isinstance(prompt, str) else prompt
     if answer not in ('label', 'caption'): raise ValueError(f"answer: must be 'label' or 'caption', got {answer!r}")
-    if answer == 'caption' and not with_images: raise ValueError("answer='caption' needs the example images (with_images=True)")
+    if answer == 'caption' and not with_images:
+        raise ValueError("answer='caption' needs the example images (with_images=True)")
     ans = lambda c, l: c if answer == 'caption' else LABEL_NAMES[kind][l]
     q = lambda c: p.render(**class_choice(kind)) if with_images else PROMPTS['example'].render(caption=c)
     return p.conversation([(q(c), ans(c, l)) for _, c, l in examples], **class_choice(kind))
@@ -241,11 +252,14 @@ def few_shot(model:PathVLM, # a generative `PathVLM`
              **kw)->dict: # as `zero_shot`
     "In-context learning: solved examples (with their images) as earlier turns, then the image and the question"
     p, kind = PROMPTS.get(prompt, prompt) if isinstance(prompt, str) else prompt, model.cfg.vlm_kind
-    if with_images and any(i is None for i, *_ in examples): raise ValueError('examples: with_images=True needs an image in every example (`pick_examples(..., images=)`)')
+    if with_images and any(i is None for i, *_ in examples):
+        raise ValueError('examples: with_images=True needs an image in every example (`pick_examples(..., images=)`)')
     conv = few_shot_conv(examples, p, kind, answer, with_images)
     shots = [i for i, *_ in examples] if with_images else None
-    ans, n = generate_chat(model, images, [conv] * len(images), image_turn='all' if with_images else 'last', shots=shots,
-                           max_new_tokens=max_new_tokens, **kw)
+    ans, n = generate_chat(
+        model, images, [conv] * len(images), image_turn='all' if with_images else 'last', shots=shots,
+        max_new_tokens=max_new_tokens, **kw
+    )
     return _result(ans, kind, n, closed=p.closed, extra=dict(text=ans) if p.describes else None)
 
 # %% ../nbs/06_prompting.ipynb #0a77e6a6
@@ -256,15 +270,22 @@ def chain_of_thought(model:PathVLM, # a generative `PathVLM`
                      **kw)->dict: # as `zero_shot`, plus the `reasoning` texts (also as `text`)
     "Describe the morphology first, then the impression; the class is parsed from the end"
     kind, B = model.cfg.vlm_kind, len(images)
-    if mode not in ('two_turn', 'report', 'single'): raise ValueError(f"mode: must be 'two_turn', 'report' or 'single', got {mode!r}")
+    if mode not in ('two_turn', 'report', 'single'):
+        raise ValueError(f"mode: must be 'two_turn', 'report' or 'single', got {mode!r}")
     if mode != 'two_turn':
         p = PROMPTS['report' if mode == 'report' else 'cot']
-        ans, n = generate_chat(model, images, [p.conversation(**class_choice(kind))] * B, max_new_tokens=max_new_tokens, **kw)
+        ans, n = generate_chat(
+            model, images, [p.conversation(**class_choice(kind))] * B, max_new_tokens=max_new_tokens, **kw
+        )
         return _result(ans, kind, n, extra=dict(reasoning=ans, text=ans))
-    why, n1 = generate_chat(model, images, [PROMPTS['describe'].conversation()] * B, max_new_tokens=max_new_tokens, **kw)
+    why, n1 = generate_chat(
+        model, images, [PROMPTS['describe'].conversation()] * B, max_new_tokens=max_new_tokens, **kw
+    )
     convs = [PROMPTS['class'].conversation([(PROMPTS['describe'].template, w)], **class_choice(kind)) for w in why]
     ans, n2 = generate_chat(model, images, convs, max_new_tokens=8, **kw)
-    return _result([f'{w} Answer: {a}' for w, a in zip(why, ans)], kind, np.add(n1, n2), extra=dict(reasoning=why, text=why))
+    return _result(
+        [f'{w} Answer: {a}' for w, a in zip(why, ans)], kind, np.add(n1, n2), extra=dict(reasoning=why, text=why)
+    )
 
 # %% ../nbs/06_prompting.ipynb #968efde2
 def self_consistency(model:PathVLM, # a generative `PathVLM`
@@ -296,7 +317,9 @@ def constrained(model:PathVLM, # a generative `PathVLM`
     p, kind = PROMPTS.get(prompt, prompt) if isinstance(prompt, str) else prompt, model.cfg.vlm_kind
     names = list(LABEL_NAMES[kind]); answers = answers or {c: [c] for c in names}
     flat = [a for c in names for a in answers[c]]
-    lp = answer_logprobs(model, images, [p.conversation(**class_choice(kind))] * len(images), flat, length_norm=length_norm, **kw)
+    lp = answer_logprobs(
+        model, images, [p.conversation(**class_choice(kind))] * len(images), flat, length_norm=length_norm, **kw
+    )
     # (B, K)
     grp = torch.stack([lp[:, [i for i, a in enumerate(flat) if a in answers[c]]].logsumexp(1) for c in names], 1)
     probs = grp.softmax(-1)
@@ -304,8 +327,11 @@ def constrained(model:PathVLM, # a generative `PathVLM`
 
 # %% ../nbs/06_prompting.ipynb #3b748df0
 HELD_OUT_PARAPHRASES = {  # never used in training (`pathllm.captions.QUESTIONS` holds the training phrasings)
-    'pcam': ('What is your diagnosis for the central region?', 'Would you call the middle of this image benign or malignant?',
-             'Normal tissue or tumour in the centre?', 'Does the centre contain cancer?', 'Classify the centre of this lymph node patch.'),
+    'pcam': (
+        'What is your diagnosis for the central region?',
+        'Would you call the middle of this image benign or malignant?', 'Normal tissue or tumour in the centre?',
+        'Does the centre contain cancer?', 'Classify the centre of this lymph node patch.',
+    ),
     'mhist': ('What kind of polyp is this?', 'Hyperplastic polyp or sessile serrated lesion?', 'Give the polyp type.'),
 }
 
@@ -322,8 +348,14 @@ def paraphrase_eval(model:PathVLM, # a generative `PathVLM`
     rows = []
     for g, qs in questions.items():
         for q in qs:
-            r = zero_shot(model, images, PromptTemplate('q', q, closed=q.lower().startswith(('does', 'is there'))), max_new_tokens)
-            rows.append(dict(group=g, question=q, accuracy=float((r['pred'] == y).mean()), unknown=float((r['pred'] < 0).mean())))
+            r = zero_shot(
+                model, images, PromptTemplate('q', q, closed=q.lower().startswith(('does', 'is there'))), max_new_tokens
+            )
+            rows.append(
+                dict(
+                    group=g, question=q, accuracy=float((r['pred'] == y).mean()), unknown=float((r['pred'] < 0).mean())
+                )
+            )
     return pd.DataFrame(rows)
 
 # %% ../nbs/06_prompting.ipynb #66ab0501
@@ -361,6 +393,7 @@ def plot_comparison(df:pd.DataFrame, # from `compare_techniques`
     ax = ax or plt.subplots(figsize=(9, 3.5))[1]
     df[[c for c in ('accuracy', 'auc', 'rouge_l') if c in df]].astype(float).plot.bar(ax=ax, rot=25, ylim=(0, 1.1))
     ax.axhline(0.5, ls='--', c='gray', lw=1)
-    for i, (t, s) in enumerate(zip(df.tokens_per_image, df.s_per_image)): ax.text(i, 1.02, f'{t:.0f} tok\n{1e3*s:.0f} ms', ha='center', fontsize=7)
+    for i, (t, s) in enumerate(zip(df.tokens_per_image, df.s_per_image)):
+        ax.text(i, 1.02, f'{t:.0f} tok\n{1e3*s:.0f} ms', ha='center', fontsize=7)
     ax.set_title('Prompting techniques on the same validation patches (chance accuracy = 0.5)', fontsize=9)
     ax.legend(fontsize=7, loc='lower right'); return ax

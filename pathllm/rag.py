@@ -49,7 +49,8 @@ def image_embeddings(model:VisionEncoder|PathVLM, # a vision encoder, or a `Path
                     )->np.ndarray: # (B, D) float32 unit vectors
     "L2-normalised image embeddings from any `VisionEncoder` or `PathVLM`"
     if pool not in ('pooled', 'mean'): raise ValueError(f"pool: must be 'pooled' or 'mean', got {pool!r}")
-    if isinstance(model, PathVLM) and model.dual: return np.concatenate([l2norm(model.embed_images(b)) for b in _batches(images, bs)])
+    if isinstance(model, PathVLM) and model.dual:
+        return np.concatenate([l2norm(model.embed_images(b)) for b in _batches(images, bs)])
     enc = model.vision if isinstance(model, PathVLM) else model
     dev, out = next(enc.parameters()).device, []
     for b in _batches(images, bs):
@@ -78,7 +79,8 @@ def text_embeddings(model:PathVLM|LM, # a `PathVLM` (dual: its text tower; else 
                     bs:int=64, # batch size
                    )->np.ndarray: # (M, D) float32 unit vectors
     "L2-normalised text embeddings: a dual encoder's text tower, or mean-pooled LM hidden states"
-    if isinstance(model, PathVLM) and model.dual: return np.concatenate([l2norm(model.embed_texts(list(b))) for b in _batches(texts, bs)])
+    if isinstance(model, PathVLM) and model.dual:
+        return np.concatenate([l2norm(model.embed_texts(list(b))) for b in _batches(texts, bs)])
     lm, tok = (model.lm if isinstance(model, PathVLM) else model), tok or getattr(model, 'tok', None)
     if tok is None: raise ValueError('tok: a tokenizer is needed to embed texts with a language model')
     dev, out = next(lm.parameters()).device, []
@@ -134,8 +136,11 @@ class PatchIndex:
                  hnsw_m:int=32, # HNSW neighbours per node
                  ef_search:int=64, # HNSW search depth
                 ):
-        if kind not in INDEX_KINDS: raise ValueError(f"kind: unknown index kind {kind!r}; choose from {list(INDEX_KINDS)}")
-        self.dim, self.kind, self.nlist, self.nprobe, self.hnsw_m, self.ef_search = dim, kind, nlist, nprobe, hnsw_m, ef_search
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"kind: unknown index kind {kind!r}; choose from {list(INDEX_KINDS)}")
+        self.dim, self.kind, self.nlist, self.nprobe, self.hnsw_m, self.ef_search = (
+            dim, kind, nlist, nprobe, hnsw_m, ef_search,
+        )
         self.ids, self.labels, self.captions, self._pos, self.index = [], [], [], {}, None
         self.info = {}  # free-form provenance saved with the index, e.g. the embedding model (see `build_index`)
         if kind != 'ivf': self.index = self._make()
@@ -152,8 +157,13 @@ def _make(self:PatchIndex, train:np.ndarray|None=None): # a new, empty (trained)
         idx = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, ip); idx.hnsw.efSearch = self.ef_search
         return idx
     self.nlist = self.nlist or max(1, int(np.sqrt(len(train))))
-    if len(train) < self.nlist: raise ValueError(f"nlist: IVF needs at least nlist={self.nlist} vectors in the first add, got {len(train)}")
-    if len(train) < 39 * self.nlist: warnings.warn(f"IVF: {len(train)} training vectors for {self.nlist} clusters (faiss advises >= {39*self.nlist}); recall may suffer")
+    if len(train) < self.nlist:
+        raise ValueError(f"nlist: IVF needs at least nlist={self.nlist} vectors in the first add, got {len(train)}")
+    if len(train) < 39 * self.nlist:
+        warnings.warn(
+            f"IVF: {len(train)} training vectors for {self.nlist} clusters (faiss advises >= {39*self.nlist}); recall "
+            "may suffer"
+        )
     idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, self.nlist, ip)
     idx.cp.min_points_per_centroid = 1  # the warning above replaces faiss' own print to stderr
     idx.train(train)
@@ -173,7 +183,8 @@ def add(self:PatchIndex, embs:np.ndarray|torch.Tensor, # (N, D) embeddings (norm
     labels = [-1]*n if labels is None else [int(l) for l in labels]
     captions = ['']*n if captions is None else [str(c) for c in captions]
     if x.shape[1] != self.dim: raise ValueError(f"embs: dimension {x.shape[1]} does not match the index's {self.dim}")
-    if not len(ids) == len(labels) == len(captions) == n: raise ValueError(f"ids, labels, captions: need {n} each, got {len(ids)}, {len(labels)}, {len(captions)}")
+    if not len(ids) == len(labels) == len(captions) == n:
+        raise ValueError(f"ids, labels, captions: need {n} each, got {len(ids)}, {len(labels)}, {len(captions)}")
     dup = [i for i in ids if i in self._pos] or ([i for i in set(ids) if ids.count(i) > 1] if len(set(ids)) < n else [])
     if dup: raise ValueError(f"ids: already in the index or repeated: {dup[:5]}")
     if self.index is None: self.index = self._make(x)
@@ -187,7 +198,8 @@ def _excl(exclude_ids, B): # one set of excluded ids per query
     if exclude_ids is None: return [set()] * B
     if isinstance(exclude_ids, (str, int, np.integer)): return [{exclude_ids}] * B
     ex = list(exclude_ids)
-    if len(ex) != B: raise ValueError(f"exclude_ids: need one id (or set of ids) per query, {B} queries but {len(ex)} given")
+    if len(ex) != B:
+        raise ValueError(f"exclude_ids: need one id (or set of ids) per query, {B} queries but {len(ex)} given")
     return [set(e) if isinstance(e, (set, list, tuple, frozenset)) else {e} for e in ex]
 
 @patch
@@ -206,8 +218,10 @@ def search(self:PatchIndex, q:np.ndarray|torch.Tensor, # (B, D) query embeddings
         keep = [(r, s) for r, s in zip(I[b], D[b]) if r >= 0 and self.ids[r] not in ex[b]][:k]
         for j, (r, s) in enumerate(keep): rows[b, j], scores[b, j] = r, s
     lab = np.array(self.labels + [-1], np.int64)[rows]  # row -1 -> the appended -1
-    return SearchResult(scores, rows, [[self.ids[r] for r in rw if r >= 0] + [None]*int((rw < 0).sum()) for rw in rows], lab,
-                        [[self.captions[r] if r >= 0 else '' for r in rw] for rw in rows])
+    return SearchResult(
+        scores, rows, [[self.ids[r] for r in rw if r >= 0] + [None] * int((rw < 0).sum()) for rw in rows], lab,
+        [[self.captions[r] if r >= 0 else '' for r in rw] for rw in rows],
+    )
 
 # %% ../nbs/07_rag.ipynb #d7e58768
 @patch
@@ -234,7 +248,8 @@ def load(cls:PatchIndex, path:str|Path, # folder written by `save`
     except json.JSONDecodeError as e: raise DataError(f'{fm}: not valid JSON ({e})') from e
     index = _faiss().read_index(str(fi))
     n = {k: len(meta.get(k, [])) for k in ('ids', 'labels', 'captions')}
-    if meta.get('dim') != index.d: raise DataError(f"{fm}: dimension {meta.get('dim')} but {fi} holds {index.d}-d vectors")
+    if meta.get('dim') != index.d:
+        raise DataError(f"{fm}: dimension {meta.get('dim')} but {fi} holds {index.d}-d vectors")
     if not meta.get('count') == index.ntotal == n['ids'] == n['labels'] == n['captions']:
         raise DataError(f"{fm}: metadata for {meta.get('count')} patches ({n}) but {fi} holds {index.ntotal} vectors")
     self = cls(meta['dim'], meta['kind'], meta['nlist'], meta['nprobe'], meta['hnsw_m'], meta['ef_search'])
@@ -253,7 +268,8 @@ def knn_classify(index:PatchIndex, # index whose `labels` are class ids
                  exclude_ids=None, # leakage guard, as in `PatchIndex.search`
                 )->dict: # `probs` (B, n_classes), `pred` (B,), and the `neighbours` (`SearchResult`)
     "Class probabilities from the labels of the `k` nearest indexed patches"
-    if vote not in ('majority', 'similarity'): raise ValueError(f"vote: must be 'majority' or 'similarity', got {vote!r}")
+    if vote not in ('majority', 'similarity'):
+        raise ValueError(f"vote: must be 'majority' or 'similarity', got {vote!r}")
     r = index.search(q, k, exclude_ids)
     ok = (r.rows >= 0) & (r.labels >= 0)
     # (B, k); -1 keeps exp finite
@@ -281,8 +297,14 @@ def index_patches(ds:PatchDataset, # the patches
         items = [ds[i] for i in range(s, min(s + bs, len(ds)))]
         e = np.asarray(embed([it.img for it in items]))
         ix = ix or PatchIndex(e.shape[1], kind, **kw)
-        caps = [captions[it.source_id] if captions else caption(measure(np.asarray(it.img), ds.kind), it.label, ds.kind, seed + s + j)
-                for j, it in enumerate(items)]
+        caps = [
+            (
+                captions[it.source_id]
+                if captions
+                else caption(measure(np.asarray(it.img), ds.kind), it.label, ds.kind, seed + s + j)
+            )
+            for j, it in enumerate(items)
+        ]
         ix.add(e, [it.source_id for it in items], [it.label for it in items], caps)
     return ix
 
@@ -327,8 +349,12 @@ def rag_rows(records:list, # instruction records (`prompt`, `response`, `image`,
         if rng.random() < shuffled:
             rows = [j for j in rng.choice(len(ids), k + 1, replace=False) if ids[j] != r['image']][:k]
             nb = [Neighbour(ids[j], 0., int(labels[j]), caps[j]) for j in rows]
-        else: nb = res[i][:k]
-        row = lambda nb: {**r, 'id': f"{r['id']}_rag", 'prompt': rag_prompt(r['prompt'], nb, True, kind), 'task': r['task'] + '_rag', 'refs': [n.id for n in nb]}
+        else:
+            nb = res[i][:k]
+        row = lambda nb: {
+            **r, 'id': f"{r['id']}_rag", 'prompt': rag_prompt(r['prompt'], nb, True, kind), 'task': r['task'] + '_rag',
+            'refs': [n.id for n in nb],
+        }
         while n_tokens and max_len and len(nb) > 1 and n_tokens(row(nb)) > max_len: nb = nb[:-1]
         out.append(row(nb))
     return out
@@ -369,7 +395,10 @@ def rag_classify(model:PathVLM, # a generative `PathVLM`
     r = _neighbours(model, index, images, query_ids, k, embed)
     prompts = [rag_prompt(question, r[i], with_labels, model.cfg.vlm_kind) for i in range(len(r))]
     probs = answer_logprobs(model, images, [[dict(role='user', content=p)] for p in prompts], names).softmax(-1).cpu()
-    return dict(probs=probs, pred=probs.argmax(-1).numpy(), label=[names[i] for i in probs.argmax(-1)], prompts=prompts, neighbours=r)
+    return dict(
+        probs=probs, pred=probs.argmax(-1).numpy(), label=[names[i] for i in probs.argmax(-1)], prompts=prompts,
+        neighbours=r,
+    )
 
 # %% ../nbs/07_rag.ipynb #88395458
 def rag_answer(model:PathVLM, # a generative `PathVLM`
@@ -386,9 +415,15 @@ def rag_answer(model:PathVLM, # a generative `PathVLM`
     rc, kind = rag_classify(model, index, images, query_ids, k, embed, with_labels), model.cfg.vlm_kind
     r, text, n = rc['neighbours'], None, np.zeros(len(rc['pred']), int)
     if caption:
-        convs = [[dict(role='user', content=rag_prompt(QUESTIONS['caption'][0], r[i], with_labels, kind))] for i in range(len(r))]
+        convs = [
+            [dict(role='user', content=rag_prompt(QUESTIONS['caption'][0], r[i], with_labels, kind))]
+            for i in range(len(r))
+        ]
         text, n = generate_chat(model, images, convs, max_new_tokens=max_new_tokens)
-    return dict(answers=rc['label'], label=rc['label'], pred=rc['pred'], probs=rc['probs'], n_tokens=np.asarray(n), text=text, neighbours=r)
+    return dict(
+        answers=rc['label'], label=rc['label'], pred=rc['pred'], probs=rc['probs'], n_tokens=np.asarray(n), text=text,
+        neighbours=r,
+    )
 
 def knn_answer(model:PathVLM|VisionEncoder, # embeds the images (see `image_embeddings`)
                index:PatchIndex, # index of training patches, same embedding
@@ -421,8 +456,10 @@ def build_index(model_dir:str|Path|PathVLM, # saved model folder (`PathVLM.save_
     ds = ds.split(split) if split else ds
     if n and n < len(ds): ds = ds.subset(sorted(np.random.default_rng(seed).permutation(len(ds))[:n]))
     ix = index_patches(ds, partial(image_embeddings, model, bs=bs), split=None, kind=kind, captions=captions, bs=bs)
-    ix.info = dict(model=str(model_dir) if not isinstance(model_dir, PathVLM) else '', data=str(getattr(ds, 'source', data)),
-                   split=split, n=len(ix), embedding='image_embeddings', vit_name=model.cfg.vit_name)
+    ix.info = dict(
+        model=str(model_dir) if not isinstance(model_dir, PathVLM) else '', data=str(getattr(ds, 'source', data)),
+        split=split, n=len(ix), embedding='image_embeddings', vit_name=model.cfg.vit_name,
+    )
     if out is not None: ix.save(out)
     return ix
 
@@ -437,8 +474,12 @@ def rag_predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `P
     "Class, its probability and a caption for each image, each with its `k` most similar indexed patches in the prompt"
     model, ix = load_vlm(model_dir), index if isinstance(index, PatchIndex) else PatchIndex.load(index)
     e = image_embeddings(model, images)
-    if e.shape[1] != ix.dim: raise ValueError(f"index: {ix.dim}-d vectors, but this model embeds images in {e.shape[1]} dimensions; "
-                                              f"build the index with this model (`build_index`, index made with {ix.info.get('model') or 'another model'})")
+    if e.shape[1] != ix.dim:
+        raise ValueError(
+            f"index: {ix.dim}-d vectors, but this model embeds images in {e.shape[1]} dimensions; "
+            "build the index with this model (`build_index`, index made with "
+            f"{ix.info.get('model') or 'another model'})"
+        )
     o = rag_answer(model, ix, images, query_ids, k, max_new_tokens=max_new_tokens, embed=lambda _: e)
     return [dict(label=l, prob=float(p.max()), caption=c, neighbours=[n.id for n in o['neighbours'][i]])
             for i, (l, p, c) in enumerate(zip(o['label'], o['probs'], o['text']))]
@@ -461,8 +502,14 @@ def caption_retrieval(model:PathVLM, # a generative `PathVLM`
                      )->dict: # `i2t@k` and `t2i@k`
     "Image<->caption recall@k of a generative model: similarity = mean log-likelihood of the caption after the image"
     conv = [dict(role='user', content=QUESTIONS['caption'][0])]
-    sims = torch.cat([answer_logprobs(model, images[i:i+bs], [conv] * len(images[i:i+bs]), list(captions), length_norm=True)
-                      for i in range(0, len(images), bs)])                                                      # (N, N)
+    sims = torch.cat(
+        [
+            answer_logprobs(
+                model, images[i : i + bs], [conv] * len(images[i : i + bs]), list(captions), length_norm=True
+            )
+            for i in range(0, len(images), bs)
+        ]
+    )  # (N, N)
     return retrieval_recall(sims, ks)
 
 # %% ../nbs/07_rag.ipynb #38c0d54e
@@ -499,15 +546,21 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
                 max_new_tokens:int=48, # tokens per generated text
                )->pd.DataFrame: # one row per technique: accuracy, AUC, parse rate, text metrics, tokens and seconds per image
     "Zero-shot, constrained, few-shot, chain-of-thought, self-consistency, RAG k=1/4/8 and kNN, scored alike on the same patches"
-    from pathllm.prompting import zero_shot, constrained, few_shot, chain_of_thought, self_consistency, compare_techniques
+    from pathllm.prompting import zero_shot, constrained, few_shot, chain_of_thought, self_consistency
+    from pathllm.prompting import compare_techniques
     cot = partial(chain_of_thought, max_new_tokens=max_new_tokens)
     techs = {'zero-shot': partial(zero_shot, model), 'constrained': partial(constrained, model)}
     if examples: techs[f'few-shot (k={len(examples)}, images)'] = partial(few_shot, model, examples=examples)
-    techs |= {'chain-of-thought': partial(cot, model),
-              f'self-consistency (n={n_sc}, CoT)': partial(self_consistency, model, n=n_sc, technique=cot),
-              'no RAG (captions)': partial(rag_answer, model, index, query_ids=query_ids, k=0, max_new_tokens=max_new_tokens),
-              **{f'RAG k={k}': partial(rag_answer, model, index, query_ids=query_ids, k=k, max_new_tokens=max_new_tokens) for k in ks},
-              'kNN k=10': partial(knn_answer, model, index, query_ids=query_ids, k=10)}
+    techs |= {
+        'chain-of-thought': partial(cot, model),
+        f'self-consistency (n={n_sc}, CoT)': partial(self_consistency, model, n=n_sc, technique=cot),
+        'no RAG (captions)': partial(rag_answer, model, index, query_ids=query_ids, k=0, max_new_tokens=max_new_tokens),
+        **{
+            f'RAG k={k}': partial(rag_answer, model, index, query_ids=query_ids, k=k, max_new_tokens=max_new_tokens)
+            for k in ks
+        },
+        'kNN k=10': partial(knn_answer, model, index, query_ids=query_ids, k=10),
+    }
     df = compare_techniques(techs, images, labels, refs=refs, text_metrics=text_metrics)
     df.insert(2, 'parse_rate', 1 - df.unknown.astype(float))
     return df

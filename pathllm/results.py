@@ -34,9 +34,17 @@ def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are l
 # metric -> the number shown beside it
 COUNTERWEIGHTS = dict(accuracy='balanced_accuracy', hallucination='claims_per_caption')
 
-QUALITY = (('acc', 'accuracy', 3), ('bal. acc', 'balanced_accuracy', 3), ('AUC', 'auc', 3), ('F1', 'f1', 3), ('CIDEr', 'cider', 3),
-           # (header, key, decimals)
-           ('ROUGE-L', 'rouge_l', 3), ('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2))
+QUALITY = (
+    ('acc', 'accuracy', 3),
+    ('bal. acc', 'balanced_accuracy', 3),
+    ('AUC', 'auc', 3),
+    ('F1', 'f1', 3),
+    ('CIDEr', 'cider', 3),
+    # (header, key, decimals)
+    ('ROUGE-L', 'rouge_l', 3),
+    ('halluc.', 'hallucination', 3),
+    ('claims/caption', 'claims_per_caption', 2),
+)
 
 def check_counterweights(keys:list, # metric keys of a table's columns
                         ): # raises a `ValueError` naming a metric shown without its counterweight
@@ -55,8 +63,11 @@ def check_seeds(seeds:list, # the seed of each run
     if len(set(seeds)) < len(seeds): raise ValueError(f"results: {label!r} has several runs with one seed ({seeds})")
     cfgs = [{**(defaults or {}), **c} for c in cfgs]
     if diff := sorted({k for c in cfgs for k in set(c) | set(cfgs[0]) if k != 'seed' and c.get(k) != cfgs[0].get(k)}):
-        raise ValueError(f"results: the runs of {label!r} differ in config fields {diff}: pool only seeds of one config")
-    if len({f['sha256'] for f in fps}) > 1: raise ValueError(f"results: the runs of {label!r} were scored on different data (data fingerprints differ)")
+        raise ValueError(
+            f"results: the runs of {label!r} differ in config fields {diff}: pool only seeds of one config"
+        )
+    if len({f['sha256'] for f in fps}) > 1:
+        raise ValueError(f"results: the runs of {label!r} were scored on different data (data fingerprints differ)")
     return sorted(seeds)
 
 # %% ../nbs/12a_results.ipynb #99ffe222
@@ -70,26 +81,39 @@ def stamp(envs:list, # the `environment` (`pathllm.data.environment_info`) of ea
     "What made the numbers, read from the runs' JSON (never typed): dates, device, versions, commit, data fingerprint"
     dates = sorted(e['date'] for e in envs)
     commits = _uniq(f"{(e.get('commit') or 'unknown')[:10]}{' (dirty)' if e.get('dirty') else ''}" for e in envs)
-    return (f"Measured {dates[0] if dates[0] == dates[-1] else f'{dates[0]} to {dates[-1]}'} on {_uniq(e['device'] for e in envs)}, "
-            f"torch {_uniq(e['packages']['torch'] for e in envs)}, pathllm {_uniq(e.get('pathllm') for e in envs)}, commit {commits}. "
-            f"Data fingerprint {_uniq(map(_fp, fps))}.")
+    return (
+        f"Measured {dates[0] if dates[0] == dates[-1] else f'{dates[0]} to {dates[-1]}'} on "
+        f"{_uniq(e['device'] for e in envs)}, "
+        f"torch {_uniq(e['packages']['torch'] for e in envs)}, pathllm {_uniq(e.get('pathllm') for e in envs)}, commit "
+        f"{commits}. "
+        f"Data fingerprint {_uniq(map(_fp, fps))}."
+    )
 
 def _seeds_text(seeds:list)->str:
-    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± sd over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+    return (
+        f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± sd over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+    )
 
 def md_table(header:list, # column names
              rows:list, # one list of cell texts per row
             )->str: # a markdown table
     "A markdown table"
-    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows])
+    return '\n'.join(
+        ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+        + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
+    )
 
 # %% ../nbs/12a_results.ipynb #e8544b6c
 def _train_runs(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                )->tuple: # (label -> its checked seeds, the stamp of every run): what every `run_train` table shares
     fps = lambda reps: [r['config']['data']['fingerprint'] for r in reps]
     dflt = asdict(TrainConfig())  # a field added after a run reads as its default
-    seeds = {label: check_seeds([r['config']['train']['seed'] for r in reps], [r['config']['train'] for r in reps], fps(reps), label, dflt)
-             for label, reps in runs.items()}
+    seeds = {
+        label: check_seeds(
+            [r['config']['train']['seed'] for r in reps], [r['config']['train'] for r in reps], fps(reps), label, dflt
+        )
+        for label, reps in runs.items()
+    }
     rs = [r for reps in runs.values() for r in reps]
     return seeds, stamp([r['config']['environment'] for r in rs], fps(rs))
 
@@ -104,27 +128,44 @@ def train_table(runs:dict, # configuration label -> the `report.json` dicts of `
     for label, reps in runs.items():
         c, d = reps[0]['config']['train'], reps[0]['config']['data']
         for (model, get), arch in zip(_BASE_FUSED, (c['vit_name'], c['vlm_connector'])):
-            rows.append([f'`{label}`', f'{model} (`{arch}`)', 'yes' if c.get('tta') else 'no', *[mean_sd([get(r).get(k) for r in reps], dg) for _, k, dg in QUALITY]])
-        notes.append(f"`{label}` (config `{c['name']}`): {d['n_train']:,} training, {d.get('n_dev', 0):,} dev and {d['n_valid']:,} validation "
-                     f"patches of `{Path(d['source']).name}`, scored on the validation patches; {_seeds_text(seeds[label])}.")
+            rows.append(
+                [
+                    f'`{label}`', f'{model} (`{arch}`)', 'yes' if c.get('tta') else 'no',
+                    *[mean_sd([get(r).get(k) for r in reps], dg) for _, k, dg in QUALITY],
+                ]
+            )
+        notes.append(
+            f"`{label}` (config `{c['name']}`): {d['n_train']:,} training, {d.get('n_dev', 0):,} dev and "
+            f"{d['n_valid']:,} validation "
+            f"patches of `{Path(d['source']).name}`, scored on the validation patches; {_seeds_text(seeds[label])}."
+        )
     return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'TTA', *[h for h, _, _ in QUALITY]], rows), st])
 
 # %% ../nbs/12a_results.ipynb #1fd531e8
-LANGUAGE = (('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2), ('attribute acc', 'attribute_acc', 3),
-            ('distinct', 'distinct', 3), ('dx = call', 'dx_agrees_class', 3), ('closed VQA', 'vqa_closed_acc', 3),
-            ('report numbers', 'report_numbers_per_report', 1), ('number rel. err', 'report_number_rel_err', 4),
-            ('word ≠ number', 'report_word_number_inconsistent', 3), ('impression = call', 'report_impression_agrees_class', 3),
-            ('answer form', 'qa_form', 3), ('answer topic', 'qa_topic', 3), ('confidence = prob', 'qa_confidence_matches_prob', 3),
-            ('chat consistency', 'chat_consistency', 3))  # (header, key, decimals) of the fused model's text metrics
+LANGUAGE = (
+    ('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2),
+    ('attribute acc', 'attribute_acc', 3), ('distinct', 'distinct', 3), ('dx = call', 'dx_agrees_class', 3),
+    ('closed VQA', 'vqa_closed_acc', 3), ('report numbers', 'report_numbers_per_report', 1),
+    ('number rel. err', 'report_number_rel_err', 4), ('word ≠ number', 'report_word_number_inconsistent', 3),
+    ('impression = call', 'report_impression_agrees_class', 3), ('answer form', 'qa_form', 3),
+    ('answer topic', 'qa_topic', 3), ('confidence = prob', 'qa_confidence_matches_prob', 3),
+    ('chat consistency', 'chat_consistency', 3),
+)  # (header, key, decimals) of the fused model's text metrics
 
 def language_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                   )->str: # markdown: the patches and seeds, the table, the stamp
     "The fused model's text metrics of each configuration, mean ± sd over its seeds"
     check_counterweights([k for _, k, _ in LANGUAGE])
     seeds, st = _train_runs(runs)
-    rows = [[f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]] for label, reps in runs.items()]
-    notes = [f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches; {_seeds_text(seeds[label])}."
-             for label, reps in runs.items()]
+    rows = [
+        [f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]]
+        for label, reps in runs.items()
+    ]
+    notes = [
+        f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches; "
+        f"{_seeds_text(seeds[label])}."
+        for label, reps in runs.items()
+    ]
     return '\n\n'.join([' '.join(notes), md_table(['config', *[h for h, _, _ in LANGUAGE]], rows), st])
 
 # %% ../nbs/12a_results.ipynb #3b6c5850
@@ -135,9 +176,22 @@ def per_class_table(runs:dict, # configuration label -> the `report.json` dicts 
     for label, reps in runs.items():
         for model, get in _BASE_FUSED:
             pcs = [get(r).get('per_class') or {} for r in reps]
-            for c in pcs[0]: rows.append([f'`{label}`', model, c, *[mean_sd([pc.get(c, {}).get(k) for pc in pcs], 3) for k in ('recall', 'precision', 'auc')], pcs[0][c].get('n')])
+            for c in pcs[0]:
+                rows.append(
+                    [
+                        f'`{label}`', model, c,
+                        *[mean_sd([pc.get(c, {}).get(k) for pc in pcs], 3) for k in ('recall', 'precision', 'auc')],
+                        pcs[0][c].get('n'),
+                    ]
+                )
     notes = [f"`{label}`: {_seeds_text(seeds[label])}." for label in runs]
-    return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'class', 'recall', 'precision', 'AUC (one vs rest)', 'patches'], rows), st])
+    return '\n\n'.join(
+        [
+            ' '.join(notes),
+            md_table(['config', 'model', 'class', 'recall', 'precision', 'AUC (one vs rest)', 'patches'], rows),
+            st,
+        ]
+    )
 
 # %% ../nbs/12a_results.ipynb #98339d26
 _TTA = {True: 'yes', False: 'no', None: 'n/a'}
@@ -151,20 +205,41 @@ def bench_table(runs:dict, # one label -> the `bench.json` dicts of `run_bench`,
     check_counterweights([k for _, k, _ in QUALITY])
     if len(runs) != 1: raise ValueError(f"results: a bench table shows one bench config, got {list(runs)}")
     (label, bs), = runs.items()
-    seeds = check_seeds([r['train']['seed'] for r in bs], [_bench_cfg(r) for r in bs], [r['data']['fingerprint'] for r in bs], label)
+    seeds = check_seeds(
+        [r['train']['seed'] for r in bs], [_bench_cfg(r) for r in bs], [r['data']['fingerprint'] for r in bs], label
+    )
     by = {}
     for r in bs:
         for row in r['rows']: by.setdefault(row['row'], []).append(row)
     cost = (('params', 'params', 0), ('MB', 'size_mb', 2), ('train s', 'train_s', 1), ('ms/image', 'latency_ms', 1))
-    rows = [[n, rs[0].get('method', ''), _uniq(_TTA[x.get('tta')] for x in rs), *[mean_sd([x.get(k) for x in rs], dg) for _, k, dg in QUALITY + cost]]
-            + ([len(rs)] if len(bs) > 1 else []) for n, rs in by.items()]
+    rows = [
+        [
+            n, rs[0].get('method', ''), _uniq(_TTA[x.get('tta')] for x in rs),
+            *[mean_sd([x.get(k) for x in rs], dg) for _, k, dg in QUALITY + cost],
+        ]
+        + ([len(rs)] if len(bs) > 1 else [])
+        for n, rs in by.items()
+    ]
     n, k, d = sum(map(len, by.values())), sum(bool(x.get('reused')) for rs in by.values() for x in rs), bs[0]['data']
-    head = (f"{d['n_valid']:,} validation patches of `{Path(d['source']).name}` ({d['kind']}), {d['n_train']:,} training patches; captions on "
-            f"{bs[0]['train'].get('eval_captions', 0)} of them; {_seeds_text(seeds)}.")
-    done = f"All {n} rows computed in one go (none reused)." if not k else \
-           f"{n - k} of {n} rows computed in this run; {k} reused from an earlier run of the same commit, config, seed and data."
+    head = (
+        f"{d['n_valid']:,} validation patches of `{Path(d['source']).name}` ({d['kind']}), {d['n_train']:,} training "
+        "patches; captions on "
+        f"{bs[0]['train'].get('eval_captions', 0)} of them; {_seeds_text(seeds)}."
+    )
+    done = (
+        f"All {n} rows computed in one go (none reused)."
+        if not k
+        else f"{n - k} of {n} rows computed in this run; {k} reused from an earlier run of the same commit, config, "
+             "seed and data."
+    )
     hdr = ['row', 'method', 'TTA', *[h for h, _, _ in QUALITY + cost]] + (['seeds'] if len(bs) > 1 else [])
-    return '\n\n'.join([head, md_table(hdr, rows), f"{done} {stamp([r['environment'] for r in bs], [r['data']['fingerprint'] for r in bs])}"])
+    return '\n\n'.join(
+        [
+            head,
+            md_table(hdr, rows),
+            f"{done} {stamp([r['environment'] for r in bs], [r['data']['fingerprint'] for r in bs])}",
+        ]
+    )
 
 # %% ../nbs/12a_results.ipynb #b4e31732
 # kind in `results/tables.json` -> the function rendering `{label: [run, ...]}`
@@ -177,8 +252,12 @@ def read_manifest(root:str|Path, # the project root holding `results/`
     if not f.exists(): raise FileNotFoundError(f"results: no {f}")
     m = json.loads(f.read_text())
     for name, t in m.items():
-        if t.get('kind') not in TABLE_KINDS: raise ValueError(f"results: table {name!r} in {f} has kind {t.get('kind')!r}; known kinds: {list(TABLE_KINDS)}")
-        if not isinstance(t.get('runs'), dict) or not t['runs']: raise ValueError(f"results: table {name!r} in {f} needs 'runs': {{label: [glob, ...]}}")
+        if t.get('kind') not in TABLE_KINDS:
+            raise ValueError(
+                f"results: table {name!r} in {f} has kind {t.get('kind')!r}; known kinds: {list(TABLE_KINDS)}"
+            )
+        if not isinstance(t.get('runs'), dict) or not t['runs']:
+            raise ValueError(f"results: table {name!r} in {f} needs 'runs': {{label: [glob, ...]}}")
     return m
 
 def load_runs(patterns:str|list, # glob patterns relative to `root/results`
@@ -186,13 +265,19 @@ def load_runs(patterns:str|list, # glob patterns relative to `root/results`
              )->list: # the JSON of every matching file, in path order
     "The run files of one configuration"
     base = Path(root)/'results'
-    return [json.loads(f.read_text()) for f in sorted({f for p in ([patterns] if isinstance(patterns, str) else patterns) for f in base.glob(p)})]
+    return [
+        json.loads(f.read_text())
+        for f in sorted({f for p in ([patterns] if isinstance(patterns, str) else patterns) for f in base.glob(p)})
+    ]
 
 def _missing(labels:dict)->str: # what to publish for configurations without runs
     ps = lambda p: [p] if isinstance(p, str) else p
-    return ' '.join(f"_Not published yet: no run matches {', '.join(f'`results/{x}`' for x in ps(p))} (`{l}`); add one with "
-                    f"`pathllm results --publish RUN --to {Path(ps(p)[0].replace('*', '0')).parent}`, then `pathllm results --write`._"
-                    for l, p in labels.items())
+    return ' '.join(
+        f"_Not published yet: no run matches {', '.join(f'`results/{x}`' for x in ps(p))} (`{l}`); add one with "
+        f"`pathllm results --publish RUN --to {Path(ps(p)[0].replace('*', '0')).parent}`, then `pathllm results "
+        "--write`._"
+        for l, p in labels.items()
+    )
 
 def render_results(root:str|Path|None=None, # the project root (default: `project_root()`)
                   )->dict: # table name -> its markdown
@@ -223,11 +308,15 @@ def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or i
     "Copy a run's result file, trimmed, into `results/dest/`, with the assessments written beside it (and `stain_stress.png`)"
     src, root = Path(src), Path(root or project_root())
     if src.is_dir():
-        if not (f := next((src/n for n in ('bench.json', 'report.json') if (src/n).exists()), None)): raise FileNotFoundError(f"results: {src} holds no bench.json or report.json")
+        if not (f := next((src/n for n in ('bench.json', 'report.json') if (src/n).exists()), None)):
+            raise FileNotFoundError(f"results: {src} holds no bench.json or report.json")
         src = f
     d = json.loads(src.read_text())
     if not ('rows' in d or {'train', 'data', 'environment'} <= set(d.get('config') or {})):
-        raise ValueError(f"results: {src} is neither a `run_bench` bench.json nor a `run_train` report.json (`run_eval` reports are not published)")
+        raise ValueError(
+            f"results: {src} is neither a `run_bench` bench.json nor a `run_train` report.json (`run_eval` reports are "
+            "not published)"
+        )
     for f in [src.parent/f'{a}.json' for a in ASSESSMENTS] + [src.parent/'stain_stress.png']:
         # a `run_train` folder's assessments
         if f.exists() and 'config' in d: atomic_write(root/'results'/dest/f.name, f.read_bytes())
@@ -237,7 +326,10 @@ def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or i
 _MARK = re.compile(r'(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)', re.S)
 
 def _block(tables:dict, name:str, where:str)->str: # the text between the markers of table `name`
-    if name not in tables: raise ValueError(f"results: {where} has a block {name!r} but results/tables.json has no such table; tables: {list(tables)}")
+    if name not in tables:
+        raise ValueError(
+            f"results: {where} has a block {name!r} but results/tables.json has no such table; tables: {list(tables)}"
+        )
     return '\n' + tables[name].strip() + '\n\n'
 
 def fill_markers(text:str, # markdown holding result markers
@@ -270,7 +362,11 @@ def result_files(root:str|Path, # the project root
                 )->list: # `README.md` and the notebooks of `nbs/` that hold result markers
     "The files whose result blocks `sync_results` keeps in step with `results/`"
     root = Path(root)
-    return [f for f in [root/'README.md', *sorted((root/'nbs').glob('*.ipynb'))] if f.exists() and '<!-- results:' in f.read_text()]
+    return [
+        f
+        for f in [root / 'README.md', *sorted((root / 'nbs').glob('*.ipynb'))]
+        if f.exists() and '<!-- results:' in f.read_text()
+    ]
 
 def sync_results(root:str|Path|None=None, # the project root (default: `project_root()`)
                  write:bool=False, # rewrite the blocks that differ (else only list them)

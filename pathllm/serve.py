@@ -32,7 +32,8 @@ from fastcore.basics import patch, store_attr
 from fastcore.meta import delegates
 from . import __version__
 from .data import LABEL_NAMES, DataError, atomic_write
-from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type, confidence_answer
+from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type
+from .captions import confidence_answer
 from .tokenizer import with_image, SPECIAL_TOKENS
 from .fusion import PathVLM
 from .rag import PatchIndex, rag_generate
@@ -59,9 +60,12 @@ def check_size(w:int, h:int, # width and height in pixels
                max_pixels:int=MAX_PIXELS, # decompression-bomb guard
               ):
     "Refuse an image size no patch has: over `max_pixels`, a side under `MIN_SIDE`, or longer than `MAX_ASPECT` times its width"
-    if w * h > max_pixels: raise InputError(f'{where}: {w}x{h} = {w*h:,} pixels is more than the limit of {max_pixels:,}', 413)
-    if min(w, h) < MIN_SIDE: raise InputError(f'{where}: {w}x{h} is too small for a patch (each side must be at least {MIN_SIDE} pixels)')
-    if max(w, h) > MAX_ASPECT * min(w, h): raise InputError(f'{where}: {w}x{h} is too elongated for a patch (at most {MAX_ASPECT}:1)')
+    if w * h > max_pixels:
+        raise InputError(f'{where}: {w}x{h} = {w*h:,} pixels is more than the limit of {max_pixels:,}', 413)
+    if min(w, h) < MIN_SIDE:
+        raise InputError(f'{where}: {w}x{h} is too small for a patch (each side must be at least {MIN_SIDE} pixels)')
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise InputError(f'{where}: {w}x{h} is too elongated for a patch (at most {MAX_ASPECT}:1)')
 
 def _to_rgb(im:Image.Image)->Image.Image: # RGB; 16/32-bit integer greyscale scaled to 8 bits (PIL's `convert` clips it)
     if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):
@@ -78,12 +82,14 @@ def decode_image(data:bytes, # the encoded file, e.g. an upload
     "Decode untrusted image bytes, checking emptiness, format and size before the pixels are decoded"
     if not data: raise InputError(f'{where}: empty file', 400)
     try: im = Image.open(io.BytesIO(data), formats=list(formats))
-    except Image.DecompressionBombError as e: raise InputError(f'{where}: too many pixels (limit {max_pixels:,}; {e})', 413) from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f'{where}: too many pixels (limit {max_pixels:,}; {e})', 413) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InputError(f'{where}: not an image in a supported format ({", ".join(formats)})', 415) from None
     check_size(*im.size, where, max_pixels)
     try: im.load(); return _to_rgb(im)
-    except (OSError, SyntaxError, ValueError) as e: raise InputError(f'{where}: corrupt or truncated {im.format} image ({e})', 400) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f'{where}: corrupt or truncated {im.format} image ({e})', 400) from None
 
 # %% ../nbs/12_serve.ipynb #8629cc7b
 def load_image(x, # a path, bytes, PIL image, (H, W[, C]) array (uint8, uint16, or float in [0, 1]) or (3, H, W) tensor
@@ -96,8 +102,10 @@ def load_image(x, # a path, bytes, PIL image, (H, W[, C]) array (uint8, uint16, 
         if not Path(x).is_file(): raise InputError(f'{where}: no such file {x}', 400)
         return decode_image(Path(x).read_bytes(), max_pixels, where=f'{where} {x}')
     if isinstance(x, Image.Image): check_size(*x.size, where, max_pixels); return _to_rgb(x)
-    if isinstance(x, torch.Tensor): x = (x.permute(1, 2, 0) if x.ndim == 3 and x.shape[0] in (1, 3) else x).detach().cpu().numpy()
-    if not isinstance(x, np.ndarray): raise InputError(f'{where}: unsupported type {type(x).__name__}; pass a path, bytes, PIL image or array', 400)
+    if isinstance(x, torch.Tensor):
+        x = (x.permute(1, 2, 0) if x.ndim == 3 and x.shape[0] in (1, 3) else x).detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise InputError(f'{where}: unsupported type {type(x).__name__}; pass a path, bytes, PIL image or array', 400)
     if x.ndim == 3 and x.shape[2] == 1: x = x[..., 0]
     if not (x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4))) or x.size == 0:
         raise InputError(f'{where}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {x.shape}', 400)
@@ -132,12 +140,14 @@ def gen_options(max_new_tokens:int=64, # tokens to generate at most
                 seed:int|None=0, # seed of the sampling generator, 0 to 2**63-1 (None: not reproducible)
                )->dict: # checked `PathVLM.generate` keyword arguments
     "Check generation options, raising an `InputError` naming the bad one"
-    checks = [('max_new_tokens', _is_int(max_new_tokens) and max_new_tokens >= 1, 'must be an integer >= 1'),
-              ('temperature', _is_num(temperature) and temperature >= 0, 'must be a number >= 0'),
-              ('top_k', top_k is None or (_is_int(top_k) and top_k >= 1), 'must be an integer >= 1'),
-              ('top_p', top_p is None or (_is_num(top_p) and 0 < top_p <= 1), 'must be in (0, 1]'),
-              ('repetition_penalty', _is_num(repetition_penalty) and repetition_penalty > 0, 'must be > 0'),
-              ('seed', seed is None or (_is_int(seed) and 0 <= seed <= SEED_MAX), 'must be an integer from 0 to 2**63-1')]
+    checks = [
+        ('max_new_tokens', _is_int(max_new_tokens) and max_new_tokens >= 1, 'must be an integer >= 1'),
+        ('temperature', _is_num(temperature) and temperature >= 0, 'must be a number >= 0'),
+        ('top_k', top_k is None or (_is_int(top_k) and top_k >= 1), 'must be an integer >= 1'),
+        ('top_p', top_p is None or (_is_num(top_p) and 0 < top_p <= 1), 'must be in (0, 1]'),
+        ('repetition_penalty', _is_num(repetition_penalty) and repetition_penalty > 0, 'must be > 0'),
+        ('seed', seed is None or (_is_int(seed) and 0 <= seed <= SEED_MAX), 'must be an integer from 0 to 2**63-1'),
+    ]
     for k, ok, msg in checks:
         if not ok: raise InputError(f'{k}: {msg}, got {_show(locals()[k])}')
     return dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k, top_p=top_p,
@@ -172,7 +182,8 @@ _SPEC_KEYS = ('loader', 'model', 'adapter', 'index', 'thumbs', 'rag_k', 'name')
 
 def _read_json(f:Path): # the JSON in `f`, or a `DataError` naming it
     try: return json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError) as e: raise DataError(f'{f}: not valid JSON ({e})') from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise DataError(f'{f}: not valid JSON ({e})') from None
 
 def read_spec(path:str|Path, # a model folder, or a pipeline folder with `pipeline.json`
              )->dict: # `loader`, `model`, `adapter`, `index` (folders relative to `path`, or None), `rag_k`, `name`
@@ -181,14 +192,19 @@ def read_spec(path:str|Path, # a model folder, or a pipeline folder with `pipeli
     if not p.is_dir(): raise FileNotFoundError(f'model_dir: no such folder {p}')
     spec = _read_json(p/'pipeline.json') if (p/'pipeline.json').exists() else {}
     if not isinstance(spec, dict): raise DataError(f"{p/'pipeline.json'}: must be a JSON object")
-    if bad := [k for k in spec if k not in _SPEC_KEYS]: raise InputError(f"{p/'pipeline.json'}: unknown key(s) {bad}; known: {list(_SPEC_KEYS)}")
+    if bad := [k for k in spec if k not in _SPEC_KEYS]:
+        raise InputError(f"{p/'pipeline.json'}: unknown key(s) {bad}; known: {list(_SPEC_KEYS)}")
     spec.setdefault('model', '.'); m = p/spec['model']
     if 'loader' not in spec:
         spec['loader'] = next((n for n, (_, det) in reversed(LOADERS.items()) if det and det(m)), None)
         if spec['loader'] is None:
             hint = f' (a run folder? try {m/"model"})' if (m/'model'/'config.json').exists() else ''
-            raise FileNotFoundError(f'model_dir: {m} holds no model any loader knows ({list(LOADERS)}); expected e.g. config.json + model.safetensors from `save_pretrained`{hint}')
-    if spec['loader'] not in LOADERS: raise InputError(f"loader: unknown loader {spec['loader']!r}; registered: {list(LOADERS)}")
+            raise FileNotFoundError(
+                f'model_dir: {m} holds no model any loader knows ({list(LOADERS)}); expected e.g. config.json + '
+                f'model.safetensors from `save_pretrained`{hint}'
+            )
+    if spec['loader'] not in LOADERS:
+        raise InputError(f"loader: unknown loader {spec['loader']!r}; registered: {list(LOADERS)}")
     spec.setdefault('adapter', 'adapter' if (p/'adapter'/'adapter_config.json').exists() else None)
     spec.setdefault('index', 'index' if (p/'index'/'index.faiss').exists() else None)
     spec.setdefault('thumbs', 'thumbs.npy' if (p/'thumbs.npy').exists() else None)
@@ -223,7 +239,8 @@ def save_pipeline(path:str|Path, # folder to write
     if adapter is not None: shutil.copytree(adapter, p/'adapter', dirs_exist_ok=True)
     if index is not None: index.save(p/'index')
     if thumbs is not None:
-        if index is None or len(thumbs) != len(index): raise ValueError(f'thumbs: need one image per index row ({len(index or [])}), got {len(thumbs)}')
+        if index is None or len(thumbs) != len(index):
+            raise ValueError(f'thumbs: need one image per index row ({len(index or [])}), got {len(thumbs)}')
         t = np.stack([np.asarray(load_image(x).resize((THUMB, THUMB), Image.BILINEAR)) for x in thumbs])
         def save(f):
             with open(f, 'wb') as fh: np.save(fh, t)
@@ -261,7 +278,9 @@ class Batcher:
                  max_batch:int=32, # rows per call at most (a single larger job runs whole)
                  module=None): # its forward pre-hook stops batches whose jobs are all past their deadline, and streams tokens
         store_attr('fn,wait_ms,max_batch,module')
-        self.jobs, self.cv, self.arriving, self.thread, self.sizes = deque(), threading.Condition(), 0, None, deque(maxlen=10_000)
+        self.jobs, self.cv, self.arriving, self.thread, self.sizes = (
+            deque(), threading.Condition(), 0, None, deque(maxlen=10_000),
+        )
 
     @contextmanager
     def coming(self):
@@ -280,7 +299,9 @@ class Batcher:
         if job.dead(): raise RequestTimeout()
         with self.cv:
             self.jobs.append(job); self.cv.notify_all()
-            if self.thread is None: self.thread = threading.Thread(target=self._loop, name='pathllm-batcher', daemon=True); self.thread.start()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name='pathllm-batcher', daemon=True)
+                self.thread.start()
         try: return job.future.result(None if job.deadline is None else max(0., job.deadline - time.monotonic()))
         except FutureTimeout: job.abandoned = True; raise RequestTimeout() from None
 
@@ -294,7 +315,8 @@ def _take(self:Batcher)->list: # (under `cv`) the oldest job and the jobs with i
     while self.arriving and n_rows() < self.max_batch and (left := end - time.monotonic()) > 0: self.cv.wait(left)
     batch, n = [], 0
     for j in list(self.jobs):
-        if j.key == key and (not batch or n + len(j.rows) <= self.max_batch): batch.append(j); n += len(j.rows); self.jobs.remove(j)
+        if j.key == key and (not batch or n + len(j.rows) <= self.max_batch):
+            batch.append(j); n += len(j.rows); self.jobs.remove(j)
     return batch
 
 @patch
@@ -347,9 +369,13 @@ class Pipeline:
                  thumbs:np.ndarray|None=None, # (N, t, t, 3) uint8 thumbnail of each index row
                  wait_ms:float=5., # how long a batch waits for concurrent calls (see `Batcher`)
                  max_batch:int=32): # rows per batch at most
-        self.model, self.index, self.name, self.rag_k, self.max_pixels, self.thumbs = model.eval(), index, name, rag_k, max_pixels, thumbs
+        self.model, self.index, self.name, self.rag_k, self.max_pixels, self.thumbs = (
+            model.eval(), index, name, rag_k, max_pixels, thumbs,
+        )
         me = weakref.ref(self)  # the worker does not keep the pipeline alive
-        self.batcher = Batcher(lambda key, rows: me()._run_batch(key, rows), wait_ms, max_batch, getattr(model, 'lm', None))
+        self.batcher = Batcher(
+            lambda key, rows: me()._run_batch(key, rows), wait_ms, max_batch, getattr(model, 'lm', None)
+        )
 
     @property
     def device(self)->torch.device: return next(self.model.parameters()).device
@@ -362,7 +388,8 @@ class Pipeline:
     def generative(self)->bool: return not self.model.dual  # 'dual' models classify only
     @property
     def context(self)->int: return self.model.cfg.vlm_max_len  # text tokens the model was trained on: prompt + answer
-    def __repr__(self): return f'Pipeline({self.name!r}, {self.model.cfg.vlm_connector}, device={self.device}, rag={self.index is not None})'
+    def __repr__(self):
+        return f'Pipeline({self.name!r}, {self.model.cfg.vlm_connector}, device={self.device}, rag={self.index is not None})'
 
 # %% ../nbs/12_serve.ipynb #cca4e01b
 def _device(device=None)->torch.device: return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -377,7 +404,8 @@ def from_pretrained(cls:Pipeline, path:str|Path, # a model folder (`save_pretrai
     m = check_model_files(p/spec['model'])
     try: model = _resolve(LOADERS[spec['loader']][0])(m, _device(device))
     except (DataError, FileNotFoundError): raise
-    except Exception as e: raise DataError(f"{m}: cannot load the model ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
+    except Exception as e:
+        raise DataError(f"{m}: cannot load the model ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
     if spec['adapter']:
         from pathllm.finetune import load_lora
         model = load_lora(model, p/spec['adapter']).merge_and_unload()
@@ -396,7 +424,10 @@ def _run_batch(self:Pipeline, key:tuple, rows:list)->list: # on the worker: one 
 @patch
 def _batch_classify(self:Pipeline, xs:list, generate:bool, tta:bool)->list:
     r = self.model.classify(xs, generate=generate, tta=tta)
-    out = [dict(label=l, prob=float(p[i]), probs=dict(zip(self.classes, map(float, p)))) for l, i, p in zip(r['label'], r['pred'].tolist(), r['probs'].cpu())]
+    out = [
+        dict(label=l, prob=float(p[i]), probs=dict(zip(self.classes, map(float, p))))
+        for l, i, p in zip(r['label'], r['pred'].tolist(), r['probs'].cpu())
+    ]
     if generate:
         for o, a in zip(out, r['answer']): o['answer'] = a
     return out
@@ -412,7 +443,8 @@ def _batch_rag(self:Pipeline, xs:list, question:str, gen:tuple, *_)->list: # (an
     return [(a, self._refs(r['neighbours'], i)) for i, a in enumerate(r['answers'])]
 
 @patch
-def _batch_predict(self:Pipeline, xs:list, max_new_tokens:int)->list: return self.model.predict(xs, max_new_tokens=max_new_tokens)
+def _batch_predict(self:Pipeline, xs:list, max_new_tokens:int)->list:
+    return self.model.predict(xs, max_new_tokens=max_new_tokens)
 
 # %% ../nbs/12_serve.ipynb #bd19becf
 def data_url(img, # uint8 (H, W, 3) array or PIL image
@@ -424,8 +456,13 @@ def data_url(img, # uint8 (H, W, 3) array or PIL image
 @patch
 def _refs(self:Pipeline, r, i:int)->list: # the references of query `i` of a `SearchResult`
     name = lambda l: self.classes[l] if 0 <= l < len(self.classes) else None
-    return [dict(id=n.id, score=round(n.score, 4), label=n.label, label_name=name(n.label), caption=n.caption,
-                 thumbnail=data_url(self.thumbs[row]) if self.thumbs is not None else None) for n, row in zip(r[i], r.rows[i])]
+    return [
+        dict(
+            id=n.id, score=round(n.score, 4), label=n.label, label_name=name(n.label), caption=n.caption,
+            thumbnail=data_url(self.thumbs[row]) if self.thumbs is not None else None,
+        )
+        for n, row in zip(r[i], r.rows[i])
+    ]
 
 # %% ../nbs/12_serve.ipynb #35dc6a27
 @patch
@@ -457,7 +494,9 @@ def n_tokens(self:Pipeline, message:str, # the user's message (or question)
              history:list=(), # earlier (user, assistant) turns
             )->int: # tokens of the prompt, the image counted as one
     "Prompt length in tokens, by the model's tokenizer and chat template"
-    conv = [dict(role=r, content=c) for u, a in history for r, c in (('user', u), ('assistant', a))] + [dict(role='user', content=message)]
+    conv = [dict(role=r, content=c) for u, a in history for r, c in (('user', u), ('assistant', a))] + [
+        dict(role='user', content=message)
+    ]
     conv[0] = dict(conv[0], content=with_image(conv[0]['content']))
     return len(self.model.tok.apply_chat_template(conv, add_generation_prompt=True)[0])
 
@@ -465,10 +504,16 @@ def n_tokens(self:Pipeline, message:str, # the user's message (or question)
 def check_tokens(self:Pipeline, message:str, history:list, max_new_tokens:int):
     "Refuse a prompt whose tokens plus `max_new_tokens` are more than the model's `context`, or whose text holds special tokens"
     for where, t in [('message', message), *((f'history[{i}]', x) for i, turn in enumerate(history) for x in turn)]:
-        if bad := [s for s in SPECIAL_TOKENS.values() if s in str(t)]: raise InputError(f"{where}: holds {bad[0]!r}, a special token of the model's markup; it is not allowed in text")
+        if bad := [s for s in SPECIAL_TOKENS.values() if s in str(t)]:
+            raise InputError(
+                f"{where}: holds {bad[0]!r}, a special token of the model's markup; it is not allowed in text"
+            )
     n = self.n_tokens(message, history)
     if n + max_new_tokens > self.context:
-        raise InputError(f'prompt: {n} tokens (message and history) + max_new_tokens {max_new_tokens} = {n + max_new_tokens} is more than the model context of {self.context} tokens')
+        raise InputError(
+            f'prompt: {n} tokens (message and history) + max_new_tokens {max_new_tokens} = {n + max_new_tokens} is '
+            f'more than the model context of {self.context} tokens'
+        )
 
 # %% ../nbs/12_serve.ipynb #151c3402
 @patch
@@ -479,17 +524,24 @@ def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict, 
     kind = self.model.cfg.vlm_kind
     with self.batcher.coming(): xs, single = self.prepare(images)
     if question_type(question, kind) == 'confidence':  # answered from the class probability, not generated
-        out = [{key: confidence_answer(list(r['probs'].values()), list(r['probs']), list(r['probs']).index(r['label']))} for r in self.batcher.submit(('classify', False, False), xs)]
+        out = [
+            {key: confidence_answer(list(r['probs'].values()), list(r['probs']), list(r['probs']).index(r['label']))}
+            for r in self.batcher.submit(('classify', False, False), xs)
+        ]
         return out[0] if single else out
     # the tool's numbers
     qs = [question + '\n' + measurement_text(measure(np.asarray(x), kind), kind) if tool else question for x in xs]
     for q in dict.fromkeys(qs): self.check_tokens(q, [], gen['max_new_tokens'])
-    if not use_rag: out = [{key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, q, ()) for x, q in zip(xs, qs)])]
+    if not use_rag:
+        out = [
+            {key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, q, ()) for x, q in zip(xs, qs)])
+        ]
     else:
         out = [None] * len(xs)
         for q in dict.fromkeys(qs):  # retrieval prompts are batched per question
             idx = [i for i, qi in enumerate(qs) if qi == q]
-            for i, (a, r) in zip(idx, self.batcher.submit(('rag', q, *_gen_key(gen)), [xs[i] for i in idx])): out[i] = {key: a, 'references': r}
+            for i, (a, r) in zip(idx, self.batcher.submit(('rag', q, *_gen_key(gen)), [xs[i] for i in idx])):
+                out[i] = {key: a, 'references': r}
     return out[0] if single else out
 
 @patch
@@ -506,7 +558,9 @@ def report(self:Pipeline, images, rag:bool|None=None, max_new_tokens:int=192,
            tool:bool=True, # the measurement tool's numbers (`pathllm.captions.measure`) go into the prompt: every number in the report is measured
            **gen)->dict|list: # per image `report` (and `references`)
     "A structured 'Findings ... Impression' report of each image: the model's words, the tool's numbers"
-    return self._ask(images, QUESTIONS['report'][0], 'report', rag, gen_options(max_new_tokens=max_new_tokens, **gen), tool)
+    return self._ask(
+        images, QUESTIONS['report'][0], 'report', rag, gen_options(max_new_tokens=max_new_tokens, **gen), tool
+    )
 
 @patch
 @delegates(gen_options)
@@ -578,8 +632,15 @@ def analyze(self:Pipeline, image, # one image
     if not self.generative: return dict(out, claims=[])
     cap, rep = self.caption(xs[0], rag, **gen), self.report(xs[0], rag, **{**gen, 'max_new_tokens': report_tokens})
     m = measure(np.asarray(xs[0]), self.kind)
-    cl = [dict(c, source=s) for s, t in (('caption', cap['caption']), ('report', rep['report'])) for c in self.claims(t, m, out['label'])]
-    return dict(out, caption=cap['caption'], report=rep['report'], claims=cl, **({'references': cap['references']} if 'references' in cap else {}))
+    cl = [
+        dict(c, source=s)
+        for s, t in (('caption', cap['caption']), ('report', rep['report']))
+        for c in self.claims(t, m, out['label'])
+    ]
+    return dict(
+        out, caption=cap['caption'], report=rep['report'], claims=cl,
+        **({'references': cap['references']} if 'references' in cap else {}),
+    )
 
 # %% ../nbs/12_serve.ipynb #969193ec
 @dataclass
@@ -621,7 +682,13 @@ def error_body(status:int, # the HTTP status
     "The JSON body of an error answer"
     typ = _ERROR_TYPES.get(status, 'server_error' if status >= 500 else 'invalid_request_error')
     param = re.match(r'([\w.\[\]]+): ', msg)
-    return dict(detail=msg, error=dict(message=msg, type=typ, param=param and param.group(1), code=HTTPStatus(status).phrase.lower().replace(' ', '_')))
+    return dict(
+        detail=msg,
+        error=dict(
+            message=msg, type=typ, param=param and param.group(1),
+            code=HTTPStatus(status).phrase.lower().replace(' ', '_'),
+        ),
+    )
 
 def _error(status:int, msg:str, headers:dict|None=None): # a JSON error response
     from fastapi.responses import JSONResponse
@@ -634,12 +701,17 @@ def _call_within(seconds:float, fn, *args, **kw): # `fn` under `time_limit(secon
 class _Gate:
     "At most `n` requests admitted at once, each run in a thread within `timeout` seconds"
     def __init__(self, n:int, timeout:float):
-        self.n, self.timeout, self.busy, self.pool = n, timeout, 0, ThreadPoolExecutor(n, thread_name_prefix='pathllm-serve')
+        self.n, self.timeout, self.busy, self.pool = (
+            n, timeout, 0, ThreadPoolExecutor(n, thread_name_prefix='pathllm-serve'),
+        )
 
     def start(self, fn, *args, **kw)->asyncio.Future: # on the event loop: admit (or 503) and start `fn`
-        if self.busy >= self.n: raise InputError(f'server busy: {self.n} requests in flight; retry later', 503, {'Retry-After': '1'})
+        if self.busy >= self.n:
+            raise InputError(f'server busy: {self.n} requests in flight; retry later', 503, {'Retry-After': '1'})
         self.busy += 1
-        fut = asyncio.get_running_loop().run_in_executor(self.pool, partial(_call_within, self.timeout, fn, *args, **kw))
+        fut = asyncio.get_running_loop().run_in_executor(
+            self.pool, partial(_call_within, self.timeout, fn, *args, **kw)
+        )
         fut.add_done_callback(self._done)
         return fut
 
@@ -648,7 +720,8 @@ class _Gate:
     async def run(self, fn, *args, **kw):
         "Admit, run `fn` in a thread, and return its result (504 at the deadline)"
         try: return await asyncio.wait_for(asyncio.shield(self.start(fn, *args, **kw)), self.timeout + 1)
-        except (RequestTimeout, asyncio.TimeoutError): raise InputError(f'request: timed out after {self.timeout:g} s', 504) from None
+        except (RequestTimeout, asyncio.TimeoutError):
+            raise InputError(f'request: timed out after {self.timeout:g} s', 504) from None
 
 # %% ../nbs/12_serve.ipynb #df6ec93d
 def _key_ok(headers, key:str)->bool: # does the request carry `key`?
@@ -666,11 +739,14 @@ class _BodyLimit:
         if scope['type'] != 'http': return await self.app(scope, receive, send)
         n, total = dict(scope['headers']).get(b'content-length', b'0'), 0
         if n.isdigit() and int(n) > self.max_body:
-            return await _error(413, f'body: {int(n):,} bytes is more than the limit of {self.max_body:,}')(scope, receive, send)
+            return await _error(413, f'body: {int(n):,} bytes is more than the limit of {self.max_body:,}')(
+                scope, receive, send
+            )
         async def counted():
             nonlocal total
             try: m = await asyncio.wait_for(receive(), self.timeout)
-            except asyncio.TimeoutError: raise InputError(f'body: nothing received for {self.timeout:g} s', 408) from None
+            except asyncio.TimeoutError:
+                raise InputError(f'body: nothing received for {self.timeout:g} s', 408) from None
             total += len(m.get('body', b''))
             if total > self.max_body: raise InputError(f'body: more than the limit of {self.max_body:,} bytes', 413)
             return m
@@ -682,7 +758,11 @@ class _KeyCheck:
     async def __call__(self, scope, receive, send):
         if scope['type'] == 'http' and scope['path'] not in self.public:
             if not _key_ok({k.decode('latin-1'): v.decode('latin-1') for k, v in scope['headers']}, self.key):
-                return await _error(401, 'api key: missing or wrong (send X-API-Key or Authorization: Bearer)', {'WWW-Authenticate': 'Bearer'})(scope, receive, send)
+                return await _error(
+                    401,
+                    'api key: missing or wrong (send X-API-Key or Authorization: Bearer)',
+                    {'WWW-Authenticate': 'Bearer'},
+                )(scope, receive, send)
         await self.app(scope, receive, send)
 
 # %% ../nbs/12_serve.ipynb #3907fdac
@@ -699,7 +779,11 @@ def _add_handlers(app, api_key:str|None, public:set, lim:Limits):
     async def _failed(request, exc):
         logging.getLogger('pathllm.serve').exception('request failed')
         return _error(500, f'internal error ({type(exc).__name__})')
-    app.add_middleware(_BodyLimit, max_body=math.ceil(lim.max_images * lim.max_upload_bytes * 4 / 3) + 2**16, timeout=lim.read_timeout_s)
+    app.add_middleware(
+        _BodyLimit,
+        max_body=math.ceil(lim.max_images * lim.max_upload_bytes * 4 / 3) + 2**16,
+        timeout=lim.read_timeout_s,
+    )
     if api_key: app.add_middleware(_KeyCheck, key=api_key, public=public)  # outermost: before the body is read
 
 # %% ../nbs/12_serve.ipynb #a42e7367
@@ -709,7 +793,8 @@ def _schemas(lim:Limits): # request models whose bounds are `lim`'s
     class Gen(BaseModel):
         model_config = ConfigDict(extra='forbid')
         max_new_tokens:int = Field(min(64, lim.max_new_tokens), ge=1, le=lim.max_new_tokens, description='tokens to generate at most')
-        temperature:float = Field(0., ge=0, le=5, description='0: greedy'); top_k:int|None = Field(None, ge=1, le=10_000)
+        temperature:float = Field(0., ge=0, le=5, description='0: greedy')
+        top_k:int|None = Field(None, ge=1, le=10_000)
         top_p:float|None = Field(None, gt=0, le=1); repetition_penalty:float = Field(1., gt=0, le=5)
         seed:int = Field(0, ge=0, le=SEED_MAX, description='sampling seed')
     class Classify(BaseModel):
@@ -723,8 +808,12 @@ def _schemas(lim:Limits): # request models whose bounds are `lim`'s
     class Chat(Gen):
         message:Text
         history:list[tuple[Annotated[str, Field(max_length=lim.max_text)], Annotated[str, Field(max_length=lim.max_text)]]] = Field(
-            [], max_length=lim.max_history, description='earlier turns, [[user, assistant], ...] (a JSON string in multipart)')
-    return SimpleNamespace(classify=Classify, caption=Caption, report=Report, question=Question, chat=Chat, analyze=Analyze, completion=_completion_model(lim))
+            [], max_length=lim.max_history, description='earlier turns, [[user, assistant], ...] (a JSON string in '
+                                                        'multipart)')
+    return SimpleNamespace(
+        classify=Classify, caption=Caption, report=Report, question=Question, chat=Chat, analyze=Analyze,
+        completion=_completion_model(lim),
+    )
 
 # %% ../nbs/12_serve.ipynb #5c603ac9
 def _no_null(s:dict)->dict: # a property schema without its `null` option (multipart: leave the field out instead)
@@ -738,7 +827,9 @@ def _json_fields(Fields)->set: # fields sent as JSON strings in multipart bodies
 def _body_schema(Fields, n_images:int, lim:Limits)->dict: # `openapi_extra` declaring the multipart and the JSON body
     s = Fields.model_json_schema(); props, req = s.get('properties', {}), ['image', *s.get('required', [])]
     mp, js = {k: _no_null(v) for k, v in props.items()}, _json_fields(Fields)
-    b64 = dict(type='string', maxLength=math.ceil(lim.max_upload_bytes * 4 / 3) + 64, description='base64, or a data: URL')
+    b64 = dict(
+        type='string', maxLength=math.ceil(lim.max_upload_bytes * 4 / 3) + 64, description='base64, or a data: URL'
+    )
     img = lambda item: dict(type='array', items=item, minItems=1, maxItems=n_images)
     return {'requestBody': {'required': True, 'content': {
         'multipart/form-data': {'schema': dict(type='object', properties={'image': img(dict(type='string', format='binary')), **mp}, required=req),
@@ -749,7 +840,8 @@ def _body_schema(Fields, n_images:int, lim:Limits)->dict: # `openapi_extra` decl
 def _b64(s, where:str, lim:Limits)->bytes: # bytes of a base64 string or data: URL
     if not isinstance(s, str): raise InputError(f'{where}: must be a base64 string')
     s = re.sub(r'^data:[\w/.+-]*;base64,', '', s)
-    if len(s) > math.ceil(lim.max_upload_bytes * 4 / 3) + 4: raise InputError(f'{where}: file is larger than the limit of {lim.max_upload_bytes:,} bytes', 413)
+    if len(s) > math.ceil(lim.max_upload_bytes * 4 / 3) + 4:
+        raise InputError(f'{where}: file is larger than the limit of {lim.max_upload_bytes:,} bytes', 413)
     try: return base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError): raise InputError(f'{where}: not valid base64') from None
 
@@ -764,7 +856,8 @@ async def _read_images(files:list, lim:Limits)->list: # the uploads' bytes, each
         where = 'image' if len(files) == 1 else f'image {i}'
         if isinstance(f, str): raise InputError(f'{where}: must be a file upload')
         data = await f.read(lim.max_upload_bytes + 1)
-        if len(data) > lim.max_upload_bytes: raise InputError(f'{where}: file is larger than the limit of {lim.max_upload_bytes:,} bytes', 413)
+        if len(data) > lim.max_upload_bytes:
+            raise InputError(f'{where}: file is larger than the limit of {lim.max_upload_bytes:,} bytes', 413)
         out.append(data)
     return out
 
@@ -772,8 +865,12 @@ async def _read_images(files:list, lim:Limits)->list: # the uploads' bytes, each
 async def _read_request(request, Fields, lim:Limits, n_images:int)->tuple: # (image bytes, validated `Fields`) of a multipart or JSON body
     ct = request.headers.get('content-type', '').split(';')[0].strip().lower()
     if ct in ('multipart/form-data', 'application/x-www-form-urlencoded'):
-        form = await request.form(max_files=lim.max_images, max_fields=16, max_part_size=8 * lim.max_text * (lim.max_history + 1) + 4096)
-        data, raw = await _read_images(form.getlist('image'), lim), {k: v for k, v in form.multi_items() if k != 'image'}
+        form = await request.form(
+            max_files=lim.max_images, max_fields=16, max_part_size=8 * lim.max_text * (lim.max_history + 1) + 4096
+        )
+        data, raw = await _read_images(form.getlist('image'), lim), {
+            k: v for k, v in form.multi_items() if k != 'image'
+        }
         for k in _json_fields(Fields) & set(raw): raw[k] = _loads(raw[k], k)
     elif ct == 'application/json':
         raw = _loads(await request.body(), 'body')
@@ -781,7 +878,8 @@ async def _read_request(request, Fields, lim:Limits, n_images:int)->tuple: # (im
         imgs = raw.pop('image', None); imgs = [imgs] if isinstance(imgs, str) else imgs or []
         if not isinstance(imgs, list): raise InputError('image: must be a list of base64 strings')
         data = [_b64(s, 'image' if len(imgs) == 1 else f'image {i}', lim) for i, s in enumerate(imgs)]
-    else: raise InputError(f'body: Content-Type must be multipart/form-data or application/json, got {ct or "none"}', 415)
+    else:
+        raise InputError(f'body: Content-Type must be multipart/form-data or application/json, got {ct or "none"}', 415)
     if not data: raise InputError('image: Field required')
     if len(data) > n_images: raise InputError(f'image: at most {n_images} image(s) per request, got {len(data)}')
     try: return data, Fields.model_validate(raw)
@@ -802,7 +900,8 @@ class Results(BaseModel, Generic[_T]):
 class ChatResult(BaseModel): model:str; reply:str; history:list[tuple[str, str]]
 class Claim(BaseModel):
     "A claim of a generated text, checked against the patch's measurements"
-    phrase:str; feature:str; status:Literal['agreed', 'contradicted', 'unchecked']; detail:str; source:Literal['caption', 'report']
+    phrase:str
+    feature:str; status:Literal['agreed', 'contradicted', 'unchecked']; detail:str; source:Literal['caption', 'report']
 class Analysis(BaseModel):
     "What the web page shows about one image"
     model:str; label:str; prob:float; probs:dict[str, float]; caption:str|None=None; report:str|None=None
@@ -812,8 +911,13 @@ class Health(BaseModel):
     status:str; model:str; device:str; version:str; kind:str; classes:list[str]; generative:bool; rag:bool; context:int
 
 # %% ../nbs/12_serve.ipynb #994c02b9
-ERRORS = {'4XX': {'model': ErrorBody, 'description': 'Bad request, missing or wrong key, too large, busy: `detail` says what'},
-          '5XX': {'model': ErrorBody, 'description': 'Server error, busy (503) or timed out (504)'}}
+ERRORS = {
+    '4XX': {
+        'model': ErrorBody,
+        'description': 'Bad request, missing or wrong key, too large, busy: `detail` says what',
+    },
+    '5XX': {'model': ErrorBody, 'description': 'Server error, busy (503) or timed out (504)'},
+}
 
 def _routes(app, pipe:Pipeline, lim:Limits, gate:_Gate, S):
     from fastapi import Request
@@ -829,7 +933,10 @@ def _routes(app, pipe:Pipeline, lim:Limits, gate:_Gate, S):
     post('/report', S.report, pipe.report, Results[ReportResult], 'A structured report of each image')
     post('/question', S.question, pipe.answer, Results[AnswerResult], 'Answer a question about each image')
     post('/chat', S.chat, pipe.chat, ChatResult, 'One chat turn about one image', 1, True)
-    post('/analyze', S.analyze, pipe.analyze, Analysis, 'Class, caption, report, checked claims and references of one image', 1, True)
+    post(
+        '/analyze', S.analyze, pipe.analyze, Analysis,
+        'Class, caption, report, checked claims and references of one image', 1, True,
+    )
 
 # %% ../nbs/12_serve.ipynb #acbcf6de
 def _completion_model(lim:Limits): # the request model of /v1/chat/completions, with `lim`'s bounds
@@ -837,7 +944,8 @@ def _completion_model(lim:Limits): # the request model of /v1/chat/completions, 
     class ImageURL(BaseModel): url:str = Field(description='a data:image/...;base64,... URL'); detail:str|None = None
     class Part(BaseModel): type:Literal['text', 'image_url']; text:Text|None = None; image_url:ImageURL|None = None
     class Message(BaseModel):
-        role:Literal['system', 'developer', 'user', 'assistant']; content:Text|list[Part]|None = None; name:str|None = None
+        role:Literal['system', 'developer', 'user', 'assistant']
+        content:Text|list[Part]|None = None; name:str|None = None
     class StreamOptions(BaseModel): include_usage:bool = False
     Tok = Annotated[int|None, Field(ge=1, le=lim.max_new_tokens)]
     class ChatCompletionRequest(BaseModel):
@@ -861,8 +969,13 @@ class ModelList(BaseModel): object:Literal['list'] = 'list'; data:list[ModelCard
 # %% ../nbs/12_serve.ipynb #a2f8f678
 def _image_url(url:str, where:str, lim:Limits)->bytes: # the image of a data: URL; remote URLs are refused
     if re.match(r'(?i)\s*(https?|ftp|file):', url):
-        raise InputError(f'{where}: remote image URLs are refused (the server never fetches a URL); send the image as a base64 data: URL', 400)
-    if not re.match(r'(?i)data:image/[\w.+-]+;base64,', url): raise InputError(f'{where}: must be a data:image/...;base64,... URL')
+        raise InputError(
+            f'{where}: remote image URLs are refused (the server never fetches a URL); send the image as a base64 '
+            'data: URL',
+            400,
+        )
+    if not re.match(r'(?i)data:image/[\w.+-]+;base64,', url):
+        raise InputError(f'{where}: must be a data:image/...;base64,... URL')
     return _b64(url, where, lim)
 
 def _openai_turns(messages:list, lim:Limits)->tuple: # (image bytes, message, history) of an OpenAI conversation
@@ -874,13 +987,17 @@ def _openai_turns(messages:list, lim:Limits)->tuple: # (image bytes, message, hi
             if p is None or isinstance(p, str): text.append(p or ''); continue
             where = f'messages.{i}.content.{j}'
             if p.type == 'text': text.append(p.text or '')
-            elif m.role != 'user' or p.image_url is None: raise InputError(f'{where}: an image_url part with an image_url, in a user message')
+            elif m.role != 'user' or p.image_url is None:
+                raise InputError(f'{where}: an image_url part with an image_url, in a user message')
             else: images.append(_image_url(p.image_url.url, where + '.image_url.url', lim))
         turns.append((m.role, '\n'.join(text).strip()))
     roles = [r for r, _ in turns]
     if len(roles) % 2 == 0 or roles != ['user', 'assistant'] * (len(roles) // 2) + ['user']:
-        raise InputError('messages: must alternate user and assistant messages (system messages aside), starting and ending with a user message')
-    if len(images) != 1: raise InputError(f'messages: {len(images)} images; send exactly one image_url part (a base64 data: URL) in the conversation')
+        raise InputError('messages: must alternate user and assistant messages (system messages aside), starting and '
+                         'ending with a user message')
+    if len(images) != 1:
+        raise InputError(f'messages: {len(images)} images; send exactly one image_url part (a base64 data: URL) in the '
+                         'conversation')
     if not turns[-1][1]: raise InputError('messages: the last user message has no text')
     return images[0], turns[-1][1], [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
 
@@ -897,7 +1014,8 @@ def _openai_routes(app, pipe:Pipeline, lim:Limits, gate:_Gate, S):
     @app.get('/v1/models', response_model=ModelList, summary='The model served (OpenAI-compatible)')
     def models(): return dict(data=[dict(id=pipe.name, created=created, owned_by='pathllm')])
     body = {'requestBody': {'required': True, 'content': {'application/json': {'schema': S.completion.model_json_schema(ref_template='#/components/schemas/{model}')}}}}
-    @app.post('/v1/chat/completions', response_model=ChatCompletion, summary='A chat completion about one image (OpenAI-compatible)', openapi_extra=body,
+    @app.post('/v1/chat/completions', response_model=ChatCompletion, summary='A chat completion about one image '
+                                                                             '(OpenAI-compatible)', openapi_extra=body,
               responses={200: {'content': {'text/event-stream': {'schema': {'type': 'string', 'description': 'with stream=true: chat.completion.chunk events'}}}}})
     async def completions(request:Request):
         if request.headers.get('content-type', '').split(';')[0].strip().lower() != 'application/json':
@@ -911,16 +1029,26 @@ def _openai_routes(app, pipe:Pipeline, lim:Limits, gate:_Gate, S):
         if req.stream:  # bad input is a plain JSON error before the stream starts
             gen_options(**gen); pipe.check_tokens(message, history, gen['max_new_tokens'])
             image = (await asyncio.to_thread(pipe.prepare, image))[0][0]
-            return StreamingResponse(_sse(pipe, gate, head, image, message, history, gen, bool(req.stream_options and req.stream_options.include_usage)),
-                                                media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
+            return StreamingResponse(
+                _sse(
+                    pipe, gate, head, image, message, history, gen,
+                    bool(req.stream_options and req.stream_options.include_usage),
+                ),
+                media_type='text/event-stream',
+                headers={'Cache-Control': 'no-cache'},
+            )
         out = await gate.run(pipe.chat, image, message, history, **gen)
         usage, finish = _usage(pipe, message, history, out['reply'], gen['max_new_tokens'])
-        return dict(head, choices=[dict(index=0, message=dict(content=out['reply']), finish_reason=finish)], usage=usage)
+        return dict(
+            head, choices=[dict(index=0, message=dict(content=out['reply']), finish_reason=finish)], usage=usage
+        )
 
 # %% ../nbs/12_serve.ipynb #df62efc8
 def _sse(pipe:Pipeline, gate:_Gate, head:dict, image:bytes, message:str, history:list, gen:dict, include_usage:bool):
     q, loop = asyncio.Queue(), asyncio.get_running_loop()
-    fut = gate.start(pipe.chat, image, message, history, on_token=lambda ids: loop.call_soon_threadsafe(q.put_nowait, ids), **gen)
+    fut = gate.start(
+        pipe.chat, image, message, history, on_token=lambda ids: loop.call_soon_threadsafe(q.put_nowait, ids), **gen
+    )
     fut.add_done_callback(lambda f: q.put_nowait(None))
     ev = lambda **o: f'data: {json.dumps(dict(head, object="chat.completion.chunk", **o))}\n\n'
     chunk = lambda delta, finish=None: ev(choices=[dict(index=0, delta=delta, finish_reason=finish, logprobs=None)])
@@ -929,11 +1057,15 @@ def _sse(pipe:Pipeline, gate:_Gate, head:dict, image:bytes, message:str, history
         ids, sent = [], ''
         while (t := await q.get()) is not None:
             ids += t; text = pipe.model.tok.decode(ids, skip_special=True).strip()
-            if text.startswith(sent) and len(text) > len(sent) and not text.endswith('\ufffd'): yield chunk(dict(content=text[len(sent):])); sent = text
+            if text.startswith(sent) and len(text) > len(sent) and not text.endswith('\ufffd'):
+                yield chunk(dict(content=text[len(sent):])); sent = text
         try: reply = fut.result()['reply']
         except Exception as e:
-            st, msg = ((504, f'request: timed out after {gate.timeout:g} s') if isinstance(e, RequestTimeout) else
-                       (e.status, str(e)) if isinstance(e, InputError) else (500, f'internal error ({type(e).__name__})'))
+            st, msg = (
+                (504, f'request: timed out after {gate.timeout:g} s')
+                if isinstance(e, RequestTimeout)
+                else (e.status, str(e)) if isinstance(e, InputError) else (500, f'internal error ({type(e).__name__})')
+            )
             yield f'data: {json.dumps(error_body(st, msg))}\n\n'; return
         if reply.startswith(sent) and len(reply) > len(sent): yield chunk(dict(content=reply[len(sent):]))
         usage, finish = _usage(pipe, message, history, reply, gen['max_new_tokens'])
@@ -944,12 +1076,21 @@ def _sse(pipe:Pipeline, gate:_Gate, head:dict, image:bytes, message:str, history
 
 # %% ../nbs/12_serve.ipynb #5ba8a65d
 STATIC = Path(__file__).parent/'static' if '__file__' in globals() else Path('../pathllm/static')  # the page's files
-_PAGE_FILES = {'index.html': 'text/html; charset=utf-8', 'app.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8'}
+_PAGE_FILES = {
+    'index.html': 'text/html; charset=utf-8',
+    'app.js': 'text/javascript; charset=utf-8',
+    'style.css': 'text/css; charset=utf-8',
+}
 _CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 def _page_routes(app):
     from fastapi.responses import Response
-    def send(name): return Response((STATIC/name).read_bytes(), media_type=_PAGE_FILES[name], headers={'Content-Security-Policy': _CSP, 'X-Content-Type-Options': 'nosniff'})
+    def send(name):
+        return Response(
+            (STATIC / name).read_bytes(),
+            media_type=_PAGE_FILES[name],
+            headers={'Content-Security-Policy': _CSP, 'X-Content-Type-Options': 'nosniff'},
+        )
     app.get('/', include_in_schema=False)(lambda: send('index.html'))
     @app.get('/static/{name}', include_in_schema=False)
     def static(name:str):
@@ -960,13 +1101,18 @@ def _page_routes(app):
 def _openapi(app, secured:bool, public:set)->dict: # FastAPI's schema with security schemes and request-body components
     if app.openapi_schema: return app.openapi_schema
     from fastapi.openapi.utils import get_openapi
-    s = get_openapi(title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes)
+    s = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes
+    )
     comps = s.setdefault('components', {}).setdefault('schemas', {})
     for ops in s['paths'].values():
         for op in ops.values():
             for c in op.get('requestBody', {}).get('content', {}).values(): comps.update(c['schema'].pop('$defs', {}))
     if secured:
-        s['components']['securitySchemes'] = {'ApiKey': {'type': 'apiKey', 'in': 'header', 'name': 'X-API-Key'}, 'Bearer': {'type': 'http', 'scheme': 'bearer'}}
+        s['components']['securitySchemes'] = {
+            'ApiKey': {'type': 'apiKey', 'in': 'header', 'name': 'X-API-Key'},
+            'Bearer': {'type': 'http', 'scheme': 'bearer'},
+        }
         s['security'] = [{'ApiKey': []}, {'Bearer': []}]
         for p in public & set(s['paths']):
             for op in s['paths'][p].values(): op['security'] = []
@@ -986,9 +1132,17 @@ def create_app(pipeline:Pipeline|str|Path, # a `Pipeline`, or a folder for `Pipe
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_pretrained(pipeline)
     # the server's limits win
     pipe.max_pixels, pipe.batcher.max_batch, pipe.batcher.wait_ms = lim.max_pixels, lim.max_batch, lim.batch_wait_ms
-    app = FastAPI(title='pathllm', version=__version__, summary=f'H&E patch classification, captions, reports and VQA ({pipe.name})',
-                  docs_url=None, redoc_url=None, responses=ERRORS)
-    gate, public = _Gate(lim.max_concurrency, lim.timeout_s), {'/', '/health', *(f'/static/{n}' for n in _PAGE_FILES)} | ({'/openapi.json'} if public_docs else set())
+    app = FastAPI(
+        title='pathllm', version=__version__,
+        summary=f'H&E patch classification, captions, reports and VQA ({pipe.name})', docs_url=None, redoc_url=None,
+        responses=ERRORS,
+    )
+    gate, public = _Gate(lim.max_concurrency, lim.timeout_s), {
+        '/',
+        '/health',
+        *(f'/static/{n}' for n in _PAGE_FILES),
+    } | ({'/openapi.json'} if public_docs else set())
+
     _add_handlers(app, api_key, public, lim)
     _page_routes(app)
     @app.get('/health', response_model=Health, summary='Liveness, model and version')
@@ -1016,7 +1170,8 @@ class _H11(H11Protocol):
         if self.conn.their_state is h11.IDLE:
             buf, limit = self.conn.trailing_data[0] + data, getattr(self.config, 'max_header_bytes', 16384)
             end = buf.find(b'\r\n\r\n')
-            if (len(buf) if end < 0 else end) > limit: return self._reject(431, f'headers: more than the limit of {limit:,} bytes')
+            if (len(buf) if end < 0 else end) > limit:
+                return self._reject(431, f'headers: more than the limit of {limit:,} bytes')
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE and self._timer: self._timer.cancel(); self._timer = None
 
@@ -1057,8 +1212,11 @@ def server_config(app, # the ASGI app, or the 'module:factory' of each worker's
     "uvicorn settings that bound headers, idle sockets and keep-alive"
     import uvicorn
     lim = limits or Limits()
-    c = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_H11, h11_max_incomplete_event_size=2 * lim.max_header_bytes,
-                       limit_concurrency=lim.max_connections, timeout_keep_alive=lim.keep_alive_s, log_config=_log_config(), server_header=False, **kw)
+    c = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, http=_H11,
+        h11_max_incomplete_event_size=2 * lim.max_header_bytes, limit_concurrency=lim.max_connections,
+        timeout_keep_alive=lim.keep_alive_s, log_config=_log_config(), server_header=False, **kw,
+    )
     c.max_header_bytes, c.read_timeout_s = lim.max_header_bytes, lim.read_timeout_s
     return c
 
@@ -1071,7 +1229,8 @@ def api_key_from(key:str|None=None, # a key (from Python)
     if key_file:
         p = Path(key_file)
         if not p.is_file(): raise FileNotFoundError(f'api_key_file: no such file {p}')
-        if not (k := (p.read_text().strip().splitlines() or [''])[0].strip()): raise ValueError(f'{p}: empty API key file')
+        if not (k := (p.read_text().strip().splitlines() or [''])[0].strip()):
+            raise ValueError(f'{p}: empty API key file')
         return k
     return os.environ.get('PATHLLM_API_KEY') or None
 
@@ -1081,7 +1240,11 @@ def _loopback(host:str)->bool:
 
 def _app_from_env(): # the app of each worker process of `serve(workers=n)`: settings from $PATHLLM_SERVE, key from $PATHLLM_API_KEY
     s = json.loads(os.environ['PATHLLM_SERVE'])
-    return create_app(Pipeline.from_pretrained(s['model'], s['device']), os.environ.get('PATHLLM_API_KEY') or None, Limits(**s['limits']))
+    return create_app(
+        Pipeline.from_pretrained(s['model'], s['device']),
+        os.environ.get('PATHLLM_API_KEY') or None,
+        Limits(**s['limits']),
+    )
 
 def serve(model_dir:str|Path, # a model or pipeline folder
           host:str='127.0.0.1', # interface to bind; anything but loopback needs a key or `insecure_public`
@@ -1098,13 +1261,25 @@ def serve(model_dir:str|Path, # a model or pipeline folder
     import uvicorn
     api_key, lim = api_key_from(api_key, api_key_file), Limits(**limits)
     if not (_loopback(host) or api_key):
-        if not insecure_public: raise ValueError(f'host: {host} is reachable from the network and no API key is set; set $PATHLLM_API_KEY or an API key file, or allow it with --insecure-public')
+        if not insecure_public:
+            raise ValueError(
+                f'host: {host} is reachable from the network and no API key is set; set $PATHLLM_API_KEY or an API key '
+                'file, or allow it with --insecure-public'
+            )
         warnings.warn(f'serve: listening on {host} without an API key; anyone who can reach it can use the model')
-    if workers == 1: return uvicorn.Server(server_config(create_app(Pipeline.from_pretrained(model_dir, device), api_key, lim), host, port, lim, log_level)).run()
+    if workers == 1:
+        return uvicorn.Server(
+            server_config(
+                create_app(Pipeline.from_pretrained(model_dir, device), api_key, lim), host, port, lim, log_level
+            )
+        ).run()
     if workers < 1: raise ValueError(f'workers: must be >= 1, got {workers}')
     from uvicorn.supervisors import Multiprocess
     check_model_files(Path(model_dir)/read_spec(model_dir)['model'])  # fail here, once, rather than in every worker
-    os.environ.update(PATHLLM_SERVE=json.dumps(dict(model=str(model_dir), device=device, limits=asdict(lim))), PATHLLM_API_KEY=api_key or '')
+    os.environ.update(
+        PATHLLM_SERVE=json.dumps(dict(model=str(model_dir), device=device, limits=asdict(lim))),
+        PATHLLM_API_KEY=api_key or '',
+    )
     c = server_config('pathllm.serve:_app_from_env', host, port, lim, log_level, workers=workers, factory=True,
                       timeout_worker_healthcheck=300)  # a worker imports torch and loads its model before it answers
     Multiprocess(c, sockets=[c.bind_socket()]).run()
@@ -1128,15 +1303,21 @@ def server_process(model_dir:str|Path, # model or pipeline folder
                   ): # yields the base URL, e.g. 'http://127.0.0.1:53187'
     "Run a server on loopback in a subprocess for the duration of a `with` block"
     import httpx
-    port, out = port or free_port(), open(log, 'w+') if log else tempfile.NamedTemporaryFile('w+', suffix='.log', prefix='pathllm-serve-')
+    port, out = port or free_port(), (
+        open(log, 'w+') if log else tempfile.NamedTemporaryFile('w+', suffix='.log', prefix='pathllm-serve-')
+    )
     # `serve`'s arguments, as JSON
     args = dict(model=str(model_dir), port=port, log_level=log_level, device=device, **limits)
-    env = dict(os.environ, PATHLLM_API_KEY=api_key or '', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'), PATHLLM_SERVE_ARGS=json.dumps(args))
+    env = dict(
+        os.environ, PATHLLM_API_KEY=api_key or '', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'),
+        PATHLLM_SERVE_ARGS=json.dumps(args),
+    )
     p = subprocess.Popen([sys.executable, '-c', _CHILD], env=env, stdout=out, stderr=subprocess.STDOUT)
     url, t0 = f'http://127.0.0.1:{port}', time.time()
     try:
         while True:
-            if p.poll() is not None: out.seek(0); raise RuntimeError(f'server exited with {p.returncode}:\n{out.read()[-3000:]}')
+            if p.poll() is not None:
+                out.seek(0); raise RuntimeError(f'server exited with {p.returncode}:\n{out.read()[-3000:]}')
             try:
                 if httpx.get(url + '/health', timeout=2).status_code == 200: break
             except httpx.TransportError: pass
@@ -1150,9 +1331,19 @@ def server_process(model_dir:str|Path, # model or pipeline folder
         out.close()
 
 # %% ../nbs/12_serve.ipynb #d05812d1
-CHROMIUM_FLAGS = ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-                  # offline, reproducible
-                  '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--window-size=1280,1000')
+CHROMIUM_FLAGS = (
+    '--headless=new',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    # offline, reproducible
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-dev-shm-usage',
+    '--window-size=1280,1000',
+)
 
 def chromium_driver(binary:str='/usr/bin/chromium', # the browser
                     driver:str='/usr/bin/chromedriver', # its WebDriver (Debian: `chromium-driver`)
@@ -1200,17 +1391,26 @@ def load_test(url:str, # base URL of a running server, e.g. from `server_process
     from pathllm.data import synth_patch
     host, port, out = url.split('//')[1].split(':')[0], int(url.rsplit(':', 1)[1]), []
     payload = json.dumps(body or dict(image=[data_url(synth_patch('pcam', 1, 0))])).encode()
-    req = (f'POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n'
-           # built once: the client costs the CPU little
-           + (f'X-API-Key: {api_key}\r\n' if api_key else '') + '\r\n').encode() + payload
+    req = (
+        f'POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: '
+        f'{len(payload)}\r\n'
+        # built once: the client costs the CPU little
+        + (f'X-API-Key: {api_key}\r\n' if api_key else '')
+        + '\r\n'
+    ).encode() + payload
     for c in concurrency:
         socks = [socket.create_connection((host, port)) for _ in range(idle)]
         try:
-            with ThreadPoolExecutor(1) as ex: lat, st, wall = ex.submit(asyncio.run, _level(host, port, req, c, requests, timeout)).result()
+            with ThreadPoolExecutor(1) as ex:
+                lat, st, wall = ex.submit(asyncio.run, _level(host, port, req, c, requests, timeout)).result()
         finally:
             for s in socks: s.close()
         ok = [l for l, s in zip(lat, st) if s == 200]
         pct = lambda q: round(float(np.percentile(ok, q)) * 1000, 1) if ok else None
-        out.append(dict(clients=c, requests=requests, ok=len(ok), busy=st.count(503), failed=len(st) - len(ok) - st.count(503),
-                        req_per_s=round(len(ok) / wall, 2), p50_ms=pct(50), p95_ms=pct(95)))
+        out.append(
+            dict(
+                clients=c, requests=requests, ok=len(ok), busy=st.count(503), failed=len(st) - len(ok) - st.count(503),
+                req_per_s=round(len(ok) / wall, 2), p50_ms=pct(50), p95_ms=pct(95),
+            )
+        )
     return out

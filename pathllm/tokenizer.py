@@ -31,13 +31,18 @@ def train_bpe(texts:list[str], # training corpus
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tr = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                             special_tokens=list(SPECIAL_TOKENS.values()), initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tr = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS.values()), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, tr)
     return tok
 
 # %% ../nbs/02_tokenizer.ipynb #5a372f70
-_ROLES = {'system': 'system', 'user': 'user', 'human': 'user', 'assistant': 'assistant', 'gpt': 'assistant', 'bot': 'assistant'}
+_ROLES = {
+    'system': 'system', 'user': 'user', 'human': 'user', 'assistant': 'assistant', 'gpt': 'assistant',
+    'bot': 'assistant',
+}
 
 def normalize_conversation(conv:list|dict, # turns as `{"role","content"}` or `{"from","value"}`, or a record with `conversations`/`messages`
                           )->list[tuple[str,str]]: # `(role, content)` pairs with roles in system/user/assistant
@@ -149,8 +154,10 @@ def load(cls:PathTokenizer, path:str|Path, # a folder holding `tokenizer.json`, 
     return cls(Tokenizer.from_file(str(fn)))
 
 # %% ../nbs/02_tokenizer.ipynb #d9336083
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>' }}{% endfor %}"
-                 "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
 
 @patch
 def to_hf(self:PathTokenizer)->'transformers.PreTrainedTokenizerFast': # an HF fast tokenizer with specials and chat template
@@ -158,8 +165,10 @@ def to_hf(self:PathTokenizer)->'transformers.PreTrainedTokenizerFast': # an HF f
     from transformers import PreTrainedTokenizerFast
     s = SPECIAL_TOKENS
     extra = [s[k] for k in ('image', 'system', 'user', 'assistant', 'end')]
-    return PreTrainedTokenizerFast(tokenizer_object=self.tok, bos_token=s['bos'], eos_token=s['eos'], pad_token=s['pad'],
-                                   unk_token=s['unk'], additional_special_tokens=extra, chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=self.tok, bos_token=s['bos'], eos_token=s['eos'], pad_token=s['pad'], unk_token=s['unk'],
+        additional_special_tokens=extra, chat_template=CHAT_TEMPLATE,
+    )
 
 # %% ../nbs/02_tokenizer.ipynb #653527d2
 class CharTokenizer:

@@ -14,7 +14,8 @@ from fastai.torch_core import set_seed
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls, BatchAugment,
                           atomic_write, project_root, data_fingerprint, environment_info)
-from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds, recaption
+from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
+from .captions import recaption
 from .lm import train_lm, LM_SIZES, LMConfig
 from .fit import CheckpointCallback, fit_stage
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier, get_vision
@@ -24,7 +25,8 @@ from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records, recor
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel
 from .rag import PatchIndex, image_embeddings, rag_rows
-from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold, class_probs, evaluate_vlm
+from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold
+from .evaluate import class_probs, evaluate_vlm
 
 # %% auto #0
 __all__ = ['CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs', 'sized_config',
@@ -89,8 +91,12 @@ class TrainConfig:
         for f in fields(self): _check_field(f.name, getattr(self, f.name), _hints()[f.name])
         for k, v in _RULES.items():
             if not v[0](getattr(self, k)): raise ValueError(f"config field {k!r}: {v[1]}, got {getattr(self, k)!r}")
-        if getattr(CONNECTORS.get(self.vlm_connector), 'xattn', False) and not self.xattn_every: raise ValueError(f"config field 'xattn_every': vlm_connector={self.vlm_connector!r} needs xattn_every >= 1")
-        _check_options(self.vit_name, self.img_size or 96, json.dumps(self.vit_kw, sort_keys=True), self.lm_size, json.dumps(self.lm_kw, sort_keys=True))
+        if getattr(CONNECTORS.get(self.vlm_connector), 'xattn', False) and not self.xattn_every:
+            raise ValueError(f"config field 'xattn_every': vlm_connector={self.vlm_connector!r} needs xattn_every >= 1")
+        _check_options(
+            self.vit_name, self.img_size or 96, json.dumps(self.vit_kw, sort_keys=True), self.lm_size,
+            json.dumps(self.lm_kw, sort_keys=True),
+        )
 
 # %% ../nbs/11_train.ipynb #90077f9e
 @functools.lru_cache(None)
@@ -104,54 +110,95 @@ def _type_ok(v, t)->bool:
 
 def _check_field(k:str, v, t):
     "Raise a `ValueError` naming field `k` when `v` is not of type `t`"
-    if not _type_ok(v, t): raise ValueError(f"config field {k!r}: expected {getattr(t, '__name__', None) or str(t).replace('NoneType', 'None')}, got {type(v).__name__} {v!r}")
+    if not _type_ok(v, t):
+        raise ValueError(
+            f"config field {k!r}: expected {getattr(t, '__name__', None) or str(t).replace('NoneType', 'None')}, got "
+            f"{type(v).__name__} {v!r}"
+        )
 
 @functools.lru_cache(64)
 def _check_options(vit_name:str, img_size:int, vit_kw:str, lm_size:str, lm_kw:str): # the free-form options, tried when the config is made
     "`vit_kw` builds the encoder and `lm_kw` the LM config, or a `ValueError` names the field: a bad option fails before any stage runs"
     try: get_vision(vit_name, img_size=img_size, **json.loads(vit_kw))
-    except (TypeError, ValueError, RuntimeError) as e: raise ValueError(f"config field 'vit_kw': {vit_kw} does not build {vit_name!r} at img_size={img_size}: {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"config field 'vit_kw': {vit_kw} does not build {vit_name!r} at img_size={img_size}: {e}"
+        ) from None
     try: LMConfig.from_name(lm_size, **json.loads(lm_kw))
     except (TypeError, ValueError) as e: raise ValueError(f"config field 'lm_kw': {lm_kw}: {e}") from None
 
 _pos, _opt = (lambda v: v >= 1), (lambda v: v is None or v >= 2)
-_RULES = dict(kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAMES)}"),
-              n_images=(lambda v: v >= 8, "must be >= 8 (both classes in both splits)"),
-              max_train=(_opt, "must be None or >= 2"), max_valid=(_opt, "must be None or >= 2"),
-              img_size=(lambda v: v is None or 16 <= v <= 1024, "must be None or between 16 and 1024"), bs=(_pos, "must be >= 1"),
-              vit_name=(lambda v: v in vision_names() or v.startswith('timm:'), f"must be one of {vision_names()} or 'timm:<name>'"),
-              vision_epochs=(_pos, "must be >= 1"), vision_lr=(lambda v: 0 < v < 1, "must be in (0, 1)"),
-              lm_size=(lambda v: v in LM_SIZES, f"must be one of {list(LM_SIZES)}"), lm_epochs=(_pos, "must be >= 1"),
-              lm_lr=(lambda v: 0 < v < 1, "must be in (0, 1)"), lm_seq_len=(lambda v: v >= 8, "must be >= 8"),
-              vocab_size=(lambda v: v >= 288, "must be >= 288 (256 bytes + special tokens + merges)"),
-              vlm_connector=(lambda v: v in CONNECTORS and CONNECTORS[v].generative, "must be a generative connector of `pathllm.connectors.CONNECTORS` (they classify and caption)"),
-              mp_shuffle=(_pos, "must be >= 1"), vlm_max_len=(lambda v: v >= 16, "must be >= 16"),
-              stage1_epochs=(_pos, "must be >= 1"), stage2_epochs=(_pos, "must be >= 1"),
-              lr1=(lambda v: 0 < v < 1, "must be in (0, 1)"), lr2=(lambda v: 0 < v < 1, "must be in (0, 1)"),
-              max_rows=(_opt, "must be None or >= 2"), eval_captions=(lambda v: v >= 0, "must be >= 0"),
-              caption_tokens=(_pos, "must be >= 1"), stain_sigma=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
-              stain_bias=(lambda v: 0 <= v < 1, "must be in [0, 1)"), class_repeat=(_pos, "must be >= 1"),
-              xattn_every=(lambda v: v >= 0, "must be >= 0"), max_valid_rows=(_opt, "must be None or >= 2"),
-              vision_morph=(lambda v: v >= 0, "must be >= 0"), vision_centre=(lambda v: v is None or 0 < v <= 1, "must be None or in (0, 1]"),
-              dev_frac=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"), n_captions=(_pos, "must be >= 1"),
-              caption_margin=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
-              eval_groundings=(lambda v: len(v) >= 1 and set(v) <= set(GROUNDING), f"must be a non-empty list of {list(GROUNDING)}"),
-              grad_accum=(_pos, "must be >= 1"), threads=(lambda v: v is None or v >= 1, "must be None or >= 1"),
-              lm_max_texts=(_opt, "must be None or >= 2"), rag_share=(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-              caption_salience=(lambda v: v is None or 0 < v < 1, "must be None or in (0, 1)"))
+_RULES = dict(
+    kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAMES)}"),
+    n_images=(lambda v: v >= 8, "must be >= 8 (both classes in both splits)"),
+    max_train=(_opt, "must be None or >= 2"),
+    max_valid=(_opt, "must be None or >= 2"),
+    img_size=(lambda v: v is None or 16 <= v <= 1024, "must be None or between 16 and 1024"),
+    bs=(_pos, "must be >= 1"),
+    vit_name=(
+        lambda v: v in vision_names() or v.startswith('timm:'),
+        f"must be one of {vision_names()} or " "'timm:<name>'",
+    ),
+    vision_epochs=(_pos, "must be >= 1"),
+    vision_lr=(lambda v: 0 < v < 1, "must be in (0, 1)"),
+    lm_size=(lambda v: v in LM_SIZES, f"must be one of {list(LM_SIZES)}"),
+    lm_epochs=(_pos, "must be >= 1"),
+    lm_lr=(lambda v: 0 < v < 1, "must be in (0, 1)"),
+    lm_seq_len=(lambda v: v >= 8, "must be >= 8"),
+    vocab_size=(lambda v: v >= 288, "must be >= 288 (256 bytes + special tokens + merges)"),
+    vlm_connector=(
+        lambda v: v in CONNECTORS and CONNECTORS[v].generative,
+        "must be a generative connector " "of `pathllm.connectors.CONNECTORS` (they classify and caption)",
+    ),
+    mp_shuffle=(_pos, "must be >= 1"),
+    vlm_max_len=(lambda v: v >= 16, "must be >= 16"),
+    stage1_epochs=(_pos, "must be >= 1"),
+    stage2_epochs=(_pos, "must be >= 1"),
+    lr1=(lambda v: 0 < v < 1, "must be in (0, 1)"),
+    lr2=(lambda v: 0 < v < 1, "must be in (0, 1)"),
+    max_rows=(_opt, "must be None or >= 2"),
+    eval_captions=(lambda v: v >= 0, "must be >= 0"),
+    caption_tokens=(_pos, "must be >= 1"),
+    stain_sigma=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    stain_bias=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    class_repeat=(_pos, "must be >= 1"),
+    xattn_every=(lambda v: v >= 0, "must be >= 0"),
+    max_valid_rows=(_opt, "must be None or >= 2"),
+    vision_morph=(lambda v: v >= 0, "must be >= 0"),
+    vision_centre=(lambda v: v is None or 0 < v <= 1, "must be None or in (0, 1]"),
+    dev_frac=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    n_captions=(_pos, "must be >= 1"),
+    caption_margin=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    eval_groundings=(
+        lambda v: len(v) >= 1 and set(v) <= set(GROUNDING),
+        "must be a non-empty list of " f"{list(GROUNDING)}",
+    ),
+    grad_accum=(_pos, "must be >= 1"),
+    threads=(lambda v: v is None or v >= 1, "must be None or >= 1"),
+    lm_max_texts=(_opt, "must be None or >= 2"),
+    rag_share=(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    caption_salience=(lambda v: v is None or 0 < v < 1, "must be None or in (0, 1)"),
+)
 
 # %% ../nbs/11_train.ipynb #e5b6ba9a
 CONFIGS = dict(
-    debug=dict(name='debug', n_images=400, vision_epochs=8, vision_lr=2e-3, lm_epochs=1, stage1_epochs=1, stage2_epochs=2,
-               max_rows=2000, eval_captions=32),
-    small=dict(name='small', bs=64, vit_name='timm:resnet10t', vit_kw=dict(crop=64, crop_shift=0.0, output_stride=16),
-               vision_centre=0.5, vision_epochs=12, vision_lr=2e-3, stain_sigma=0.2, stain_bias=0.05,
-               lm_kw=dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2), lm_epochs=1, lm_max_texts=80_000, mp_shuffle=1,
-               stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=40_000, eval_captions=128, freeze_vision=True,
-               class_repeat=2, max_valid_rows=1000, tta=True, rag_share=0.2, caption_salience=0.7),
-    full=dict(name='full', bs=128, vit_name='pathvit_r18', vit_kw=dict(pool='mean'), mp_shuffle=1, vision_epochs=10,
-              vision_lr=1e-3, lm_size='micro', lm_epochs=3, vocab_size=2048, stage1_epochs=1, stage2_epochs=3, lr2=5e-4,
-              max_rows=200_000, eval_captions=256, caption_tokens=96))
+    debug=dict(
+        name='debug', n_images=400, vision_epochs=8, vision_lr=2e-3, lm_epochs=1, stage1_epochs=1, stage2_epochs=2,
+        max_rows=2000, eval_captions=32,
+    ),
+    small=dict(
+        name='small', bs=64, vit_name='timm:resnet10t', vit_kw=dict(crop=64, crop_shift=0.0, output_stride=16),
+        vision_centre=0.5, vision_epochs=12, vision_lr=2e-3, stain_sigma=0.2, stain_bias=0.05,
+        lm_kw=dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2), lm_epochs=1, lm_max_texts=80_000, mp_shuffle=1,
+        stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=40_000, eval_captions=128, freeze_vision=True,
+        class_repeat=2, max_valid_rows=1000, tta=True, rag_share=0.2, caption_salience=0.7,
+    ),
+    full=dict(
+        name='full', bs=128, vit_name='pathvit_r18', vit_kw=dict(pool='mean'), mp_shuffle=1, vision_epochs=10,
+        vision_lr=1e-3, lm_size='micro', lm_epochs=3, vocab_size=2048, stage1_epochs=1, stage2_epochs=3, lr2=5e-4,
+        max_rows=200_000, eval_captions=256, caption_tokens=96,
+    ),
+)
 
 # %% ../nbs/11_train.ipynb #8d596aab
 def config_from_dict(d:dict, # field -> value, e.g. read from JSON
@@ -159,7 +206,8 @@ def config_from_dict(d:dict, # field -> value, e.g. read from JSON
     "A `TrainConfig` from a dict, naming any unknown field"
     if not isinstance(d, dict): raise ValueError(f"config: expected a JSON object, got {type(d).__name__}")
     known = [f.name for f in fields(TrainConfig)]
-    if bad := [k for k in d if k not in known]: raise ValueError(f"config: unknown field {bad[0]!r}; known fields: {', '.join(known)}")
+    if bad := [k for k in d if k not in known]:
+        raise ValueError(f"config: unknown field {bad[0]!r}; known fields: {', '.join(known)}")
     return TrainConfig(**d)
 
 # %% ../nbs/11_train.ipynb #0bc2709c
@@ -175,12 +223,17 @@ def read_config(config, # a name in `named`, a JSON file, a dict of fields, or a
     elif str(config) in named: d = dict(named[str(config)])
     else:
         p = Path(config)
-        if not p.is_file(): raise FileNotFoundError(f"config: {config!r} is neither a named {what} ({', '.join(named)}) nor a JSON file")
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"config: {config!r} is neither a named {what} ({', '.join(named)}) nor a JSON file"
+            )
         try: d = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"config: {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config: {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(d, dict): raise ValueError(f"config: expected a JSON object, got {type(d).__name__}")
     d = {**d, **kw}; known = [f.name for f in fields(cls)]
-    if bad := [k for k in d if k not in known]: raise ValueError(f"config: unknown field {bad[0]!r}; known fields: {', '.join(known)}")
+    if bad := [k for k in d if k not in known]:
+        raise ValueError(f"config: unknown field {bad[0]!r}; known fields: {', '.join(known)}")
     return d
 
 def load_config(config:str|Path|dict|TrainConfig='debug', # a name in `CONFIGS`, a JSON file, a dict or a config
@@ -207,7 +260,11 @@ def _warn_changed(cfg:TrainConfig, out:Path):
     f = out/'config.json'
     if not f.exists(): return
     old = json.loads(f.read_text()); diff = [k for k, v in asdict(cfg).items() if old.get(k) != v]
-    if diff: warnings.warn(f"resume: config fields {diff} differ from the run in {out}; finished stages are kept (delete a stage's folder to redo it)")
+    if diff:
+        warnings.warn(
+            f"resume: config fields {diff} differ from the run in {out}; finished stages are kept (delete a stage's "
+            "folder to redo it)"
+        )
 
 def _write_json(p:Path, d:dict)->dict:
     atomic_write(p, json.dumps(d, indent=2)); return d
@@ -232,8 +289,13 @@ def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `sou
     root = Path(data) if whole and (Path(data)/'instructions_train.jsonl').exists() else \
         caption_dataset(sub, out=out/'data', margin=cfg.caption_margin, n_captions=cfg.n_captions, progress=progress)
     src = _rel(data, out) if Path(data).exists() else str(data)  # a hub name stays as it is
-    return _write_json(out/'data.json', dict(source=src, root=_rel(root, out), kind=ds.kind, classes=list(ds.classes), valid_split=vs,
-                                             patch_size=min(ds.image(trn[0]).size), train=pos['train'], dev=pos['dev'], valid=pos[vs]))
+    return _write_json(
+        out / 'data.json',
+        dict(
+            source=src, root=_rel(root, out), kind=ds.kind, classes=list(ds.classes), valid_split=vs,
+            patch_size=min(ds.image(trn[0]).size), train=pos['train'], dev=pos['dev'], valid=pos[vs],
+        ),
+    )
 
 def sized_config(cfg:TrainConfig, # a run's config
                  prep:dict, # the run's `data.json` (its `patch_size`)
@@ -270,16 +332,32 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
     trn, dev, val = _rows(df, 'train'), _rows(df, 'dev'), _rows(df, vs)
     spec = MorphSpec.fit(v[trn].numpy(), names, read_thresholds(root)) if cfg.vision_morph else None
     dls = tensor_dls(x, y, v, train=trn, valid=dev or val, bs=cfg.bs, seed=cfg.seed); set_seed(cfg.seed)
-    learn = vision_learner_for(dls, cfg.vit_name, len(LABEL_NAMES[kind]), img_size=cfg.img_size, lr=cfg.vision_lr, spec=spec,
-                               lam=cfg.vision_morph, centre=cfg.vision_centre, classes=list(LABEL_NAMES[kind]),
-                               cbs=[BatchAugment(cfg.stain_sigma, cfg.stain_bias, seed=cfg.seed), CheckpointCallback(out, resume), *stage_callbacks(cfg)], **cfg.vit_kw)
+    learn = vision_learner_for(
+        dls,
+        cfg.vit_name,
+        len(LABEL_NAMES[kind]),
+        img_size=cfg.img_size,
+        lr=cfg.vision_lr,
+        spec=spec,
+        lam=cfg.vision_morph,
+        centre=cfg.vision_centre,
+        classes=list(LABEL_NAMES[kind]),
+        cbs=[
+            BatchAugment(cfg.stain_sigma, cfg.stain_bias, seed=cfg.seed),
+            CheckpointCallback(out, resume),
+            *stage_callbacks(cfg),
+        ],
+        **cfg.vit_kw
+    )
     hist = fit_stage(learn, cfg.vision_epochs, cfg.vision_lr, progress)
     m = learn.model.eval(); m.save_pretrained(out)
     batches = lambda rows: [(x[rows[i:i+cfg.bs]], y[rows[i:i+cfg.bs]]) for i in range(0, len(rows), cfg.bs)]
     probs = lambda rows: classifier_probs(m, batches(rows), cfg.tta)[0].numpy()
     pd_ = probs(dev) if dev else None
     t = best_threshold(y[dev].tolist(), pd_) if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2 else None
-    score = lambda rows, p: classification_metrics(y[rows].tolist(), p, 0.5 if t is None else t, classes=list(LABEL_NAMES[kind]))
+    score = lambda rows, p: classification_metrics(
+        y[rows].tolist(), p, 0.5 if t is None else t, classes=list(LABEL_NAMES[kind])
+    )
     res = dict(metrics=score(val, probs(val)), dev_metrics=score(dev, pd_) if dev else None, threshold=t, history=hist)
     if spec: res['morph_accuracy'] = _morph_scores(m, x[val], v[val], cfg.bs)
     return _write_json(out/'metrics.json', res)
@@ -287,9 +365,13 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
 # %% ../nbs/11_train.ipynb #cc38348d
 def _lm(cfg:TrainConfig, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_lm` metrics
     texts = read_corpus(root, 'train')
-    if cfg.lm_max_texts and len(texts) > cfg.lm_max_texts: texts = [texts[i] for i in sorted(np.random.default_rng(cfg.seed).permutation(len(texts))[:cfg.lm_max_texts])]
-    _, _, m = train_lm(texts, out, size=cfg.lm_size, epochs=cfg.lm_epochs, lr=cfg.lm_lr, seq_len=cfg.lm_seq_len,
-                       vocab_size=cfg.vocab_size, bs=cfg.bs, seed=cfg.seed, resume=resume, progress=progress, cbs=stage_callbacks(cfg), **cfg.lm_kw)
+    if cfg.lm_max_texts and len(texts) > cfg.lm_max_texts:
+        texts = [texts[i] for i in sorted(np.random.default_rng(cfg.seed).permutation(len(texts))[:cfg.lm_max_texts])]
+    _, _, m = train_lm(
+        texts, out, size=cfg.lm_size, epochs=cfg.lm_epochs, lr=cfg.lm_lr, seq_len=cfg.lm_seq_len,
+        vocab_size=cfg.vocab_size, bs=cfg.bs, seed=cfg.seed, resume=resume, progress=progress,
+        cbs=stage_callbacks(cfg), **cfg.lm_kw
+    )
     return m
 
 def vlm_config(cfg:TrainConfig, # the run's config
@@ -298,18 +380,32 @@ def vlm_config(cfg:TrainConfig, # the run's config
               )->VLMConfig: # the fused model's config
     "The `VLMConfig` of the fused model `run_train` builds from `cfg`"
     cfg = sized_config(cfg, {})  # not yet sized to data (`run_train` sizes it first): the configs' 96 px
-    ro = dict(n_classes=len(LABEL_NAMES[kind]), n_morph=len(CAPTION_FEATURES[kind]) if cfg.vision_morph else 0, centre=cfg.vision_centre)
-    return VLMConfig(vlm_connector=cfg.vlm_connector, vlm_kind=kind, vlm_classes=list(LABEL_NAMES[kind]), vlm_max_len=cfg.vlm_max_len, vit_name=cfg.vit_name,
-                     vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw), lm_path=lm_path, mp_shuffle=cfg.mp_shuffle,
-                     xattn_every=cfg.xattn_every, vlm_readout=ro if cfg.concept_tokens else None)
+    ro = dict(
+        n_classes=len(LABEL_NAMES[kind]),
+        n_morph=len(CAPTION_FEATURES[kind]) if cfg.vision_morph else 0,
+        centre=cfg.vision_centre,
+    )
+    return VLMConfig(
+        vlm_connector=cfg.vlm_connector, vlm_kind=kind, vlm_classes=list(LABEL_NAMES[kind]),
+        vlm_max_len=cfg.vlm_max_len, vit_name=cfg.vit_name, vit_img_size=cfg.img_size, vit_kw=dict(cfg.vit_kw),
+        lm_path=lm_path, mp_shuffle=cfg.mp_shuffle, xattn_every=cfg.xattn_every,
+        vlm_readout=ro if cfg.concept_tokens else None,
+    )
 
 def _rag_rows(cfg:TrainConfig, kind:str, root:Path, base:Path, lm:Path)->list: # retrieval-augmented stage-2 rows (`rag_rows`), each fitting `vlm_max_len`
     if not cfg.rag_share: return []
     df = pd.read_csv(root/'captions.csv'); trn = df[df.split == 'train']
-    emb = image_embeddings(ImageClassifier.from_pretrained(base).encoder, image_tensor([root/p for p in trn.image], cfg.img_size), bs=cfg.bs)
+    emb = image_embeddings(
+        ImageClassifier.from_pretrained(base).encoder,
+        image_tensor([root / p for p in trn.image], cfg.img_size),
+        bs=cfg.bs,
+    )
     ix = PatchIndex(emb.shape[1]).add(emb, list(trn.image), trn.label.tolist(), trn.caption.tolist())
     tok = PathTokenizer.load(lm); n_tokens = lambda r: len(tok.apply_chat_template(record_conv(r))[0])
-    return rag_rows(vlm_records(root, 'train'), ix, dict(zip(trn.image, emb)), kind, cfg.rag_share, seed=cfg.seed, n_tokens=n_tokens, max_len=cfg.vlm_max_len)
+    return rag_rows(
+        vlm_records(root, 'train'), ix, dict(zip(trn.image, emb)), kind, cfg.rag_share, seed=cfg.seed,
+        n_tokens=n_tokens, max_len=cfg.vlm_max_len,
+    )
 
 def _salient(cfg:TrainConfig, kind:str, root:Path, base:Path, out:Path)->Path: # the captioned folder stage 2 reads
     "With `caption_salience`: the text again, naming per training patch only the features the baseline reads confidently"
@@ -326,11 +422,16 @@ def _salient(cfg:TrainConfig, kind:str, root:Path, base:Path, out:Path)->Path: #
     return recaption(root, out, omit, cfg.seed, cfg.caption_margin, cfg.n_captions, kind=kind)
 
 def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progress:bool)->dict: # `train_vlm` metrics
-    vc, root = vlm_config(cfg, kind, str(out.parent/'lm')), _salient(cfg, kind, root, out.parent/'baseline', out.parent/'data_salient')
-    _, m = train_vlm(root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
-                     bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent/'baseline',
-                     progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
-                     max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg), sortish=cfg.sortish, extra_rows=_rag_rows(cfg, kind, root, out.parent/'baseline', out.parent/'lm'))
+    vc, root = vlm_config(cfg, kind, str(out.parent / 'lm')), _salient(
+        cfg, kind, root, out.parent / 'baseline', out.parent / 'data_salient'
+    )
+    _, m = train_vlm(
+        root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
+        bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent / 'baseline',
+        progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
+        max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg), sortish=cfg.sortish,
+        extra_rows=_rag_rows(cfg, kind, root, out.parent / 'baseline', out.parent / 'lm'),
+    )
     return m
 
 # %% ../nbs/11_train.ipynb #79bd9ee0
@@ -340,8 +441,14 @@ def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_thresho
                         tta:bool=False, # class probabilities averaged over the 8 rotations/reflections, as they will be scored
                        )->float: # the threshold on P(class 1)
     "Choose `model`'s decision threshold on `ds` (best balanced accuracy) and store it in its config"
-    if len(LABEL_NAMES[model.cfg.vlm_kind]) != 2: raise ValueError(f"calibrate_threshold: {model.cfg.vlm_kind} has {len(LABEL_NAMES[model.cfg.vlm_kind])} classes; a threshold needs 2")
-    model.cfg.vlm_threshold = best_threshold([int(l) for l in ds.labels], class_probs(model, [ds.image(i) for i in range(len(ds))], bs, tta))
+    if len(LABEL_NAMES[model.cfg.vlm_kind]) != 2:
+        raise ValueError(
+            f"calibrate_threshold: {model.cfg.vlm_kind} has {len(LABEL_NAMES[model.cfg.vlm_kind])} classes; a "
+            "threshold needs 2"
+        )
+    model.cfg.vlm_threshold = best_threshold(
+        [int(l) for l in ds.labels], class_probs(model, [ds.image(i) for i in range(len(ds))], bs, tta)
+    )
     return model.cfg.vlm_threshold
 
 
@@ -372,19 +479,46 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     ds, _ = run_data(out, prep); root, kind, vs = out/prep['root'], prep['kind'], prep.get('valid_split', 'valid')
     cfg = sized_config(cfg, prep)
     val = ds.subset(prep['valid'])
-    base = _stage('baseline', out/'baseline'/'metrics.json', resume, log, lambda: _baseline(cfg, root, kind, vs, out/'baseline', resume, progress))
+    base = _stage(
+        'baseline', out / 'baseline' / 'metrics.json', resume, log,
+        lambda: _baseline(cfg, root, kind, vs, out / 'baseline', resume, progress),
+    )
     lm = _stage('lm', out/'lm'/'metrics.json', resume, log, lambda: _lm(cfg, root, out/'lm', resume, progress))
-    fus = _stage('fusion', out/'vlm'/'metrics.json', resume, log, lambda: _fusion(cfg, kind, root, out/'vlm', resume, progress))
+    fus = _stage(
+        'fusion', out / 'vlm' / 'metrics.json', resume, log,
+        lambda: _fusion(cfg, kind, root, out / 'vlm', resume, progress),
+    )
     def evaluate():
         model = PathVLM.from_pretrained(out/'vlm')
-        if cfg.calibrate and len(ds.classes) == 2 and prep.get('dev'): calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta)
+        if cfg.calibrate and len(ds.classes) == 2 and prep.get('dev'):
+            calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta)
         model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
-        return evaluate_vlm(model, val, out, cfg.eval_captions, cfg.bs, cfg.caption_tokens, cfg.tta, cfg.eval_groundings,
-                            text_vocab(read_corpus(root, 'train')), baseline=base['metrics'], history=hist,
-                            config=dict(train=asdict(cfg), data=dict(source=ds.source, n_train=len(prep['train']), n_dev=len(prep.get('dev', [])),
-                                                                     n_valid=len(prep['valid']), fingerprint=data_fingerprint(ds)),
-                                        environment=environment_info(), baseline=base, lm=lm, stages=log, seconds=round(time.time() - t0, 1)))
+        return evaluate_vlm(
+            model,
+            val,
+            out,
+            cfg.eval_captions,
+            cfg.bs,
+            cfg.caption_tokens,
+            cfg.tta,
+            cfg.eval_groundings,
+            text_vocab(read_corpus(root, 'train')),
+            baseline=base['metrics'],
+            history=hist,
+            config=dict(
+                train=asdict(cfg),
+                data=dict(
+                    source=ds.source, n_train=len(prep['train']), n_dev=len(prep.get('dev', [])),
+                    n_valid=len(prep['valid']), fingerprint=data_fingerprint(ds),
+                ),
+                environment=environment_info(),
+                baseline=base,
+                lm=lm,
+                stages=log,
+                seconds=round(time.time() - t0, 1),
+            ),
+        )
     return _stage('eval', out/'report.json', resume, log, evaluate)
 
 # %% ../nbs/11_train.ipynb #b28ec7be

@@ -65,7 +65,8 @@ class VisionEncoder(Module):
     def normalize(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] (or uint8) -> normalised input
         "Normalise `[0, 1]` images with this encoder's `mean` and `std`; with `crop`, keep the centre square (moved randomly while training)"
         x = x.float()/255 if x.dtype == torch.uint8 else x
-        if self.crop and x.shape[-1] != self.crop: x = centre_crop(x, self.crop, int((x.shape[-1] - self.crop)/2*self.crop_shift) if self.training else 0)
+        if self.crop and x.shape[-1] != self.crop:
+            x = centre_crop(x, self.crop, int((x.shape[-1] - self.crop)/2*self.crop_shift) if self.training else 0)
         return (x - x.new_tensor(self.mean)[:, None, None]) / x.new_tensor(self.std)[:, None, None]
 
 # %% ../nbs/04_vision.ipynb #657c3391
@@ -94,7 +95,11 @@ class ViTConfig:
 
     def __post_init__(self):
         self.mean, self.std = tuple(self.mean), tuple(self.std)  # lists after a JSON round trip
-        if self.img_size % self.stride: raise ValueError(f"img_size={self.img_size} must be divisible by patch_size={self.patch_size}" + (f" x stem stride {self.stride//self.patch_size}" if self.stem else ''))
+        if self.img_size % self.stride:
+            raise ValueError(
+                f"img_size={self.img_size} must be divisible by patch_size={self.patch_size}"
+                + (f" x stem stride {self.stride//self.patch_size}" if self.stem else '')
+            )
         if self.pos not in ('learned', 'rope'): raise ValueError(f"pos must be 'learned' or 'rope', got {self.pos!r}")
         if self.pool not in ('cls', 'mean'): raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.pool == 'cls' and not self.class_token: raise ValueError("pool='cls' needs class_token=True")
@@ -106,9 +111,11 @@ class ViTConfig:
     def n_tokens(self)->int: return (self.img_size // self.stride)**2
     @property
     def lm_config(self)->LMConfig: # the `TransformerEncoder` config
-        return LMConfig(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, mlp_hidden=round(self.n_embd*self.mlp_ratio),
-                        rope_theta=10000. if self.pos == 'rope' else 0., norm=self.norm, mlp=self.mlp, bias=self.bias,
-                        norm_eps=self.norm_eps, dropout=self.dropout)
+        return LMConfig(
+            n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+            mlp_hidden=round(self.n_embd * self.mlp_ratio), rope_theta=10000.0 if self.pos == 'rope' else 0.0,
+            norm=self.norm, mlp=self.mlp, bias=self.bias, norm_eps=self.norm_eps, dropout=self.dropout,
+        )
 
 # %% ../nbs/04_vision.ipynb #b9412bd5
 def _stem(cfg:ViTConfig)->nn.Module: # a timm CNN returning `[feature map]`
@@ -116,7 +123,9 @@ def _stem(cfg:ViTConfig)->nn.Module: # a timm CNN returning `[feature map]`
     import timm
     m = timm.create_model(cfg.stem, features_only=True, out_indices=(cfg.stem_stage,), pretrained=False)
     if (r := m.feature_info.reduction()[-1]) != cfg.stride // cfg.patch_size:
-        raise ValueError(f"stem_stage={cfg.stem_stage}: {cfg.stem} downsamples by {r}, expected {cfg.stride // cfg.patch_size}")
+        raise ValueError(
+            f"stem_stage={cfg.stem_stage}: {cfg.stem} downsamples by {r}, expected {cfg.stride // cfg.patch_size}"
+        )
     return m
 
 class ViT(VisionEncoder):
@@ -128,11 +137,14 @@ class ViT(VisionEncoder):
         c_in = self.stem.feature_info.channels()[-1] if cfg.stem else cfg.in_chans
         self.patch_embed = nn.Conv2d(c_in, D, cfg.patch_size, stride=cfg.patch_size, bias=cfg.bias)
         self.cls_token = nn.Parameter(1e-6*torch.randn(1, 1, D)) if cfg.class_token else None
-        self.pos_embed = nn.Parameter(.02*torch.randn(1, cfg.n_tokens + cfg.class_token, D)) if cfg.pos == 'learned' else None
+        self.pos_embed = (
+            nn.Parameter(0.02 * torch.randn(1, cfg.n_tokens + cfg.class_token, D)) if cfg.pos == 'learned' else None
+        )
         self.encoder = TransformerEncoder(cfg.lm_config)
 
     def forward(self, x:torch.Tensor)->VisionOutput: # x (B, C, H, W) normalised
-        if tuple(x.shape[-2:]) != (self.cfg.img_size,)*2: raise ValueError(f"images are {tuple(x.shape[-2:])}, this ViT expects img_size={self.cfg.img_size}")
+        if tuple(x.shape[-2:]) != (self.cfg.img_size,)*2:
+            raise ValueError(f"images are {tuple(x.shape[-2:])}, this ViT expects img_size={self.cfg.img_size}")
         if self.stem is not None: x = self.stem(x)[-1]                   # (B, C_s, H/r, W/r)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)               # (B, N, D)
         if self.cls_token is not None: x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1)  # (B, 1+N, D)
@@ -146,26 +158,37 @@ def vit_config_from_timm(m:nn.Module, # a timm `VisionTransformer`
                         )->ViTConfig: # the equivalent `ViTConfig`
     "The `ViTConfig` of a timm `VisionTransformer`, refusing options `ViT` lacks"
     b, pe = m.blocks[0], m.patch_embed
-    checks = {'reg_tokens': m.num_prefix_tokens != int(m.cls_token is not None), 'no_embed_class': m.no_embed_class,
-              "global_pool (only 'token')": m.global_pool != 'token', 'fc_norm/pre_norm': not isinstance(m.fc_norm, nn.Identity) or not isinstance(m.norm_pre, nn.Identity),
-              'init_values (layer scale)': not isinstance(b.ls1, nn.Identity), 'qk_norm': not isinstance(b.attn.q_norm, nn.Identity),
-              'patch_embed (hybrid or dynamic size)': not hasattr(pe, 'proj') or not isinstance(pe.proj, nn.Conv2d) or getattr(m, 'dynamic_img_size', False),
-              "act_layer (only exact GELU)": not isinstance(getattr(b.mlp, 'act', None), nn.GELU) or b.mlp.act.approximate != 'none',
-              'qkv_bias/proj_bias': b.attn.qkv.bias is None or b.attn.proj.bias is None, 'pos_embed': m.pos_embed is None}
+    checks = {
+        'reg_tokens': m.num_prefix_tokens != int(m.cls_token is not None), 'no_embed_class': m.no_embed_class,
+        "global_pool (only 'token')": m.global_pool != 'token',
+        'fc_norm/pre_norm': not isinstance(m.fc_norm, nn.Identity) or not isinstance(m.norm_pre, nn.Identity),
+        'init_values (layer scale)': not isinstance(b.ls1, nn.Identity),
+        'qk_norm': not isinstance(b.attn.q_norm, nn.Identity),
+        'patch_embed (hybrid or dynamic size)': not hasattr(pe, 'proj') or not isinstance(pe.proj, nn.Conv2d)
+        or getattr(m, 'dynamic_img_size', False),
+        "act_layer (only exact GELU)": not isinstance(getattr(b.mlp, 'act', None), nn.GELU)
+        or b.mlp.act.approximate != 'none', 'qkv_bias/proj_bias': b.attn.qkv.bias is None or b.attn.proj.bias is None,
+        'pos_embed': m.pos_embed is None,
+    }
     if bad := [k for k, v in checks.items() if v]: raise ValueError(f"timm ViT options not supported by ViT: {bad}")
     pc = m.pretrained_cfg or {}
-    return ViTConfig(img_size=pe.img_size[0], patch_size=pe.patch_size[0], in_chans=pe.proj.in_channels, n_embd=m.embed_dim,
-                     n_layer=len(m.blocks), n_head=b.attn.num_heads, mlp_ratio=b.mlp.fc1.out_features / m.embed_dim,
-                     class_token=m.cls_token is not None, pool='cls' if m.cls_token is not None else 'mean',
-                     norm_eps=b.norm1.eps, mean=pc.get('mean', IMAGENET_MEAN), std=pc.get('std', IMAGENET_STD))
+    return ViTConfig(
+        img_size=pe.img_size[0], patch_size=pe.patch_size[0], in_chans=pe.proj.in_channels, n_embd=m.embed_dim,
+        n_layer=len(m.blocks), n_head=b.attn.num_heads, mlp_ratio=b.mlp.fc1.out_features / m.embed_dim,
+        class_token=m.cls_token is not None, pool='cls' if m.cls_token is not None else 'mean', norm_eps=b.norm1.eps,
+        mean=pc.get('mean', IMAGENET_MEAN), std=pc.get('std', IMAGENET_STD),
+    )
 
 # %% ../nbs/04_vision.ipynb #ebf08627
 def _timm_vit_map(cfg:ViTConfig, # config of the target `ViT`
                   own:dict, # the target's state dict, to find how its attention is laid out
                  )->dict: # our parameter name -> (timm name, index of the [q; k; v] third or `None`)
     "Parameter names of `ViT` and their timm sources"
-    m = {'patch_embed.weight': ('patch_embed.proj.weight', None), 'patch_embed.bias': ('patch_embed.proj.bias', None),
-         'pos_embed': ('pos_embed', None), 'encoder.norm.weight': ('norm.weight', None), 'encoder.norm.bias': ('norm.bias', None)}
+    m = {
+        'patch_embed.weight': ('patch_embed.proj.weight', None), 'patch_embed.bias': ('patch_embed.proj.bias', None),
+        'pos_embed': ('pos_embed', None), 'encoder.norm.weight': ('norm.weight', None),
+        'encoder.norm.bias': ('norm.bias', None),
+    }
     if cfg.class_token: m['cls_token'] = ('cls_token', None)
     for i in range(cfg.n_layer):
         o, t = f'encoder.blocks.{i}.', f'blocks.{i}.'
@@ -186,7 +209,8 @@ def vit_from_timm(m:nn.Module, # a timm `VisionTransformer` (e.g. `timm.create_m
     own = vit.state_dict()
     new = {k: sd[s] if j is None else sd[s].chunk(3)[j] for k, (s, j) in _timm_vit_map(cfg, own).items()}
     for k, v in new.items():
-        if v.shape != own[k].shape: raise ValueError(f"shape mismatch for {k}: timm {tuple(v.shape)} vs ViT {tuple(own[k].shape)}")
+        if v.shape != own[k].shape:
+            raise ValueError(f"shape mismatch for {k}: timm {tuple(v.shape)} vs ViT {tuple(own[k].shape)}")
     vit.load_state_dict(new)
     return vit.eval()
 
@@ -211,7 +235,15 @@ class PretrainedUnavailable(FileNotFoundError):
 
 def _weights_file(p:str|Path)->Path: # a weights file, or the weights file in folder `p`
     p = Path(p)
-    if p.is_dir(): p = next((p/n for n in ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin') if (p/n).exists()), p/'model.safetensors')
+    if p.is_dir():
+        p = next(
+            (
+                p / n
+                for n in ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin')
+                if (p / n).exists()
+            ),
+            p / 'model.safetensors',
+        )
     if not p.exists(): raise PretrainedUnavailable(f"checkpoint_path: no weights at {p}")
     return p
 
@@ -229,15 +261,21 @@ def timm_backbone(name:str, # a timm model name, e.g. 'resnet18', 'vit_tiny_patc
                   **kw, # more `timm.create_model` arguments
                  )->nn.Module: # the timm model without classifier (`num_classes=0`)
     "A headless timm model, with pretrained weights from the hub cache or a local file"
-    if on_missing not in ('raise', 'warn'): raise ValueError(f"on_missing must be 'raise' or 'warn', got {on_missing!r}")
+    if on_missing not in ('raise', 'warn'):
+        raise ValueError(f"on_missing must be 'raise' or 'warn', got {on_missing!r}")
     kw = dict(num_classes=0, **kw)
-    if checkpoint_path: return _create(name, True, img_size, pretrained_cfg_overlay=dict(file=str(_weights_file(checkpoint_path))), **kw)
+    if checkpoint_path:
+        return _create(
+            name, True, img_size, pretrained_cfg_overlay=dict(file=str(_weights_file(checkpoint_path))), **kw
+        )
     try: return _create(name, pretrained, img_size, **kw)
     except OSError as e:
         import timm
         hub = timm.models.get_pretrained_cfg(name)
-        msg = (f"pretrained weights of {name!r} are not available offline ({type(e).__name__}). With network access run "
-               f"`timm.create_model({name!r}, pretrained=True)` once to cache hf-hub:{getattr(hub, 'hf_hub_id', None) or name}, "
+        msg = (f"pretrained weights of {name!r} are not available offline ({type(e).__name__}). With network access "
+               "run "
+               f"`timm.create_model({name!r}, pretrained=True)` once to cache "
+               f"hf-hub:{getattr(hub, 'hf_hub_id', None) or name}, "
                f"or pass checkpoint_path=<local .safetensors/.pth file>")
         if on_missing == 'raise': raise PretrainedUnavailable(msg) from e
         warnings.warn(msg + '; using random init')
@@ -251,7 +289,9 @@ class TimmEncoder(VisionEncoder):
         self.model, self.img_size, self.dim = model, img_size, model.num_features
         self.n_prefix = getattr(model, 'num_prefix_tokens', 0)
         pe = getattr(model, 'patch_embed', None)
-        self.n_tokens = pe.num_patches if pe is not None else math.ceil(img_size / model.feature_info[-1]['reduction'])**2
+        self.n_tokens = (
+            pe.num_patches if pe is not None else math.ceil(img_size / model.feature_info[-1]['reduction']) ** 2
+        )
         pc = model.pretrained_cfg or {}
         self.mean, self.std = tuple(pc.get('mean', IMAGENET_MEAN)), tuple(pc.get('std', IMAGENET_STD))
 
@@ -289,7 +329,8 @@ def get_vision(name:str, # a registered name (see `vision_names`) or 'timm:<any 
                **kw, # `ViTConfig` overrides for `pathvit_*`, `timm.create_model` arguments otherwise
               )->VisionEncoder: # the encoder, random init unless pretrained
     "Build a registered vision encoder by name"
-    if crop is not None and not 8 <= crop <= img_size: raise ValueError(f"crop: must be between 8 and img_size={img_size}, got {crop}")
+    if crop is not None and not 8 <= crop <= img_size:
+        raise ValueError(f"crop: must be between 8 and img_size={img_size}, got {crop}")
     enc = _build_vision(name, crop or img_size, pretrained, checkpoint_path, on_missing, **kw)
     # built for the crop; fed `img_size` images
     if crop: enc.crop, enc.img_size, enc.crop_shift = crop, img_size, crop_shift
@@ -297,11 +338,16 @@ def get_vision(name:str, # a registered name (see `vision_names`) or 'timm:<any 
 
 def _build_vision(name, img_size, pretrained, checkpoint_path, on_missing, **kw):
     spec = dict(timm=name[5:]) if name.startswith('timm:') else _VISION.get(name)
-    if spec is None: raise ValueError(f"name: unknown vision backbone {name!r}; choose from {vision_names()} or 'timm:<name>'")
-    if 'cfg' not in spec: return TimmEncoder(timm_backbone(spec['timm'], img_size, pretrained, checkpoint_path, on_missing, **kw), img_size)
+    if spec is None:
+        raise ValueError(f"name: unknown vision backbone {name!r}; choose from {vision_names()} or 'timm:<name>'")
+    if 'cfg' not in spec:
+        return TimmEncoder(
+            timm_backbone(spec['timm'], img_size, pretrained, checkpoint_path, on_missing, **kw), img_size
+        )
     if checkpoint_path and (Path(checkpoint_path)/'config.json').exists(): return ViT.from_pretrained(checkpoint_path)
     if not (pretrained or checkpoint_path): return ViT(ViTConfig(img_size=img_size, **{**spec['cfg'], **kw}))
-    if 'timm' not in spec: raise ValueError(f"pretrained: {name!r} has no timm weights; pass checkpoint_path=<save_pretrained folder>")
+    if 'timm' not in spec:
+        raise ValueError(f"pretrained: {name!r} has no timm weights; pass checkpoint_path=<save_pretrained folder>")
     return vit_from_timm(timm_backbone(spec['timm'], img_size, True, checkpoint_path, on_missing), **kw)
 
 # %% ../nbs/04_vision.ipynb #1577f2d1
@@ -352,7 +398,9 @@ def image_classifier(encoder:VisionEncoder|str, # an encoder, or a name for `get
                      **kw, # `get_vision` arguments when `encoder` is a name
                     )->ImageClassifier: # the classifier
     "A linear classifier (and morphology head) on `encoder`'s pooled embedding"
-    return ImageClassifier(get_vision(encoder, **kw) if isinstance(encoder, str) else encoder, n_classes, p, n_morph, centre)
+    return ImageClassifier(
+        get_vision(encoder, **kw) if isinstance(encoder, str) else encoder, n_classes, p, n_morph, centre
+    )
 
 def vision_splitter(m:ImageClassifier, # the classifier to split
                    )->list: # parameter groups: [encoder, heads]
@@ -406,8 +454,12 @@ class MorphSpec:
            )->MorphSpec:
         "A spec from training measurements and the cut points the captions use"
         v = np.asarray(values, float)
-        if v.ndim != 2 or v.shape[1] != len(names): raise ValueError(f'values: expected (N, {len(names)}), got {v.shape}')
-        return cls(list(names), [list(getattr(thr, n)) for n in names], np.nanmean(v, 0).tolist(), np.maximum(np.nanstd(v, 0), 1e-8).tolist())
+        if v.ndim != 2 or v.shape[1] != len(names):
+            raise ValueError(f'values: expected (N, {len(names)}), got {v.shape}')
+        return cls(
+            list(names), [list(getattr(thr, n)) for n in names], np.nanmean(v, 0).tolist(),
+            np.maximum(np.nanstd(v, 0), 1e-8).tolist(),
+        )
 
     def bins(self, v:torch.Tensor)->torch.Tensor: # (..., F) values -> long bins 0/1/2, `IGNORE` (-100) where NaN
         "The word bin of each value"
@@ -493,7 +545,8 @@ def classifier_from_config(cfg:ClassifierConfig, # what to build
 def save_pretrained(self:ImageClassifier, path:str|Path, # folder for `config.json` and `model.safetensors`
                    )->Path: # the folder
     "Save the config and weights of a classifier built by `classifier_from_config`, atomically"
-    if getattr(self, 'cfg', None) is None: raise ValueError('save_pretrained: the classifier has no `cfg`; build it with `classifier_from_config`')
+    if getattr(self, 'cfg', None) is None:
+        raise ValueError('save_pretrained: the classifier has no `cfg`; build it with `classifier_from_config`')
     return save_weights(self, path, self.cfg)
 
 @patch(cls_method=True)
@@ -533,15 +586,20 @@ def vision_learner_for(dls, # fastai `DataLoaders` of `(image, label[, measured 
     n = n_classes or dls.c
     classes = list(classes or getattr(dls, 'vocab', None) or range(n))
     if isinstance(arch, str):
-        cfg = ClassifierConfig(arch, img_size or dls.one_batch()[0].shape[-1], dict(kw), [str(c) for c in classes], centre,
-                               asdict(spec) if spec else None)
+        cfg = ClassifierConfig(
+            arch, img_size or dls.one_batch()[0].shape[-1], dict(kw), [str(c) for c in classes], centre,
+            asdict(spec) if spec else None,
+        )
         model = classifier_from_config(cfg, p)
         if pretrained: model.encoder = get_vision(arch, cfg.img_size, True, **kw)
     else: model = image_classifier(arch, n, p, len(spec.names) if spec else 0, centre)
-    if metrics is None: metrics = [ClassAccuracy(), MorphAccuracy(spec)] if spec else [accuracy] + ([RocAucBinary()] if n == 2 else [])
+    if metrics is None:
+        metrics = [ClassAccuracy(), MorphAccuracy(spec)] if spec else [accuracy] + ([RocAucBinary()] if n == 2 else [])
     cbs = list(cbs or []) + ([StainTargets(spec.names.index(spec.stain))] if spec and spec.stain in spec.names else [])
-    learn = Learner(dls, model, loss_func=MultiTaskLoss(spec, lam) if spec else CrossEntropyLossFlat(), opt_func=Adam, lr=lr, wd=wd,
-                    metrics=metrics, splitter=vision_splitter, cbs=cbs)
+    learn = Learner(
+        dls, model, loss_func=MultiTaskLoss(spec, lam) if spec else CrossEntropyLossFlat(), opt_func=Adam, lr=lr,
+        wd=wd, metrics=metrics, splitter=vision_splitter, cbs=cbs,
+    )
     if pretrained: learn.freeze()
     return learn
 
