@@ -141,7 +141,8 @@ class KNN:
         return dict(probs=torch.as_tensor(r['probs'], dtype=torch.float32))
 
 class RAGModel:
-    "A generative `PathVLM` whose prompts hold the captions (and diagnoses) of the `k` most similar indexed patches (`pathllm.rag`)"
+    """A generative `PathVLM` whose prompts hold the captions (and diagnoses) of the `k` most similar indexed patches
+    (`pathllm.rag`)"""
     def __init__(self, model:PathVLM, # a generative model
                  index, # a `PatchIndex` with captions
                  k:int=4): # similar patches whose captions go into the prompt
@@ -301,7 +302,8 @@ def plot_bench(rows:list, # the `rows` of a bench report
 def _key(**kw)->dict: return json.loads(json.dumps(kw, default=str))  # as it reads back from JSON
 
 def _reusable(f:Path, key:dict, what:str)->dict|None:
-    "The JSON in `f` when it was made with `key` (commit, config, seed, data); else `None`, with a warning naming what differs"
+    """The JSON in `f` when it was made with `key` (commit, config, seed, data); else `None`, with a warning naming what
+    differs"""
     if not f.exists(): return None
     d = json.loads(f.read_text()); old = d.get('key') or {}
     diff = [k for k in key if old.get(k) != key[k]] if key['commit'] else ['commit (unknown: not a git checkout)']
@@ -318,7 +320,8 @@ def _main_job(cfg:TrainConfig, data, out:Path, env:dict, resume:bool, progress:b
     return run_train(cfg, data, out/'train', resume=ok, progress=progress)
 
 def _open_run(bc:BenchConfig, data, out:Path, env:dict, resume:bool, progress:bool, split:str='valid')->tuple:
-    "(`_Run`, the patches rows are scored on, data fingerprint): the main job trained or reused, opened for scoring on `split`"
+    """(`_Run`, the patches rows are scored on, data fingerprint): the main job trained or reused, opened for scoring on
+    `split`"""
     cfg = bc.train_config(); rep, run = _main_job(cfg, data, out, env, resume, progress), out/'train'
     ds, prep = run_data(run); cfg = sized_config(cfg, prep)
     if not prep.get(split):
@@ -399,7 +402,8 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
                 resume:bool=True, # reuse the main job in `out` made at this commit with this config, seed and data
                 progress:bool=True, # progress bars and one line per value
                )->dict: # the contents of `choices/{field}_dev.json`
-    "Choose one `BenchConfig` field on the dev split: build row `row` for each value, score it on dev patches (never valid)"
+    """Choose one `BenchConfig` field on the dev split: build row `row` for each value, score it on dev patches (never
+    valid)"""
     bc, out, env = bench_config(config), Path(out), environment_info()
     if field not in {f.name for f in fields(BenchConfig)} - {'name', 'train', 'rows', 'seed'}:
         raise ValueError(
@@ -441,7 +445,8 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
               rounds:int=5, # interleaved timing rounds
               n_tokens:int=16, # generated tokens per timed generation
              )->list: # one row per variant (`compare_variants` rows)
-    "The bench's speed section: ms/image and tokens/s of each inference variant as ratios to fp32 from the same run; writes `speed.json`, `speed.md`"
+    """The bench's speed section: ms/image and tokens/s of each inference variant as ratios to fp32 from the same run;
+    writes `speed.json`, `speed.md`"""
     out = Path(out); run = out/'train'; ds, prep = run_data(run)
     val = ds.subset(prep['valid'][:n_images])
     imgs, y = [val.image(i) for i in range(len(val))], [int(l) for l in val.labels]

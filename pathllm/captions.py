@@ -75,7 +75,8 @@ def nuclei_props(lab:np.ndarray, # (H, W) label image from `segment_nuclei`
 
 # %% ../nbs/01_captions.ipynb #280e52f6
 class ByKind(dict):
-    "A table keyed by data set kind (or `(kind, ...)`): the presets' entries as written, any other registered kind a generic entry made from its class names"
+    """A table keyed by data set kind (or `(kind, ...)`): the presets' entries as written, any other registered kind a
+    generic entry made from its class names"""
     def __init__(self, d:dict, # the presets' entries
                  make): # key -> the generic entry of a registered kind
         super().__init__(d); self.make = make
@@ -594,7 +595,8 @@ def check_consistency(text:str, # a report or answer
                       odds:dict|None=None, # `level_odds`: the findings must not speak against the impression by more than `ratio`
                       ratio:float=9., # ... this many times
                      )->list: # one message per inconsistency
-    "Inconsistencies inside a text: a word that does not fit its own number, an impression that is not the class or that its findings argue against"
+    """Inconsistencies inside a text: a word that does not fit its own number, an impression that is not the class or
+    that its findings argue against"""
     thr, bad = thr or THRESHOLDS[kind], []
     for f, (name, fmt, _, sc) in NUMBERS.items():
         if f not in WORD_FEATURES: continue
@@ -887,7 +889,8 @@ _YESNO = ('is', 'are', 'does', 'do', 'can', 'has', 'have', 'would', 'could', 'wa
 def question_type(q:str, # a question
                   kind:str='pcam', # 'pcam' or 'mhist'
                  )->str|None: # 'caption', 'report', 'nuclei', 'crypts', 'diagnosis', 'location', 'confidence', an `ASK` type, or 'yesno:<feature>'; `None` if unknown
-    "What a question asks about: its phrasing in the question banks, else keywords; yes/no questions about a feature are 'yesno:<feature>'"
+    """What a question asks about: its phrasing in the question banks, else keywords; yes/no questions about a feature
+    are 'yesno:<feature>'"""
     t, names = q.strip().lower(), '|'.join(
         re.escape(class_text(kind, c).lower()) for c in range(len(LABEL_NAMES[kind]))
     )
@@ -950,7 +953,8 @@ def held_out_questions(morph:Morphology, # measured features
                        thr:Thresholds|None=None, # cut points
                        margin:float=0., # feature questions only where the feature is clear of the cut points
                       )->list: # dicts with `q`, `a` (the reference answer; `None` for 'confidence') and `type`
-    "One question of every type about a patch, in phrasings never used in training: diagnosis, location, confidence, each clear feature (open and yes/no)"
+    """One question of every type about a patch, in phrasings never used in training: diagnosis, location, confidence,
+    each clear feature (open and yes/no)"""
     rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin)
     q = lambda opts: str(rng.choice(opts))
     out = [dict(zip(('q', 'a'), _diagnosis_qa(label, kind, rng, True)), type='diagnosis'),
@@ -1031,7 +1035,8 @@ def few_shot_turns(labels:list, # class ids of the in-context examples, then of 
     return [(QUESTIONS[kind, 'class'][0], LABEL_NAMES[kind][int(l)]) for l in labels]
 
 def _few_shot_records(rows, kind, seed, share=1/3, k=2):
-    "Few-shot records for a `share` of the train and dev patches: `k` training examples (one class each, in turn), then the patch"
+    """Few-shot records for a `share` of the train and dev patches: `k` training examples (one class each, in turn),
+    then the patch"""
     rng, trn = np.random.default_rng(seed + 1), [r for r in rows if r['split'] == 'train']
     by = {c: [r for r in trn if r['label'] == c] for c in sorted({r['label'] for r in trn})}
     out = {}
@@ -1126,7 +1131,8 @@ def _text_files(out, rows, morphs, kind, seed, thr, margin, n_captions, few_shot
 CAPTION_COLUMNS = ['id', 'split', 'label', 'label_name', 'image', 'caption'] + FEATURES
 
 def _write_all(out, recs, thr, odds, few_shot=None):
-    "Write the caption files of `caption_dataset` into `out`: captions.csv, reports, LLaVA and instruction records, cut points, level odds"
+    """Write the caption files of `caption_dataset` into `out`: captions.csv, reports, LLaVA and instruction records,
+    cut points, level odds"""
     rows, reps, llava, inst = [o[0] for o in recs], [o[1] for o in recs], {}, {}
     for row, _, conv, flat in recs:
         llava.setdefault(row['split'], []).append(conv); inst.setdefault(row['split'], []).extend(flat)

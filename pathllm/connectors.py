@@ -19,7 +19,8 @@ __all__ = ['CONNECTORS', 'Connector', 'register_connector', 'pixel_shuffle', 'Pr
 # %% ../nbs/04a_connectors.ipynb #da79293f
 @dataclass(frozen=True)
 class Connector:
-    "How a connector plugs into `PathVLM`: its module, built as `cls(cfg, vision_width, n_vision_tokens)` with an `n_tokens`"
+    """How a connector plugs into `PathVLM`: its module, built as `cls(cfg, vision_width, n_vision_tokens)` with an
+    `n_tokens`"""
     cls:type # maps the vision tokens (B, N, D) to the LM's image tokens (B, n_tokens, C) (a dual encoder's: image and text vectors to logits)
     generative:bool=True # feeds a decoder LM that writes text (False: a contrastive text encoder, the 'dual' design)
     xattn:bool=False # the LM reads the image through gated cross-attention only (`xattn_every` >= 1); `<image>` stays a token

@@ -260,7 +260,8 @@ def synth_grade(label:int, # 0 normal, 1 low-grade, 2 high-grade, 3 carcinoma
                 sz:int=96, # patch size in pixels
                 stain_var:float=1., # scale of per-patch stain variation (0 = none)
                )->np.ndarray: # uint8 RGB (sz, sz, 3)
-    "Render one patch of graded atypia: an epithelial cluster whose nuclei grow larger, darker, more variable and more crowded with the grade"
+    """Render one patch of graded atypia: an epithelial cluster whose nuclei grow larger, darker, more variable and more
+    crowded with the grade"""
     d, c, g = float(np.clip(difficulty, 0, 1)), sz/2, label/3
     H, E, fat = _tissue(rng, sz)
     atyp = (
@@ -464,7 +465,8 @@ def _label_id(v, kind, where):
     return ids[str(v).strip().lower()]
 
 def _kind_of(labels, kind, name, where, classes_file=None)->str:
-    "The kind of a data set from its raw labels: `kind` if given, else the first preset they fit, else a new kind `name` whose classes are its labels"
+    """The kind of a data set from its raw labels: `kind` if given, else the first preset they fit, else a new kind
+    `name` whose classes are its labels"""
     raw = [str(v).strip() for v in pd.unique(pd.Series(list(labels)).astype(str))]
     if kind in PRESETS: return kind
     if kind is None and (k := next((p for p in PRESETS if all(r.lower() in _label_ids(p) for r in raw)), None)):
@@ -618,7 +620,8 @@ def _check_splits(df, kind, source):
         raise DataError(f'{source}: class(es) {miss} have no training patches')
 
 def _dataset(df, kind, reader, source, split, on_error, where, name=None, classes_file=None):
-    "Check rows of `df` (split, labels, files in a `path` column) and wrap them in a `PatchDataset`; `where(i)` names row i"
+    """Check rows of `df` (split, labels, files in a `path` column) and wrap them in a `PatchDataset`; `where(i)` names
+    row i"""
     kind, full = _kind_of(df.label, kind, name or Path(str(source)).name, source, classes_file), df
     df, errs, keep, ids = _select_split(df, split, source), [], [], []
     has_path = 'path' in df.columns
@@ -1062,7 +1065,8 @@ def batch_stain(x:torch.Tensor, # (B, 3, H, W) RGB in [0, 1]
 
 # %% ../nbs/00_data.ipynb #87130f2d
 class BatchAugment(Callback):
-    "uint8 batches to `[0, 1]`; training batches also get a random dihedral view and stain jitter per patch, from a seeded generator"
+    """uint8 batches to `[0, 1]`; training batches also get a random dihedral view and stain jitter per patch, from a
+    seeded generator"""
     order = -5  # before the model sees the batch, after fastai moved it to the device
     def __init__(self, sigma:float=0.05, # stain scale range: U(1-sigma, 1+sigma), as `stain_jitter`
                  bias:float=0.01, # stain shift range: U(-bias, bias)

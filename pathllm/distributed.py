@@ -59,7 +59,8 @@ class ShardedDL(DistributedDL):
 
 # %% ../nbs/05a_distributed.ipynb #7cb71e85
 class AccelerateCallback(Callback):
-    "Train data-parallel with 🤗 `accelerate`: DDP model, sharded training batches, `accelerator.backward`, rank-0 writes"
+    """Train data-parallel with 🤗 `accelerate`: DDP model, sharded training batches, `accelerator.backward`, rank-0
+    writes"""
     order = -9  # right after `TrainEvalCallback`, before anything reads `learn.model`
     def __init__(self, accelerator=None, # an `accelerate.Accelerator` (default: one is made at the first `fit`)
                  cpu:bool|None=None, # force CPU (gloo); default: CPU only when CUDA is unavailable

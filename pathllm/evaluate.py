@@ -765,7 +765,8 @@ def chat_consistency(model, # anything with `chat(image, message, history)` -> `
                      imgs:list, # the patches
                      kind:str='pcam', # 'pcam' or 'mhist'
                     )->float: # share of patches whose nuclear-size word is the same when asked twice
-    "Ask the nuclear size, then something else, then the size again as a follow-up (all held-out phrasings): does the size word stay the same?"
+    """Ask the nuclear size, then something else, then the size again as a follow-up (all held-out phrasings): does the
+    size word stay the same?"""
     same = []
     for i, im in enumerate(imgs):
         a1, h = model.chat(im, ASK['size'][2][i % len(ASK['size'][2])])
@@ -896,7 +897,8 @@ def vlm_accuracy(model, # a `PathVLM` (generative or dual): anything with `class
 
 # %% ../nbs/01a_evaluate.ipynb #9c005f4c
 class _Batched:
-    "The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what `evaluate_model` then scores"
+    """The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what
+    `evaluate_model` then scores"""
     def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none'):
         self.model, self.bs, self.thresholds, self.level_odds = (
             model, bs, getattr(model, 'thresholds', None), getattr(model, 'level_odds', None),
@@ -930,7 +932,8 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
                  vocab:set|None=None, # words of the training text: adds the non-word rate
                  **report_kw, # more `write_report` arguments (`baseline`, `history`, `config`)
                 )->dict: # the contents of `out/report.json`
-    "Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers; write the report"
+    """Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers;
+    write the report"""
     imgs, y, kind = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels], model.cfg.vlm_kind
     probs = class_probs(model, imgs, bs, tta)
     t = decision_threshold(model)

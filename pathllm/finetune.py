@@ -103,7 +103,8 @@ def replace_linears(module:nn.Module, # changed in place
                     make, # `make(linear) -> module` computing the same map (e.g. a quantised copy)
                     skip:tuple=('lm_head',), # last name parts of linear layers to keep as they are
                    )->nn.Module: # `module`
-    "Swap each `nn.Linear` of `module` whose name does not end in `skip` for `make(linear)`, moved to the linear's device"
+    """Swap each `nn.Linear` of `module` whose name does not end in `skip` for `make(linear)`, moved to the linear's
+    device"""
     for name, lin in list(module.named_modules()):
         if not isinstance(lin, nn.Linear) or name.split('.')[-1] in skip: continue
         parent, _, attr = name.rpartition('.')
@@ -181,7 +182,8 @@ def dequantize_linears(module:nn.Module, # changed in place
 
 def merge_qlora(model:nn.Module, # a trained QLoRA model (from `qlora_model`; not changed)
                )->PathVLM: # full-precision model with the adapters merged
-    "Merge QLoRA adapters into the dequantised 4-bit base they were trained on: full precision, the QLoRA model's outputs"
+    """Merge QLoRA adapters into the dequantised 4-bit base they were trained on: full precision, the QLoRA model's
+    outputs"""
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
     m = copy.deepcopy(model); core, ad = m.base_model.model, m.active_adapter
@@ -271,7 +273,8 @@ def preference_pairs(root:str|Path, # folder written by `caption_dataset` (reads
                      n_cand:int=8, # other-class reports tried per patch; the most contradicted one is rejected
                      seed:int=0, # seed of the candidate choice
                     )->list: # dicts `image`, `prompt`, `chosen`, `rejected`, `label`
-    "Report preference pairs: the report of the patch's measurements (chosen) vs. a contradicting report of the other class (rejected)"
+    """Report preference pairs: the report of the patch's measurements (chosen) vs. a contradicting report of the other
+    class (rejected)"""
     df = pd.read_csv(Path(root)/'captions.csv'); df = df[df.split == split].reset_index(drop=True)
     rng, pairs = np.random.default_rng(seed), []
     for _, r in df.iterrows():

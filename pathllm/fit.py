@@ -81,7 +81,8 @@ def set_rng_states(s:dict, # from `rng_states`
         if type(c).__name__ in s.get('callbacks', {}): c.set_rng_state(s['callbacks'][type(c).__name__])
 
 class CheckpointCallback(Callback):
-    "Save model, optimizer, epoch and random states atomically after each training epoch; with `resume`, continue exactly from there"
+    """Save model, optimizer, epoch and random states atomically after each training epoch; with `resume`, continue
+    exactly from there"""
     order = 70  # like fastai's `SkipToEpoch`: after the recorder
     def __init__(self, path:str|Path, # folder for `checkpoint.pth`
                  resume:bool=False): # load the checkpoint (if any) when training starts and skip finished epochs

@@ -246,7 +246,8 @@ def embed(self:PathVLM, ids:torch.Tensor, # (B, T) ids with `<image>` tokens
           attention_mask:torch.Tensor|None, # (B, T) 1 on real tokens
           img_embeds:torch.Tensor, # (B, n, C) from `encode_images`, or (B, m, n, C) for m images per row
          )->tuple: # embeddings (B, L, C), mask (B, L), text positions (B, T)
-    "LM input embeddings with the image tokens in place of `<image>` (and the image tokens of the cross-attention layers)"
+    """LM input embeddings with the image tokens in place of `<image>` (and the image tokens of the cross-attention
+    layers)"""
     if self.xattn is not None:
         for l in self.xattn: l.ctx = img_embeds.flatten(1, -2)                             # (B, m*n, C)
     # Flamingo: the image is read through cross-attention only, `<image>` stays a token
@@ -382,7 +383,8 @@ def vlm_splitter(m:PathVLM, # the model to split
     return [params(m.vision) + opt(m.readout), params(m.lm), params(m.connector) + opt(m.concepts) + opt(m.xattn)]
 
 class FrozenVisionCache(Callback):
-    "While the vision tower is frozen, each image goes through it once: later rows and epochs of the same image reuse its features"
+    """While the vision tower is frozen, each image goes through it once: later rows and epochs of the same image reuse
+    its features"""
     order = -4  # after fastai moved the batch to the device, before the model sees it
     # content hash -> `VisionFeatures` of one image
     def __init__(self, cache:dict|None=None): self.cache = {} if cache is None else cache
@@ -400,7 +402,8 @@ class FrozenVisionCache(Callback):
         self.learn.xb = (VisionFeatures.stack([self.cache[k] for k in keys], group), *self.xb[1:])
 
 class TokenWeight(Callback):
-    "Training loss times the batch's counted target tokens over their mean per batch: every answer token weighs the same, whatever rows share its batch"
+    """Training loss times the batch's counted target tokens over their mean per batch: every answer token weighs the
+    same, whatever rows share its batch"""
     # counted target tokens of an average batch (`bs` random rows)
     def __init__(self, mean_tokens:float): self.mean_tokens = mean_tokens
     def after_loss(self):
@@ -511,7 +514,8 @@ def report(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
 def answer(self:PathVLM, images, question:str|list, # one question for all images, or one per image
            histories:list|None=None, # per image, earlier `(user, assistant)` turns
            **kw)->list: # an answer per image
-    "Answer a question; 'how sure are you?' is answered from the class probability (`confidence_answer`), the rest by generation"
+    """Answer a question; 'how sure are you?' is answered from the class probability (`confidence_answer`), the rest by
+    generation"""
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
     qs = [question] * len(x) if isinstance(question, str) else list(question)
     hs, kind, out = histories or [()] * len(x), self.cfg.vlm_kind, [None] * len(x)
@@ -693,7 +697,8 @@ def _load(mod:nn.Module, sd:dict, what:str): # `mod.load_state_dict(sd)` with an
 def init_vision(model:PathVLM, # the model whose `vision` tower (and `readout`) is overwritten
                 src:nn.Module|str|Path, # a `VisionEncoder`, a trained `ImageClassifier` (e.g. the baseline), or a safetensors file / folder of either's state dict
                )->PathVLM: # `model`
-    "Start `model.vision` from trained encoder weights, e.g. of the image-only baseline (and `model.readout` from its heads)"
+    """Start `model.vision` from trained encoder weights, e.g. of the image-only baseline (and `model.readout` from its
+    heads)"""
     if isinstance(src, nn.Module): sd = src.state_dict()
     else:
         from safetensors.torch import load_file

@@ -241,7 +241,8 @@ class Block(Module):
         return x + self.mlp(self.norm2(x))
 
 def _init_weights(m:nn.Module, cfg:LMConfig):
-    "Normal init; residual projections scaled by `1/sqrt(2*n_layer)` (GPT-2) so the residual stream does not grow with depth"
+    """Normal init; residual projections scaled by `1/sqrt(2*n_layer)` (GPT-2) so the residual stream does not grow with
+    depth"""
     if isinstance(m, nn.Linear):
         nn.init.normal_(
             m.weight, 0.0, cfg.init_std / (math.sqrt(2 * cfg.n_layer) if getattr(m, 'is_residual', False) else 1)

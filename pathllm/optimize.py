@@ -77,7 +77,8 @@ def bnb_int8_linears(module:nn.Module, # changed in place
 
 # %% ../nbs/09_optimization.ipynb #7c24d369
 class PromptCache:
-    "Keys and values of a shared prompt for `LM.forward(kv_cache=)`: `update` concatenates, so it exports to ONNX and back-propagates"
+    """Keys and values of a shared prompt for `LM.forward(kv_cache=)`: `update` concatenates, so it exports to ONNX and
+    back-propagates"""
     # per layer (k, v) (B, nkv, S, d); positions seen
     def __init__(self, n_layer:int): self.kv, self.pos = [None] * n_layer, 0
     def update(self, layer:int, k:torch.Tensor, v:torch.Tensor)->tuple: # (B, nkv, T, d) each -> all keys, values so far
@@ -87,7 +88,8 @@ class PromptCache:
     def repeat(self, n:int): self.kv = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv]
 
 class ClassScorer(Module):
-    "`PathVLM.class_logprobs` of the class names as one graph of fixed shapes: the prompt runs once per image, the K answers read its cache"
+    """`PathVLM.class_logprobs` of the class names as one graph of fixed shapes: the prompt runs once per image, the K
+    answers read its cache"""
     def __init__(self, model:PathVLM): # a generative `PathVLM` with a tokenizer, connector 'projector' or 'qformer'
         if model.dual or model.xattn is not None or CONNECTORS[model.cfg.vlm_connector].xattn:
             raise ValueError(
@@ -143,7 +145,8 @@ def ort_session(graph:bytes, # from `onnx_graph`
 
 # %% ../nbs/09_optimization.ipynb #ba76a182
 class OrtVLM(PathVLM):
-    "A `PathVLM` whose class scores run in ONNX Runtime (a graph per input shape, built on first use); generation stays in PyTorch"
+    """A `PathVLM` whose class scores run in ONNX Runtime (a graph per input shape, built on first use); generation
+    stays in PyTorch"""
     def __init__(self, cfg:VLMConfig, # the model's config
                  tok:PathTokenizer, # its tokenizer
                  int8:bool=True): # int8 matrix multiplies in the graph
@@ -447,7 +450,8 @@ def class_kd_loss(student:torch.Tensor, # (B, K) class scores of the student (lo
 
 # %% ../nbs/09_optimization.ipynb #21ae10b8
 class DistillCallback(Callback):
-    "Train the `Learner`'s model on `kd_loss` (and `class_kd_loss`) against a frozen `teacher` run on the same batch; validation keeps the task loss"
+    """Train the `Learner`'s model on `kd_loss` (and `class_kd_loss`) against a frozen `teacher` run on the same batch;
+    validation keeps the task loss"""
     order = 0
     def __init__(self, teacher:nn.Module, # the teacher, same tokenizer (vocabulary) as the student
                  T:float=2.0, # softmax temperature
@@ -531,7 +535,8 @@ def n_targets(yb:tuple, # a batch's targets, as in `Learner.yb`
     return int((y != IGNORE).sum()) if y.ndim > 1 and not y.is_floating_point() else len(y)
 
 class GradAccum(Callback):
-    "Step the optimizer every `n_acc` batches with the gradient of their union's mean loss (batches weighted by `weight`)"
+    """Step the optimizer every `n_acc` batches with the gradient of their union's mean loss (batches weighted by
+    `weight`)"""
     # after `DistillCallback` sets the loss, before `GradientClip` clips the summed gradient
     order, run_valid = 6, False
     def __init__(self, n_acc:int=2, # batches per optimizer step
@@ -594,7 +599,8 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
                    sigma:float=0.2, bias:float=0.05, # stain jitter of both pipelines (`stain_jitter`)
                    **kw, # more `get_vision` arguments (e.g. `crop=64`)
                   )->dict: # `per_item` and `batched` images/s per round, `ratio` (batched / per item, median), `decode_s`
-    "Training images/s of the baseline fed per item (`get_dls`) against batched (`tensor_dls` + `BatchAugment`): same model, patches and steps"
+    """Training images/s of the baseline fed per item (`get_dls`) against batched (`tensor_dls` + `BatchAugment`): same
+    model, patches and steps"""
     from pathllm.data import get_dls, tensor_dls, patch_tensor, BatchAugment
     from pathllm.vision import vision_learner_for
     sp = ds.items.split.to_numpy(); vs = 'valid' if (sp == 'valid').any() else 'test'
@@ -628,7 +634,8 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
                    rounds:int=3, # interleaved timed rounds: one epoch of each batching per round
                    max_len:int=384, # tokens per row at most
                   )->dict: # `random` and `sortish` rows/s per round, `ratio` (sortish / random, median), `pad_*` tokens per real token
-    "Stage-2 training rows/s of a fused model with random batches against length-sorted ones: same rows, model and steps"
+    """Stage-2 training rows/s of a fused model with random batches against length-sorted ones: same rows, model and
+    steps"""
     dl = lambda s: vlm_dataloaders(
         root, model.tok, conversations=True, bs=bs, img_size=model.cfg.vit_img_size, max_len=max_len, max_rows=n,
         max_valid_rows=bs, seed=0, sortish=s,
@@ -768,7 +775,8 @@ def vlm_scaling_run(dls, # from `vlm_dataloaders`
                     seed:int=0, # init seed
                     vision_init=None, # trained encoder to start from (see `init_vision`)
                    )->dict: # params (vision, lm, connector, total), image_tokens, tokens, flops, steps, valid_loss, valid_accuracy
-    "Train `PathVLM(cfg)` for `steps` batches (everything trainable); report validation loss, accuracy, size and compute"
+    """Train `PathVLM(cfg)` for `steps` batches (everything trainable); report validation loss, accuracy, size and
+    compute"""
     set_seed(seed); m = PathVLM(cfg, tok).to(dls.device)
     if vision_init is not None: init_vision(m, vision_init)
     n = lambda mod: sum(p.numel() for p in mod.parameters())

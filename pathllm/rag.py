@@ -337,7 +337,8 @@ def rag_rows(records:list, # instruction records (`prompt`, `response`, `image`,
              n_tokens:Callable|None=None, # record -> its length in tokens as trained (e.g. chat template of `pathllm.fusion.record_conv`)
              max_len:int|None=None, # with `n_tokens`: drop references from the end until a row is at most this long
             )->list: # new records: `prompt` = `rag_prompt(prompt, references)`, the same `response`, `task` + '_rag', the references' ids in `refs`
-    "Training rows in the retrieval-augmented prompt format of `rag_prompt`: neighbours' captions and diagnoses, never the patch itself"
+    """Training rows in the retrieval-augmented prompt format of `rag_prompt`: neighbours' captions and diagnoses, never
+    the patch itself"""
     rng = np.random.default_rng(seed)
     pick = [r for r in records if r.get('task') in tasks and r['image'] in embeddings and rng.random() < share]
     if not pick: return []
@@ -370,7 +371,8 @@ def rag_generate(model:PathVLM, # a generative `PathVLM` (projector or Q-Former)
                  with_labels:bool=True, # show the references' diagnoses
                  **kw, # `PathVLM.generate` arguments (`max_new_tokens`, `temperature`, ...)
                 )->dict: # `answers`, `prompts` and `neighbours` (`SearchResult`)
-    "Retrieve the `k` most similar indexed patches of each image, then answer `question` with their captions in the prompt"
+    """Retrieve the `k` most similar indexed patches of each image, then answer `question` with their captions in the
+    prompt"""
     q = embed(images) if embed else image_embeddings(model, images)
     r = index.search(q, k, exclude_ids=query_ids)
     prompts = [rag_prompt(question, r[i], with_labels, model.cfg.vlm_kind) for i in range(len(r))]
@@ -411,7 +413,8 @@ def rag_answer(model:PathVLM, # a generative `PathVLM`
                embed:Callable|None=None, # images -> (B, D) (default: `image_embeddings(model, images)`)
                with_labels:bool=True, # show the references' diagnoses
               )->dict: # `answers`, `label`, `pred`, `probs`, `n_tokens`, `text` (captions or None), `neighbours`
-    "RAG as a prompting technique: class probabilities (`rag_classify`) and a caption, both with the `k` nearest patches in the prompt"
+    """RAG as a prompting technique: class probabilities (`rag_classify`) and a caption, both with the `k` nearest
+    patches in the prompt"""
     rc, kind = rag_classify(model, index, images, query_ids, k, embed, with_labels), model.cfg.vlm_kind
     r, text, n = rc['neighbours'], None, np.zeros(len(rc['pred']), int)
     if caption:
@@ -545,7 +548,8 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
                 n_sc:int=5, # self-consistency paths
                 max_new_tokens:int=48, # tokens per generated text
                )->pd.DataFrame: # one row per technique: accuracy, AUC, parse rate, text metrics, tokens and seconds per image
-    "Zero-shot, constrained, few-shot, chain-of-thought, self-consistency, RAG k=1/4/8 and kNN, scored alike on the same patches"
+    """Zero-shot, constrained, few-shot, chain-of-thought, self-consistency, RAG k=1/4/8 and kNN, scored alike on the
+    same patches"""
     from pathllm.prompting import zero_shot, constrained, few_shot, chain_of_thought, self_consistency
     from pathllm.prompting import compare_techniques
     cot = partial(chain_of_thought, max_new_tokens=max_new_tokens)

@@ -305,7 +305,8 @@ def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or i
                 dest:str, # folder under `results/`, e.g. 'small/seed0'
                 root:str|Path|None=None, # the project root (default: `project_root()`)
                )->Path: # the file written
-    "Copy a run's result file, trimmed, into `results/dest/`, with the assessments written beside it (and `stain_stress.png`)"
+    """Copy a run's result file, trimmed, into `results/dest/`, with the assessments written beside it (and
+    `stain_stress.png`)"""
     src, root = Path(src), Path(root or project_root())
     if src.is_dir():
         if not (f := next((src/n for n in ('bench.json', 'report.json') if (src/n).exists()), None)):
@@ -371,7 +372,8 @@ def result_files(root:str|Path, # the project root
 def sync_results(root:str|Path|None=None, # the project root (default: `project_root()`)
                  write:bool=False, # rewrite the blocks that differ (else only list them)
                 )->list: # 'FILE: NAME' of every block that differed from its rendering
-    "Compare every result block of README and notebooks with its rendering from `results/`, and rewrite them when `write`"
+    """Compare every result block of README and notebooks with its rendering from `results/`, and rewrite them when
+    `write`"""
     root = Path(root or project_root()); tables, stale = render_results(root), []
     for f in result_files(root):
         nb, texts = _texts(f); where = str(f.relative_to(root))

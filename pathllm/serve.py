@@ -59,7 +59,8 @@ def check_size(w:int, h:int, # width and height in pixels
                where:str='image', # what to name in errors
                max_pixels:int=MAX_PIXELS, # decompression-bomb guard
               ):
-    "Refuse an image size no patch has: over `max_pixels`, a side under `MIN_SIDE`, or longer than `MAX_ASPECT` times its width"
+    """Refuse an image size no patch has: over `max_pixels`, a side under `MIN_SIDE`, or longer than `MAX_ASPECT` times
+    its width"""
     if w * h > max_pixels:
         raise InputError(f'{where}: {w}x{h} = {w*h:,} pixels is more than the limit of {max_pixels:,}', 413)
     if min(w, h) < MIN_SIDE:
@@ -272,7 +273,8 @@ class _Job:
 
 # %% ../nbs/12_serve.ipynb #08a65060
 class Batcher:
-    "One worker thread runs `fn(key, rows)`; concurrent jobs with the same key are gathered (bounded wait and rows) into one call"
+    """One worker thread runs `fn(key, rows)`; concurrent jobs with the same key are gathered (bounded wait and rows)
+    into one call"""
     def __init__(self, fn, # `fn(key, rows) -> one result per row`
                  wait_ms:float=5., # how long a batch waits for more jobs (only while other callers are on their way)
                  max_batch:int=32, # rows per call at most (a single larger job runs whole)
@@ -502,7 +504,8 @@ def n_tokens(self:Pipeline, message:str, # the user's message (or question)
 
 @patch
 def check_tokens(self:Pipeline, message:str, history:list, max_new_tokens:int):
-    "Refuse a prompt whose tokens plus `max_new_tokens` are more than the model's `context`, or whose text holds special tokens"
+    """Refuse a prompt whose tokens plus `max_new_tokens` are more than the model's `context`, or whose text holds
+    special tokens"""
     for where, t in [('message', message), *((f'history[{i}]', x) for i, turn in enumerate(history) for x in turn)]:
         if bad := [s for s in SPECIAL_TOKENS.values() if s in str(t)]:
             raise InputError(
@@ -733,7 +736,8 @@ def _validation_detail(exc)->str: # '; '-joined `field: problem` of a pydantic o
     return '; '.join(f"{'.'.join(str(l) for l in e['loc'] if l != 'body') or 'body'}: {e['msg']}" for e in exc.errors())
 
 class _BodyLimit:
-    "ASGI middleware: 413 for a body over `max_body` bytes (from its Content-Length, or while it is read); 408 when a part takes over `timeout` s"
+    """ASGI middleware: 413 for a body over `max_body` bytes (from its Content-Length, or while it is read); 408 when a
+    part takes over `timeout` s"""
     def __init__(self, app, max_body:int, timeout:float): self.app, self.max_body, self.timeout = app, max_body, timeout
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http': return await self.app(scope, receive, send)
@@ -1126,7 +1130,8 @@ def create_app(pipeline:Pipeline|str|Path, # a `Pipeline`, or a folder for `Pipe
                public_docs:bool=False, # serve /openapi.json without the key
                **kw, # `Limits` fields overriding `limits`
               ): # a `fastapi.FastAPI` app
-    "The app: the page at /, /health, /classify, /caption, /report, /question, /chat, /analyze and /v1 (OpenAI-compatible)"
+    """The app: the page at /, /health, /classify, /caption, /report, /question, /chat, /analyze and /v1
+    (OpenAI-compatible)"""
     from fastapi import FastAPI
     lim = replace(limits or Limits(), **kw)
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_pretrained(pipeline)

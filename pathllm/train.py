@@ -118,7 +118,8 @@ def _check_field(k:str, v, t):
 
 @functools.lru_cache(64)
 def _check_options(vit_name:str, img_size:int, vit_kw:str, lm_size:str, lm_kw:str): # the free-form options, tried when the config is made
-    "`vit_kw` builds the encoder and `lm_kw` the LM config, or a `ValueError` names the field: a bad option fails before any stage runs"
+    """`vit_kw` builds the encoder and `lm_kw` the LM config, or a `ValueError` names the field: a bad option fails
+    before any stage runs"""
     try: get_vision(vit_name, img_size=img_size, **json.loads(vit_kw))
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(
@@ -300,7 +301,8 @@ def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `sou
 def sized_config(cfg:TrainConfig, # a run's config
                  prep:dict, # the run's `data.json` (its `patch_size`)
                 )->TrainConfig: # `cfg` with `img_size` set
-    "`cfg` for the run's data: `img_size=None` becomes the data's patch side, and a `crop` in `vit_kw` scales with it from 96 px"
+    """`cfg` for the run's data: `img_size=None` becomes the data's patch side, and a `crop` in `vit_kw` scales with it
+    from 96 px"""
     if cfg.img_size is not None: return cfg
     sz, kw = int(prep.get('patch_size', 96)), dict(cfg.vit_kw)
     if kw.get('crop'): kw['crop'] = min(sz, round(kw['crop'] * sz / 96))
@@ -408,7 +410,8 @@ def _rag_rows(cfg:TrainConfig, kind:str, root:Path, base:Path, lm:Path)->list: #
     )
 
 def _salient(cfg:TrainConfig, kind:str, root:Path, base:Path, out:Path)->Path: # the captioned folder stage 2 reads
-    "With `caption_salience`: the text again, naming per training patch only the features the baseline reads confidently"
+    """With `caption_salience`: the text again, naming per training patch only the features the baseline reads
+    confidently"""
     m = ImageClassifier.from_pretrained(base)
     if not cfg.caption_salience or not m.cfg.morph: return root
     df, v, names = _captioned_table(root, kind); rows = _rows(df, 'train') + _rows(df, 'dev')

@@ -63,7 +63,8 @@ class VisionEncoder(Module):
     crop_shift:float = 0.5 # while training the square moves by up to this share of the margin on each side
     def forward(self, x:torch.Tensor)->VisionOutput: raise NotImplementedError
     def normalize(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] (or uint8) -> normalised input
-        "Normalise `[0, 1]` images with this encoder's `mean` and `std`; with `crop`, keep the centre square (moved randomly while training)"
+        """Normalise `[0, 1]` images with this encoder's `mean` and `std`; with `crop`, keep the centre square (moved
+        randomly while training)"""
         x = x.float()/255 if x.dtype == torch.uint8 else x
         if self.crop and x.shape[-1] != self.crop:
             x = centre_crop(x, self.crop, int((x.shape[-1] - self.crop)/2*self.crop_shift) if self.training else 0)
@@ -440,7 +441,8 @@ def classifier_probs(model:nn.Module, # maps a batch of images to logits (or a m
 # %% ../nbs/04_vision.ipynb #05ebe2d7
 @dataclass
 class MorphSpec:
-    "What a morphology head predicts: word features, their cut points (the head's 3 bins are the captions' 3 words) and value scale"
+    """What a morphology head predicts: word features, their cut points (the head's 3 bins are the captions' 3 words)
+    and value scale"""
     names:list # feature names (fields of `pathllm.captions.Thresholds`, e.g. 'area', 'h_od')
     cuts:list # per feature the (lo, hi) cut points of its words
     mean:list # per feature mean of the training values: regression targets are standardised
@@ -473,7 +475,8 @@ class MorphSpec:
 
 # %% ../nbs/04_vision.ipynb #91d56c7a
 class MultiTaskLoss:
-    "Cross-entropy on the class, plus `lam` times the morphology loss: cross-entropy on each feature's word bin and half the squared error of its standardised value"
+    """Cross-entropy on the class, plus `lam` times the morphology loss: cross-entropy on each feature's word bin and
+    half the squared error of its standardised value"""
     def __init__(self, spec:MorphSpec, # the morphology targets' spec
                  lam:float=1.0): # weight of the morphology loss (0: class only)
         self.spec, self.lam = spec, lam
