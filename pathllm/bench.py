@@ -119,7 +119,7 @@ class ImageOnly:
             img_size,
         )
     @torch.no_grad()
-    def classify(self, images, generate:bool=False, tta:bool=False)->dict: # `tta`: mean over the 8 rotations/reflections
+    def classify(self, images, generate:bool=False, tta:bool=False)->dict: # `tta`: mean over the 8 dihedral views
         x = to_images(images, self.sz, next(self.model.parameters()).device)
         return dict(probs=dihedral_mean(lambda v: class_logits(self.model(v)).softmax(-1), x, tta))
 
@@ -146,7 +146,7 @@ class RAGModel:
     def __init__(self, model:PathVLM, # a generative model
                  index, # a `PatchIndex` with captions
                  k:int=4): # similar patches whose captions go into the prompt
-        # its own decision threshold: the plain model's cut does not fit probabilities read with references in the prompt
+        # its own decision threshold: the plain model's cut does not fit probabilities read with references
         self.model, self.index, self.k, self.cfg = model, index, k, replace(model.cfg, vlm_threshold=None)
     def classify(self, images, generate:bool=False)->dict:  # the plain row's class question, with the references
         return dict(
@@ -187,7 +187,7 @@ class _Run:
         return text_vocab(read_corpus(self.root, 'train'))
     @property
     def stages(self)->dict: return self.rep['config']['stages']  # seconds of each stage of `run_train`
-    def index(self)->tuple: # (faiss index of the training patches embedded by the fused model's encoder, seconds to build it)
+    def index(self)->tuple: # (faiss index of the training patches embedded by the fused model's encoder, build seconds)
         "Built on first use and shared by the kNN and RAG rows"
         if self._ix is None:
             t0 = time.time(); ix = index_patches(self.trn, partial(image_embeddings, self.model), split=None)
@@ -275,7 +275,7 @@ _ROW_FNS = dict(
 # %% ../nbs/13_bench.ipynb #eeab4192
 _COLS = ('accuracy', 'balanced_accuracy', 'auc', 'f1', 'cider', 'rouge_l', 'hallucination', 'claims_per_caption')
 
-def _md(res:dict)->str: # the markdown report: `pathllm.results.bench_table`, the one writer of this table (README and docs too)
+def _md(res:dict)->str: # the markdown report: `pathllm.results.bench_table`, this table's one writer (README, docs too)
     return f"# pathllm benchmark `{res['config']['name']}`\n\n{bench_table({res['config']['name']: [res]})}\n"
 
 def plot_bench(rows:list, # the `rows` of a bench report
@@ -342,7 +342,7 @@ def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path)->tuple: # (row o
     )
     return obj, extra, tta, r
 
-def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, out:Path)->dict: # train (or rebuild) row `name` and score it
+def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, out:Path)->dict: # train (or rebuild) row `name`, score it
     t0 = time.time(); obj, extra, tta, r = _eval_row(c, name, val, out)
     return dict(
         row=name, method=_ROW_DOC[name], tta=tta, **{k: r.get(k) for k in _COLS if k in r}, **extra,
@@ -353,7 +353,7 @@ def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, out:Path)->dict: #
 def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, JSON file, dict or `BenchConfig`
               data:str|Path|None=None, # PCam/MHIST data `load_patches` reads (default: `pcam_dir()` when present, else synthetic)
               out:str|Path='runs/bench', # output folder: `bench.json`, `bench.md`, `bench.png`, per-row reports
-              resume:bool=True, # reuse the main job and rows in `out` made at this commit with this config, seed and data
+              resume:bool=True, # reuse the main job and rows in `out` made at this commit, config, seed and data
               progress:bool=True, # progress bars and one line per row
              )->dict: # the contents of `bench.json`
     "Train once, then score every row of the config on the same validation patches; write JSON, markdown and a plot"
@@ -458,7 +458,7 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
     return rows
 
 # %% ../nbs/13_bench.ipynb #e53ceaa6
-def _dev_thresholds(models:dict, dev, val, tta:bool)->dict: # per model: valid metrics at 0.5 and at the threshold chosen on dev
+def _dev_thresholds(models:dict, dev, val, tta:bool)->dict: # per model: valid metrics at 0.5 and at the dev threshold
     yd, yv, out = [int(l) for l in dev.labels], [int(l) for l in val.labels], {}
     for name, m in models.items():
         pd_, pv = (class_probs(m, [d.image(i) for i in range(len(d))], tta=bool(_tta(m, tta))) for d in (dev, val))

@@ -503,7 +503,7 @@ NUMBERS = {
 }
 _LINES = [('Cellularity', ('n_nuclei', 'density')), ('Nuclear size', ('area', 'area_cv')), ('Nuclear shape', ('ecc',)),
           ('Chromatin', ('h_od',)), ('Arrangement', ('nn_dist', 'crowding')), ('Stroma', ('stroma', 'lumen'))]
-def _lines(kind): # the findings lines of `kind`: crypts (MHIST) or lumens (your own kinds) where its captions talk about them
+def _lines(kind): # the findings lines of `kind`: crypts (MHIST) or lumens (your kinds) where its captions name them
     return _LINES + (
         [('Crypts' if kind == 'mhist' else 'Lumens', ('lumen_area', 'lumen_circ'))]
         if 'lumen_area' in CAPTION_FEATURES[kind]
@@ -620,7 +620,7 @@ def check_consistency(text:str, # a report or answer
     return bad
 
 # %% ../nbs/01_captions.ipynb #bc938c5a
-def _generic_question(key): # the class question of any registered kind (the yes/no one names the class asked about: {c})
+def _generic_question(key): # the class question of any registered kind (the yes/no one names the class asked: {c})
     names = [class_text(key[0], c) for c in range(len(LABEL_NAMES[key[0]]))]
     alt = ', '.join(names[:-1]) + ' or ' + names[-1]
     return (

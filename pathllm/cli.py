@@ -40,7 +40,7 @@ def _errors(cleanup=None): # `cleanup()`: undo a half-done job before exiting
         if cleanup: cleanup()
         _fail(e)
 
-def _new_folder(out:Path, keep:bool=False): # a cleanup that removes `out` if this command is creating it (unless `keep`)
+def _new_folder(out:Path, keep:bool=False): # a cleanup that removes `out` if this command creates it (unless `keep`)
     created = not Path(out).exists()
     return lambda: created and not keep and shutil.rmtree(out, ignore_errors=True)
 
@@ -332,7 +332,7 @@ def bench_cmd(config:str=typer.Option('debug', help="Bench config: a name (debug
     typer.echo((Path(out)/'bench.md').read_text()); typer.echo(f"wrote {out}/bench.md, bench.json, bench.png")
 
 # %% ../nbs/99_cli.ipynb #e3a0bd1b
-def _sweep_values(spec:str)->tuple: # 'FIELD=V1,V2,...' -> (field, values), each value read as JSON (a number) or kept as text
+def _sweep_values(spec:str)->tuple: # 'FIELD=V1,V2,...' -> (field, values), each read as JSON (a number) or kept as text
     field, sep, vals = spec.partition('=')
     if not sep or not field.strip() or not vals.strip():
         raise ValueError(f"sweep: expected FIELD=V1,V2,... (e.g. lora_lr=0.001,0.01), got {spec!r}")

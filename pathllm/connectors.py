@@ -23,7 +23,7 @@ class Connector:
     `n_tokens`"""
     cls:type # maps the vision tokens (B, N, D) to the LM's image tokens (B, n_tokens, C) (a dual encoder's: image and text vectors to logits)
     generative:bool=True # feeds a decoder LM that writes text (False: a contrastive text encoder, the 'dual' design)
-    xattn:bool=False # the LM reads the image through gated cross-attention only (`xattn_every` >= 1); `<image>` stays a token
+    xattn:bool=False # the LM reads the image by gated cross-attention only (`xattn_every` >= 1); `<image>` is kept
     hf:bool=False # also works with a Hugging Face LM (`pathllm.hf`)
     # the module for this config and vision tower
     def build(self, cfg, d_vis:int, n_vis:int)->nn.Module: return self.cls(cfg, d_vis, n_vis)
@@ -105,7 +105,7 @@ class GatedCrossAttention(Module):
         if self.ctx is None: return x
         x = x + self.attn_gate.tanh() * self.attn(self.n1(x), self.ctx, self.ctx, need_weights=False)[0]
         return x + self.mlp_gate.tanh() * self.mlp(self.n2(x))
-    def hook(self, block:nn.Module, args:tuple)->tuple: # forward pre-hook of an LM `Block`: `(x, *rest)` -> `(self(x), *rest)`
+    def hook(self, block:nn.Module, args:tuple)->tuple: # pre-hook of an LM `Block`: `(x, *rest)` -> `(self(x), *rest)`
         return (self(args[0]), *args[1:])
 
 # %% ../nbs/04a_connectors.ipynb #f0c1af22
@@ -150,7 +150,7 @@ class ContrastiveHead(Module):
             cfg.lm_n_embd, cfg.clip_dim, bias=False
         )
         self.logit_scale, self.n_tokens = nn.Parameter(torch.tensor(math.log(1 / cfg.clip_temp))), 0
-    def forward(self, img:torch.Tensor, txt:torch.Tensor)->torch.Tensor: # (B, D), (M, C) -> (B, M) scaled cosine similarities
+    def forward(self, img:torch.Tensor, txt:torch.Tensor)->torch.Tensor: # (B, D), (M, C) -> (B, M) scaled cosines
         i, t = F.normalize(self.img(img), dim=-1), F.normalize(self.txt(txt), dim=-1)
         return self.logit_scale.clamp(max=math.log(100)).exp() * i @ t.T
 

@@ -280,7 +280,7 @@ def synth_grade(label:int, # 0 normal, 1 low-grade, 2 high-grade, 3 carcinoma
     return _finish(rng, H, E, stain_var)
 
 # %% ../nbs/00_data.ipynb #fd026090
-def synth_patch(kind:str='pcam', # 'pcam' (96 px, normal/tumor), 'mhist' (224 px, HP/SSA) or 'grade' (96 px, 4 grades of atypia)
+def synth_patch(kind:str='pcam', # 'pcam' (96 px, normal/tumor), 'mhist' (224 px, HP/SSA), 'grade' (96 px, 4 grades)
                 label:int=0, # class id: index into `LABEL_NAMES[kind]`
                 seed:int=0, # the same seed always gives the same patch
                 difficulty:float=0.5, # 0 (easy) to 1 (hard)
@@ -421,7 +421,7 @@ class PatchItem:
 
 # %% ../nbs/00_data.ipynb #296bd67e
 def check_image(img:Image.Image|np.ndarray, # decoded image or (H, W, C) array
-                kind:str, # 'pcam' (96x96), 'mhist' (224x224), 'grade' (96x96) or a registered kind (any size of at least 16x16)
+                kind:str, # 'pcam' (96x96), 'mhist' (224x224), 'grade' (96x96) or a registered kind (any size >= 16x16)
                 where:str='image', # what to name in error messages (file, row, ...)
                )->Image.Image: # the image as PIL RGB
     "Check that `img` is an RGB patch of the size of `kind`, raising a `DataError` naming `where` if not"
@@ -479,7 +479,7 @@ def _kind_of(labels, kind, name, where, classes_file=None)->str:
     return register_kind(kind or re.sub(r'\W+', '_', str(name)).strip('_').lower() or 'custom', classes)
 
 def report_errors(errs:list, # messages, each naming the file/row at fault
-                  on_error:str, # 'raise': raise the first as `DataError`; 'skip': warn with the count and first examples
+                  on_error:str, # 'raise': the first as `DataError`; 'skip': warn with the count and first examples
                   what:str, # what was skipped, e.g. 'rows' or 'patches'
                  ):
     "Raise the first of `errs` (`on_error='raise'`) or warn with their count and first examples"
@@ -492,7 +492,7 @@ def report_errors(errs:list, # messages, each naming the file/row at fault
 class PatchDataset:
     "PCam or MHIST patches from any source: `ds[i]` is a `PatchItem`, decoded and checked on access"
     def __init__(self,
-                 items:pd.DataFrame, # one row per patch: `split`, `label` (class id), `source_id`, and what `reader` needs
+                 items:pd.DataFrame, # a row per patch: `split`, `label` (class id), `source_id`, what `reader` needs
                  kind:str, # 'pcam' or 'mhist'
                  reader:callable, # row -> PIL image or array
                  source:str='', # where the data came from (for messages)
@@ -567,7 +567,7 @@ def counts(self:PatchDataset)->pd.DataFrame:
 
 # %% ../nbs/00_data.ipynb #47d27247
 @patch
-def verify(self:PatchDataset, on_error:str='raise', # 'raise' on the first bad image, or 'skip' bad images with a warning
+def verify(self:PatchDataset, on_error:str='raise', # 'raise' on the first bad image, or 'skip' them with a warning
           )->PatchDataset: # the patches whose images are fine
     "Decode and check every image; bad ones raise a `DataError`, or are dropped with a warning (`on_error='skip'`)"
     errs, keep = [], []
@@ -992,7 +992,7 @@ def get_dls(source:PatchDataset|Path|str, # a `PatchDataset`, or anything `load_
             seed:int=42, # fixes shuffling and augmentation
             normalize:str|StainNormalizer|None=None, # stain normalisation: 'macenko', 'reinhard', a fitted `StainNormalizer` or none
             augment:bool=True, # random dihedral and stain jitter on the training set
-            stain_sigma:float=0.05, # stain jitter: each H, E, DAB concentration scaled by U(1-s, 1+s) (see `stain_jitter`)
+            stain_sigma:float=0.05, # stain jitter: H, E, DAB concentrations scaled by U(1-s, 1+s) (`stain_jitter`)
             stain_bias:float=0.01, # ... and shifted by U(-b, b)
             valid:str|None=None, # validation split (default: 'valid', else 'test')
             num_workers:int=0, # DataLoader worker processes
@@ -1126,7 +1126,7 @@ def tensor_dls(x:torch.Tensor, # uint8 (N, 3, H, W) images, e.g. from `patch_ten
 
 # %% ../nbs/00_data.ipynb #2dd73527
 def data_fingerprint(ds:PatchDataset|str|Path, # a `PatchDataset`, or anything `load_patches` reads
-                    )->dict: # `source`, `n`, `counts` per split and class, `sha256` of the sorted (split, label, id) rows
+                    )->dict: # `source`, `n`, `counts` per split and class, `sha256` of sorted (split, label, id) rows
     "Identify a data set by its patch list: equal fingerprints mean the same patches with the same labels and splits"
     import hashlib
     ds = ds if isinstance(ds, PatchDataset) else load_patches(ds)

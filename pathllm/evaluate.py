@@ -161,7 +161,7 @@ def best_threshold(y_true:list, # true class ids, 0 or 1
     ba = [((p >= t)[y == 1].mean() + (p < t)[y == 0].mean())/2 for t in cuts]
     return float(cuts[int(np.argmax(ba))])
 
-def decision_threshold(model)->float: # the cut on P(class 1) a model calls with: its stored `cfg.vlm_threshold`, else 0.5
+def decision_threshold(model)->float: # the cut on P(class 1) a model calls with: its `cfg.vlm_threshold`, else 0.5
     t = getattr(getattr(model, 'cfg', None), 'vlm_threshold', None); return 0.5 if t is None else float(t)
 
 # %% ../nbs/01a_evaluate.ipynb #655d3cf1
@@ -180,7 +180,7 @@ def stain_shift(images:list, # PIL images or uint8 (H, W, 3) arrays
         for i, a in enumerate(arr)
     ]
 
-def class_probs(model, # anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
+def class_probs(model, # anything whose `classify(images, generate=False)` gives `probs` (`PathVLM`, `bench.ImageOnly`)
                 imgs:list, # the patches
                 bs:int=64, # images per batch
                 tta:bool=False, # mean over the 8 rotations/reflections (the model's `classify` must take `tta`)
@@ -201,7 +201,7 @@ def stain_stress(models:dict, # name -> anything with `classify(images, generate
                  strengths:tuple=(0., 0.1, 0.2, 0.3, 0.4), # stain-shift strengths, 0 first (the reference)
                  seed:int=0, # seed of the re-staining
                  bs:int=64, # images per batch
-                )->list: # rows: `model`, `strength`, `accuracy`, `balanced_accuracy`, `auc`, their drops from strength 0
+                )->list: # rows: `model`, `strength`, `accuracy`, `balanced_accuracy`, `auc`, drops from strength 0
     "Accuracy and AUC of each model on re-stained copies of the same patches, per strength"
     rows, ref = [], {}
     for s in strengths:
@@ -814,8 +814,8 @@ def vqa_metrics(model, # anything with `answer(images, question)`
                 labels:list, # their class ids
                 kind:str='pcam', # 'pcam' or 'mhist'
                 thr:Thresholds|None=None, # the words' cut points
-                margin:float=CAPTION_MARGIN, # feature yes/no questions are asked only where the answer is clear (see `vqa_pairs`)
-               )->dict: # `vqa_closed_acc` (yes/no questions: diagnosis and features), `vqa_open_recall` (term recall), counts
+                margin:float=CAPTION_MARGIN, # feature yes/no questions only where the answer is clear (`vqa_pairs`)
+               )->dict: # `vqa_closed_acc` (yes/no: diagnosis, features), `vqa_open_recall` (term recall), counts
     "Closed (yes/no) and open questions of `pathllm.captions.vqa_pairs` about each patch, answered by the model"
     qa = [
         (i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in vqa_pairs(m, l, kind, i, thr, margin)
@@ -928,7 +928,7 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
                  bs:int=32, # images per batch
                  max_new_tokens:int=64, # tokens per caption at most
                  tta:bool=False, # class probabilities averaged over the 8 rotations/reflections of each patch
-                 groundings:tuple=('none',), # caption groundings scored (a `PathVLM`'s); the first gives the main text metrics
+                 groundings:tuple=('none',), # caption groundings scored; the first gives the main text metrics
                  vocab:set|None=None, # words of the training text: adds the non-word rate
                  **report_kw, # more `write_report` arguments (`baseline`, `history`, `config`)
                 )->dict: # the contents of `out/report.json`

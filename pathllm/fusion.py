@@ -54,7 +54,7 @@ class VLMConfig:
     vlm_connector:str='projector' # 'projector' (LLaVA MLP), 'qformer' (BLIP learned queries), 'dual' (CLIP contrastive) or 'xattn' (Flamingo: queries read through gated cross-attention only)
     vlm_kind:str='pcam' # data set, fixes class names and questions: a preset ('pcam', 'mhist', 'grade') or your own (`pathllm.data.register_kind`)
     vlm_classes:list|None=None # class names in label order, saved with the model: loading it registers `vlm_kind` with them
-    vlm_max_len:int=384 # training rows are truncated to this many text tokens (a report with the tool's measurements is ~300)
+    vlm_max_len:int=384 # training rows are cut to this many text tokens (a report with the tool's numbers is ~300)
     vit_name:str='pathvit_nano' # `get_vision` name
     vit_img_size:int=96 # input side in pixels
     vit_pretrained:bool=False # load pretrained vision weights when building with `load_backbone=True`
@@ -77,7 +77,7 @@ class VLMConfig:
     clip_dim:int=64 # shared image-text embedding size
     clip_pool:str='eos' # text pooling: 'eos' (last real token) or 'mean'
     clip_temp:float=0.07 # initial softmax temperature (learned, as `log(1/T)`)
-    clip_img_pool:str='mean' # image embedding: 'mean' of patch tokens, or the encoder's 'pooled' output (e.g. its CLS token)
+    clip_img_pool:str='mean' # image embedding: 'mean' of patch tokens, or the encoder's 'pooled' output (e.g. CLS)
     xattn_every:int=0 # a tanh-gated cross-attention layer to the image tokens before every k-th LM block (0: none)
     vlm_readout:dict|None=None # heads of a multi-task baseline (`n_classes`, `n_morph`, `centre` of `pathllm.vision.Readout`): their predictions become concept tokens
     vlm_thresholds:dict|None=None # word cut points of the data the model was trained on (`pathllm.captions.Thresholds` fields); default `THRESHOLDS[vlm_kind]`
@@ -377,7 +377,7 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
 
 # %% ../nbs/05_fusion.ipynb #0b5e59d3
 def vlm_splitter(m:PathVLM, # the model to split
-                )->list: # parameter groups [vision (and its readout), lm, connector (concept tokens, cross-attention layers)]
+                )->list: # parameter groups [vision (+ readout), lm, connector (concept tokens, cross-attention)]
     "Split a `PathVLM` into vision, language/text model and connector parameters"
     opt = lambda mod: params(mod) if mod is not None else []
     return [params(m.vision) + opt(m.readout), params(m.lm), params(m.connector) + opt(m.concepts) + opt(m.xattn)]
@@ -505,7 +505,7 @@ def caption(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
 def report(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
            max_new_tokens:int=192, # tokens to generate at most
            ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
-           tool:bool=True, # the measurement tool's numbers go into the prompt and the report copies them; `False`: words only
+           tool:bool=True, # the measurement tool's numbers go in the prompt, the report copies them; `False`: words
            **kw)->list: # a 'Findings ... Impression' report per image
     "Write a structured pathology report of each image"
     return self._grounded(images, 'report', ground, max_new_tokens=max_new_tokens, tool=tool, **kw)
@@ -610,7 +610,7 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
               n_samples:int|None=None, # candidates per image with 'rerank' (default `cfg.vlm_n_samples`)
               sample_temperature:float=0.7, # temperature of the sampled candidates
               seed:int=0, # seed of the first sampled candidate
-              tool:bool=False, # report: give the model the measurement tool's numbers (`measurement_text`) in the prompt
+              tool:bool=False, # report: the measurement tool's numbers (`measurement_text`) go in the prompt
               **kw)->list: # one text per image
     "Texts of `task` whose diagnosis is the predicted class ('class'), reranked against the measured patch ('rerank')"
     g, kind = ground or self.cfg.vlm_ground, self.cfg.vlm_kind
@@ -749,7 +749,7 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
               model:PathVLM|None=None, # a model to train instead of building one (e.g. `pathllm.hf.hf_vlm`); its `cfg` and `tok` are used
               cbs:list|None=None, # more callbacks for both stages (e.g. `pathllm.optimize.GradAccum`, `CompileModel`)
               extra_rows:list|None=None, # more stage-2 training records (e.g. retrieval-augmented ones, `pathllm.rag.rag_rows`)
-              sortish:bool=False, # batch rows of similar length together (`vlm_dataloaders`): same rows, less padding, faster
+              sortish:bool=False, # batch rows of similar length (`vlm_dataloaders`): same rows, less padding, faster
               **cfg_kw, # `VLMConfig` overrides with `size`
              )->tuple: # (model, metrics dict)
     "Caption, tokenize, build and train a `PathVLM` in two stages; save everything to `out_dir`"

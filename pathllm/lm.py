@@ -47,7 +47,7 @@ class LMConfig:
     n_kv_head:int|None=None # key/value heads for grouped-query attention; `None` means `n_head`
     mlp_hidden:int|None=None # MLP hidden width; `None`: 8/3 C (SwiGLU) or 4 C (GELU), rounded up to `multiple_of`
     multiple_of:int=32 # rounding of the default `mlp_hidden`
-    rope_theta:float=10000.0 # base of the rotary frequencies; 0 disables rotary embeddings (e.g. a ViT with learned positions)
+    rope_theta:float=10000.0 # base of the rotary frequencies; 0: none (e.g. a ViT with learned positions)
     norm_eps:float=1e-5 # epsilon of RMSNorm / LayerNorm
     norm:str='rms' # 'rms' (Llama) or 'layer' (ViT, CLIP)
     mlp:str='swiglu' # 'swiglu' (Llama) or 'gelu' (ViT, CLIP)

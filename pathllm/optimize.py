@@ -102,7 +102,7 @@ class ClassScorer(Module):
         self.model, self.i = model, p.index(tok.image_id)
         for k, v in dict(prompt=torch.tensor(p), ids=ids, w=am.float()).items():
             self.register_buffer(k, v, persistent=False)
-    def forward(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> (B, K) log-likelihood of each class answer
+    def forward(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] -> (B, K) log-likelihood of each class
         lm, img, K = self.model.lm, self.model.encode_images(x), len(self.ids)              # img (B, n, C)
         B, p, cache = len(img), lm.tok_emb(self.prompt)[None].expand(len(img), -1, -1), PromptCache(lm.cfg.n_layer)
         # (B, L, C): `<image>` -> n image tokens
@@ -118,7 +118,7 @@ class ClassScorer(Module):
 # %% ../nbs/09_optimization.ipynb #3f1418e2
 def onnx_graph(module:nn.Module, # maps one tensor to one tensor
                example:torch.Tensor, # an input; the graph is fixed to its shape
-               int8:bool=False, # int8 weights in every MatMul/Gemm (per output channel), activations quantized on the fly
+               int8:bool=False, # int8 weights in every MatMul/Gemm (per output channel), activations quantized live
               )->bytes: # the serialised ONNX model
     "Export `module` to ONNX with `torch.export`, optionally with int8 matrix multiplies (ONNX Runtime quantization)"
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -252,7 +252,7 @@ def variant_outputs(model:PathVLM, # a model with a tokenizer, e.g. from `quanti
     return dict(size_bytes=size, peak_bytes=size + peak_memory(lambda: cls(x[:bs])), probs=probs, captions=caps)
 
 # %% ../nbs/09_optimization.ipynb #74a82d98
-def _timers(model:PathVLM, x:torch.Tensor, bs:int, n_tokens:int)->dict: # measure -> (function, images or tokens per call)
+def _timers(model:PathVLM, x:torch.Tensor, bs:int, n_tokens:int)->dict: # measure -> (function, items per call)
     cls = lambda b: model.classify(b, generate=False)
     return {'ms_b1': (lambda: cls(x[:1]), 1), f'ms_b{bs}': (lambda: cls(x[:bs]), len(x[:bs])),
             'tokens_per_s': (lambda: _gen_tokens(model, x[:1], n_tokens), n_tokens)}
@@ -484,7 +484,7 @@ def distill(teacher:PathVLM, # the trained teacher (frozen)
             alpha:float=0.5, # weight of the token KL term
             cls_weight:float=0., # weight of the class-decision KL (`class_kd_loss`)
             balanced:bool=True, # class-balanced class-decision KL
-            freeze_vision:bool=False, # keep the student's vision tower frozen (e.g. the teacher's, copied in with `init_vision`)
+            freeze_vision:bool=False, # keep the student's vision tower frozen (e.g. the teacher's, from `init_vision`)
             progress:bool=False, # show fastai's progress bars
            )->dict: # `losses` (per batch), `train_loss`, `valid_loss` (task loss) per epoch
     "Train `student` with `DistillCallback(teacher)`"
@@ -557,7 +557,7 @@ class GradAccum(Callback):
 # %% ../nbs/09_optimization.ipynb #c94dc8c8
 def compile_model(model:nn.Module, # compiled in place: weights, state-dict keys and attributes stay as they are
                   dynamic:bool|None=True, # symbolic shapes: batches of varying sequence length share one graph
-                  backend:str='inductor', # 'inductor' (generated C++/Triton kernels) or 'aot_eager' (traced, no code generation)
+                  backend:str='inductor', # 'inductor' (generated C++/Triton kernels) or 'aot_eager' (traced only)
                   **kw, # more `torch.compile` arguments (`mode`, `fullgraph`)
                  )->nn.Module: # `model`
     "Compile `model`'s forward with `torch.compile`, in place, so a `Learner` trains the compiled model unchanged"
@@ -598,7 +598,7 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
                    arch:str='timm:resnet10t', # the baseline's encoder (`get_vision` name)
                    sigma:float=0.2, bias:float=0.05, # stain jitter of both pipelines (`stain_jitter`)
                    **kw, # more `get_vision` arguments (e.g. `crop=64`)
-                  )->dict: # `per_item` and `batched` images/s per round, `ratio` (batched / per item, median), `decode_s`
+                  )->dict: # `per_item`, `batched` images/s per round, `ratio` (batched / per item, median), `decode_s`
     """Training images/s of the baseline fed per item (`get_dls`) against batched (`tensor_dls` + `BatchAugment`): same
     model, patches and steps"""
     from pathllm.data import get_dls, tensor_dls, patch_tensor, BatchAugment

@@ -265,7 +265,7 @@ def few_shot(model:PathVLM, # a generative `PathVLM`
 # %% ../nbs/06_prompting.ipynb #0a77e6a6
 def chain_of_thought(model:PathVLM, # a generative `PathVLM`
                      images, # the images
-                     mode:str='single', # 'single' (the trained `cot` format), 'two_turn' (describe, then classify) or 'report'
+                     mode:str='single', # 'single' (trained `cot` format), 'two_turn' (describe, classify) or 'report'
                      max_new_tokens:int=64, # reasoning length
                      **kw)->dict: # as `zero_shot`, plus the `reasoning` texts (also as `text`)
     "Describe the morphology first, then the impression; the class is parsed from the end"

@@ -547,7 +547,7 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
                 ks:tuple=(1, 4, 8), # RAG reference counts
                 n_sc:int=5, # self-consistency paths
                 max_new_tokens:int=48, # tokens per generated text
-               )->pd.DataFrame: # one row per technique: accuracy, AUC, parse rate, text metrics, tokens and seconds per image
+               )->pd.DataFrame: # a row per technique: accuracy, AUC, parse rate, text metrics, tokens and s per image
     """Zero-shot, constrained, few-shot, chain-of-thought, self-consistency, RAG k=1/4/8 and kNN, scored alike on the
     same patches"""
     from pathllm.prompting import zero_shot, constrained, few_shot, chain_of_thought, self_consistency

@@ -348,7 +348,7 @@ def stale_blocks(text:str, # markdown holding result markers
     return [m[2] for m in _MARK.finditer(text) if m[3] != _block(tables, m[2], where)]
 
 # %% ../nbs/12a_results.ipynb #b00389f3
-def _texts(f:Path)->tuple: # (the notebook or None, the texts holding markers: the file, or the markdown cells of a notebook)
+def _texts(f:Path)->tuple: # (the notebook or None, the texts with markers: the file, or a notebook's markdown cells)
     if f.suffix != '.ipynb': return None, [f.read_text()]
     nb = json.loads(f.read_text())
     return nb, [''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown']

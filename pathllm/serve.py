@@ -278,7 +278,7 @@ class Batcher:
     def __init__(self, fn, # `fn(key, rows) -> one result per row`
                  wait_ms:float=5., # how long a batch waits for more jobs (only while other callers are on their way)
                  max_batch:int=32, # rows per call at most (a single larger job runs whole)
-                 module=None): # its forward pre-hook stops batches whose jobs are all past their deadline, and streams tokens
+                 module=None): # its pre-hook stops batches whose jobs are all past their deadline, and streams tokens
         store_attr('fn,wait_ms,max_batch,module')
         self.jobs, self.cv, self.arriving, self.thread, self.sizes = (
             deque(), threading.Condition(), 0, None, deque(maxlen=10_000),
@@ -652,7 +652,7 @@ class Limits:
     max_upload_bytes:int=8 * 2**20 # bytes per image file
     max_images:int=8 # image files per request
     max_pixels:int=MAX_PIXELS # pixels per decoded image (decompression-bomb guard, checked from the header)
-    max_text:int=1000 # characters of a question or chat message (prompts are also bounded in tokens by the model's context)
+    max_text:int=1000 # characters of a question or chat message (prompts are also bounded by the model's context)
     max_history:int=16 # earlier turns in a chat request
     max_new_tokens:int=256 # cap of `max_new_tokens`
     max_concurrency:int=16 # requests admitted at once (decoding, queued or running); more get 503

@@ -160,7 +160,7 @@ CHAT_TEMPLATE = (
 )
 
 @patch
-def to_hf(self:PathTokenizer)->'transformers.PreTrainedTokenizerFast': # an HF fast tokenizer with specials and chat template
+def to_hf(self:PathTokenizer)->'transformers.PreTrainedTokenizerFast': # HF fast tokenizer, specials and chat template
     "Convert to a `transformers.PreTrainedTokenizerFast`"
     from transformers import PreTrainedTokenizerFast
     s = SPECIAL_TOKENS
@@ -185,7 +185,7 @@ class CharTokenizer:
 def compare_tokenizers(toks:dict, # name -> tokenizer with `encode` and `__len__`
                        texts:list[str], # held-out texts
                        unk_id:dict|None=None, # name -> id counted as not covered (default: the tokenizer's `unk_id`)
-                      )->list[dict]: # one row per tokenizer: vocab size, mean tokens per text, chars per token, coverage
+                      )->list[dict]: # a row per tokenizer: vocab size, tokens per text, chars per token, coverage
     "Compare tokenizers on `texts`: sequence length and vocabulary coverage (fraction of tokens that are not `<unk>`)"
     rows = []
     for name, t in toks.items():

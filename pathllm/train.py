@@ -62,7 +62,7 @@ class TrainConfig:
     lm_max_texts:int|None=None # the language model reads a seeded random subset of this many training texts (`None`: all)
     vocab_size:int=512 # BPE vocabulary size
     n_captions:int=3 # caption paraphrases per patch in the instruction data
-    caption_margin:float=CAPTION_MARGIN # the training text leaves out features this close to a cut point (share of the bin width)
+    caption_margin:float=CAPTION_MARGIN # training text omits features this close to a cut point (share of bin width)
     caption_salience:float|None=None # stage-2 text names a feature only where the baseline's head gives its true word this probability (`None`: always)
     rag_share:float=0.0 # share of stage-2 rows that also appear with retrieved training neighbours in the prompt (`pathllm.rag.rag_rows`)
     vlm_connector:str='projector' # 'projector' (LLaVA), 'qformer' (BLIP) or 'xattn' (Flamingo, needs `xattn_every`)
@@ -79,7 +79,7 @@ class TrainConfig:
     class_repeat:int=1 # fusion stage 2 sees each classification row this many times (weights the class task)
     xattn_every:int=0 # gated cross-attention layer before every k-th LM block of the fused model (0: none)
     max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
-    tta:bool=False # score baseline and fused model by the mean over the 8 rotations/reflections of each validation patch
+    tta:bool=False # score baseline and fused model by the mean over the 8 dihedral views of each validation patch
     calibrate:bool=True # two classes: choose each model's decision threshold on `dev` (`best_threshold`) and store it with the fused model
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # caption groundings scored (the first is the model's default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`pathllm.optimize.GradAccum`): batch `bs * grad_accum`
@@ -325,10 +325,10 @@ def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)
     b = spec.bins(v); ok = (pred == b) & (b >= 0)
     return {f: float(ok[:, j].sum() / (b[:, j] >= 0).sum().clamp(min=1)) for j, f in enumerate(spec.names)}
 
-def stage_callbacks(cfg:TrainConfig)->list: # the callbacks every training stage gets from the config (`grad_accum`, `compile`)
+def stage_callbacks(cfg:TrainConfig)->list: # callbacks every stage gets from the config (`grad_accum`, `compile`)
     return ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
 
-def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:bool, progress:bool)->dict: # metrics, losses
+def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:bool, progress:bool)->dict: # metrics
     df, v, names = _captioned_table(root, kind)
     x, y = image_tensor([root/p for p in df.image], cfg.img_size, progress, len(df)), torch.tensor(df.label.to_numpy())
     trn, dev, val = _rows(df, 'train'), _rows(df, 'dev'), _rows(df, vs)
@@ -441,7 +441,7 @@ def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progres
 def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_threshold` is set
                         ds:PatchDataset, # labelled patches not scored later (the `dev` split)
                         bs:int=32, # images per batch
-                        tta:bool=False, # class probabilities averaged over the 8 rotations/reflections, as they will be scored
+                        tta:bool=False, # class probabilities averaged over the 8 dihedral views, as they are scored
                        )->float: # the threshold on P(class 1)
     "Choose `model`'s decision threshold on `ds` (best balanced accuracy) and store it in its config"
     if len(LABEL_NAMES[model.cfg.vlm_kind]) != 2:
@@ -458,7 +458,7 @@ def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_thresho
 # %% ../nbs/11_train.ipynb #4d9c6e41
 def run_data(out:str|Path, # a `run_train` folder
              prep:dict|None=None, # its `data.json` (default: read)
-            )->tuple: # (`PatchDataset` of every patch the run read, `data.json`: positions of `train`, `dev` and the valid split)
+            )->tuple: # (`PatchDataset` of every patch the run read, `data.json`: positions of train, dev, valid)
     "The data of a run: its source (inside the run folder when there, e.g. synthetic patches) and its splits"
     out = Path(out); f = out/'data.json'
     if prep is None:

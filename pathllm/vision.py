@@ -258,7 +258,7 @@ def timm_backbone(name:str, # a timm model name, e.g. 'resnet18', 'vit_tiny_patc
                   img_size:int=96, # input side, passed to models that take it (ViTs resample their positions)
                   pretrained:bool=False, # load pretrained weights (hub cache or `checkpoint_path`)
                   checkpoint_path:str|Path|None=None, # local weights file (.safetensors, .pth, .bin) or folder holding one
-                  on_missing:str='raise', # weights unreachable: 'raise' `PretrainedUnavailable` or 'warn' and use random init
+                  on_missing:str='raise', # weights unreachable: 'raise' `PretrainedUnavailable` or 'warn' (random init)
                   **kw, # more `timm.create_model` arguments
                  )->nn.Module: # the timm model without classifier (`num_classes=0`)
     "A headless timm model, with pretrained weights from the hub cache or a local file"
@@ -374,7 +374,7 @@ class Readout(Module):
         self.dim = d_in
     def embed(self, o:VisionOutput)->torch.Tensor: # (B, d_in) the vector the heads read
         return torch.cat([o.pooled, centre_pool(o.tokens, self.centre)], -1) if self.centre else o.pooled
-    def forward(self, o:VisionOutput): # logits (B, K); with `n_morph` also bins (B, F, 3) and standardised values (B, F)
+    def forward(self, o:VisionOutput): # logits (B, K); with `n_morph` also bins (B, F, 3), standardised values (B, F)
         e = self.embed(o); logits = self.head(e)
         if not self.n_morph: return logits
         m = self.morph(e)
@@ -427,8 +427,8 @@ def dihedral_mean(f, # maps a batch of images to probabilities (or any per-image
     return torch.stack([f(v) for v in dihedral_views(x)]).mean(0) if tta else f(x)
 
 @torch.no_grad()
-def classifier_probs(model:nn.Module, # maps a batch of images to logits (or a multi-task output), e.g. an `ImageClassifier`
-                     dl, # yields `(images, targets, ...)` batches (e.g. `dls.valid`); uint8 images are scaled to `[0, 1]`
+def classifier_probs(model:nn.Module, # maps images to logits (or a multi-task output), e.g. an `ImageClassifier`
+                     dl, # yields `(images, targets, ...)` batches (e.g. `dls.valid`); uint8 is scaled to `[0, 1]`
                      tta:bool=False, # average the probabilities over the 8 `dihedral_views`
                     )->tuple: # probabilities (N, K), targets (N,)
     "Softmax class probabilities of `model` over `dl`, optionally with dihedral test-time augmentation"
@@ -572,7 +572,7 @@ def morphology(self:ImageClassifier, x:torch.Tensor, # (B, 3, H, W) images in [0
 def vision_learner_for(dls, # fastai `DataLoaders` of `(image, label[, measured values])`: `get_dls`, or `tensor_dls` with `BatchAugment`
                        arch:str|VisionEncoder='resnet18', # a `get_vision` name or an encoder
                        n_classes:int|None=None, # default: `dls.c`
-                       pretrained:bool=False, # pretrained backbone, frozen at first (call `learn.unfreeze()` to fine-tune)
+                       pretrained:bool=False, # pretrained backbone, frozen at first (`learn.unfreeze()` to fine-tune)
                        img_size:int|None=None, # default: the side of the images in `dls`
                        p:float=0.0, # dropout before the heads
                        lr:float=1e-3, # default learning rate
@@ -584,7 +584,7 @@ def vision_learner_for(dls, # fastai `DataLoaders` of `(image, label[, measured 
                        classes:list|None=None, # class names, stored in the model's config (default: `dls.vocab`, else the ids)
                        cbs:list|None=None, # more callbacks (e.g. `BatchAugment` for `tensor_dls`)
                        **kw, # more `get_vision` arguments
-                      )->Learner: # `Learner` with backbone/head splitter; a model built by name keeps its `ClassifierConfig`
+                      )->Learner: # `Learner` with backbone/head splitter; a model built by name keeps its config
     "Image-only baseline `Learner`: an encoder by name or instance, linear heads (class, and morphology with `spec`)"
     n = n_classes or dls.c
     classes = list(classes or getattr(dls, 'vocab', None) or range(n))
