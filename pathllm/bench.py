@@ -61,7 +61,7 @@ class BenchConfig:
     knn_k:int=10 # neighbours that vote in the kNN classifier
     rag_k:int=4 # retrieved reference cases per RAG prompt
     lora_r:int=8 # LoRA rank of the 'lora' and 'qlora' rows
-    lora_lr:float=1e-2 # learning rate of the 'lora' and 'qlora' rows (adapters need a larger step than full stage 2; chosen on dev)
+    lora_lr:float=1e-2 # learning rate of 'lora' and 'qlora' (adapters need a larger step; chosen on dev)
     n_latency:int=8 # images timed one at a time for the latency column
     seed:int|None=None # overrides the training config's seed (several seeds: one run each, pooled by `pathllm.results`)
 
@@ -112,7 +112,7 @@ class ImageOnly:
     def __init__(self, model, # a trained `ImageClassifier`
                  kind:str='pcam', # 'pcam' or 'mhist': the class names
                  img_size:int=96, # side the images are resized to
-                 threshold:float|None=None): # two classes: P(class 1) from which it calls class 1 (as `VLMConfig.vlm_threshold`)
+                 threshold:float|None=None): # two classes: P(class 1) from which it calls class 1 (as `vlm_threshold`)
         self.model, self.cfg, self.sz = (
             model.eval(),
             types.SimpleNamespace(vlm_kind=kind, vlm_threshold=threshold),
@@ -158,10 +158,10 @@ class RAGModel:
         return rag_generate(self.model, self.index, images, None, QUESTIONS['caption'][0], self.k, **kw)['answers']
 
 # %% ../nbs/13_bench.ipynb #2850a8a9
-def _tta(obj, want:bool)->bool|None: # the TTA a row is scored with: `want` where its `classify` takes `tta`, else None (it cannot)
+def _tta(obj, want:bool)->bool|None: # the TTA a row is scored with: `want` if its `classify` takes `tta`, else None
     return bool(want) if 'tta' in inspect.signature(obj.classify).parameters else None
 
-def _latency_ms(obj, imgs:list, n:int, tta:bool=False)->float: # median milliseconds to classify one image (batch of one), as scored
+def _latency_ms(obj, imgs:list, n:int, tta:bool=False)->float: # median ms to classify one image (batch of 1), as scored
     kw = dict(tta=True) if tta else {}; obj.classify(imgs[:1], **kw); ts = []
     for im in imgs[:n]:
         t0 = time.perf_counter(); obj.classify([im], **kw); ts.append(time.perf_counter() - t0)
@@ -177,7 +177,7 @@ def _size_mb(obj)->float|None: # MB of the weights as saved (quantised layers in
 class _Run:
     "What the rows share: the configs, the main job's folder and report, its data splits and fused model, and one index"
     bc:BenchConfig; cfg:TrainConfig; run:Path; kind:str; rep:dict; trn:PatchDataset; trn_val:PatchDataset; model:PathVLM
-    dev:PatchDataset|None=None  # the main job's `dev` patches (carved from train), where thresholds and settings are chosen
+    dev:PatchDataset|None=None  # the main job's `dev` patches (from train), where settings are chosen
     _ix:tuple|None=None
     @property
     # the captioned data folder
@@ -217,7 +217,7 @@ def _row_vit(c:_Run): # the baseline `run_train` trained, rebuilt from its check
     t = c.rep['config'].get('baseline', {}).get('threshold')  # the dev-calibrated threshold `run_train` scored it with
     return ImageOnly(m, c.kind, c.cfg.img_size, t), dict(params=_n_params(m), train_s=c.stages['baseline']['seconds'])
 
-def _train_connector(c:_Run, connector:str): # a fused model with another connector ('dual', 'qformer'), trained like the main job's
+def _train_connector(c:_Run, connector:str): # a fused model with another connector ('dual', 'qformer'), trained alike
     # the dual encoder trains its own text tower and tokenizer on every caption row
     dual = not CONNECTORS[connector].generative
     vc = replace(vlm_config(c.cfg, c.kind, None if dual else str(c.run/'lm')), vlm_connector=connector)
@@ -333,7 +333,7 @@ def _open_run(bc:BenchConfig, data, out:Path, env:dict, resume:bool, progress:bo
              PathVLM.from_pretrained(run/'model').eval(), dev)
     return c, ds.subset(prep[split]), data_fingerprint(ds)
 
-def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path)->tuple: # (row object, extra columns, TTA, `evaluate_vlm` report): row `name` built and scored on `patches`
+def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path)->tuple: # (row, extra columns, TTA, evaluation)
     set_seed(c.cfg.seed); obj, extra = _ROW_FNS[name](c)
     gen, tta = hasattr(obj, 'caption') and not getattr(obj, 'dual', False), _tta(obj, c.cfg.tta)
     r = evaluate_vlm(
@@ -351,7 +351,7 @@ def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, out:Path)->dict: #
     )
 
 def run_bench(config:str|Path|dict|BenchConfig='debug', # a named bench config, JSON file, dict or `BenchConfig`
-              data:str|Path|None=None, # PCam/MHIST data `load_patches` reads (default: `pcam_dir()` when present, else synthetic)
+              data:str|Path|None=None, # data `load_patches` reads (default: `pcam_dir()` when present, else synthetic)
               out:str|Path='runs/bench', # output folder: `bench.json`, `bench.md`, `bench.png`, per-row reports
               resume:bool=True, # reuse the main job and rows in `out` made at this commit, config, seed and data
               progress:bool=True, # progress bars and one line per row
@@ -438,7 +438,7 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
     return res
 
 # %% ../nbs/13_bench.ipynb #059f2cc9
-def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job model (`train/model`) and validation patches are used
+def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job model and validation patches are used
               variants:tuple=('fp32', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'), # `pathllm.optimize.VARIANTS`
               n_images:int=256, # validation patches classified (accuracy, AUC) and timed
               bs:int=32, # batch of the batched timing
@@ -492,7 +492,7 @@ def _stain_norm(models:dict, ims:list, y:list, trn, strengths:tuple, seed:int)->
                 rows.append(dict(strength=s, normalisation=k, model=name, accuracy=c['accuracy'], auc=c['auc']))
     return rows
 
-def _prompting(model:PathVLM, root:Path, n:int, seed:int)->dict: # every technique of `pathllm.rag.compare_all` on `n` valid patches
+def _prompting(model:PathVLM, root:Path, n:int, seed:int)->dict: # every `compare_all` technique on `n` valid patches
     df = pd.read_csv(root/'captions.csv'); vs = 'valid' if (df.split == 'valid').any() else 'test'
     trn, val = df[df.split == 'train'], df[df.split == vs].sample(
         min(n, int((df.split == vs).sum())), random_state=seed

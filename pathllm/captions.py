@@ -89,7 +89,7 @@ class ByKind(dict):
         return self.make(key)  # not stored: a kind's classes can be registered again
 
 def class_text(kind:str, c:int)->str: return LABEL_NAMES[kind][c].replace('_', ' ')  # a class name as words
-def class_choice(kind:str)->dict: # `a`, `b` of a question offering every class: 'normal' / 'tumor', or 'normal, low-grade, high-grade' / 'carcinoma'
+def class_choice(kind:str)->dict: # `a`, `b` of a question offering every class: 'normal' / 'tumor', or 'normal, ...'
     names = LABEL_NAMES[kind]; return dict(a=', '.join(names[:-1]), b=names[-1])
 
 # microns per pixel: PCam is 10x (0.243 um/px at 40x, downsampled 4x); MHIST about the same; your own: 1 unless set
@@ -564,7 +564,7 @@ def report_numbers(text:str, # a report, answer or measurement line
 def check_numbers(text:str, # a report or answer
                   morph:Morphology, # the patch's measurements
                   kind:str='pcam', # 'pcam' or 'mhist': the region
-                 )->list: # per stated number: `feature`, `stated`, `measured`, `rel_err` (inf when the measurement is 0 or missing)
+                 )->list: # per stated number: `feature`, `stated`, `measured`, `rel_err` (inf if measured 0 or missing)
     "Every number of `text` against the patch's measurement"
     out = []
     for f, s in report_numbers(text):
@@ -592,7 +592,7 @@ def check_consistency(text:str, # a report or answer
                       kind:str='pcam', # 'pcam' or 'mhist'
                       thr:Thresholds|None=None, # the words' cut points
                       cls:int|None=None, # the model's class: the impression must state it
-                      odds:dict|None=None, # `level_odds`: the findings must not speak against the impression by more than `ratio`
+                      odds:dict|None=None, # `level_odds`: findings may not oppose the impression by more than `ratio`
                       ratio:float=9., # ... this many times
                      )->list: # one message per inconsistency
     """Inconsistencies inside a text: a word that does not fit its own number, an impression that is not the class or
@@ -888,7 +888,7 @@ _YESNO = ('is', 'are', 'does', 'do', 'can', 'has', 'have', 'would', 'could', 'wa
 
 def question_type(q:str, # a question
                   kind:str='pcam', # 'pcam' or 'mhist'
-                 )->str|None: # 'caption', 'report', 'nuclei', 'crypts', 'diagnosis', 'location', 'confidence', an `ASK` type, or 'yesno:<feature>'; `None` if unknown
+                 )->str|None: # 'caption', 'report', 'nuclei', 'diagnosis', 'location', ..., 'yesno:<feature>'; or None
     """What a question asks about: its phrasing in the question banks, else keywords; yes/no questions about a feature
     are 'yesno:<feature>'"""
     t, names = q.strip().lower(), '|'.join(
@@ -967,7 +967,7 @@ def held_out_questions(morph:Morphology, # measured features
 
 # %% ../nbs/01_captions.ipynb #0e0c296a
 def llava_record(id:str, # unique record id
-                 image:str|list, # image path, relative to the data set folder; a list: one image per turn (in-context examples first)
+                 image:str|list, # image path, relative to the data folder; a list: one image per turn (examples first)
                  turns:list, # (question, answer) pairs
                 )->dict: # {'id', 'image' (or 'images'), 'conversations': [{'from': 'human'|'gpt', 'value'}]}
     "A LLaVA-format conversation record: the image opens the first human turn, or with several images, each turn"
@@ -1080,8 +1080,8 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
                     kind:str|None=None, # 'pcam' or 'mhist' (default: the data set's)
                     on_error:str='raise', # 'raise' or 'skip' (with a warning) patches that fail to load or measure
                     seed:int=0, # base seed of the paraphrase choices
-                    thr:Thresholds|str|None=None, # cut points; 'train' (default): calibrated on the train split's patches; 'default': `THRESHOLDS[kind]`
-                    margin:float=CAPTION_MARGIN, # captions leave out features this close to a cut point (share of the bin width, see `levels`)
+                    thr:Thresholds|str|None=None, # cut points; 'train' (default): from train; 'default': `THRESHOLDS`
+                    margin:float=CAPTION_MARGIN, # captions omit features this close to a cut point (share of bin width)
                     n_captions:int=3, # caption paraphrases per patch in the instruction records
                     few_shot:bool=True, # add in-context (few-shot) conversations with the images of 2 training examples
                     progress:bool=True, # show a progress bar
@@ -1144,7 +1144,7 @@ def _write_all(out, recs, thr, odds, few_shot=None):
     atomic_write(out/'level_odds.json', json.dumps(odds))
     return out
 
-def read_thresholds(folder:Path|str, # a folder written by `caption_dataset` (or a model folder holding `thresholds.json`)
+def read_thresholds(folder:Path|str, # a `caption_dataset` folder (or a model folder holding `thresholds.json`)
                    )->Thresholds|None: # its cut points, `None` when the folder has none
     "The cut points a captioned data set (or a model trained on one) uses for its words"
     p = Path(folder)/'thresholds.json'

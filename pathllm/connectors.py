@@ -21,7 +21,7 @@ __all__ = ['CONNECTORS', 'Connector', 'register_connector', 'pixel_shuffle', 'Pr
 class Connector:
     """How a connector plugs into `PathVLM`: its module, built as `cls(cfg, vision_width, n_vision_tokens)` with an
     `n_tokens`"""
-    cls:type # maps the vision tokens (B, N, D) to the LM's image tokens (B, n_tokens, C) (a dual encoder's: image and text vectors to logits)
+    cls:type # vision tokens (B, N, D) -> the LM's image tokens (B, n_tokens, C) (dual: vectors to logits)
     generative:bool=True # feeds a decoder LM that writes text (False: a contrastive text encoder, the 'dual' design)
     xattn:bool=False # the LM reads the image by gated cross-attention only (`xattn_every` >= 1); `<image>` is kept
     hf:bool=False # also works with a Hugging Face LM (`pathllm.hf`)
@@ -119,7 +119,7 @@ class ConceptTokens(Module):
         self.morph = nn.Parameter(torch.randn(n_morph, 4, C) / 2)
         self.emb = nn.Parameter(0.02 * torch.randn(1 + n_morph, C))          # which slot is which
         self.n_tokens = 1 + n_morph
-    def forward(self, out)->torch.Tensor: # a `Readout` output: logits (B, K), or `(logits, bins (B, F, 3), z (B, F))` -> (B, 1+F, C)
+    def forward(self, out)->torch.Tensor: # a `Readout` output: logits (B, K), or `(logits, bins, z)` -> (B, 1+F, C)
         logits, *rest = out if isinstance(out, tuple) else (out,)
         t = [self.cls(logits.softmax(-1))[:, None]]                              # (B, 1, C)
         if rest:

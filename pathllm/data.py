@@ -446,7 +446,7 @@ def open_image(fn:str|Path, # an image file
     except FileNotFoundError: raise DataError(f'{fn}: missing file') from None
     except (OSError, SyntaxError, ValueError) as e: raise DataError(f'{fn}: unreadable image ({e})') from e
 
-def _label_ids(kind)->dict: # raw label (lower case) -> class id: the ids, their float forms, the names (and true/false for 2 classes)
+def _label_ids(kind)->dict: # raw label (lower case) -> class id: ids, their float forms, names (true/false: 2 classes)
     names = LABEL_NAMES[kind]
     ids = {
         **{str(i): i for i in range(len(names))},
@@ -990,7 +990,7 @@ def get_dls(source:PatchDataset|Path|str, # a `PatchDataset`, or anything `load_
             bs:int=64, # batch size
             size:int|None=None, # resize patches to `size` (default: keep, 96 or 224)
             seed:int=42, # fixes shuffling and augmentation
-            normalize:str|StainNormalizer|None=None, # stain normalisation: 'macenko', 'reinhard', a fitted `StainNormalizer` or none
+            normalize:str|StainNormalizer|None=None, # stain normalisation: 'macenko', 'reinhard', a `StainNormalizer`
             augment:bool=True, # random dihedral and stain jitter on the training set
             stain_sigma:float=0.05, # stain jitter: H, E, DAB concentrations scaled by U(1-s, 1+s) (`stain_jitter`)
             stain_bias:float=0.01, # ... and shifted by U(-b, b)

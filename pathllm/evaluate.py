@@ -127,7 +127,7 @@ def classification_metrics(y_true:list, # true class ids
                            prob_or_pred:list, # class ids, P(class 1), or (N, C) class probabilities
                            thresh:float=0.5, # decision threshold on P(class 1)
                            classes:list|None=None, # class names, for the per-class figures (default: the ids)
-                          )->dict: # accuracy, balanced_accuracy, (binary: sensitivity = recall of class 1, specificity = of class 0), auc (one-vs-rest macro for C > 2), f1 (of class 1; macro for C > 2), macro_f1, confusion, per_class, n
+                          )->dict: # accuracy, balanced_accuracy, sensitivity, specificity, auc, f1, macro_f1, confusion
     "All classification metrics of `prob_or_pred` against `y_true`, overall and per class"
     _check_len(y_true, prob_or_pred, 'y_true', 'prob_or_pred')
     x, pred = np.asarray(prob_or_pred), to_preds(prob_or_pred, thresh)
@@ -195,7 +195,7 @@ def class_probs(model, # anything whose `classify(images, generate=False)` gives
             ]
         ).numpy()
 
-def stain_stress(models:dict, # name -> anything with `classify(images, generate=False)` giving `probs` (a `PathVLM`, `pathllm.bench.ImageOnly`)
+def stain_stress(models:dict, # name -> anything whose `classify(images, generate=False)` gives `probs` (e.g. `PathVLM`)
                  images:list, # the patches
                  y:list, # their class ids
                  strengths:tuple=(0., 0.1, 0.2, 0.3, 0.4), # stain-shift strengths, 0 first (the reference)
@@ -640,7 +640,7 @@ def write_report(out_dir:Path|str, # folder to write into (created)
                  config:dict|None=None, # settings of the run, stored in `report.json`
                  classes:list|None=None, # class names for the confusion matrix
                  max_images:int=16, # patches in the caption grid
-                 morphs:list|None=None, # `Morphology` of `images`: the caption grid marks each claim agreed or contradicted
+                 morphs:list|None=None, # `Morphology` of `images`: the caption grid marks claims agreed or contradicted
                  kind:str='pcam', # 'pcam' or 'mhist', for the claims
                  thr:Thresholds|None=None, # the words' cut points, for the claims
                 )->dict: # name -> path of each file written
@@ -679,7 +679,7 @@ def report_metrics(reports:list, # generated reports, one per patch
                    kind:str='pcam', # 'pcam' or 'mhist'
                    thr:Thresholds|None=None, # the words' cut points
                    classes:list|None=None, # the model's class per patch: the impression must state it
-                   odds:dict|None=None, # `pathllm.captions.level_odds`: the findings must not argue against the impression
+                   odds:dict|None=None, # `pathllm.captions.level_odds`: findings may not argue against the impression
                   )->dict: # number error, consistency rates, impression agreement
     "Whether reports' numbers are true and their parts agree with each other and with the model's class"
     _check_len(reports, morphs, 'reports', 'morphs')
@@ -725,7 +725,7 @@ def qa_metrics(model, # anything with `answer(images, questions)`
                thr:Thresholds|None=None, # the words' cut points
                probs:list|None=None, # the model's class probabilities per patch: scores the 'confidence' answers
                margin:float=CAPTION_MARGIN, # feature questions only where the feature is clear
-               calls:list|None=None, # the class the model calls per patch (e.g. with its decision threshold); default: the likelier class
+               calls:list|None=None, # the class the model calls per patch (e.g. by its threshold); default: likelier
               )->dict: # answer-form and topic rates, correctness per type, confidence agreement
     "The held-out questions of every type about each patch: is each answer of the form asked, on topic, right"
     qs = [
@@ -834,12 +834,12 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
                    kind:str|None=None, # 'pcam' or 'mhist' (default `ds.kind`)
                    n:int|None=None, # evaluate the first `n` patches (default all)
                    n_refs:int=3, # reference caption paraphrases per patch
-                   thr:Thresholds|None=None, # the words' cut points (default: the model's `thresholds`, else `THRESHOLDS[kind]`)
+                   thr:Thresholds|None=None, # the words' cut points (default: the model's, else `THRESHOLDS[kind]`)
                    vocab:set|None=None, # words of the training text: adds the non-word rate
                    margin:float=CAPTION_MARGIN, # the references' margin (see `pathllm.captions.caption`)
-                   classes:list|None=None, # the model's predicted class per patch (default: from `classify`, when it runs)
+                   classes:list|None=None, # the model's class per patch (default: from `classify`, when it runs)
                    tasks:tuple|None=None, # the tasks to run, among 'classify', 'caption', 'report', 'answer' (default: all the model has)
-                   probs:list|None=None, # the class probabilities per patch the model's answers use (default: from `classify`, when it runs)
+                   probs:list|None=None, # class probabilities per patch its answers use (default: from `classify`)
                   )->tuple: # (metrics dict, outputs dict: y_true, probs, captions, reports, images, morphs)
     "Run the tasks `model` has on `ds` and score them"
     kind, thr = kind or getattr(ds, 'kind', 'pcam'), thr or getattr(model, 'thresholds', None)
@@ -879,7 +879,7 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
 
 # %% ../nbs/01a_evaluate.ipynb #fc65938c
 @torch.no_grad()
-def vlm_accuracy(model, # a `PathVLM` (generative or dual): anything with `classify(images, generate=False)['pred']` and `cfg.vlm_kind`
+def vlm_accuracy(model, # a `PathVLM` (generative or dual): anything with `classify(...)['pred']` and `cfg.vlm_kind`
                  ds, # a `pathllm.fusion.VLMDataset`: its 'class' rows (`recs`) and decoded `images`
                  bs:int=32, # images per batch
                 )->float: # classification accuracy on the patches of `ds` (nan without class rows)
@@ -921,7 +921,7 @@ GROUNDED_KEYS = (
     'rouge_l',
 )
 
-def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify(images, generate=False)` (and `caption`, `answer`)
+def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify` (and `caption`, `answer`)
                  ds:PatchDataset, # labelled patches to score
                  out:Path, # folder for `report.json`, `report.md` and plots
                  n_captions:int=32, # patches captioned and questioned for the text metrics (0: classification only)

@@ -303,7 +303,7 @@ class DPODataset:
 
 def dpo_collate(batch:list, # `DPODataset` items
                 pad_id:int=0, # padding id
-               )->tuple: # images (B, 3, H, W), ids (2B, T) chosen then rejected, attention (2B, T), loss mask (2B, T), dummy target (B,)
+               )->tuple: # images (B, 3, H, W), ids, attention, loss mask (2B, T): chosen then rejected; dummy target
     "Stack images; right-pad chosen and rejected rows into one batch"
     rows, masks = [b[1] for b in batch] + [b[3] for b in batch], [b[2] for b in batch] + [b[4] for b in batch]
     ids, am = pad_ids([r.tolist() for r in rows], pad_id)
@@ -353,7 +353,7 @@ class DPOModel(Module):
         self.policy, self.ref = policy, (ref if ref is not None else copy.deepcopy(policy)).requires_grad_(False).eval()
     # the reference stays in eval mode
     def train(self, mode:bool=True): super().train(mode); self.ref.eval(); return self
-    def forward(self, images, ids, attention_mask, loss_mask)->torch.Tensor: # (B, 4): policy chosen, rejected; reference chosen, rejected
+    def forward(self, images, ids, attention_mask, loss_mask)->torch.Tensor: # (B, 4): policy chosen, rejected; ref.
         B, x = len(images), torch.cat([images, images])
         pol = response_logps(self.policy, x, ids, attention_mask, loss_mask)
         with torch.no_grad(): ref = response_logps(self.ref, x, ids, attention_mask, loss_mask)

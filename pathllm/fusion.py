@@ -51,9 +51,9 @@ _VLM_SIZES = dict(
 @dataclass
 class VLMConfig:
     "Sizes and options of a `PathVLM`: vision (`vit_`), connector (`mp_`, `qf_`, `clip_`), language model (`lm_`)"
-    vlm_connector:str='projector' # 'projector' (LLaVA MLP), 'qformer' (BLIP learned queries), 'dual' (CLIP contrastive) or 'xattn' (Flamingo: queries read through gated cross-attention only)
-    vlm_kind:str='pcam' # data set, fixes class names and questions: a preset ('pcam', 'mhist', 'grade') or your own (`pathllm.data.register_kind`)
-    vlm_classes:list|None=None # class names in label order, saved with the model: loading it registers `vlm_kind` with them
+    vlm_connector:str='projector' # 'projector' (LLaVA), 'qformer' (BLIP), 'dual' (CLIP), 'xattn' (Flamingo)
+    vlm_kind:str='pcam' # data set (class names, questions): a preset or your own (`pathllm.data.register_kind`)
+    vlm_classes:list|None=None # class names in label order, saved with the model: loading registers `vlm_kind`
     vlm_max_len:int=384 # training rows are cut to this many text tokens (a report with the tool's numbers is ~300)
     vit_name:str='pathvit_nano' # `get_vision` name
     vit_img_size:int=96 # input side in pixels
@@ -79,12 +79,12 @@ class VLMConfig:
     clip_temp:float=0.07 # initial softmax temperature (learned, as `log(1/T)`)
     clip_img_pool:str='mean' # image embedding: 'mean' of patch tokens, or the encoder's 'pooled' output (e.g. CLS)
     xattn_every:int=0 # a tanh-gated cross-attention layer to the image tokens before every k-th LM block (0: none)
-    vlm_readout:dict|None=None # heads of a multi-task baseline (`n_classes`, `n_morph`, `centre` of `pathllm.vision.Readout`): their predictions become concept tokens
-    vlm_thresholds:dict|None=None # word cut points of the data the model was trained on (`pathllm.captions.Thresholds` fields); default `THRESHOLDS[vlm_kind]`
-    vlm_level_odds:dict|None=None # what each word level says about each class on that data (`pathllm.captions.level_odds`), for consistency checks
-    vlm_ground:str='none' # default grounding of `caption`/`report`: 'none' (the model's own words), 'class' (diagnosis from `class_logprobs`) or 'rerank' (uses the measurement tool)
+    vlm_readout:dict|None=None # heads of a multi-task baseline (`vision.Readout`): outputs become concept tokens
+    vlm_thresholds:dict|None=None # word cut points of the training data (`Thresholds`); default `THRESHOLDS[vlm_kind]`
+    vlm_level_odds:dict|None=None # what each word level says of each class there (`level_odds`), for consistency checks
+    vlm_ground:str='none' # default grounding: 'none' (own words), 'class' (`class_logprobs`), 'rerank' (tool)
     vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
-    vlm_threshold:float|None=None # two classes: P(class 1) from which `classify` calls class 1 (chosen on `dev`, `pathllm.evaluate.best_threshold`); None: the likelier class
+    vlm_threshold:float|None=None # two classes: P(class 1) from which `classify` calls 1 (chosen on dev); None: argmax
 
     def __post_init__(self):
         if self.vlm_connector not in CONNECTORS:
@@ -142,7 +142,7 @@ def with_lm(self:VLMConfig, lc:LMConfig, # an LM's config (e.g. of a `train_lm` 
 # %% ../nbs/05_fusion.ipynb #4263da8b
 def merge_image_tokens(tok_embeds:torch.Tensor, # (B, T, C) text embeddings
                        ids:torch.Tensor, # (B, T) ids with any number of `image_id`s per row
-                       img_embeds:torch.Tensor, # (B, n, C): one image per row; (B, m, n, C): the j-th `<image>` of row b gets `[b, j]`
+                       img_embeds:torch.Tensor, # (B, n, C): one image per row; (B, m, n, C): image j of row b: `[b, j]`
                        image_id:int, # id of `<image>`
                        attention_mask:torch.Tensor|None=None, # (B, T) 1 on real tokens
                       )->tuple: # embeddings (B, L, C), attention mask (B, L), text positions `pos` (B, T)
@@ -230,7 +230,7 @@ def vision_features(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
     o = self._img(images); return VisionFeatures(o.tokens, o.pooled)
 
 @patch
-def encode_images(self:PathVLM, images:torch.Tensor|VisionFeatures, # (B, 3, H, W) in [0, 1], (B, m, 3, H, W) for m images per row, or `vision_features`
+def encode_images(self:PathVLM, images:torch.Tensor|VisionFeatures, # (B, 3, H, W), (B, m, 3, H, W) or `vision_features`
                  )->torch.Tensor: # (B, n, C) image tokens in the LM width; (B, m, n, C) for m images per row
     "Vision encoder then connector (then the concept tokens of the readout, when the model has one)"
     if self.dual: raise ValueError("vlm_connector: 'dual' models have no image tokens; use `embed_images`")
@@ -271,7 +271,7 @@ def forward(self:PathVLM, images:torch.Tensor, # (B, 3, H, W) in [0, 1]
 # %% ../nbs/05_fusion.ipynb #84947d3d
 def vlm_records(root:str|Path, # folder written by `caption_dataset`
                 split:str='train', # split name
-                tasks:list|None=None, # keep instruction rows of these tasks ('caption', 'report', 'closed', 'class', 'open'); `None`: all
+                tasks:list|None=None, # keep rows of these tasks ('caption', 'report', 'closed', 'class'...); None: all
                 conversations:bool=False, # add the multi-turn LLaVA records
                )->list: # dicts with `image` and `prompt`/`response` or `conversations`
     "Instruction (and conversation) records of one split"
@@ -347,10 +347,10 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
                     max_len:int=256, # max tokens per row
                     max_rows:int|None=None, # cap the training rows (a random subset)
                     seed:int=0, # shuffle seed
-                    repeat:dict|None=None, # task -> times each of its training rows appears (e.g. `{'class': 3}`), before `max_rows`
-                    max_valid_rows:int|None=None, # cap the validation rows (a seeded random subset): validation each epoch costs less
-                    extra:list|None=None, # more training records (e.g. `pathllm.rag.rag_rows`), added before `repeat` and `max_rows`
-                    sortish:bool=False, # training batches of rows of similar length (fastai's `SortedDL`): the same rows, far less padding
+                    repeat:dict|None=None, # task -> times each of its rows appears (e.g. `{'class': 3}`), before cap
+                    max_valid_rows:int|None=None, # cap the validation rows (a seeded subset): cheaper validation
+                    extra:list|None=None, # more training records (e.g. `rag_rows`), added before `repeat`, `max_rows`
+                    sortish:bool=False, # batches of rows of similar length (fastai `SortedDL`): same rows, less padding
                    )->DataLoaders: # batches of `vlm_collate`
     "Train/valid `DataLoaders` of `VLMDataset`s from a captioned data set folder"
     root = Path(root); tr = vlm_records(root, 'train', tasks, conversations)
@@ -472,7 +472,7 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
              histories:list|None=None, # per image, earlier `(user, assistant)` turns
              max_new_tokens:int=96, # tokens to generate at most
              temperature:float=0., # 0: greedy
-             prefix:str|list|None=None, # text the answers are forced to start with (one for all, or one per image); kept in the output
+             prefix:str|list|None=None, # text the answers must start with (one, or one per image); kept in the output
              **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `repetition_penalty`, `seed`)
             )->list: # one answer string per image
     "Answer `questions` about `images`: batched, left-padded generation with the KV cache"
@@ -566,7 +566,7 @@ def class_logprobs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
 def classify(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
              generate:bool=True, # also generate the free-text answer (generative designs)
              tta:bool=False, # average the class probabilities over the 8 rotations and reflections (`dihedral_mean`)
-            )->dict: # `probs` (B, K) summing to 1, `pred` (B,) class ids (with `cfg.vlm_threshold`: class 1 where its probability reaches it), `label` names, `answer` strings
+            )->dict: # `probs` (B, K), `pred` (B,) class ids (by `cfg.vlm_threshold` if set), `label`, `answer`
     "Class probabilities (likelihood of each class answer, or zero-shot for 'dual') and the generated answer"
     names = list(LABEL_NAMES[self.cfg.vlm_kind])
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
@@ -695,7 +695,7 @@ def _load(mod:nn.Module, sd:dict, what:str): # `mod.load_state_dict(sd)` with an
     except RuntimeError as e: raise ValueError(f"vision_init: {what} ({str(e).splitlines()[0]})") from None
 
 def init_vision(model:PathVLM, # the model whose `vision` tower (and `readout`) is overwritten
-                src:nn.Module|str|Path, # a `VisionEncoder`, a trained `ImageClassifier` (e.g. the baseline), or a safetensors file / folder of either's state dict
+                src:nn.Module|str|Path, # a `VisionEncoder`, a trained `ImageClassifier`, or a file/folder of weights
                )->PathVLM: # `model`
     """Start `model.vision` from trained encoder weights, e.g. of the image-only baseline (and `model.readout` from its
     heads)"""
@@ -741,14 +741,14 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
               max_rows:int|None=None, # cap on stage-2 training rows
               seed:int=0, # seed for init, split and shuffling
               resume:bool=False, # continue from the stage checkpoints in `out_dir`
-              vision_init:nn.Module|str|Path|None=None, # trained encoder or multi-task classifier to start the vision tower (and readout) from (see `init_vision`)
+              vision_init:nn.Module|str|Path|None=None, # encoder or classifier to start the vision tower from (`init_vi
               progress:bool=False, # show fastai's progress bars and per-epoch table
               freeze_vision:bool=False, # keep the vision tower frozen in stage 2 too (e.g. a trained `vision_init`)
               repeat:dict|None=None, # stage 2: task -> times each of its rows appears (e.g. `{'class': 3}`)
-              max_valid_rows:int|None=None, # cap the validation rows of both stages (the final accuracy uses every valid patch)
-              model:PathVLM|None=None, # a model to train instead of building one (e.g. `pathllm.hf.hf_vlm`); its `cfg` and `tok` are used
+              max_valid_rows:int|None=None, # cap the validation rows of both stages (final accuracy uses every patch)
+              model:PathVLM|None=None, # a model to train instead of building one (e.g. `hf_vlm`), with its `cfg`, `tok`
               cbs:list|None=None, # more callbacks for both stages (e.g. `pathllm.optimize.GradAccum`, `CompileModel`)
-              extra_rows:list|None=None, # more stage-2 training records (e.g. retrieval-augmented ones, `pathllm.rag.rag_rows`)
+              extra_rows:list|None=None, # more stage-2 records (e.g. retrieval-augmented, `pathllm.rag.rag_rows`)
               sortish:bool=False, # batch rows of similar length (`vlm_dataloaders`): same rows, less padding, faster
               **cfg_kw, # `VLMConfig` overrides with `size`
              )->tuple: # (model, metrics dict)

@@ -42,7 +42,7 @@ _END_TOKENS = ('<|im_end|>', '<|end|>', '<|eot_id|>', '<end_of_turn>')  # end-of
 class HFTokenizer:
     "A `transformers` tokenizer with the interface of `PathTokenizer`, `<image>` added as a special token"
     def __init__(self, tok, # a `transformers` tokenizer with a chat template
-                 end_token:str|None=None): # end-of-turn token (default: the first of `_END_TOKENS` in the vocabulary, else eos)
+                 end_token:str|None=None): # end-of-turn token (default: first `_END_TOKENS` in the vocabulary, or eos)
         if not getattr(tok, 'chat_template', None):
             raise ValueError(
                 "tok: the tokenizer has no chat template; set `tok.chat_template` (e.g. "
@@ -235,8 +235,8 @@ def _vision_tower(vision, img_size:int|None, feature_layer:int, pretrained:bool)
     )
 
 # %% ../nbs/05b_hf.ipynb #bdcba94a
-def hf_vlm(lm:str|object='Qwen/Qwen2.5-0.5B', # hub name or local folder of a causal LM, a `transformers` config (random init) or model
-           vision:str|object='openai/clip-vit-base-patch32', # hub name / folder / config / model of a HF vision tower, a `get_vision` name ('timm:...'), or a `VisionEncoder`
+def hf_vlm(lm:str|object='Qwen/Qwen2.5-0.5B', # hub name or folder of a causal LM, a `transformers` config or model
+           vision:str|object='openai/clip-vit-base-patch32', # HF vision tower, 'timm:...' name or a `VisionEncoder`
            tok=None, # a `transformers` tokenizer, `HFTokenizer` or `PathTokenizer` (default: the one of `lm`)
            connector:str='projector', # 'projector' (LLaVA) or 'qformer' (BLIP)
            kind:str='pcam', # data set: class names and questions
@@ -328,7 +328,7 @@ def from_pretrained(cls:HFVLM, path:str|Path, # folder written by `HFVLM.save_pr
     return m.to(device).eval() if device else m.eval()
 
 # %% ../nbs/05b_hf.ipynb #7eefd060
-def load_vlm(path:str|Path|PathVLM, # folder written by `PathVLM.save_pretrained` or `HFVLM.save_pretrained`; a model is returned as is
+def load_vlm(path:str|Path|PathVLM, # a `PathVLM`/`HFVLM.save_pretrained` folder; a model is returned as is
              device=None, # where to put it (default: where it was loaded)
             )->PathVLM: # the model, in eval mode
     "Load a saved fused model of either backend: from-scratch `PathVLM`, or `HFVLM` (the folder holds `hf.json`)"

@@ -179,7 +179,7 @@ class KVCache:
         self.k, self.v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
         self.pos, self.max_len = 0, max_len
 
-    def update(self, layer:int, k:torch.Tensor, v:torch.Tensor)->tuple: # k, v (B, nkv, T, d) -> all keys, values (B, nkv, pos+T, d)
+    def update(self, layer:int, k:torch.Tensor, v:torch.Tensor)->tuple: # k, v (B, nkv, T, d) -> all (B, nkv, pos+T, d)
         "Store `k`, `v` at the current position of `layer`; return everything cached so far"
         p, T = self.pos, k.size(2)
         if p + T > self.max_len: raise ValueError(f"KVCache full: max_len={self.max_len}, need {p+T}")

@@ -175,7 +175,7 @@ def ort_vlm(model:PathVLM, # the fp32 model (not changed)
 # %% ../nbs/09_optimization.ipynb #fc238c92
 def quantize_model(model:PathVLM, # the fp32 model (not changed)
                    variant:str='int8_dynamic', # one of `VARIANTS`
-                   parts:tuple=('lm', 'connector'), # submodules whose linear layers are quantized (also 'vision'); not for 'ort_*'
+                   parts:tuple=('lm', 'connector'), # submodules whose linears are quantized (or 'vision'); not 'ort_*'
                    skip:tuple=('lm_head',), # linear layers kept in fp32 (the head is tied to the embedding)
                   )->PathVLM: # a quantized copy, in eval mode
     "A copy of `model` with weights in the format `variant`"
@@ -280,7 +280,7 @@ def time_models(models:dict, # name -> `PathVLM` (e.g. from `quantize_model`), a
 # %% ../nbs/09_optimization.ipynb #c7688ee0
 def speed_rows(times:dict, # from `time_models`
                ref:str='fp32', # the model every ratio is to
-              )->list: # per model: each measure's median, `_min`, `_max`, and `_ratio` (median of same-round ratios) with its `_ratio_min`, `_ratio_max`
+              )->list: # per model: each measure's median, `_min`, `_max`, `_ratio` (median same-round ratio) and range
     "Medians, ranges and same-round ratios to `ref` of `time_models` results"
     rows = []
     for k, ms in times.items():
@@ -420,7 +420,7 @@ def optimize_model(model_dir:str|Path, # folder written by `PathVLM.save_pretrai
 # %% ../nbs/09_optimization.ipynb #fbed2321
 def kd_loss(student_logits:torch.Tensor, # (B, T, V)
             teacher_logits:torch.Tensor, # (B, T, V)
-            targets:torch.Tensor|None=None, # (B, T) next-token ids; `IGNORE` positions are skipped (and the task loss needs them)
+            targets:torch.Tensor|None=None, # (B, T) next-token ids; `IGNORE` positions skipped (task loss needs them)
             T:float=2.0, # softmax temperature
             alpha:float=1.0, # weight of the KL term; `1 - alpha` weights the task cross-entropy
            )->torch.Tensor: # scalar loss
@@ -633,7 +633,7 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
                    bs:int=64, # batch size
                    rounds:int=3, # interleaved timed rounds: one epoch of each batching per round
                    max_len:int=384, # tokens per row at most
-                  )->dict: # `random` and `sortish` rows/s per round, `ratio` (sortish / random, median), `pad_*` tokens per real token
+                  )->dict: # `random`, `sortish` rows/s per round, `ratio` (sortish / random), `pad_*` per real token
     """Stage-2 training rows/s of a fused model with random batches against length-sorted ones: same rows, model and
     steps"""
     dl = lambda s: vlm_dataloaders(
@@ -774,7 +774,7 @@ def vlm_scaling_run(dls, # from `vlm_dataloaders`
                     lr:float=3e-3, # peak learning rate
                     seed:int=0, # init seed
                     vision_init=None, # trained encoder to start from (see `init_vision`)
-                   )->dict: # params (vision, lm, connector, total), image_tokens, tokens, flops, steps, valid_loss, valid_accuracy
+                   )->dict: # params (vision, lm, connector, total), image_tokens, tokens, flops, steps, valid loss/acc
     """Train `PathVLM(cfg)` for `steps` batches (everything trainable); report validation loss, accuracy, size and
     compute"""
     set_seed(seed); m = PathVLM(cfg, tok).to(dls.device)

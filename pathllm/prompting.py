@@ -145,7 +145,7 @@ def generate_chat(model:PathVLM, # a generative `PathVLM`
                   images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays
                   convs:list, # one conversation per image (`{role, content}` turns ending with a user turn)
                   image_turn:str|None='first', # see `chat_ids`
-                  shots=None, # (m, 3, H, W) or a list: example images for the first m `<image>`s of every row (`image_turn='all'`)
+                  shots=None, # (m, 3, H, W) or a list: images for the first m `<image>`s of every row
                   max_new_tokens:int=32, # tokens to generate at most
                   temperature:float=0., # 0: greedy
                   **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `seed`, ...)
@@ -292,7 +292,7 @@ def self_consistency(model:PathVLM, # a generative `PathVLM`
                      images, # the images
                      n:int=5, # sampled paths
                      temperature:float=0.8, # sampling temperature
-                     technique:Callable|None=None, # one path: `technique(model, images, temperature=, seed=)` (default `zero_shot`)
+                     technique:Callable|None=None, # one path: `technique(model, images, temperature=, seed=)`
                      seed:int=0, # seed of the first path
                      **kw)->dict: # as `zero_shot`, `probs` = vote shares, plus `agreement` (B,) and `votes`
     "Majority vote over `n` sampled answers; vote shares are the probabilities"
@@ -339,7 +339,7 @@ HELD_OUT_PARAPHRASES = {  # never used in training (`pathllm.captions.QUESTIONS`
 def paraphrase_eval(model:PathVLM, # a generative `PathVLM`
                     images, # the images
                     labels, # their class ids
-                    questions:dict|None=None, # name -> list of questions (default: 'seen' training and 'held_out' phrasings)
+                    questions:dict|None=None, # name -> questions (default: 'seen' training and 'held_out' phrasings)
                     max_new_tokens:int=8, # answer length
                    )->pd.DataFrame: # one row per question: group, accuracy, unknown rate
     "Accuracy of greedy answers to each phrasing of the class question"

@@ -42,7 +42,7 @@ def _batches(images, bs):
     for i in range(0, len(images), bs): yield images[i:i+bs]
 
 @torch.no_grad()
-def image_embeddings(model:VisionEncoder|PathVLM, # a vision encoder, or a `PathVLM` (dual: its image tower; else its vision encoder)
+def image_embeddings(model:VisionEncoder|PathVLM, # a vision encoder, or a `PathVLM` (dual: image tower; else encoder)
                      images, # (B, 3, H, W) in [0, 1], or a list of PIL images / uint8 arrays
                      pool:str='pooled', # for encoders: 'pooled' output or 'mean' of the patch tokens
                      bs:int=64, # batch size
@@ -334,9 +334,9 @@ def rag_rows(records:list, # instruction records (`prompt`, `response`, `image`,
              shuffled:float=0.25, # share of those whose references are random training patches (often disagreeing)
              tasks:tuple=('caption', 'class', 'closed', 'report'), # tasks that get references
              seed:int=0, # which rows, which `k`
-             n_tokens:Callable|None=None, # record -> its length in tokens as trained (e.g. chat template of `pathllm.fusion.record_conv`)
+             n_tokens:Callable|None=None, # record -> its length in tokens as trained (e.g. via `record_conv`)
              max_len:int|None=None, # with `n_tokens`: drop references from the end until a row is at most this long
-            )->list: # new records: `prompt` = `rag_prompt(prompt, references)`, the same `response`, `task` + '_rag', the references' ids in `refs`
+            )->list: # new records: `rag_prompt` prompts, same `response`, `task` + '_rag', references' ids in `refs`
     """Training rows in the retrieval-augmented prompt format of `rag_prompt`: neighbours' captions and diagnoses, never
     the patch itself"""
     rng = np.random.default_rng(seed)
@@ -541,7 +541,7 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
                 images, # validation images
                 labels, # their class ids
                 query_ids:list|None=None, # the images' ids, excluded from their own retrieval (None: not indexed)
-                examples:list|None=None, # few-shot `(image, caption, label)` triples (`pick_examples(..., images=)`); None: no few-shot row
+                examples:list|None=None, # few-shot `(image, caption, label)` triples (`pick_examples`); None: none
                 refs:list|None=None, # reference captions per image, for `text_metrics`
                 text_metrics:Callable|None=None, # `text_metrics(texts, refs) -> dict` of the techniques' texts
                 ks:tuple=(1, 4, 8), # RAG reference counts

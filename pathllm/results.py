@@ -57,7 +57,7 @@ def check_seeds(seeds:list, # the seed of each run
                 cfgs:list, # the config of each run (dicts)
                 fps:list, # the `data_fingerprint` of each run
                 label:str, # the configuration, named in errors
-                defaults:dict|None=None, # value of a field a run's config lacks (a field added to the code after that run)
+                defaults:dict|None=None, # value of a field a run's config lacks (added to the code after that run)
                )->list: # the seeds, sorted
     "Runs pooled into one mean ± sd must differ only in their seed: same config, same data, distinct seeds"
     if len(set(seeds)) < len(seeds): raise ValueError(f"results: {label!r} has several runs with one seed ({seeds})")

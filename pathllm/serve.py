@@ -231,7 +231,7 @@ def save_pipeline(path:str|Path, # folder to write
                   model:PathVLM, # the base model (without adapters)
                   adapter:str|Path|None=None, # a LoRA adapter folder to copy in (`load_lora` puts it on `model`)
                   index:PatchIndex|None=None, # a RAG index of reference patches embedded with `model`'s encoder
-                  thumbs:list|None=None, # the indexed patches, one per index row (any form `load_image` takes), shown as references
+                  thumbs:list|None=None, # the indexed patches, one per index row (`load_image` forms), shown as refs
                   name:str|None=None, # model name reported by the server (default: the folder name)
                   rag_k:int=3, # reference cases per RAG prompt
                  )->Path: # `path`
@@ -309,7 +309,7 @@ class Batcher:
 
 # %% ../nbs/12_serve.ipynb #c952cf73
 @patch
-def _take(self:Batcher)->list: # (under `cv`) the oldest job and the jobs with its key, after waiting for more; [] after a minute idle
+def _take(self:Batcher)->list: # (under `cv`) the oldest job and those with its key, after a wait; [] after 1 min idle
     while not self.jobs:
         if not self.cv.wait(60) and not self.jobs: return []
     key, end = self.jobs[0].key, time.monotonic() + self.wait_ms / 1000
@@ -397,7 +397,7 @@ class Pipeline:
 def _device(device=None)->torch.device: return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 
 @patch(cls_method=True)
-def from_pretrained(cls:Pipeline, path:str|Path, # a model folder (`save_pretrained`, `run_train`'s `out/model`) or a `save_pipeline` folder
+def from_pretrained(cls:Pipeline, path:str|Path, # a model folder (`save_pretrained`, `out/model`) or `save_pipeline`'s
                      device=None, # default: 'cuda' when available, else 'cpu'
                      **kw, # more `Pipeline` arguments (`max_pixels`, `wait_ms`, `max_batch`)
                     )->Pipeline:
@@ -558,7 +558,7 @@ def caption(self:Pipeline, images, # one image or a list
 @patch
 @delegates(gen_options)
 def report(self:Pipeline, images, rag:bool|None=None, max_new_tokens:int=192,
-           tool:bool=True, # the measurement tool's numbers (`pathllm.captions.measure`) go into the prompt: every number in the report is measured
+           tool:bool=True, # the measurement tool's numbers go into the prompt: every number in the report is measured
            **gen)->dict|list: # per image `report` (and `references`)
     "A structured 'Findings ... Impression' report of each image: the model's words, the tool's numbers"
     return self._ask(
@@ -866,7 +866,7 @@ async def _read_images(files:list, lim:Limits)->list: # the uploads' bytes, each
     return out
 
 # %% ../nbs/12_serve.ipynb #d15b52cb
-async def _read_request(request, Fields, lim:Limits, n_images:int)->tuple: # (image bytes, validated `Fields`) of a multipart or JSON body
+async def _read_request(request, Fields, lim:Limits, n_images:int)->tuple: # (image bytes, `Fields`) of a request body
     ct = request.headers.get('content-type', '').split(';')[0].strip().lower()
     if ct in ('multipart/form-data', 'application/x-www-form-urlencoded'):
         form = await request.form(
@@ -1243,7 +1243,7 @@ def _loopback(host:str)->bool:
     try: return host == 'localhost' or ipaddress.ip_address(host).is_loopback
     except ValueError: return False
 
-def _app_from_env(): # the app of each worker process of `serve(workers=n)`: settings from $PATHLLM_SERVE, key from $PATHLLM_API_KEY
+def _app_from_env(): # the app of each `serve(workers=n)` process: settings from $PATHLLM_SERVE, key from env
     s = json.loads(os.environ['PATHLLM_SERVE'])
     return create_app(
         Pipeline.from_pretrained(s['model'], s['device']),
@@ -1254,7 +1254,7 @@ def _app_from_env(): # the app of each worker process of `serve(workers=n)`: set
 def serve(model_dir:str|Path, # a model or pipeline folder
           host:str='127.0.0.1', # interface to bind; anything but loopback needs a key or `insecure_public`
           port:int=8000, # TCP port
-          api_key:str|None=None, # required by every endpoint but the page and /health (default: `api_key_file`, then $PATHLLM_API_KEY)
+          api_key:str|None=None, # needed by all endpoints but / and /health (default: `api_key_file`, $PATHLLM_API_KEY)
           api_key_file:str|Path|None=None, # a file holding the key
           insecure_public:bool=False, # allow a non-loopback `host` without a key
           device:str|None=None, # 'cpu', 'cuda', ... (default: cuda when available)

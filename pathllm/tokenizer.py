@@ -44,7 +44,7 @@ _ROLES = {
     'bot': 'assistant',
 }
 
-def normalize_conversation(conv:list|dict, # turns as `{"role","content"}` or `{"from","value"}`, or a record with `conversations`/`messages`
+def normalize_conversation(conv:list|dict, # turns `{"role","content"}`/`{"from","value"}`, or a record with turns
                           )->list[tuple[str,str]]: # `(role, content)` pairs with roles in system/user/assistant
     "Normalise a conversation in OpenAI or LLaVA format to `(role, content)` pairs"
     if isinstance(conv, dict): conv = conv.get('conversations', conv.get('messages'))

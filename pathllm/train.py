@@ -41,7 +41,7 @@ class TrainConfig:
     n_images:int=400 # synthetic patches when no data is given
     max_train:int|None=None # subsample the training split to this many patches (`None`: all)
     max_valid:int|None=None # subsample the validation split to this many patches (`None`: all)
-    img_size:int|None=None # model input side in pixels (`None`: the data's patch side; a `crop` in `vit_kw` then scales with it, the configs are written for 96 px)
+    img_size:int|None=None # input side in pixels (`None`: the data's; a `vit_kw` `crop` scales with it from 96 px)
     bs:int=32 # batch size of every stage
     seed:int=0 # seed of subsampling, init and shuffling
     vit_name:str='pathvit_nano' # vision encoder of baseline and fused model (`get_vision` name)
@@ -59,12 +59,12 @@ class TrainConfig:
     lm_epochs:int=2 # language-model epochs
     lm_lr:float=3e-3 # language-model peak learning rate
     lm_seq_len:int=128 # tokens per language-model window
-    lm_max_texts:int|None=None # the language model reads a seeded random subset of this many training texts (`None`: all)
+    lm_max_texts:int|None=None # the LM reads a seeded subset of this many training texts (`None`: all)
     vocab_size:int=512 # BPE vocabulary size
     n_captions:int=3 # caption paraphrases per patch in the instruction data
     caption_margin:float=CAPTION_MARGIN # training text omits features this close to a cut point (share of bin width)
-    caption_salience:float|None=None # stage-2 text names a feature only where the baseline's head gives its true word this probability (`None`: always)
-    rag_share:float=0.0 # share of stage-2 rows that also appear with retrieved training neighbours in the prompt (`pathllm.rag.rag_rows`)
+    caption_salience:float|None=None # stage-2 text names a feature only where the baseline gives its word this prob.
+    rag_share:float=0.0 # share of stage-2 rows also given with retrieved neighbours in the prompt (`rag_rows`)
     vlm_connector:str='projector' # 'projector' (LLaVA), 'qformer' (BLIP) or 'xattn' (Flamingo, needs `xattn_every`)
     mp_shuffle:int=2 # pixel-shuffle factor of the projector
     vlm_max_len:int=384 # text tokens per fusion training row (a report with the tool's measurements is ~300)
@@ -80,11 +80,11 @@ class TrainConfig:
     xattn_every:int=0 # gated cross-attention layer before every k-th LM block of the fused model (0: none)
     max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
     tta:bool=False # score baseline and fused model by the mean over the 8 dihedral views of each validation patch
-    calibrate:bool=True # two classes: choose each model's decision threshold on `dev` (`best_threshold`) and store it with the fused model
+    calibrate:bool=True # two classes: choose each model's threshold on `dev`, store it with the fused model
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # caption groundings scored (the first is the model's default)
-    grad_accum:int=1 # every stage steps the optimizer every this many batches (`pathllm.optimize.GradAccum`): batch `bs * grad_accum`
+    grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
-    sortish:bool=False # the fusion stages batch rows of similar length (`vlm_dataloaders`): faster, but hurt `small`'s reports (see 09_optimization)
+    sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
     threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
 
     def __post_init__(self):
@@ -279,7 +279,7 @@ def _pick(ds:PatchDataset, split:str, n:int|None, rng)->list: # positions of a r
 
 def _valid_name(ds:PatchDataset)->str: return next((s for s in ('valid', 'test') if s in ds.splits), 'valid')
 
-def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `source`, `root` (captioned folder), positions of each split
+def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `source`, `root`, positions of each split
     if data is None: data = make_synthetic(out/'data', cfg.kind, cfg.n_images, cfg.seed, progress=progress)
     ds, rng, vs = load_patches(data), np.random.default_rng(cfg.seed), None
     vs = _valid_name(ds); trn, val = _pick(ds, 'train', cfg.max_train, rng), _pick(ds, vs, cfg.max_valid, rng)
@@ -394,7 +394,7 @@ def vlm_config(cfg:TrainConfig, # the run's config
         vlm_readout=ro if cfg.concept_tokens else None,
     )
 
-def _rag_rows(cfg:TrainConfig, kind:str, root:Path, base:Path, lm:Path)->list: # retrieval-augmented stage-2 rows (`rag_rows`), each fitting `vlm_max_len`
+def _rag_rows(cfg:TrainConfig, kind:str, root:Path, base:Path, lm:Path)->list: # retrieval rows fitting `vlm_max_len`
     if not cfg.rag_share: return []
     df = pd.read_csv(root/'captions.csv'); trn = df[df.split == 'train']
     emb = image_embeddings(
@@ -468,7 +468,7 @@ def run_data(out:str|Path, # a `run_train` folder
     return load_patches(src), prep
 
 def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON file, dict or `TrainConfig`
-              data:str|Path|None=None, # anything `load_patches` reads (default: synthetic patches written to `out/data`)
+              data:str|Path|None=None, # anything `load_patches` reads (default: synthetic patches in `out/data`)
               out:str|Path='runs/train', # output folder
               resume:bool=False, # skip finished stages, continue interrupted ones from their checkpoints
               progress:bool=True, # progress bars of the long steps

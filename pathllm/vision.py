@@ -59,7 +59,7 @@ class VisionEncoder(Module):
     img_size:int # input side in pixels
     mean:tuple = IMAGENET_MEAN # per-channel mean the weights expect (inputs in [0, 1] before normalising)
     std:tuple = IMAGENET_STD # per-channel std
-    crop:int|None = None # side of the centre square the network sees (set by `get_vision(crop=)`); `None`: the whole image
+    crop:int|None = None # side of the centre square the network sees (`get_vision(crop=)`); `None`: all of it
     crop_shift:float = 0.5 # while training the square moves by up to this share of the margin on each side
     def forward(self, x:torch.Tensor)->VisionOutput: raise NotImplementedError
     def normalize(self, x:torch.Tensor)->torch.Tensor: # (B, 3, H, W) in [0, 1] (or uint8) -> normalised input
@@ -257,7 +257,7 @@ def _create(name, pretrained, img_size, **kw):
 def timm_backbone(name:str, # a timm model name, e.g. 'resnet18', 'vit_tiny_patch16_224'
                   img_size:int=96, # input side, passed to models that take it (ViTs resample their positions)
                   pretrained:bool=False, # load pretrained weights (hub cache or `checkpoint_path`)
-                  checkpoint_path:str|Path|None=None, # local weights file (.safetensors, .pth, .bin) or folder holding one
+                  checkpoint_path:str|Path|None=None, # local weights file (.safetensors, .pth, .bin) or its folder
                   on_missing:str='raise', # weights unreachable: 'raise' `PretrainedUnavailable` or 'warn' (random init)
                   **kw, # more `timm.create_model` arguments
                  )->nn.Module: # the timm model without classifier (`num_classes=0`)
@@ -323,9 +323,9 @@ def vision_names()->list: # names `get_vision` accepts (plus 'timm:<name>')
 def get_vision(name:str, # a registered name (see `vision_names`) or 'timm:<any timm model>'
                img_size:int=96, # input side in pixels
                pretrained:bool=False, # load pretrained weights (timm hub cache, or `checkpoint_path`)
-               checkpoint_path:str|Path|None=None, # local weights: a file, or a `save_pretrained` folder for `pathvit_*`
+               checkpoint_path:str|Path|None=None, # local weights: a file, or a `save_pretrained` folder (`pathvit_*`)
                on_missing:str='raise', # pretrained weights unreachable: 'raise' or 'warn' and use random init
-               crop:int|None=None, # the network sees the centre `crop` square of the `img_size` input (see `VisionEncoder.normalize`)
+               crop:int|None=None, # the network sees the centre `crop` square of the input (`VisionEncoder.normalize`)
                crop_shift:float=0.5, # while training the crop moves by up to this share of the margin on each side
                **kw, # `ViTConfig` overrides for `pathvit_*`, `timm.create_model` arguments otherwise
               )->VisionEncoder: # the encoder, random init unless pretrained
@@ -388,7 +388,7 @@ class ImageClassifier(Module):
                  n_morph:int=0, # morphology features predicted beside the class (multi-task)
                  centre:float|None=None): # pool the centre tokens too (fraction of the grid side), see `centre_pool`
         self.encoder, self.readout = encoder, Readout(encoder.dim, n_classes, n_morph, centre, p)
-    def forward(self, x:torch.Tensor): # x (B, 3, H, W) in [0, 1] -> logits (B, n_classes), or `(logits, bins, values)` with `n_morph`
+    def forward(self, x:torch.Tensor): # x (B, 3, H, W) in [0, 1] -> logits (B, K), or `(logits, bins, values)`
         return self.readout(self.encoder(self.encoder.normalize(x)))
 
 def image_classifier(encoder:VisionEncoder|str, # an encoder, or a name for `get_vision`
@@ -569,7 +569,7 @@ def morphology(self:ImageClassifier, x:torch.Tensor, # (B, 3, H, W) images in [0
     _, b, z = self(x)
     return dict(bins=b.softmax(-1), values=MorphSpec(**self.cfg.morph).value(z))
 
-def vision_learner_for(dls, # fastai `DataLoaders` of `(image, label[, measured values])`: `get_dls`, or `tensor_dls` with `BatchAugment`
+def vision_learner_for(dls, # fastai `DataLoaders` of `(image, label[, values])`: `get_dls`, or `tensor_dls`
                        arch:str|VisionEncoder='resnet18', # a `get_vision` name or an encoder
                        n_classes:int|None=None, # default: `dls.c`
                        pretrained:bool=False, # pretrained backbone, frozen at first (`learn.unfreeze()` to fine-tune)
@@ -578,10 +578,10 @@ def vision_learner_for(dls, # fastai `DataLoaders` of `(image, label[, measured 
                        lr:float=1e-3, # default learning rate
                        wd:float=0.05, # decoupled weight decay
                        metrics:list|None=None, # default: accuracy (and ROC AUC for two classes, or morphology accuracy)
-                       spec:MorphSpec|None=None, # multi-task: also predict these morphology features (the batches' third element)
+                       spec:MorphSpec|None=None, # multi-task: also predict these features (the batches' third element)
                        lam:float=1.0, # weight of the morphology loss
                        centre:float|None=None, # heads also read the centre tokens (fraction of the grid side)
-                       classes:list|None=None, # class names, stored in the model's config (default: `dls.vocab`, else the ids)
+                       classes:list|None=None, # class names, kept in the model's config (default: `dls.vocab`, or ids)
                        cbs:list|None=None, # more callbacks (e.g. `BatchAugment` for `tensor_dls`)
                        **kw, # more `get_vision` arguments
                       )->Learner: # `Learner` with backbone/head splitter; a model built by name keeps its config
@@ -611,7 +611,7 @@ def probe_morphology(train:tuple, # (embeddings (N, D), measured values (N, F)) 
                      test:tuple, # the same for the patches they are scored on
                      spec:MorphSpec, # features and their word cut points
                      k:int=32, # principal components of the (standardised) embeddings the probes read
-                    )->pd.DataFrame: # per feature: `r2` of a ridge regression, `bin_acc` of a logistic regression on the 3 word bins
+                    )->pd.DataFrame: # per feature: `r2` of a ridge regression, `bin_acc` of a logistic one (3 bins)
     "Linear probes of frozen embeddings, one per morphology feature: how much of each measurement the embedding carries"
     from sklearn.decomposition import PCA
     from sklearn.linear_model import RidgeCV, LogisticRegression
