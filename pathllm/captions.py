@@ -314,13 +314,13 @@ DIAGNOSIS = ByKind({  # (kind, label) -> (clause paraphrases, sentence paraphras
                    'Benign lymph node tissue.', 'Reactive lymph node; no tumour in the central region.')),
     ('pcam', 1): (('consistent with metastatic carcinoma', 'in keeping with metastatic tumour',
                    'compatible with a carcinoma metastasis', 'representing metastatic carcinoma'),
-                  ('Metastatic carcinoma is present in the centre.', 'Findings are consistent with metastatic '
-                                                                     'carcinoma.',
+                  ('Metastatic carcinoma is present in the centre.',
+                   'Findings are consistent with metastatic carcinoma.',
                    'Diagnosis: metastatic tumour in the central region.', 'Tumour cells occupy the centre.')),
     ('mhist', 0): (('consistent with a hyperplastic polyp', 'in keeping with a hyperplastic polyp (HP)',
                     'favouring hyperplastic polyp'),
-                   ('Hyperplastic polyp.', 'Findings favour a hyperplastic polyp (HP).', 'Diagnosis: hyperplastic '
-                                                                                         'polyp.')),
+                   ('Hyperplastic polyp.', 'Findings favour a hyperplastic polyp (HP).',
+                    'Diagnosis: hyperplastic polyp.')),
     ('mhist', 1): (('consistent with a sessile serrated adenoma', 'in keeping with a sessile serrated lesion (SSA)',
                     'favouring sessile serrated adenoma'),
                    ('Sessile serrated adenoma.', 'Findings favour a sessile serrated lesion (SSA).',
@@ -679,9 +679,11 @@ _FRAMES = (
 _AND = ('And {}?', 'What about {}?', 'How about {}?', 'Tell me about {}.')
 # question type -> (feature, training phrasings, held-out phrasings: never in the training text, for evaluation)
 ASK = {
-    'size': ('area', phrasings(_FRAMES, ('the nuclear size', 'the size of the nuclei'), ('What size are the nuclei?', 'How big are the nuclei?')),
+    'size': ('area', phrasings(_FRAMES, ('the nuclear size', 'the size of the nuclei'),
+                               ('What size are the nuclei?', 'How big are the nuclei?')),
              ('How large are the nuclei in the centre?', 'Comment on the size of the nuclei.')),
-    'shape': ('ecc', phrasings(_FRAMES, ('the nuclear shape', 'the shape of the nuclei', 'the nuclear outline'), ('What shape are the nuclei?',)),
+    'shape': ('ecc', phrasings(_FRAMES, ('the nuclear shape', 'the shape of the nuclei', 'the nuclear outline'),
+                               ('What shape are the nuclei?',)),
               ('How would you describe the outline of the nuclei?', 'Comment on the shape of the nuclei.')),
     'chromatin': ('h_od', phrasings(_FRAMES, ('the chromatin', 'the nuclear staining', 'the staining of the nuclei'),
                                     ('How darkly stained are the nuclei?', 'How dark are the nuclei?')),
@@ -689,21 +691,22 @@ ASK = {
     'pleomorphism': ('area_cv', phrasings(_FRAMES, ('the nuclear pleomorphism', 'the variability of the nuclei'),
                                           ('How variable are the nuclei in size?', 'How variable are the nuclei?')),
                      ('How much do the nuclear sizes vary?', 'Comment on nuclear pleomorphism.')),
-    'crowding': ('crowding', phrasings(_FRAMES, ('the arrangement of the nuclei', 'the nuclear crowding', 'the spacing '
-                                                                                                          'of the nuclei',
-                                                 'the packing of the nuclei'), ('How crowded are the nuclei?',)),
+    'crowding': ('crowding', phrasings(_FRAMES, ('the arrangement of the nuclei', 'the nuclear crowding',
+                                                 'the spacing of the nuclei', 'the packing of the nuclei'),
+                                       ('How crowded are the nuclei?',)),
                  ('How closely packed are the nuclei?', 'Comment on the spacing of the nuclei.')),
     'cellularity': ('density', phrasings(_FRAMES, ('the cellularity', 'the cell density', 'the density of cells'),
-                                         ('How cellular is the region?', 'What is the cellularity?', 'How many cells '
-                                                                                                     'are there?')),
+                                         ('How cellular is the region?', 'What is the cellularity?',
+                                          'How many cells are there?')),
                     ('How densely populated with cells is the region?', 'Comment on the cellularity.')),
-    'stroma': ('stroma', phrasings(_FRAMES, ('the stroma', 'the amount of stroma', 'the connective tissue'), ('How much stroma is there?',)),
+    'stroma': ('stroma', phrasings(_FRAMES, ('the stroma', 'the amount of stroma', 'the connective tissue'),
+                                   ('How much stroma is there?',)),
                ('How much connective tissue is present?', 'Comment on the stroma.')),
-    'crypt_size': ('lumen_area', phrasings(_FRAMES, ('the crypt lumens', 'the width of the crypts'), ('How wide are '
-                                                                                                      'the crypts?',)),
+    'crypt_size': ('lumen_area', phrasings(_FRAMES, ('the crypt lumens', 'the width of the crypts'),
+                                           ('How wide are the crypts?',)),
                    ('Comment on the crypt calibre.',)),
-    'crypt_outline': ('lumen_circ', phrasings(_FRAMES, ('the crypt outlines', 'the crypt borders'), ('How regular are '
-                                                                                                     'the crypt outlines?',)),
+    'crypt_outline': ('lumen_circ', phrasings(_FRAMES, ('the crypt outlines', 'the crypt borders'),
+                                              ('How regular are the crypt outlines?',)),
                       ('Comment on the crypt contours.',)),
 }
 FOLLOW_UPS = {  # question type -> (training, held-out) follow-up phrasings that lean on the conversation so far
@@ -727,16 +730,16 @@ def _generic_ask(key): # the diagnosis questions of any registered kind; '{c}' i
 
 # (kind, type) -> (training, held-out) phrasings of the questions about the diagnosis ('{c}': the class asked about)
 CLASS_ASK = ByKind({
-    ('pcam', 'diagnosis'): (QUESTIONS['pcam', 'closed'] + phrasings(('Is there {} in the centre?', 'Does the central '
-                                                                                                   'region contain {}?',
-                                                                       'Is the centre positive for {}?', 'Can you find '
-                                                                                                         '{} in the centre?'),
-                                                                      ('metastatic tumour', 'tumour', 'metastatic carcinoma', 'carcinoma', 'cancer')), ('Do you see metastatic carcinoma in the central region?',
-                                                          'Is the centre of this node involved by tumour?')),
-    ('mhist', 'diagnosis'): (QUESTIONS['mhist', 'closed'], ('Is this polyp a sessile serrated lesion?', 'Would you call this an SSA?')),
-    ('pcam', 'location'): (('Where is the tumour?', 'Which region does the diagnosis refer to?', 'Where is the tumour '
-                                                                                                 'located?',
-                            'Where is the lesion?', 'Which area is affected?', 'Where is the abnormality located?'),
+    ('pcam', 'diagnosis'): (
+        QUESTIONS['pcam', 'closed'] + phrasings(
+            ('Is there {} in the centre?', 'Does the central region contain {}?', 'Is the centre positive for {}?',
+             'Can you find {} in the centre?'),
+            ('metastatic tumour', 'tumour', 'metastatic carcinoma', 'carcinoma', 'cancer')),
+        ('Do you see metastatic carcinoma in the central region?', 'Is the centre of this node involved by tumour?')),
+    ('mhist', 'diagnosis'): (QUESTIONS['mhist', 'closed'],
+                             ('Is this polyp a sessile serrated lesion?', 'Would you call this an SSA?')),
+    ('pcam', 'location'): (('Where is the tumour?', 'Which region does the diagnosis refer to?',
+                            'Where is the tumour located?', 'Where is the lesion?', 'Which area is affected?', 'Where is the abnormality located?'),
                            ('In which part of the patch is the lesion?', 'Where exactly is the abnormality?')),
     ('pcam', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?', 'How sure are you?',
                               'What is the probability of your call?'),

@@ -796,7 +796,8 @@ def _schemas(lim:Limits): # request models whose bounds are `lim`'s
     Text = Annotated[str, Field(min_length=1, max_length=lim.max_text, pattern=r'\S')]
     class Gen(BaseModel):
         model_config = ConfigDict(extra='forbid')
-        max_new_tokens:int = Field(min(64, lim.max_new_tokens), ge=1, le=lim.max_new_tokens, description='tokens to generate at most')
+        max_new_tokens:int = Field(min(64, lim.max_new_tokens), ge=1, le=lim.max_new_tokens,
+                                   description='tokens to generate at most')
         temperature:float = Field(0., ge=0, le=5, description='0: greedy')
         top_k:int|None = Field(None, ge=1, le=10_000)
         top_p:float|None = Field(None, gt=0, le=1); repetition_penalty:float = Field(1., gt=0, le=5)
@@ -811,9 +812,10 @@ def _schemas(lim:Limits): # request models whose bounds are `lim`'s
     class Analyze(Caption): report_tokens:int = Field(min(192, lim.max_new_tokens), ge=1, le=lim.max_new_tokens)
     class Chat(Gen):
         message:Text
-        history:list[tuple[Annotated[str, Field(max_length=lim.max_text)], Annotated[str, Field(max_length=lim.max_text)]]] = Field(
-            [], max_length=lim.max_history, description='earlier turns, [[user, assistant], ...] (a JSON string in '
-                                                        'multipart)')
+        history:list[tuple[Annotated[str, Field(max_length=lim.max_text)],
+                           Annotated[str, Field(max_length=lim.max_text)]]] = Field(
+            [], max_length=lim.max_history,
+            description='earlier turns, [[user, assistant], ...] (a JSON string in multipart)')
     return SimpleNamespace(
         classify=Classify, caption=Caption, report=Report, question=Question, chat=Chat, analyze=Analyze,
         completion=_completion_model(lim),
@@ -1017,10 +1019,12 @@ def _openai_routes(app, pipe:Pipeline, lim:Limits, gate:_Gate, S):
     created = int(time.time())
     @app.get('/v1/models', response_model=ModelList, summary='The model served (OpenAI-compatible)')
     def models(): return dict(data=[dict(id=pipe.name, created=created, owned_by='pathllm')])
-    body = {'requestBody': {'required': True, 'content': {'application/json': {'schema': S.completion.model_json_schema(ref_template='#/components/schemas/{model}')}}}}
-    @app.post('/v1/chat/completions', response_model=ChatCompletion, summary='A chat completion about one image '
-                                                                             '(OpenAI-compatible)', openapi_extra=body,
-              responses={200: {'content': {'text/event-stream': {'schema': {'type': 'string', 'description': 'with stream=true: chat.completion.chunk events'}}}}})
+    body = {'requestBody': {'required': True, 'content': {'application/json': {
+        'schema': S.completion.model_json_schema(ref_template='#/components/schemas/{model}')}}}}
+    @app.post('/v1/chat/completions', response_model=ChatCompletion,
+              summary='A chat completion about one image (OpenAI-compatible)', openapi_extra=body,
+              responses={200: {'content': {'text/event-stream': {'schema': {
+                  'type': 'string', 'description': 'with stream=true: chat.completion.chunk events'}}}}})
     async def completions(request:Request):
         if request.headers.get('content-type', '').split(';')[0].strip().lower() != 'application/json':
             raise InputError('body: Content-Type must be application/json', 415)
