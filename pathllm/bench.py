@@ -24,8 +24,9 @@ from .rag import compare_all
 from .prompting import pick_examples
 from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
-from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold, decision_threshold, stain_shift, stain_stress,
-                              plot_stain_stress, cider, rouge_l, claims_per_text)
+from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold,
+                              decision_threshold, stain_shift, stain_stress, plot_stain_stress, cider, rouge_l,
+                              claims_per_text)
 from .fit import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
 from .train import calibrate_threshold
@@ -96,8 +97,9 @@ BENCH_CONFIGS = dict(
     small=dict(name='small', train='small'),
     # seconds per row: tests, CI, `bench/*.py --tiny`
     tiny=dict(name='tiny', cnn_arch='resnet18', cnn_epochs=1, knn_k=5, rag_k=2, n_latency=2,
-              train=dict(base='debug', name='tiny', n_images=160, vision_epochs=2, lm_epochs=1, stage1_epochs=1, stage2_epochs=1, max_rows=400,
-                         eval_captions=6, caption_tokens=24, lm_seq_len=64, vlm_max_len=160, tta=True, threads=1)),
+              train=dict(base='debug', name='tiny', n_images=160, vision_epochs=2, lm_epochs=1, stage1_epochs=1,
+                         stage2_epochs=1, max_rows=400, eval_captions=6, caption_tokens=24, lm_seq_len=64,
+                         vlm_max_len=160, tta=True, threads=1)),
     full=dict(name='full', train='full', n_latency=32))
 
 def bench_config(config:str|Path|dict|BenchConfig='debug', # a name in `BENCH_CONFIGS`, a JSON file, a dict or a config
@@ -454,7 +456,8 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
     rows, _ = compare_variants(
         PathVLM.from_pretrained(run / 'model'), imgs, variants, score, bs=bs, n_tokens=n_tokens, rounds=rounds
     )
-    speed_report(rows, out, dict(model=str(run/'model'), n_images=len(imgs), bs=bs, rounds=rounds, n_tokens=n_tokens, threads=torch.get_num_threads()))
+    speed_report(rows, out, dict(model=str(run/'model'), n_images=len(imgs), bs=bs, rounds=rounds, n_tokens=n_tokens,
+                                 threads=torch.get_num_threads()))
     return rows
 
 # %% ../nbs/13_bench.ipynb #e53ceaa6

@@ -408,7 +408,8 @@ DX_PATTERNS = ByKind({  # kind -> [(regex, class claimed or None: read and ignor
     'pcam': [(r"\b(?:no|without|negative for|free of|absence "
               r"of)\s+(?:[\w-]+\s+){0,4}(?:tumou?rs?|carcinoma|metasta\w*|malignan\w*)", 0),
              (r"\b(?:benign|reactive|normal lymph\w*)\b", 0),
-             (r"\b(?:(?:metasta\w*|malignant)\s+)?(?:tumou?rs?|carcinoma|malignancy)(?:\s+cells)?|\bmetasta\w*|\bmalignant", 1)],
+             (r"\b(?:(?:metasta\w*|malignant)\s+)?(?:tumou?rs?|carcinoma|malignancy)(?:\s+cells)?"
+              r"|\bmetasta\w*|\bmalignant", 1)],
     'mhist': [(r"\b(?:no|not|without)\s+(?:[\w-]+\s+){0,4}(?:sessile serrated|ssa)\b", 0),
               (r"\b(?:hyperplastic polyp|hp)\b", 0),
               (r"\b(?:sessile serrated(?: adenoma| lesion)?|ssa)\b", 1)],
@@ -739,7 +740,8 @@ CLASS_ASK = ByKind({
     ('mhist', 'diagnosis'): (QUESTIONS['mhist', 'closed'],
                              ('Is this polyp a sessile serrated lesion?', 'Would you call this an SSA?')),
     ('pcam', 'location'): (('Where is the tumour?', 'Which region does the diagnosis refer to?',
-                            'Where is the tumour located?', 'Where is the lesion?', 'Which area is affected?', 'Where is the abnormality located?'),
+                            'Where is the tumour located?', 'Where is the lesion?', 'Which area is affected?',
+                            'Where is the abnormality located?'),
                            ('In which part of the patch is the lesion?', 'Where exactly is the abnormality?')),
     ('pcam', 'confidence'): (('How sure are you about the diagnosis?', 'How confident are you?', 'How sure are you?',
                               'What is the probability of your call?'),
@@ -799,7 +801,8 @@ def _nuclei_answer(m, kind, lv):
 
 def _crypts_answer(m, kind, lv):
     if lv['lumen_area'] is None or lv['lumen_circ'] is None: return "The crypts could not be assessed."
-    return f"The crypts are {VOCAB['lumen_area'][lv['lumen_area']][0]} with {VOCAB['lumen_circ'][lv['lumen_circ']][0]} outlines."
+    return (f"The crypts are {VOCAB['lumen_area'][lv['lumen_area']][0]} "
+            f"with {VOCAB['lumen_circ'][lv['lumen_circ']][0]} outlines.")
 
 def confidence_answer(probs:list, # class probabilities of one image
                       names:list, # class names
@@ -879,7 +882,8 @@ _QTYPES = [
     ('crowding', r'\b(?:crowd\w*|spac\w*|arrange\w*|pack\w*|overlap\w*|apart)\b'),
     (
         'diagnosis',
-        r'\b(?:tumou?r\w*|carcinoma|metasta\w*|malignan\w*|cancer\w*|benign|normal|diagnos\w*|ssa|sessile|hyperplastic|polyp|lesion|hp)\b',
+        r'\b(?:tumou?r\w*|carcinoma|metasta\w*|malignan\w*|cancer\w*|benign|normal|diagnos\w*'
+        r'|ssa|sessile|hyperplastic|polyp|lesion|hp)\b',
     ),
     ('cellularity', r'\b(?:cellular\w*|cells?|dens\w*|how many)\b'),
     ('stroma', r'\b(?:stroma\w*|connective)\b'),

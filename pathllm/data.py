@@ -1152,8 +1152,8 @@ def _git_commit(root:Path)->dict: # `commit` hash and `dirty` flag, or `None`s o
     except (OSError, subprocess.SubprocessError):
         return dict(commit=None, dirty=None)
 
-def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', 'transformers', 'peft', 'bitsandbytes', # versions to record
-                                     'accelerate', 'faiss-cpu', 'numpy', 'scikit-learn'),
+def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', 'transformers', # versions to record
+                                     'peft', 'bitsandbytes', 'accelerate', 'faiss-cpu', 'numpy', 'scikit-learn'),
                     )->dict: # python, platform, device, package versions, pathllm version and git commit
     "What a result was computed with: enough to rerun it on the same software and say which hardware gave it"
     import platform, sys, datetime, importlib.metadata as md, torch

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np, torch
 from sklearn import metrics as skm
 from .data import LABEL_NAMES, PatchDataset, atomic_write, stain_jitter
-from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_captions, hallucination_rate, extract_claims,
-                              check_claims, level, levels, measure, caption, report, parse_report, vqa_pairs, CAPTION_MARGIN,
-                              check_numbers, check_consistency, held_out_questions, answer_form, ASK, FOLLOW_UPS)
+from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_captions, hallucination_rate,
+                              extract_claims, check_claims, level, levels, measure, caption, report, parse_report,
+                              vqa_pairs, CAPTION_MARGIN, check_numbers, check_consistency, held_out_questions,
+                              answer_form, ASK, FOLLOW_UPS)
 
 # %% auto #0
 __all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'GROUNDED_KEYS', 'to_preds', 'accuracy', 'confusion',

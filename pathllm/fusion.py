@@ -23,9 +23,9 @@ from fastai.learner import Learner
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_image
-from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, Thresholds, caption_dataset, read_jsonl,
-                              read_thresholds, read_level_odds, record_images, measure, measurement_text, extract_claims, check_claims,
-                              question_type, confidence_answer)
+from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, Thresholds, caption_dataset,
+                              read_jsonl, read_thresholds, read_level_odds, record_images, measure, measurement_text,
+                              extract_claims, check_claims, question_type, confidence_answer)
 from .tokenizer import PathTokenizer, pad_ids, with_image
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
@@ -451,7 +451,8 @@ def to_images(images, # (B, 3, H, W) floats in [0, 1], or a list of PIL images /
              )->torch.Tensor: # (B, 3, sz, sz) in [0, 1]
     "Images in any common form as one float batch at the model's size"
     if not isinstance(images, torch.Tensor):
-        images = torch.stack([torch.from_numpy(np.asarray(i.convert('RGB') if isinstance(i, Image.Image) else i).copy()).permute(2, 0, 1) for i in images])
+        images = torch.stack([torch.from_numpy(np.asarray(i.convert('RGB') if isinstance(i, Image.Image) else i).copy())
+                              .permute(2, 0, 1) for i in images])
     if images.dtype == torch.uint8: images = images.float() / 255
     if images.shape[-1] != sz: images = F.interpolate(images, size=(sz, sz), mode='bilinear', align_corners=False)
     return images.to(device)
@@ -775,7 +776,8 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
         text_only=dual, max_valid_rows=max_valid_rows, sortish=sortish,
     )
     cache = {}  # features of the frozen vision tower, shared by both stages
-    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume, cache=cache, cbs=cbs), stage1_epochs, lr1, progress)
+    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume, cache=cache,
+                               cbs=cbs), stage1_epochs, lr1, progress)
     dls2 = dl(
         tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat,
         extra=None if dual else extra_rows,

@@ -34,7 +34,8 @@ SYNONYMS = {  # kind -> class id -> regexes (on lower-case text) that claim the 
         1: [r'ssa', r'ssl', r'sessile serrated(?: adenomas?| lesions?| polyps?)?', r'serrated adenomas?'],
     },
 }
-NEGATORS = r'(?:no|not|non|without|negative for|free of|absence of|absent|lack of|lacks|neither|nor|rule out|ruled out|isn\'t|is not)'
+NEGATORS = (r'(?:no|not|non|without|negative for|free of|absence of|absent|lack of|lacks|neither|nor|rule out|ruled out'
+            r'|isn\'t|is not)')
 ANSWER_MARKERS = r'(?:answer|impression|diagnosis|conclusion|final answer)\s*[:\-]'
 
 # %% ../nbs/06_prompting.ipynb #33dbdd2f

@@ -391,7 +391,8 @@ class Pipeline:
     @property
     def context(self)->int: return self.model.cfg.vlm_max_len  # text tokens the model was trained on: prompt + answer
     def __repr__(self):
-        return f'Pipeline({self.name!r}, {self.model.cfg.vlm_connector}, device={self.device}, rag={self.index is not None})'
+        return (f'Pipeline({self.name!r}, {self.model.cfg.vlm_connector}, device={self.device}, '
+                f'rag={self.index is not None})')
 
 # %% ../nbs/12_serve.ipynb #cca4e01b
 def _device(device=None)->torch.device: return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -838,9 +839,12 @@ def _body_schema(Fields, n_images:int, lim:Limits)->dict: # `openapi_extra` decl
     )
     img = lambda item: dict(type='array', items=item, minItems=1, maxItems=n_images)
     return {'requestBody': {'required': True, 'content': {
-        'multipart/form-data': {'schema': dict(type='object', properties={'image': img(dict(type='string', format='binary')), **mp}, required=req),
+        'multipart/form-data': {'schema': dict(type='object',
+                                               properties={'image': img(dict(type='string', format='binary')), **mp},
+                                               required=req),
                                 'encoding': {k: {'contentType': 'application/json'} for k in js}},
-        'application/json': {'schema': dict(type='object', properties={'image': img(b64), **props}, required=req, additionalProperties=False)}}}}
+        'application/json': {'schema': dict(type='object', properties={'image': img(b64), **props}, required=req,
+                                            additionalProperties=False)}}}}
 
 # %% ../nbs/12_serve.ipynb #ce934d3e
 def _b64(s, where:str, lim:Limits)->bytes: # bytes of a base64 string or data: URL
@@ -1089,7 +1093,8 @@ _PAGE_FILES = {
     'app.js': 'text/javascript; charset=utf-8',
     'style.css': 'text/css; charset=utf-8',
 }
-_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 def _page_routes(app):
     from fastapi.responses import Response
@@ -1155,8 +1160,9 @@ def create_app(pipeline:Pipeline|str|Path, # a `Pipeline`, or a folder for `Pipe
     _add_handlers(app, api_key, public, lim)
     _page_routes(app)
     @app.get('/health', response_model=Health, summary='Liveness, model and version')
-    def health(): return dict(status='ok', model=pipe.name, device=str(pipe.device), version=__version__, kind=pipe.kind, classes=pipe.classes,
-                              generative=pipe.generative, rag=pipe.index is not None, context=pipe.context)
+    def health(): return dict(status='ok', model=pipe.name, device=str(pipe.device), version=__version__,
+                              kind=pipe.kind, classes=pipe.classes, generative=pipe.generative,
+                              rag=pipe.index is not None, context=pipe.context)
     S = _schemas(lim)
     _routes(app, pipe, lim, gate, S); _openai_routes(app, pipe, lim, gate, S)
     app.openapi = partial(_openapi, app, bool(api_key), public)
@@ -1194,7 +1200,8 @@ class _H11(H11Protocol):
 
     def _reject(self, status:int, msg:str): # a JSON error, then close (no more bytes are read)
         body = json.dumps(error_body(status, msg)).encode()
-        head = f'HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n'
+        head = (f'HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n'
+                f'content-length: {len(body)}\r\nconnection: close\r\n\r\n')
         self.transport.write(head.encode() + body); self.transport.close()
 
 # %% ../nbs/12_serve.ipynb #1010d886
@@ -1298,7 +1305,8 @@ def free_port()->int: # a TCP port free on 127.0.0.1 right now
     "A free TCP port on loopback, for a test server"
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-_CHILD = "import json, os; from pathllm.serve import serve; a = json.loads(os.environ['PATHLLM_SERVE_ARGS']); serve(a.pop('model'), **a)"
+_CHILD = ("import json, os; from pathllm.serve import serve; a = json.loads(os.environ['PATHLLM_SERVE_ARGS']); "
+          "serve(a.pop('model'), **a)")
 
 @contextmanager
 def server_process(model_dir:str|Path, # model or pipeline folder

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
-from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls, BatchAugment,
-                          atomic_write, project_root, data_fingerprint, environment_info)
+from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls,
+                          BatchAugment, atomic_write, project_root, data_fingerprint, environment_info)
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
 from .captions import recaption
 from .lm import train_lm, LM_SIZES, LMConfig
@@ -542,8 +542,8 @@ def run_eval(model_dir:str|Path, # a saved model folder of either backend (e.g. 
     if not len(idx): raise ValueError(f"split: {data} has no {split!r} patches; splits present: {list(ds.splits)}")
     idx = np.random.default_rng(0).permutation(idx)[:n or len(idx)].tolist()
     return evaluate_vlm(model, ds.subset(idx), Path(out), n_captions, bs, max_new_tokens, tta,
-                     config=dict(model=str(model_dir), data=str(data), split=split or 'all', tta=tta, fingerprint=data_fingerprint(ds),
-                                    environment=environment_info()))
+                     config=dict(model=str(model_dir), data=str(data), split=split or 'all', tta=tta,
+                                 fingerprint=data_fingerprint(ds), environment=environment_info()))
 
 # %% ../nbs/11_train.ipynb #4490b73e
 def predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `PathVLM`
