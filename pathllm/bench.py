@@ -312,7 +312,8 @@ def _reusable(f:Path, key:dict, what:str)->dict|None:
     if diff: warnings.warn(f"bench: {what} in {f.parent} was made with another {', '.join(diff)}; recomputing it")
     return None if diff else d
 
-def _main_job(cfg:TrainConfig, data, out:Path, env:dict, resume:bool, progress:bool)->dict: # `run_train`'s report, resumed only when made the same way
+# `run_train`'s report, resumed only when made the same way
+def _main_job(cfg:TrainConfig, data, out:Path, env:dict, resume:bool, progress:bool)->dict:
     key = _key(
         commit=env['commit'], dirty=env['dirty'], train=asdict(cfg),
         data=None if data is None else data_fingerprint(data)['sha256'],
@@ -441,7 +442,7 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
 
 # %% ../nbs/13_bench.ipynb #059f2cc9
 def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job model and validation patches are used
-              variants:tuple=('fp32', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'), # `pathllm.optimize.VARIANTS`
+              variants:tuple=('fp32', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'), # variants
               n_images:int=256, # validation patches classified (accuracy, AUC) and timed
               bs:int=32, # batch of the batched timing
               rounds:int=5, # interleaved timing rounds
@@ -475,7 +476,8 @@ def _dev_thresholds(models:dict, dev, val, tta:bool)->dict: # per model: valid m
             )
     return out
 
-def _stain_norm(models:dict, ims:list, y:list, trn, strengths:tuple, seed:int)->list: # accuracy/AUC re-stained, without and with normalisation
+# accuracy/AUC re-stained, without and with normalisation
+def _stain_norm(models:dict, ims:list, y:list, trn, strengths:tuple, seed:int)->list:
     side = max(1, math.isqrt(min(16, len(trn))))
     tiles = [
         np.asarray(trn.image(i).convert('RGB')) for i in range(side * side)

@@ -79,7 +79,7 @@ app.add_typer(lm_app, name='lm')
 
 @lm_app.command('train')
 def lm_train(out:Path=typer.Option(..., help="Folder for the tokenizer, model, checkpoint and metrics.json"),
-             data:Path=typer.Option(None, help="Captioned data set folder or .txt/.jsonl/.csv (default: synthetic text)"),
+             data:Path=typer.Option(None, help="Captioned data folder or .txt/.jsonl/.csv (default: synthetic text)"),
              size:str=typer.Option('nano', help="Model size: nano, micro or small"),
              epochs:int=typer.Option(4, help="Training epochs"),
              lr:float=typer.Option(3e-3, help="Peak learning rate (one-cycle)"),
@@ -144,7 +144,7 @@ def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small,
                                                 "in OUT/data)"),
               out:Path=typer.Option(Path('runs/train'), help="Output folder: report, plots, model/ and each stage's "
                                                              "files"),
-              resume:bool=typer.Option(False, help="Skip finished stages and continue interrupted ones from checkpoints"),
+              resume:bool=typer.Option(False, help="Skip finished stages, continue interrupted ones from checkpoints"),
               backend:str=typer.Option('pathllm', help="'pathllm' (from-scratch models) or 'hf' (a Hugging Face LM + "
                                                        "vision tower)"),
               lm:str=typer.Option('Qwen/Qwen2.5-0.5B', help="--backend hf: causal LM, a hub name or a local folder"),
@@ -165,7 +165,7 @@ def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small,
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 
 def _train_hf(cfg, data, out:Path, lm:str, vision:str, resume:bool):
-    "`train --backend hf`: two-stage training of a Hugging Face LM + vision tower (`pathllm.hf.train_hf`), sizes from the config"
+    "`train --backend hf`: two-stage training of a Hugging Face LM + vision tower (`pathllm.hf.train_hf`)"
     from pathllm.train import run_eval, TrainConfig, stage_callbacks
     from pathllm.data import make_synthetic
     from pathllm.hf import train_hf
@@ -294,7 +294,7 @@ def demo(out:Path=typer.Option(Path('runs/demo'), help="Output folder"),
          n:int=typer.Option(None, help="Number of synthetic patches (default: the config's n_images, 400 for debug)"),
          seed:int=typer.Option(0, help="Random seed"),
          config:str=typer.Option('debug', help="Training config: a name (debug, small, full) or a JSON file"),
-         threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default); the debug models run fastest on one")):
+         threads:int=typer.Option(1, help="CPU threads for torch (0: its default); debug models run fastest on one")):
     "Run the main job on the embedded synthetic default: data summary, training, evaluation report and model."
     _threads(threads)
     if classes not in (None, 2, 4) or (classes == 2 and kind == 'grade'):
@@ -353,7 +353,7 @@ def sweep_cmd(spec:str=typer.Argument(..., help="FIELD=V1,V2,...: a BenchConfig 
               out:Path=typer.Option(Path('runs/bench'), help="Bench folder: its main job is reused; writes "
                                                              "choices/FIELD_dev.json"),
               threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
-    "Choose a bench setting on the dev split (never the validation patches): one row per value, the best by a dev metric."
+    "Choose a bench setting on the dev split (never on valid): one row per value, the best by a dev metric."
     from pathllm.bench import sweep_bench
     _threads(threads)
     with _errors():
@@ -370,7 +370,7 @@ def assess_cmd(run:Path=typer.Argument(..., help="A finished `pathllm train` fol
                n_stress:int=typer.Option(1000, help="Validation patches re-stained by the stress tests"),
                n_prompt:int=typer.Option(200, help="Validation patches of the prompting comparison"),
                threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
-    "Add robustness (dev thresholds, stain stress), stain normalisation and prompting comparisons to a finished run, as JSON."
+    "Add robustness (dev thresholds, stain stress), stain normalisation and prompting results to a finished run."
     from pathllm.bench import assess_run
     _threads(threads)
     with _errors():
@@ -388,7 +388,7 @@ def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results
                 to:str=typer.Option(None, help="Folder under results/ for --publish, e.g. small/seed0"),
                 root:Path=typer.Option(None, help="Project root holding results/ and README.md (default: the one "
                                                   "around the working directory)")):
-    "Check that every results table in README.md and the notebooks is the rendering of results/ (exit 1 if not); --write re-renders them."
+    "Check that every results table in README.md and notebooks renders results/ (exit 1 if not); --write re-renders."
     from pathllm.results import sync_results, publish_run
     if publish and not to: _fail(ValueError("--publish needs --to: a folder under results/, e.g. small/seed0"))
     with _errors():
@@ -402,9 +402,9 @@ def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results
 @app.command('optimize')
 def optimize_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`)"),
                  variant:str=typer.Option('int8_dynamic', help="fp16, bf16, int8_dynamic, bnb_int8, bnb_nf4, bnb_fp4, "
-                                                               "ort_fp32 or ort_int8 (ONNX Runtime: the fast CPU path)"),
-                 out:Path=typer.Option(..., help="Folder for the quantised model (`pathllm serve --model OUT` serves it)"),
-                 parts:str=typer.Option('lm,connector', help="Comma-separated parts to quantise: lm, connector, vision")):
+                                                               "ort_fp32 or ort_int8 (ONNX Runtime, fast on CPU)"),
+                 out:Path=typer.Option(..., help="Folder for the quantised model (`pathllm serve --model OUT`)"),
+                 parts:str=typer.Option('lm,connector', help="Comma-separated parts: lm, connector, vision")):
     "Quantise a saved model's weights (post-training) and save it; print the sizes before and after."
     from pathllm.optimize import optimize_model
     with _errors(_new_folder(out)):
@@ -435,7 +435,7 @@ def serve_cmd(model:Path=typer.Option(..., help="Model or pipeline folder (OUT/m
               device:str=typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
               max_concurrency:int=typer.Option(16, help="Requests admitted at once; more get 503"),
               max_batch:int=typer.Option(32, help="Images per model batch (concurrent requests are batched)"),
-              timeout:float=typer.Option(60., help="Seconds before a request is answered 504 and its generation stopped"),
+              timeout:float=typer.Option(60., help="Seconds before a request gets a 504 and its generation stops"),
               max_new_tokens:int=typer.Option(256, help="Cap on generated tokens per request"),
               max_upload_mb:float=typer.Option(8., help="Maximum size of one uploaded image, in MiB"),
               workers:int=typer.Option(1, help="Server processes, each with its own copy of the model (for machines "

@@ -813,7 +813,7 @@ _READERS = dict(pcam_csv=_pcam_csv, mhist_csv=_mhist_csv, folders=_folders, h5=_
 
 # %% ../nbs/00_data.ipynb #491a2fb4
 def load_patches(source:Path|str, # folder, HDF5 file, `save_to_disk` folder or hub name (e.g. '1aurent/PatchCamelyon')
-                 kind:str|None=None, # 'pcam', 'mhist', 'grade', or a name for your own classes (default: a preset the labels fit, else the folder name)
+                 kind:str|None=None, # 'pcam', 'mhist', 'grade' or your own (default: a fitting preset, else the folder)
                  split:str|None=None, # load only this split (e.g. 'valid'); default all
                  on_error:str='raise', # 'raise' a `DataError` on bad rows, or 'skip' them with a warning
                  verify:bool=False, # also decode and check every image now (else on access)

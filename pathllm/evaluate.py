@@ -839,7 +839,7 @@ def evaluate_model(model, # any object with some of `classify`, `caption`, `repo
                    vocab:set|None=None, # words of the training text: adds the non-word rate
                    margin:float=CAPTION_MARGIN, # the references' margin (see `pathllm.captions.caption`)
                    classes:list|None=None, # the model's class per patch (default: from `classify`, when it runs)
-                   tasks:tuple|None=None, # the tasks to run, among 'classify', 'caption', 'report', 'answer' (default: all the model has)
+                   tasks:tuple|None=None, # among 'classify', 'caption', 'report', 'answer' (default: all it has)
                    probs:list|None=None, # class probabilities per patch its answers use (default: from `classify`)
                   )->tuple: # (metrics dict, outputs dict: y_true, probs, captions, reports, images, morphs)
     "Run the tasks `model` has on `ds` and score them"

@@ -776,8 +776,8 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
         text_only=dual, max_valid_rows=max_valid_rows, sortish=sortish,
     )
     cache = {}  # features of the frozen vision tower, shared by both stages
-    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume, cache=cache,
-                               cbs=cbs), stage1_epochs, lr1, progress)
+    h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume,
+                               cache=cache, cbs=cbs), stage1_epochs, lr1, progress)
     dls2 = dl(
         tasks=['caption'] if dual else None, conversations=not dual, max_rows=max_rows, repeat=repeat,
         extra=None if dual else extra_rows,

@@ -14,7 +14,8 @@ __all__ = ['FORMATS', 'MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'SEED_MAX', 'LOADE
            'server_config', 'api_key_from', 'serve', 'free_port', 'server_process', 'chromium_driver', 'load_test']
 
 # %% ../nbs/12_serve.ipynb #13ecc935
-import asyncio, base64, binascii, contextvars, io, ipaddress, json, logging, math, os, re, secrets, shutil, socket, subprocess, sys, tempfile, threading, time, uuid, warnings, weakref
+import asyncio, base64, binascii, contextvars, io, ipaddress, json, logging, math, os, re, secrets, shutil, socket
+import subprocess, sys, tempfile, threading, time, uuid, warnings, weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -521,7 +522,8 @@ def check_tokens(self:Pipeline, message:str, history:list, max_new_tokens:int):
 
 # %% ../nbs/12_serve.ipynb #151c3402
 @patch
-def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict, tool:bool=False): # the shared body of caption/report/answer
+# the shared body of caption/report/answer
+def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict, tool:bool=False):
     if not self.generative: raise InputError(f"{key}: this '{self.model.cfg.vlm_connector}' model only classifies", 400)
     use_rag = self.index is not None if rag is None else bool(rag)
     if use_rag and self.index is None: raise InputError('rag: this model has no index', 400)
@@ -969,10 +971,12 @@ def _completion_model(lim:Limits): # the request model of /v1/chat/completions, 
 
 class Usage(BaseModel): prompt_tokens:int; completion_tokens:int; total_tokens:int
 class AssistantMessage(BaseModel): role:Literal['assistant'] = 'assistant'; content:str
-class Choice(BaseModel): index:int; message:AssistantMessage; finish_reason:Literal['stop', 'length']; logprobs:None = None
+class Choice(BaseModel):
+    index:int; message:AssistantMessage; finish_reason:Literal['stop', 'length']; logprobs:None = None
 class ChatCompletion(BaseModel):
     "OpenAI's chat completion object"
-    id:str; object:Literal['chat.completion'] = 'chat.completion'; created:int; model:str; choices:list[Choice]; usage:Usage
+    id:str; object:Literal['chat.completion'] = 'chat.completion'; created:int; model:str
+    choices:list[Choice]; usage:Usage
 class ModelCard(BaseModel): id:str; object:Literal['model'] = 'model'; created:int; owned_by:str
 class ModelList(BaseModel): object:Literal['list'] = 'list'; data:list[ModelCard]
 
@@ -1379,7 +1383,7 @@ async def _response(r:asyncio.StreamReader)->tuple: # (status, closing?) of one 
     await r.readexactly(int(h.get('content-length', 0)))
     return int(head[0].split()[1]), h.get('connection', '').lower() == 'close'
 
-async def _level(host:str, port:int, req:bytes, c:int, n:int, timeout:float)->tuple: # (latencies, statuses, wall seconds)
+async def _level(host:str, port:int, req:bytes, c:int, n:int, timeout:float)->tuple: # (latencies, statuses, wall s)
     lat, status, todo = [], [], iter(range(n))
     async def client(): # one keep-alive connection, one request at a time
         r = w = None

@@ -81,7 +81,7 @@ class TrainConfig:
     max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
     tta:bool=False # score baseline and fused model by the mean over the 8 dihedral views of each validation patch
     calibrate:bool=True # two classes: choose each model's threshold on `dev`, store it with the fused model
-    eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # caption groundings scored (the first is the model's default)
+    eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # groundings scored (first: default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
     sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
@@ -117,7 +117,7 @@ def _check_field(k:str, v, t):
         )
 
 @functools.lru_cache(64)
-def _check_options(vit_name:str, img_size:int, vit_kw:str, lm_size:str, lm_kw:str): # the free-form options, tried when the config is made
+def _check_options(vit_name:str, img_size:int, vit_kw:str, lm_size:str, lm_kw:str): # free-form options, tried early
     """`vit_kw` builds the encoder and `lm_kw` the LM config, or a `ValueError` names the field: a bad option fails
     before any stage runs"""
     try: get_vision(vit_name, img_size=img_size, **json.loads(vit_kw))
