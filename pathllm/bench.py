@@ -420,7 +420,8 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
     data = pcam_dir() if data is None else data
     c, dev, fp = _open_run(bc, data, out, env, resume, progress, split='dev'); cfg, sweep = c.cfg, {}
     for v, b in zip(values, bcs):
-        t0 = time.time(); *_, r = _eval_row(replace(c, bc=b), row, dev, out/'choices'/f'{field}_{v}')
+        # one `_Run` for every value: its training vocabulary and index are read once, not once per value
+        c.bc = b; t0 = time.time(); *_, r = _eval_row(c, row, dev, out/'choices'/f'{field}_{v}')
         sweep[str(v)] = {**{k: r.get(k) for k in _SWEEP_COLS}, 'seconds': round(time.time() - t0, 1)}
         if progress: print(f"{field}={v}: dev {by} {sweep[str(v)][by]}")
     score = lambda v: (
