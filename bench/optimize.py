@@ -7,7 +7,7 @@ Distillation (`--distill-epochs N > 0`): a student (the teacher's vision encoder
 labels and trained with `distill` (token KD, class-decision KD, both), as fractions of the teacher, over `--seeds` seeds.
 
 Writes `<out>/optimize.json`, `<out>/optimize.md`, `<out>/speed.json`, `<out>/speed.md` and `<out>/optimize.png`.
-`--batching` instead times only the fused model's stage-2 epochs with random against length-sorted batches
+`--batching` instead times only the fused model's stage-2 epochs with random, length-sorted and packed batches
 (`pathllm.optimize.batching_speed`, on the teacher's own training rows) and writes `<out>/batching.json`.
 
     python bench/optimize.py                                    # trains the bench's `debug` teacher on real PCam (or synthetic) first
@@ -180,7 +180,7 @@ def main():
                     help="'valid': the teacher's validation patches; 'valid_all': the data's whole valid split; 'dev': unseen training-split patches, for choosing settings")
     ap.add_argument('--tiny', action='store_true', help='a tiny teacher and few patches: checks every code path in minutes')
     ap.add_argument('--train-speed', action='store_true', help='also time training steps eager vs compiled, and gradient accumulation')
-    ap.add_argument('--batching', action='store_true', help="only time stage-2 epochs with random vs length-sorted ('sortish') batches")
+    ap.add_argument('--batching', action='store_true', help="only time stage-2 epochs with random vs length-sorted ('sortish') vs packed batches")
     for k, v in dict(n_eval=400, n_captions=32, bs=32, n_tokens=32, rounds=5, threads=1, seed=0, seeds=3, distill_epochs=4, distill_rows=2400,
                      class_repeat=3, student_layers=2, student_embd=48, train_steps=5, compile_warmup=4).items():
         ap.add_argument('--' + k.replace('_', '-'), type=int, default=v)
@@ -192,14 +192,15 @@ def main():
     a.data = a.data or (str(pcam_dir()) if pcam_dir() and not a.tiny else None)
     t0 = time.time()
     teacher, root, trained, prep = _model(a, out)
-    if a.batching:  # the fused model's stage 2 only: random against length-sorted batches of its own training rows
+    if a.batching:  # the fused model's stage 2 only: random against length-sorted and packed batches of its own rows
         n, bs = (48, 8) if a.tiny else (1024, 64)
         r = batching_speed(teacher, root, n=n, bs=bs, rounds=a.rounds, max_len=teacher.cfg.vlm_max_len)
         res = dict(config=vars(a), teacher_training=trained, environment=environment_info(('torch', 'numpy', 'fastai')), threads=torch.get_num_threads(),
                    seconds=round(time.time() - t0, 1), batching=r)
         atomic_write(out/'batching.json', json.dumps(res, indent=2, default=str))
-        return print(f"sortish / random rows/s: {r['ratio']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}]; tokens per real token "
-                     f"{r['pad_random']:.2f} -> {r['pad_sortish']:.2f}; wrote {out/'batching.json'}")
+        return print(f"rows/s against random: sortish {r['ratio']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}], packed "
+                     f"{r['ratio_packed']:.2f} [{r['ratio_packed_min']:.2f}, {r['ratio_packed_max']:.2f}]; tokens per real token "
+                     f"random {r['pad_random']:.2f}, sortish {r['pad_sortish']:.2f}, packed {r['pad_packed']:.2f}; wrote {out/'batching.json'}")
     imgs, y, refs, ev = _eval_set(a, a.data or out/'train'/'data', prep, a.split)
     def score(probs, caps):
         m = classification_metrics(y, probs[:, 1].numpy())

@@ -35,8 +35,8 @@ from .evaluate import retrieval_recall, vlm_accuracy
 
 # %% auto #0
 __all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'record_conv',
-           'VLMDataset', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache', 'TokenWeight',
-           'vlm_learner', 'to_images', 'init_vision', 'train_vlm']
+           'VLMDataset', 'pack_rows', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache',
+           'TokenWeight', 'vlm_learner', 'to_images', 'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 # how `caption` and `report` tie their text to the image (see "Grounded captions")
@@ -314,17 +314,48 @@ class VLMDataset:
         return (ims[0] if len(ims) == 1 else torch.stack(ims), *self.rows[i])
 
 # %% ../nbs/05_fusion.ipynb #0fc31e29
+def pack_rows(lens:list, # length of each row
+              cap:int, # tokens per sequence (at least the longest row)
+             )->list: # lists of row positions, longest first in each
+    "Group rows into sequences of at most `cap` tokens: first fit, longest rows first"
+    if lens and max(lens) > cap: raise ValueError(f"cap: {cap} is shorter than the longest row ({max(lens)} tokens)")
+    bins, room = [], []
+    for i in sorted(range(len(lens)), key=lambda i: -lens[i]):
+        j = next((j for j, r in enumerate(room) if r >= lens[i]), None)
+        if j is None: bins.append([i]); room.append(cap - lens[i])
+        else: bins[j].append(i); room[j] -= lens[i]
+    return bins
+
+def _stack_images(ims:list)->torch.Tensor: # (B, 3, H, W), or (B, m, 3, H, W) zero-padded, in [0, 1]
+    if all(i.ndim == 3 for i in ims): return torch.stack(ims).float() / 255
+    # rows with several images (in-context examples, packed rows): zero images where a row has fewer
+    ims = [i[None] if i.ndim == 3 else i for i in ims]
+    imgs = torch.zeros(len(ims), max(len(i) for i in ims), *ims[0].shape[1:])
+    for k, i in enumerate(ims): imgs[k, :len(i)] = i.float() / 255
+    return imgs
+
+def _packed(batch:list, pad_id:int)->tuple: # `vlm_collate(pack=True)`
+    # each row shifted on its own: inputs `x[:-1]`, targets `x[1:]`
+    rows = [(im, x[:-1], x[1:].masked_fill(lm[1:] == 0, IGNORE)) for im, x, lm in batch]
+    bins = pack_rows([len(r[1]) for r in rows], max(len(r[1]) for r in rows))
+    T = max(sum(len(rows[i][1]) for i in b) for b in bins)
+    ids, mask = torch.full((len(bins), T), pad_id), torch.zeros(len(bins), T, dtype=torch.long)
+    tgt, ims = torch.full((len(bins), T), IGNORE), []
+    for k, b in enumerate(bins):
+        t = 0
+        for n, i in enumerate(b, 1):
+            im, x, y = rows[i]; ids[k, t:t+len(x)], mask[k, t:t+len(x)], tgt[k, t:t+len(x)] = x, n, y; t += len(x)
+        ims.append(torch.cat([rows[i][0] if rows[i][0].ndim == 4 else rows[i][0][None] for i in b]))
+    return _stack_images(ims), ids, mask, tgt
+
 def vlm_collate(batch:list, # `VLMDataset` items
                 pad_id:int=0, # padding id
                 text_only:bool=False, # dual-encoder rows: no shift, targets `arange(B)`
+                pack:bool=False, # pack the rows into fewer sequences (mask: row numbers 1, 2, ... per sequence)
                )->tuple: # images (B, 3, H, W) in [0, 1], ids (B, T), attention mask (B, T), targets
     "Stack images and right-pad ids, attention and (shifted, masked) targets"
-    ims = [b[0] for b in batch]
-    if all(i.ndim == 3 for i in ims): imgs = torch.stack(ims).float() / 255
-    else:  # rows with several images (in-context examples): (B, m, 3, H, W), zero images where a row has fewer
-        ims = [i[None] if i.ndim == 3 else i for i in ims]
-        imgs = torch.zeros(len(ims), max(len(i) for i in ims), *ims[0].shape[1:])
-        for k, i in enumerate(ims): imgs[k, :len(i)] = i.float() / 255
+    if pack and not text_only: return _packed(batch, pad_id)
+    imgs = _stack_images([b[0] for b in batch])
     T = max(len(b[1]) for b in batch)
     ids, mask = torch.full((len(batch), T), pad_id), torch.zeros(len(batch), T, dtype=torch.long)
     tgt = torch.full((len(batch), T), IGNORE)
@@ -351,8 +382,10 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
                     max_valid_rows:int|None=None, # cap the validation rows (a seeded subset): cheaper validation
                     extra:list|None=None, # more training records (e.g. `rag_rows`), added before `repeat`, `max_rows`
                     sortish:bool=False, # batches of rows of similar length (fastai `SortedDL`): same rows, less padding
-                   )->DataLoaders: # batches of `vlm_collate`
+                    pack:bool=False, # training batches packed (`vlm_collate(pack=True)`): same batches, less padding
+                   )->DataLoaders: # batches of `vlm_collate`; `.packed` says whether training batches are packed
     "Train/valid `DataLoaders` of `VLMDataset`s from a captioned data set folder"
+    if sortish and pack: raise ValueError("sortish, pack: choose one way to cut padding, not both")
     root = Path(root); tr = vlm_records(root, 'train', tasks, conversations)
     vs = _valid_split(root)
     if vs: va = vlm_records(root, vs, tasks, conversations)
@@ -365,15 +398,19 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
         va = [va[i] for i in np.random.default_rng(seed).permutation(len(va))[:max_valid_rows]]
     mk = lambda recs: VLMDataset(recs, root, tok, img_size, max_len, text_only)
     col = partial(vlm_collate, pad_id=tok.pad_id, text_only=text_only)
+    pack = pack and not text_only
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     set_seed(seed)
     tr, va = mk(tr), mk(va)
     trdl = (
         SortedDL(tr, res=[len(r[0]) for r in tr.rows], bs=bs, shuffle=True, create_batch=col)
         if sortish and not text_only
-        else DataLoader(tr, bs=bs, shuffle=True, drop_last=text_only and len(tr) > bs, create_batch=col)
+        else DataLoader(
+            tr, bs=bs, shuffle=True, drop_last=text_only and len(tr) > bs, create_batch=partial(col, pack=pack)
+        )
     )
-    return DataLoaders(trdl, DataLoader(va, bs=bs, create_batch=col), device=dev)
+    dls = DataLoaders(trdl, DataLoader(va, bs=bs, create_batch=col), device=dev); dls.packed = pack
+    return dls
 
 # %% ../nbs/05_fusion.ipynb #0b5e59d3
 def vlm_splitter(m:PathVLM, # the model to split
@@ -426,6 +463,18 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                )->Learner: # a fastai `Learner`, frozen for stage 1
     "A fastai `Learner` for one training stage of a `PathVLM`"
     if stage not in (1, 2): raise ValueError(f"stage: must be 1 or 2, got {stage}")
+    if getattr(dls, 'packed', False):
+        own = not model.dual and model.xattn is None and isinstance(model.lm, LM)
+        if not own or CONNECTORS[model.cfg.vlm_connector].xattn:
+            raise ValueError(
+                "pack: packed rows need pathllm's own LM reading the image as tokens of its sequence (not 'dual', "
+                "cross-attention or a Hugging Face model, which would read the other rows' images or tokens)"
+            )
+        if stage == 2 and not freeze_vision:
+            raise ValueError(
+                "pack: packed batches need a frozen vision tower (freeze_vision=True): their zero image slots would "
+                "train it and enter its batch-norm statistics"
+            )
     cbs = (
         [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache)]
         + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else [])
@@ -751,6 +800,7 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
               cbs:list|None=None, # more callbacks for both stages (e.g. `pathllm.optimize.GradAccum`, `CompileModel`)
               extra_rows:list|None=None, # more stage-2 records (e.g. retrieval-augmented, `pathllm.rag.rag_rows`)
               sortish:bool=False, # batch rows of similar length (`vlm_dataloaders`): same rows, less padding, faster
+              pack:bool=False, # pack each training batch (`vlm_dataloaders(pack=True)`): same batches, less padding
               **cfg_kw, # `VLMConfig` overrides with `size`
              )->tuple: # (model, metrics dict)
     "Caption, tokenize, build and train a `PathVLM` in two stages; save everything to `out_dir`"
@@ -773,7 +823,7 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     if vision_init is not None: init_vision(model, vision_init)
     dl = partial(
         vlm_dataloaders, root, tok, bs=bs, img_size=cfg.vit_img_size, max_len=cfg.vlm_max_len, seed=seed,
-        text_only=dual, max_valid_rows=max_valid_rows, sortish=sortish,
+        text_only=dual, max_valid_rows=max_valid_rows, sortish=sortish, pack=pack,
     )
     cache = {}  # features of the frozen vision tower, shared by both stages
     h1 = fit_stage(vlm_learner(dl(tasks=['caption']), model, 1, lr1, ckpt_dir=out_dir/'stage1', resume=resume,

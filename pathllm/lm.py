@@ -140,13 +140,13 @@ class Rotary(Module):
         return emb.cos()[:, None], emb.sin()[:, None]
 
 # %% ../nbs/03_lm.ipynb #1d9a0449
-def attn_mask(attention_mask:torch.Tensor|None, # (B, S) with 1 on real tokens, S = past + T; `None` = no padding
+def attn_mask(attention_mask:torch.Tensor|None, # (B, S) 1 on real tokens (or packed row numbers 1, 2, ...), 0 on padding
               T:int, # number of queries
               past:int=0, # cached positions before the queries
               causal:bool=True, # mask future keys
              )->tuple: # (boolean mask (B|1, 1, T, S) or `None`, `is_causal` flag for SDPA)
     "Attention mask for SDPA, or `None` with `is_causal` when the fast path applies"
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None or bool((attention_mask == 1).all()):
         if not causal or T == 1: return None, False
         if past == 0: return None, True
         attention_mask = None
@@ -154,18 +154,26 @@ def attn_mask(attention_mask:torch.Tensor|None, # (B, S) with 1 on real tokens, 
     q, k = torch.arange(past, past+T, device=dev)[:, None], torch.arange(past+T, device=dev)[None]  # (T, 1), (1, S)
     m = (k <= q) if causal else torch.ones(T, past+T, dtype=torch.bool, device=dev)
     m = m[None, None]                                                           # (1, 1, T, S)
-    if attention_mask is not None: m = m & attention_mask[:, None, None, :].bool()  # (B, 1, T, S)
+    if attention_mask is not None:
+        a = attention_mask
+        m = m & a[:, None, None, :].bool()                                     # (B, 1, T, S)
+        # packed rows: a query sees keys of its own row only
+        if bool((a > 1).any()): m = m & (a[:, None, -T:, None] == a[:, None, None, :])
     return m | (k == q), False
 
-def get_position_ids(attention_mask:torch.Tensor|None, # (B, S) with 1 on real tokens, or `None`
+def get_position_ids(attention_mask:torch.Tensor|None, # (B, S) 1 on real tokens (or packed row numbers), or `None`
                  B:int, # batch size
                  T:int, # number of query tokens
                  past:int=0, # tokens already in the cache (used without a mask)
                  device=None, # device of the result (used without a mask)
                 )->torch.Tensor: # (B, T) positions of the queries
-    "Positions of the last `T` tokens, counting only real tokens (left padding starts at 0)"
+    "Positions of the last `T` tokens, counting only real tokens (left padding starts at 0; packed rows each at 0)"
     if attention_mask is None: return torch.arange(past, past+T, device=device).expand(B, T)
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+    a = attention_mask.long(); c = (a != 0).long().cumsum(-1)                   # real tokens so far
+    if bool((a > 1).any()):  # packed rows: count from each row's first token
+        first = (a != 0) & (a != F.pad(a, (1, 0))[:, :-1])
+        c = c - torch.cummax(torch.where(first, c - 1, 0), -1).values
+    return (c - 1).clamp(min=0)[:, -T:]
 
 # %% ../nbs/03_lm.ipynb #973635af
 class KVCache:

@@ -633,27 +633,28 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
                    bs:int=64, # batch size
                    rounds:int=3, # interleaved timed rounds: one epoch of each batching per round
                    max_len:int=384, # tokens per row at most
-                  )->dict: # `random`, `sortish` rows/s per round, `ratio` (sortish / random), `pad_*` per real token
-    """Stage-2 training rows/s of a fused model with random batches against length-sorted ones: same rows, model and
-    steps"""
-    dl = lambda s: vlm_dataloaders(
+                  )->dict: # rows/s per round of `random`, `sortish`, `packed`; `ratio*` to random; `pad_*` per real token
+    """Stage-2 training rows/s of a fused model with random batches against length-sorted and packed ones: same rows,
+    model and steps"""
+    dl = lambda k: vlm_dataloaders(
         root, model.tok, conversations=True, bs=bs, img_size=model.cfg.vit_img_size, max_len=max_len, max_rows=n,
-        max_valid_rows=bs, seed=0, sortish=s,
+        max_valid_rows=bs, seed=0, sortish=k == 'sortish', pack=k == 'packed',
     )
-    # tokens fed per real token
-    pad = lambda d: float(sum(b[1].numel() for b in d.train) / sum(int(b[2].sum()) for b in d.train))
-    out, cache = dict(random=[], sortish=[]), {}
-    def epoch(s):
+    # tokens fed per real token (a packed mask numbers its rows)
+    pad = lambda d: float(sum(b[1].numel() for b in d.train) / sum(int((b[2] != 0).sum()) for b in d.train))
+    out, cache = dict(random=[], sortish=[], packed=[]), {}
+    def epoch(k):
         set_seed(0)
-        learn = vlm_learner(dl(s), copy.deepcopy(model).train(), stage=2, lr=1e-4, freeze_vision=True, cache=cache)
+        learn = vlm_learner(dl(k), copy.deepcopy(model).train(), stage=2, lr=1e-4, freeze_vision=True, cache=cache)
         t0 = time.perf_counter(); fit_stage(learn, 1, 1e-4); return n / (time.perf_counter() - t0)
-    epoch(False)  # warm-up: fills the frozen tower's feature cache
+    epoch('random')  # warm-up: fills the frozen tower's feature cache
     for _ in range(rounds):
-        for k in out: out[k].append(epoch(k == 'sortish'))
-    ratio = [b / a for a, b in zip(out['random'], out['sortish'])]
+        for k in out: out[k].append(epoch(k))
+    r = {k: [b / a for a, b in zip(out['random'], out[k])] for k in ('sortish', 'packed')}
     return dict(
-        out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), pad_random=pad(dl(False)),
-        pad_sortish=pad(dl(True)), n=n, bs=bs, rounds=rounds,
+        out, ratio=float(np.median(r['sortish'])), ratio_min=min(r['sortish']), ratio_max=max(r['sortish']),
+        ratio_packed=float(np.median(r['packed'])), ratio_packed_min=min(r['packed']),
+        ratio_packed_max=max(r['packed']), **{f'pad_{k}': pad(dl(k)) for k in out}, n=n, bs=bs, rounds=rounds,
     )
 
 # %% ../nbs/09_optimization.ipynb #2770db16

@@ -85,6 +85,7 @@ class TrainConfig:
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
     sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
+    pack:bool=False # fusion packs each random batch into fewer sequences: same rows and loss, less padding
     threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
 
     def __post_init__(self):
@@ -93,6 +94,11 @@ class TrainConfig:
             if not v[0](getattr(self, k)): raise ValueError(f"config field {k!r}: {v[1]}, got {getattr(self, k)!r}")
         if getattr(CONNECTORS.get(self.vlm_connector), 'xattn', False) and not self.xattn_every:
             raise ValueError(f"config field 'xattn_every': vlm_connector={self.vlm_connector!r} needs xattn_every >= 1")
+        if self.pack and (self.sortish or not self.freeze_vision or self.xattn_every):
+            raise ValueError(
+                "config field 'pack': packed batches need freeze_vision=True, sortish=False and xattn_every=0, got "
+                f"freeze_vision={self.freeze_vision}, sortish={self.sortish}, xattn_every={self.xattn_every}"
+            )
         _check_options(
             self.vit_name, self.img_size or 96, json.dumps(self.vit_kw, sort_keys=True), self.lm_size,
             json.dumps(self.lm_kw, sort_keys=True),
@@ -432,7 +438,7 @@ def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progres
         root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
         bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent / 'baseline',
         progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
-        max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg), sortish=cfg.sortish,
+        max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg), sortish=cfg.sortish, pack=cfg.pack,
         extra_rows=_rag_rows(cfg, kind, root, out.parent / 'baseline', out.parent / 'lm'),
     )
     return m
