@@ -140,7 +140,7 @@ class Rotary(Module):
         return emb.cos()[:, None], emb.sin()[:, None]
 
 # %% ../nbs/03_lm.ipynb #1d9a0449
-def attn_mask(attention_mask:torch.Tensor|None, # (B, S) 1 on real tokens (or packed row numbers 1, 2, ...), 0 on padding
+def attn_mask(attention_mask:torch.Tensor|None, # (B, S) 1 on real tokens (or packed rows' numbers 1, 2, ..), 0: pad
               T:int, # number of queries
               past:int=0, # cached positions before the queries
               causal:bool=True, # mask future keys

@@ -633,7 +633,7 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
                    bs:int=64, # batch size
                    rounds:int=3, # interleaved timed rounds: one epoch of each batching per round
                    max_len:int=384, # tokens per row at most
-                  )->dict: # rows/s per round of `random`, `sortish`, `packed`; `ratio*` to random; `pad_*` per real token
+                  )->dict: # rows/s per round of `random`, `sortish`, `packed`; `ratio*`: to random; `pad_*`: per token
     """Stage-2 training rows/s of a fused model with random batches against length-sorted and packed ones: same rows,
     model and steps"""
     dl = lambda k: vlm_dataloaders(
