@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback, CancelBatchException
-from fastai.torch_core import set_seed, Module
+from fastai.torch_core import set_seed, Module, to_float
 from .data import atomic_write, LABEL_NAMES, environment_info
 from .captions import QUESTIONS, read_jsonl
 from .tokenizer import PathTokenizer, pad_ids
@@ -27,7 +27,7 @@ __all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'Prompt
            'ort_session', 'OrtVLM', 'ort_vlm', 'quantize_model', 'disk_bytes', 'peak_memory', 'median_time',
            'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants', 'speed_report',
            'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss', 'DistillCallback',
-           'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel',
+           'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel', 'Autocast',
            'train_step_seconds', 'pipeline_speed', 'batching_speed', 'train_flops', 'power_law', 'fit_power_law',
            'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
 
@@ -571,6 +571,20 @@ class CompileModel(Callback):
     def __init__(self, **kw): self.kw = kw  # `compile_model` arguments (`dynamic`, `backend`, `mode`)
     def before_fit(self):
         if self.learn.model._compiled_call_impl is None: compile_model(self.learn.model, **self.kw)
+
+# %% ../nbs/09_optimization.ipynb #e435dc38
+class Autocast(Callback):
+    "Mixed precision on any device: forward pass and loss under `torch.autocast(dtype)`, weights and optimizer fp32"
+    order = 10
+    def __init__(self, dtype:torch.dtype=torch.bfloat16): self.dtype, self.ctx = dtype, None
+    def before_batch(self):
+        dev = next(self.learn.model.parameters()).device.type
+        self.ctx = torch.autocast(dev, dtype=self.dtype); self.ctx.__enter__()
+    def after_pred(self): self.learn.pred = to_float(self.pred)
+    def _exit(self):
+        if self.ctx is not None: self.ctx.__exit__(None, None, None); self.ctx = None
+    def after_loss(self): self._exit()
+    def after_batch(self): self._exit()  # a batch cancelled before its loss
 
 # %% ../nbs/09_optimization.ipynb #ad9eab70
 def train_step_seconds(model:nn.Module, # trained in place (AdamW)

@@ -23,7 +23,7 @@ from .connectors import CONNECTORS
 from .tokenizer import PathTokenizer
 from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records, record_conv
 from .hf import load_vlm
-from .optimize import GradAccum, CompileModel
+from .optimize import GradAccum, CompileModel, Autocast
 from .rag import PatchIndex, image_embeddings, rag_rows
 from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold
 from .evaluate import class_probs, evaluate_vlm
@@ -84,6 +84,7 @@ class TrainConfig:
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # groundings scored (first: default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
+    bf16:bool=False # every stage's forward pass in bfloat16 autocast (`pathllm.optimize.Autocast`), weights fp32
     sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
     pack:bool=False # fusion packs each random batch into fewer sequences: same rows and loss, less padding
     threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
@@ -331,8 +332,11 @@ def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)
     b = spec.bins(v); ok = (pred == b) & (b >= 0)
     return {f: float(ok[:, j].sum() / (b[:, j] >= 0).sum().clamp(min=1)) for j, f in enumerate(spec.names)}
 
-def stage_callbacks(cfg:TrainConfig)->list: # callbacks every stage gets from the config (`grad_accum`, `compile`)
-    return ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
+def stage_callbacks(cfg:TrainConfig)->list: # callbacks every stage gets from the config (`grad_accum`, `compile`, `bf16`)
+    return (
+        ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
+        + ([Autocast()] if cfg.bf16 else [])
+    )
 
 def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:bool, progress:bool)->dict: # metrics
     df, v, names = _captioned_table(root, kind)
