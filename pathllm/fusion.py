@@ -342,10 +342,11 @@ def _packed(batch:list, pad_id:int)->tuple: # `vlm_collate(pack=True)`
     ids, mask = torch.full((len(bins), T), pad_id), torch.zeros(len(bins), T, dtype=torch.long)
     tgt, ims = torch.full((len(bins), T), IGNORE), []
     for k, b in enumerate(bins):
-        t = 0
+        t, seq = 0, []  # the sequence's images: its rows' images in order
         for n, i in enumerate(b, 1):
             im, x, y = rows[i]; ids[k, t:t+len(x)], mask[k, t:t+len(x)], tgt[k, t:t+len(x)] = x, n, y; t += len(x)
-        ims.append(torch.cat([rows[i][0] if rows[i][0].ndim == 4 else rows[i][0][None] for i in b]))
+            seq.append(im if im.ndim == 4 else im[None])
+        ims.append(torch.cat(seq))
     return _stack_images(ims), ids, mask, tgt
 
 def vlm_collate(batch:list, # `VLMDataset` items
