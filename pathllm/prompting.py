@@ -291,14 +291,16 @@ def chain_of_thought(model:PathVLM, # a generative `PathVLM`
 # %% ../nbs/06_prompting.ipynb #968efde2
 def self_consistency(model:PathVLM, # a generative `PathVLM`
                      images, # the images
-                     n:int=5, # sampled paths
-                     temperature:float=0.8, # sampling temperature
+                     n:int=5, # paths (votes)
+                     temperature:float=0.5, # sampling temperature
                      technique:Callable|None=None, # one path: `technique(model, images, temperature=, seed=)`
                      seed:int=0, # seed of the first path
+                     greedy:bool=True, # the first path greedy (temperature 0), the other `n - 1` sampled
                      **kw)->dict: # as `zero_shot`, `probs` = vote shares, plus `agreement` (B,) and `votes`
-    "Majority vote over `n` sampled answers; vote shares are the probabilities"
+    "Majority vote over `n` answers (the greedy one and sampled ones); vote shares are the probabilities"
     kind, K = model.cfg.vlm_kind, len(LABEL_NAMES[model.cfg.vlm_kind])
-    runs = [(technique or zero_shot)(model, images, temperature=temperature, seed=seed + i, **kw) for i in range(n)]
+    temps = [0. if greedy and i == 0 else temperature for i in range(n)]
+    runs = [(technique or zero_shot)(model, images, temperature=t, seed=seed + i, **kw) for i, t in enumerate(temps)]
     votes = np.stack([r['pred'] for r in runs], 1)                                      # (B, n), -1 = unknown
     cnt = np.stack([(votes == c).sum(1) for c in range(K)], 1).astype(float)          # (B, K)
     probs = np.where(cnt.sum(1, keepdims=True) > 0, cnt / np.maximum(cnt.sum(1, keepdims=True), 1), 1 / K)
