@@ -8,11 +8,14 @@ labels and trained with `distill` (token KD, class-decision KD, both), as fracti
 
 Writes `<out>/optimize.json`, `<out>/optimize.md`, `<out>/speed.json`, `<out>/speed.md` and `<out>/optimize.png`.
 `--batching` instead times only the fused model's stage-2 epochs with random, length-sorted and packed batches
-(`pathllm.optimize.batching_speed`, on the teacher's own training rows) and writes `<out>/batching.json`.
+(`pathllm.optimize.batching_speed`, on the teacher's own training rows) and writes `<out>/batching.json`. `--pipeline` instead
+times only the baseline's training input pipelines (`pathllm.optimize.pipeline_speed`: per item, batched, batched in bfloat16)
+with `small`'s encoder and writes `<out>/pipeline.json` and `<out>/pipeline.md`.
 
     python bench/optimize.py                                    # trains the bench's `debug` teacher on real PCam (or synthetic) first
     python bench/optimize.py --model runs/train                 # a `run_train` folder: its model, data and validation patches
     python bench/optimize.py --tiny --out /tmp/opt              # the bench's `tiny` teacher on synthetic patches: every code path (CI)
+    python bench/optimize.py --pipeline --out results/optimize/pipeline   # the baseline's input pipelines on real PCam
 """
 import argparse, json, os, time
 from dataclasses import replace
@@ -21,7 +24,7 @@ from pathlib import Path
 for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'TRANSFORMERS_OFFLINE'): os.environ.setdefault(k, '1')
 import warnings; warnings.filterwarnings('ignore', message='.*(kernels|deprecated|MatMul8bitLt).*')
 import numpy as np, torch
-from pathllm.data import pcam_dir, load_patches, atomic_write, environment_info, data_fingerprint
+from pathllm.data import pcam_dir, make_synthetic, load_patches, atomic_write, environment_info, data_fingerprint
 from pathllm.captions import measure, caption
 from pathllm.fusion import PathVLM, vlm_dataloaders, vlm_learner, init_vision
 from pathllm.fit import fit_stage
@@ -147,15 +150,19 @@ def _train_speed(a, teacher, root):
     return rows, grad
 
 
-def _pipeline(a):
-    """The baseline's input pipelines (per item vs batched), with the `small` config's encoder and stain jitter, on the data's patches"""
+def _pipeline(a, data):
+    """The baseline's input pipelines (per item, batched, batched in bfloat16), with the `small` config's encoder and stain jitter, on `data`'s patches"""
     c = load_config('small')
-    data = a.data or None
-    if data is None: return {}
     n, bs = (64, 16) if a.tiny else (1024, c.bs)
     r = pipeline_speed(load_patches(data), n=n, bs=bs, rounds=a.rounds, arch=c.vit_name, sigma=c.stain_sigma, bias=c.stain_bias, **c.vit_kw)
-    r['per_item_median'], r['batched_median'] = float(np.median(r['per_item'])), float(np.median(r['batched']))
-    return dict(r, encoder=f"{c.vit_name} {c.vit_kw}")
+    return dict(r, encoder=f"{c.vit_name} {c.vit_kw}", threads=torch.get_num_threads())
+
+
+def _pipeline_md(pipe):
+    return (f"\n## Baseline input pipeline: training images/s, per item (`get_dls`) vs batched (`tensor_dls` + `BatchAugment`), batched in "
+            f"bfloat16 (`Autocast`) and bfloat16 with channels_last weights; {pipe['n']} patches, batch {pipe['bs']}, {pipe['encoder']}, "
+            f"{pipe['threads']} torch thread(s) (median images/s; ratio to per item, median [min, max] over {pipe['rounds']} interleaved rounds; "
+            f"one-off decode of the batched feeds {pipe['decode_s']:.1f} s)\n\n{_md(pipe['table'], list(pipe['table'][0]))}\n")
 
 
 def _plot(rows, path):
@@ -181,6 +188,7 @@ def main():
     ap.add_argument('--tiny', action='store_true', help='a tiny teacher and few patches: checks every code path in minutes')
     ap.add_argument('--train-speed', action='store_true', help='also time training steps eager vs compiled, and gradient accumulation')
     ap.add_argument('--batching', action='store_true', help="only time stage-2 epochs with random vs length-sorted ('sortish') vs packed batches")
+    ap.add_argument('--pipeline', action='store_true', help="only time the baseline's input pipelines (per item, batched, batched in bfloat16)")
     for k, v in dict(n_eval=400, n_captions=32, bs=32, n_tokens=32, rounds=5, threads=1, seed=0, seeds=3, distill_epochs=4, distill_rows=2400,
                      class_repeat=3, student_layers=2, student_embd=48, train_steps=5, compile_warmup=4).items():
         ap.add_argument('--' + k.replace('_', '-'), type=int, default=v)
@@ -191,6 +199,11 @@ def main():
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     a.data = a.data or (str(pcam_dir()) if pcam_dir() and not a.tiny else None)
     t0 = time.time()
+    if a.pipeline:  # the baseline's training input pipelines only: no teacher needed
+        pipe = _pipeline(a, a.data or make_synthetic(out/'data', 'pcam', n=96, seed=a.seed, progress=False))
+        res = dict(config=vars(a), environment=environment_info(('torch', 'numpy', 'fastai', 'timm')), seconds=round(time.time() - t0, 1), pipeline=pipe)
+        atomic_write(out/'pipeline.json', json.dumps(res, indent=2, default=str)); atomic_write(out/'pipeline.md', '# Training speed' + _pipeline_md(pipe))
+        return print(_pipeline_md(pipe))
     teacher, root, trained, prep = _model(a, out)
     if a.batching:  # the fused model's stage 2 only: random against length-sorted and packed batches of its own rows
         n, bs = (48, 8) if a.tiny else (1024, 64)
@@ -209,7 +222,7 @@ def main():
                                n_captions=a.n_captions)
     kd = _student(a, teacher, root, score, imgs) if a.distill_epochs and root else []
     ts, ga = _train_speed(a, teacher, root) if a.train_speed and root else ([], {})
-    pipe = _pipeline(a) if a.train_speed else {}
+    pipe = _pipeline(a, a.data) if a.train_speed and a.data else {}
     res = dict(config=vars(a), eval=ev, teacher_training=trained, environment=environment_info(('torch', 'onnxruntime', 'onnx', 'bitsandbytes', 'numpy')),
                seconds=round(time.time() - t0, 1), variants=rows, distillation=kd, distillation_summary=_summary(kd) if kd else [],
                train_speed=ts, grad_accum=ga, pipeline=pipe)
@@ -229,9 +242,7 @@ def main():
     if ts: md += (f"\n## Training steps: compiled (inductor, dynamic shapes) vs eager, seconds per step at batch {a.bs} (median of {a.rounds} "
                   f"interleaved rounds of {a.train_steps} steps)\n\n{_md(ts, list(ts[0]))}\n\n## Gradient accumulation: one epoch of {ga['rows']} rows, "
                   f"batch {ga['batch']} vs {ga['micro_batch']} x {ga['n_acc']} accumulated\n\n{_md([ga], list(ga))}\n")
-    if pipe: md += (f"\n## Baseline input pipeline: training images/s, per item (`get_dls`) vs batched (`tensor_dls` + `BatchAugment`), "
-                    f"{pipe['n']} patches, batch {pipe['bs']}, {pipe['encoder']} (median [min, max] ratio over {pipe['rounds']} interleaved rounds)\n\n"
-                    f"{_md([{k: v for k, v in pipe.items() if not isinstance(v, (list, dict))}], [k for k, v in pipe.items() if not isinstance(v, (list, dict))])}\n")
+    if pipe: md += _pipeline_md(pipe)
     atomic_write(out/'optimize.md', md)
     _plot(rows, out/'optimize.png')
     print(md)

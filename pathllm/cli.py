@@ -179,8 +179,8 @@ def _train_hf(cfg, data, out:Path, lm:str, vision:str, resume:bool):
     if data is None: data = make_synthetic(out/'data', cfg.kind, cfg.n_images, cfg.seed, progress=False)
     _, m = train_hf(
         data, out / 'model', lm, vision, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, bs=cfg.bs,
-        max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size, resume=resume, cbs=stage_callbacks(cfg),
-        sortish=cfg.sortish,
+        max_rows=cfg.max_rows, seed=cfg.seed, img_size=cfg.img_size, resume=resume,
+        cbs=stage_callbacks(cfg, 'fusion'), sortish=cfg.sortish,
     )
     r = run_eval(
         out / 'model', data, out, n=cfg.max_valid, n_captions=cfg.eval_captions, bs=cfg.bs,

@@ -611,34 +611,35 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
                    rounds:int=3, # interleaved rounds: one epoch of each pipeline per round
                    arch:str='timm:resnet10t', # the baseline's encoder (`get_vision` name)
                    sigma:float=0.2, bias:float=0.05, # stain jitter of both pipelines (`stain_jitter`)
+                   bf16:bool=True, # also the batched feed in bfloat16 (`Autocast`), and bfloat16 with channels_last weights
                    **kw, # more `get_vision` arguments (e.g. `crop=64`)
-                  )->dict: # `per_item`, `batched` images/s per round, `ratio` (batched / per item, median), `decode_s`
-    """Training images/s of the baseline fed per item (`get_dls`) against batched (`tensor_dls` + `BatchAugment`): same
-    model, patches and steps"""
+                  )->dict: # images/s per round of each feed; `table`: per feed, median images/s and ratio to per item
+    """Training images/s of the baseline fed per item (`get_dls`) against batched (`tensor_dls` + `BatchAugment`), and
+    batched with bfloat16 compute: same model, patches and steps"""
+    from fastai.callback.channelslast import ChannelsLast
     from pathllm.data import get_dls, tensor_dls, patch_tensor, BatchAugment
     from pathllm.vision import vision_learner_for
     sp = ds.items.split.to_numpy(); vs = 'valid' if (sp == 'valid').any() else 'test'
     trn, val = np.flatnonzero(sp == 'train')[:n].tolist(), np.flatnonzero(sp == vs)[:bs].tolist()
     sub = ds.subset(trn + val); ti, vi = list(range(len(trn))), list(range(len(trn), len(sub)))
     t0 = time.perf_counter(); x = patch_tensor(sub); decode = time.perf_counter() - t0
-    feeds = dict(
-        per_item=lambda: (get_dls(sub, bs=bs, seed=0, stain_sigma=sigma, stain_bias=bias), []),
-        batched=lambda: (
-            tensor_dls(x, torch.as_tensor(sub.labels), train=ti, valid=vi, bs=bs, device='cpu'),
-            [BatchAugment(sigma, bias, seed=0)],
-        ),
+    batched = lambda *cbs: lambda: (
+        tensor_dls(x, torch.as_tensor(sub.labels), train=ti, valid=vi, bs=bs, device='cpu'),
+        [BatchAugment(sigma, bias, seed=0), *cbs],
     )
+    feeds = dict(per_item=lambda: (get_dls(sub, bs=bs, seed=0, stain_sigma=sigma, stain_bias=bias), []), batched=batched())
+    if bf16: feeds.update(batched_bf16=batched(Autocast()), batched_bf16_channels_last=batched(Autocast(), ChannelsLast()))
     out = {k: [] for k in feeds}
     for _ in range(rounds):
         for k, feed in feeds.items():
             dls, cbs = feed(); set_seed(0)
             learn = vision_learner_for(dls, arch, len(sub.classes), img_size=x.shape[-1], cbs=cbs, **kw)
             t0 = time.perf_counter(); fit_stage(learn, 1, 1e-3); out[k].append(len(trn) / (time.perf_counter() - t0))
-    ratio = [b / a for a, b in zip(out['per_item'], out['batched'])]
-    return dict(
-        out, ratio=float(np.median(ratio)), ratio_min=min(ratio), ratio_max=max(ratio), n=len(trn), bs=bs,
-        rounds=rounds, decode_s=decode,
-    )
+    table = []
+    for k, v in out.items():
+        r = [b / a for a, b in zip(out['per_item'], v)]
+        table.append(dict(feed=k, images_per_s=float(np.median(v)), ratio=float(np.median(r)), ratio_min=min(r), ratio_max=max(r)))
+    return dict(out, table=table, n=len(trn), bs=bs, rounds=rounds, decode_s=decode)
 
 # %% ../nbs/09_optimization.ipynb #3d9610c0
 def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. a `run_train` folder's `vlm`)

@@ -84,7 +84,7 @@ class TrainConfig:
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # groundings scored (first: default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
-    bf16:bool=False # every stage's forward pass in bfloat16 autocast (`pathllm.optimize.Autocast`), weights fp32
+    bf16:bool|list=False # bfloat16 autocast (`optimize.Autocast`): True, or the stages ('baseline', 'lm', 'fusion')
     sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
     pack:bool=False # fusion packs each random batch into fewer sequences: same rows and loss, less padding
     threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
@@ -182,6 +182,8 @@ _RULES = dict(
         "must be a non-empty list of " f"{list(GROUNDING)}",
     ),
     grad_accum=(_pos, "must be >= 1"),
+    bf16=(lambda v: isinstance(v, bool) or (len(v) > 0 and set(v) <= {'baseline', 'lm', 'fusion'}),
+          "must be true, false or a non-empty list of 'baseline', 'lm', 'fusion'"),
     threads=(lambda v: v is None or v >= 1, "must be None or >= 1"),
     lm_max_texts=(_opt, "must be None or >= 2"),
     rag_share=(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
@@ -332,10 +334,13 @@ def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)
     b = spec.bins(v); ok = (pred == b) & (b >= 0)
     return {f: float(ok[:, j].sum() / (b[:, j] >= 0).sum().clamp(min=1)) for j, f in enumerate(spec.names)}
 
-def stage_callbacks(cfg:TrainConfig)->list: # callbacks every stage gets from the config (`grad_accum`, `compile`, `bf16`)
+def stage_callbacks(cfg:TrainConfig, # the run's config
+                    stage:str, # 'baseline', 'lm' or 'fusion'
+                   )->list: # the stage's callbacks from the config (`grad_accum`, `compile`, `bf16`)
+    bf16 = cfg.bf16 is True or (isinstance(cfg.bf16, list) and stage in cfg.bf16)
     return (
         ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
-        + ([Autocast()] if cfg.bf16 else [])
+        + ([Autocast()] if bf16 else [])
     )
 
 def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:bool, progress:bool)->dict: # metrics
@@ -357,7 +362,7 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
         cbs=[
             BatchAugment(cfg.stain_sigma, cfg.stain_bias, seed=cfg.seed),
             CheckpointCallback(out, resume),
-            *stage_callbacks(cfg),
+            *stage_callbacks(cfg, 'baseline'),
         ],
         **cfg.vit_kw
     )
@@ -382,7 +387,7 @@ def _lm(cfg:TrainConfig, root:Path, out:Path, resume:bool, progress:bool)->dict:
     _, _, m = train_lm(
         texts, out, size=cfg.lm_size, epochs=cfg.lm_epochs, lr=cfg.lm_lr, seq_len=cfg.lm_seq_len,
         vocab_size=cfg.vocab_size, bs=cfg.bs, seed=cfg.seed, resume=resume, progress=progress,
-        cbs=stage_callbacks(cfg), **cfg.lm_kw
+        cbs=stage_callbacks(cfg, 'lm'), **cfg.lm_kw
     )
     return m
 
@@ -442,7 +447,7 @@ def _fusion(cfg:TrainConfig, kind:str, root:Path, out:Path, resume:bool, progres
         root, out, vc, stage1_epochs=cfg.stage1_epochs, stage2_epochs=cfg.stage2_epochs, lr1=cfg.lr1, lr2=cfg.lr2,
         bs=cfg.bs, max_rows=cfg.max_rows, seed=cfg.seed, resume=resume, vision_init=out.parent / 'baseline',
         progress=progress, freeze_vision=cfg.freeze_vision, repeat={'class': cfg.class_repeat},
-        max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg), sortish=cfg.sortish, pack=cfg.pack,
+        max_valid_rows=cfg.max_valid_rows, cbs=stage_callbacks(cfg, 'fusion'), sortish=cfg.sortish, pack=cfg.pack,
         extra_rows=_rag_rows(cfg, kind, root, out.parent / 'baseline', out.parent / 'lm'),
     )
     return m
