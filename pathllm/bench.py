@@ -29,7 +29,7 @@ from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_p
                               claims_per_text)
 from .fit import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
-from .train import calibrate_threshold
+from .train import calibrate_threshold, TRAIN_STAGES
 from .results import bench_table, ASSESSMENTS
 
 # %% auto #0
@@ -237,7 +237,7 @@ def _row_knn(c:_Run):
 
 def _row_projector(c:_Run):
     return c.model, dict(
-        params=_n_params(c.model), train_s=round(sum(c.stages[k]['seconds'] for k in ('baseline', 'lm', 'fusion')), 1)
+        params=_n_params(c.model), train_s=round(sum(c.stages[k]['seconds'] for k in TRAIN_STAGES), 1)
     )
 
 def _row_projector_rag(c:_Run): # with its own threshold, chosen on dev as the main job chose the plain model's

@@ -153,15 +153,20 @@ def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small,
               threads:int=typer.Option(0, help="CPU threads for torch (0: torch's default; 1 is fastest for small "
                                                "models on a busy CPU)"),
               seed:int=typer.Option(None, help="Overrides the config's seed (one run per seed; `pathllm results` pools "
-                                               "them into mean ± sd)")):
+                                               "them into mean ± sd)"),
+              until:str=typer.Option(None, help="Stop after this stage: data, baseline, lm, fusion or eval (e.g. "
+                                                "baseline, to compare encoders); --resume later goes on")):
     "Train the image-only baseline, the language model and the fused model; evaluate and write the report."
     _threads(threads)
     if backend not in ('pathllm', 'hf'): _fail(ValueError(f"backend: must be 'pathllm' or 'hf', got {backend!r}"))
     with _errors(_new_folder(out, keep=resume)):  # a failed run leaves no half-written --out (unless resuming)
         from pathllm.train import run_train, load_config
         cfg = load_config(config, **({} if seed is None else dict(seed=seed)))
-        if backend == 'hf': return _train_hf(cfg, data, out, lm, vision, resume)
-        r = run_train(cfg, data, out, resume)
+        if backend == 'hf':
+            if until: raise ValueError("--until: only with --backend pathllm (the hf backend trains in one step)")
+            return _train_hf(cfg, data, out, lm, vision, resume)
+        r = run_train(cfg, data, out, resume, until=until)
+    if until not in (None, 'eval'): return typer.echo(f"stopped after stage {until!r}: {out} (--resume goes on)")
     typer.echo(_scores(r)); typer.echo(f"wrote {out}/report.md, report.json, plots and {out}/model")
 
 def _train_hf(cfg, data, out:Path, lm:str, vision:str, resume:bool):

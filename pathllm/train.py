@@ -29,10 +29,14 @@ from .evaluate import classification_metrics, evaluate_model, write_report, text
 from .evaluate import class_probs, evaluate_vlm
 
 # %% auto #0
-__all__ = ['CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config', 'write_configs', 'sized_config',
-           'stage_callbacks', 'vlm_config', 'calibrate_threshold', 'run_data', 'run_train', 'run_eval', 'predict']
+__all__ = ['TRAIN_STAGES', 'RUN_STAGES', 'CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config',
+           'write_configs', 'sized_config', 'stage_callbacks', 'vlm_config', 'calibrate_threshold', 'run_data',
+           'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
+TRAIN_STAGES = ('baseline', 'lm', 'fusion') # the stages of `run_train` that train a model, in order
+RUN_STAGES = ('data', *TRAIN_STAGES, 'eval') # every stage of `run_train`, in order (`until` stops after one)
+
 @dataclass
 class TrainConfig:
     "Sizes of every stage of `run_train`: data, image-only baseline, language model, fusion, evaluation"
@@ -84,7 +88,7 @@ class TrainConfig:
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # groundings scored (first: default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
-    bf16:bool|list=False # bfloat16 autocast (`optimize.Autocast`): True, or the stages ('baseline', 'lm', 'fusion')
+    bf16:bool|list=False # bfloat16 autocast (`optimize.Autocast`): True, or some of `TRAIN_STAGES`
     sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
     pack:bool=False # fusion packs each random batch into fewer sequences: same rows and loss, less padding
     threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
@@ -182,8 +186,8 @@ _RULES = dict(
         "must be a non-empty list of " f"{list(GROUNDING)}",
     ),
     grad_accum=(_pos, "must be >= 1"),
-    bf16=(lambda v: isinstance(v, bool) or (len(v) > 0 and set(v) <= {'baseline', 'lm', 'fusion'}),
-          "must be true, false or a non-empty list of 'baseline', 'lm', 'fusion'"),
+    bf16=(lambda v: isinstance(v, bool) or (len(v) > 0 and set(v) <= set(TRAIN_STAGES)),
+          f"must be true, false or a non-empty list of {', '.join(map(repr, TRAIN_STAGES))}"),
     threads=(lambda v: v is None or v >= 1, "must be None or >= 1"),
     lm_max_texts=(_opt, "must be None or >= 2"),
     rag_share=(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
@@ -335,8 +339,10 @@ def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)
     return {f: float(ok[:, j].sum() / (b[:, j] >= 0).sum().clamp(min=1)) for j, f in enumerate(spec.names)}
 
 def stage_callbacks(cfg:TrainConfig, # the run's config
-                    stage:str, # 'baseline', 'lm' or 'fusion'
+                    stage:str, # one of `TRAIN_STAGES`: 'baseline', 'lm' or 'fusion'
                    )->list: # the stage's callbacks from the config (`grad_accum`, `compile`, `bf16`)
+    "The callbacks `cfg` gives training stage `stage`"
+    if stage not in TRAIN_STAGES: raise ValueError(f"stage: must be one of {list(TRAIN_STAGES)}, got {stage!r}")
     bf16 = cfg.bf16 is True or (isinstance(cfg.bf16, list) and stage in cfg.bf16)
     return (
         ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
@@ -487,13 +493,16 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
               out:str|Path='runs/train', # output folder
               resume:bool=False, # skip finished stages, continue interrupted ones from their checkpoints
               progress:bool=True, # progress bars of the long steps
-             )->dict: # the contents of `out/report.json`
+              until:str|None=None, # stop after this stage of `RUN_STAGES` (e.g. 'baseline' to compare encoders)
+             )->dict: # the contents of `out/report.json` (with `until`: that stage's result)
     "Train baseline, language model and fused model on `data`, evaluate them and write the report and model to `out`"
+    if until not in (None, *RUN_STAGES): raise ValueError(f"until: must be one of {list(RUN_STAGES)}, got {until!r}")
     cfg, out, log, t0 = load_config(config), Path(out), {}, time.time()
     if cfg.threads: torch.set_num_threads(cfg.threads)
     if resume: _warn_changed(cfg, out)
     out.mkdir(parents=True, exist_ok=True); _write_json(out/'config.json', asdict(cfg))
     prep = _stage('data', out/'data.json', resume, log, lambda: _prepare(cfg, data, out, progress))
+    if until == 'data': return prep
     ds, _ = run_data(out, prep); root, kind, vs = out/prep['root'], prep['kind'], prep.get('valid_split', 'valid')
     cfg = sized_config(cfg, prep)
     val = ds.subset(prep['valid'])
@@ -501,11 +510,14 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
         'baseline', out / 'baseline' / 'metrics.json', resume, log,
         lambda: _baseline(cfg, root, kind, vs, out / 'baseline', resume, progress),
     )
+    if until == 'baseline': return base
     lm = _stage('lm', out/'lm'/'metrics.json', resume, log, lambda: _lm(cfg, root, out/'lm', resume, progress))
+    if until == 'lm': return lm
     fus = _stage(
         'fusion', out / 'vlm' / 'metrics.json', resume, log,
         lambda: _fusion(cfg, kind, root, out / 'vlm', resume, progress),
     )
+    if until == 'fusion': return fus
     def evaluate():
         model = PathVLM.from_pretrained(out/'vlm')
         if cfg.calibrate and len(ds.classes) == 2 and prep.get('dev'):
