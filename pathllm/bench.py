@@ -6,7 +6,7 @@ Docs: https://pathllm.github.io/pathllm/bench.html.md"""
 
 # %% ../nbs/13_bench.ipynb #cb2e83bb
 from __future__ import annotations
-import inspect, json, math, time, types, warnings
+import inspect, json, math, shutil, time, types, warnings
 from dataclasses import dataclass, asdict, field, fields, replace
 from functools import partial, cached_property
 from pathlib import Path
@@ -34,7 +34,7 @@ from .results import bench_table, ASSESSMENTS
 
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench',
-           'sweep_bench', 'run_speed', 'assess_run']
+           'sweep_bench', 'encoder_sweep', 'encoders_markdown', 'run_speed', 'assess_run']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
 ROWS = (
@@ -440,6 +440,67 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
     )
     atomic_write(out/'choices'/f'{field}_dev.json', json.dumps(res, indent=1, default=str))
     return res
+
+# %% ../nbs/13_bench.ipynb #0cdeec21
+_ENC_COLS = ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity')
+_DATA_FIELDS = ('kind', 'n_images', 'max_train', 'max_valid', 'seed', 'dev_frac', 'n_captions', 'caption_margin')
+
+def encoder_sweep(config:str|Path|dict|TrainConfig='small', # the config whose baseline is the first row, 'config'
+                  variants:dict|None=None, # name -> `TrainConfig` fields it changes, e.g. {'full96': {'vit_kw': {}}}
+                  data:str|Path|None=None, # as `run_train` (default: synthetic patches)
+                  out:str|Path='runs/encoders', # a `run_train` folder per row, and `encoders.json` / `encoders.md`
+                  by:str='auc', # dev metric that picks the row (one of `_ENC_COLS`)
+                  progress:bool=True, # progress bars of the runs
+                 )->dict: # the contents of `encoders.json`
+    "Train the image-only baseline of `config` and of each variant on one data stage, score them on dev, pick one"
+    if by not in _ENC_COLS: raise ValueError(f"encoder_sweep: by={by!r} is not a dev metric; choose from {list(_ENC_COLS)}")
+    cfg, out = load_config(config), Path(out)
+    for k, v in (variants or {}).items():
+        if bad := [f for f in v if f in _DATA_FIELDS]:
+            raise ValueError(f"encoder_sweep: variant {k!r} changes {bad[0]!r}, a field of the data stage they share")
+    cfgs = {'config': cfg, **{k: load_config(cfg, **v) for k, v in (variants or {}).items()}}  # all checked first
+    first = out/'config'; run_train(cfg, data, first, resume=True, progress=progress, until='data')
+    rows = {}
+    for k, c in cfgs.items():
+        o = out/k
+        if not (o/'data.json').exists():
+            shutil.copytree(first/'data', o/'data'); shutil.copy(first/'data.json', o/'data.json')
+        m = run_train(c, data, o, resume=True, progress=progress, until='baseline')
+        st = json.loads((o/'stages.json').read_text()) if (o/'stages.json').exists() else {}
+        enc = ImageClassifier.from_pretrained(o/'baseline')
+        rows[k] = dict(
+            changes=(variants or {}).get(k, {}), vit_name=c.vit_name, vit_kw=c.vit_kw, epochs=c.vision_epochs,
+            params=sum(p.numel() for p in enc.parameters()), tokens=enc.encoder.n_tokens,
+            seconds=st['baseline']['seconds'] if 'baseline' in st else None, threshold=m['threshold'],
+            dev={s: m['dev_metrics'][s] for s in _ENC_COLS}, valid={s: m['metrics'][s] for s in _ENC_COLS},
+        )
+    best = max(rows, key=lambda k: rows[k]['dev'][by])
+    ds, prep = run_data(first)
+    res = dict(
+        what=f"image-only baseline of {cfg.name!r} and {len(rows) - 1} variants, chosen on dev ({len(prep['dev'])} "
+             f"patches) by {by}; valid ({len(prep['valid'])} patches) shown, not used", by=by, choice=best,
+        rows=rows, config=asdict(cfg), environment=environment_info(),
+        data=dict(source=ds.source, n_train=len(prep['train']), n_dev=len(prep['dev']), n_valid=len(prep['valid']),
+                  fingerprint=data_fingerprint(ds)),
+    )
+    atomic_write(out/'encoders.json', json.dumps(res, indent=1, default=str))
+    atomic_write(out/'encoders.md', encoders_markdown(res)); return res
+
+def encoders_markdown(res:dict, # from `encoder_sweep`
+                     )->str: # a markdown table, a row per variant (the chosen one in bold)
+    "The encoder sweep as a table: what each variant changed, its size and cost, its dev and valid scores"
+    f = lambda d: f"{d['accuracy']:.3f} / {d['balanced_accuracy']:.3f} / {d['auc']:.3f}"
+    lines = [
+        '| variant | changes | params | tokens | minutes | dev acc / bal. acc / AUC | valid acc / bal. acc / AUC |',
+        '|---|---|---|---|---|---|---|',
+    ]
+    for k, r in res['rows'].items():
+        name = f"**{k}**" if k == res['choice'] else k
+        ch = ', '.join(f"{a}={json.dumps(b)}" for a, b in r['changes'].items()) or '(the config)'
+        mins = '?' if r['seconds'] is None else f"{r['seconds']/60:.1f}"
+        lines.append(f"| {name} | {ch} | {r['params']/1e6:.2f}M | {r['tokens']} | {mins} | {f(r['dev'])} | {f(r['valid'])} |")
+    return '\n'.join(lines) + f"\n\nChosen by dev {res['by']}: **{res['choice']}**. {res['what']}.\n"
+
 
 # %% ../nbs/13_bench.ipynb #059f2cc9
 def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job model and validation patches are used

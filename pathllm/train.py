@@ -263,11 +263,12 @@ def write_configs(folder:str|Path, # where to write `{name}.json`
     return [atomic_write(Path(folder)/f'{n}.json', json.dumps(d, indent=2) + '\n') for n, d in CONFIGS.items()]
 
 # %% ../nbs/11_train.ipynb #5a541d20
-def _stage(name:str, done:Path, resume:bool, log:dict, fn)->dict:
-    "Run `fn` (which writes `done`), or read `done` when resuming; time it in `log`"
+def _stage(name:str, done:Path, fn, out:Path, resume:bool, log:dict)->dict:
+    "Run `fn` (which writes `done`), or read `done` when resuming; time it in `log` and, when it ran, `out/stages.json`"
     if resume and done.exists(): log[name] = dict(skipped=True, seconds=0.); return json.loads(done.read_text())
-    t0 = time.time(); res = fn()
-    log[name] = dict(skipped=False, seconds=round(time.time() - t0, 1)); return res
+    t0 = time.time(); res = fn(); log[name] = dict(skipped=False, seconds=round(time.time() - t0, 1))
+    f = out/'stages.json'; _write_json(f, {**(json.loads(f.read_text()) if f.exists() else {}), name: log[name]})
+    return res
 
 def _warn_changed(cfg:TrainConfig, out:Path):
     "Warn when resuming with other settings than the finished stages were made with"
@@ -498,25 +499,22 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     "Train baseline, language model and fused model on `data`, evaluate them and write the report and model to `out`"
     if until not in (None, *RUN_STAGES): raise ValueError(f"until: must be one of {list(RUN_STAGES)}, got {until!r}")
     cfg, out, log, t0 = load_config(config), Path(out), {}, time.time()
+    stage = functools.partial(_stage, out=out, resume=resume, log=log)
     if cfg.threads: torch.set_num_threads(cfg.threads)
     if resume: _warn_changed(cfg, out)
     out.mkdir(parents=True, exist_ok=True); _write_json(out/'config.json', asdict(cfg))
-    prep = _stage('data', out/'data.json', resume, log, lambda: _prepare(cfg, data, out, progress))
+    prep = stage('data', out/'data.json', lambda: _prepare(cfg, data, out, progress))
     if until == 'data': return prep
     ds, _ = run_data(out, prep); root, kind, vs = out/prep['root'], prep['kind'], prep.get('valid_split', 'valid')
     cfg = sized_config(cfg, prep)
     val = ds.subset(prep['valid'])
-    base = _stage(
-        'baseline', out / 'baseline' / 'metrics.json', resume, log,
-        lambda: _baseline(cfg, root, kind, vs, out / 'baseline', resume, progress),
+    base = stage(
+        'baseline', out/'baseline'/'metrics.json', lambda: _baseline(cfg, root, kind, vs, out/'baseline', resume, progress)
     )
     if until == 'baseline': return base
-    lm = _stage('lm', out/'lm'/'metrics.json', resume, log, lambda: _lm(cfg, root, out/'lm', resume, progress))
+    lm = stage('lm', out/'lm'/'metrics.json', lambda: _lm(cfg, root, out/'lm', resume, progress))
     if until == 'lm': return lm
-    fus = _stage(
-        'fusion', out / 'vlm' / 'metrics.json', resume, log,
-        lambda: _fusion(cfg, kind, root, out / 'vlm', resume, progress),
-    )
+    fus = stage('fusion', out/'vlm'/'metrics.json', lambda: _fusion(cfg, kind, root, out/'vlm', resume, progress))
     if until == 'fusion': return fus
     def evaluate():
         model = PathVLM.from_pretrained(out/'vlm')
@@ -549,7 +547,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
                 seconds=round(time.time() - t0, 1),
             ),
         )
-    return _stage('eval', out/'report.json', resume, log, evaluate)
+    return stage('eval', out/'report.json', evaluate)
 
 # %% ../nbs/11_train.ipynb #b28ec7be
 def run_eval(model_dir:str|Path, # a saved model folder of either backend (e.g. `out/model` of `run_train`)
