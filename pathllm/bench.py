@@ -441,7 +441,7 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
     atomic_write(out/'choices'/f'{field}_dev.json', json.dumps(res, indent=1, default=str))
     return res
 
-# %% ../nbs/13_bench.ipynb #0cdeec21
+# %% ../nbs/13_bench.ipynb #f5a13b35
 _ENC_COLS = ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity')
 _DATA_FIELDS = ('kind', 'n_images', 'max_train', 'max_valid', 'seed', 'dev_frac', 'n_captions', 'caption_margin')
 
@@ -491,14 +491,19 @@ def encoders_markdown(res:dict, # from `encoder_sweep`
     "The encoder sweep as a table: what each variant changed, its size and cost, its dev and valid scores"
     f = lambda d: f"{d['accuracy']:.3f} / {d['balanced_accuracy']:.3f} / {d['auc']:.3f}"
     lines = [
-        '| variant | changes | params | tokens | minutes | dev acc / bal. acc / AUC | valid acc / bal. acc / AUC |',
-        '|---|---|---|---|---|---|---|',
+        '| variant | changes | params | tokens | minutes | dev acc / bal. acc / AUC | threshold (dev) '
+        '| valid acc / bal. acc / AUC | valid sens. / spec. |',
+        '|---|---|---|---|---|---|---|---|---|',
     ]
     for k, r in res['rows'].items():
         name = f"**{k}**" if k == res['choice'] else k
         ch = ', '.join(f"{a}={json.dumps(b)}" for a, b in r['changes'].items()) or '(the config)'
         mins = '?' if r['seconds'] is None else f"{r['seconds']/60:.1f}"
-        lines.append(f"| {name} | {ch} | {r['params']/1e6:.2f}M | {r['tokens']} | {mins} | {f(r['dev'])} | {f(r['valid'])} |")
+        t = '0.5' if r['threshold'] is None else f"{r['threshold']:.3f}"
+        lines.append(
+            f"| {name} | {ch} | {r['params']/1e6:.2f}M | {r['tokens']} | {mins} | {f(r['dev'])} | {t} | {f(r['valid'])} "
+            f"| {r['valid']['sensitivity']:.3f} / {r['valid']['specificity']:.3f} |"
+        )
     return '\n'.join(lines) + f"\n\nChosen by dev {res['by']}: **{res['choice']}**. {res['what']}.\n"
 
 
