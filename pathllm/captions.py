@@ -26,9 +26,9 @@ __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEAT
            'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report', 'parse_report',
            'report_numbers', 'check_numbers', 'level_odds', 'check_consistency', 'phrasings', 'confidence_answer',
            'cot_answer', 'vqa_pairs', 'question_type', 'answer_form', 'conversation', 'held_out_questions',
-           'llava_record', 'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'few_shot_turns',
-           'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus', 'read_corpus',
-           'plot_feature_hists', 'show_captions']
+           'llava_record', 'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'portable_path',
+           'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus',
+           'read_corpus', 'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -1021,10 +1021,18 @@ def _source_file(ds, i, item, root):
     if hasattr(items, 'columns') and 'path' in items.columns: return Path(items['path'].iloc[i])
     return Path(root)/sid if sid and root is not None else None
 
+def portable_path(p:str|Path, # a file or folder
+                  base:str|Path, # the folder that records it
+                 )->str: # POSIX path: relative to `base` when inside it, else absolute
+    """How a folder records a path: relative when inside it (they move together), absolute when outside (the folder can
+    move without it, e.g. a run folder captioning the shared PCam copy)"""
+    p, b = Path(p).resolve(), Path(base).resolve()
+    return (p.relative_to(b) if p.is_relative_to(b) else p).as_posix()
+
 def _image_path(ds, item, i, root, out):
-    "The item's image path relative to `out`; a PNG is written under `out/patches` when the source has no file"
+    "The item's image path as `out` records it; a PNG is written under `out/patches` when the source has no file"
     full = _source_file(ds, i, item, root)
-    if full is not None and full.is_file(): return Path(os.path.relpath(full, out)).as_posix()
+    if full is not None and full.is_file(): return portable_path(full, out)
     rel = Path('patches')/str(item.split)/f'{i:06d}.png'
     (out/rel).parent.mkdir(parents=True, exist_ok=True); item.img.save(out/rel)
     return rel.as_posix()
@@ -1182,7 +1190,8 @@ def recaption(root:Path|str, # a folder written by `caption_dataset`
     root, out = Path(root), Path(out); out.mkdir(parents=True, exist_ok=True)
     df = pd.read_csv(root/'captions.csv'); thr = read_thresholds(root)
     kind = kind or next((k for k, v in LABEL_NAMES.items() if set(df.label_name) <= set(v)), 'pcam')
-    rel = {p: Path(os.path.relpath(root/p, out)).as_posix() for p in df.image}
+    # absolute paths stay absolute; relative ones (inside `root`) are re-based on `out`
+    rel = {p: p if Path(p).is_absolute() else Path(os.path.relpath(root/p, out)).as_posix() for p in df.image}
     rows = [
         dict(
             id=r.id, split=r.split, label=int(r.label), label_name=r.label_name, image=rel[r.image],

@@ -15,7 +15,7 @@ import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls,
                           BatchAugment, atomic_write, project_root, data_fingerprint, environment_info)
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
-from .captions import recaption
+from .captions import recaption, portable_path
 from .lm import train_lm, LM_SIZES, LMConfig
 from .fit import CheckpointCallback, fit_stage
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier, get_vision
@@ -303,11 +303,11 @@ def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `sou
     whole = len(trn) + len(val) == len(ds) and Path(data).is_dir() and not cfg.dev_frac
     root = Path(data) if whole and (Path(data)/'instructions_train.jsonl').exists() else \
         caption_dataset(sub, out=out/'data', margin=cfg.caption_margin, n_captions=cfg.n_captions, progress=progress)
-    src = _rel(data, out) if Path(data).exists() else str(data)  # a hub name stays as it is
+    src = portable_path(data, out) if Path(data).exists() else str(data)  # a hub name stays as it is
     return _write_json(
         out / 'data.json',
         dict(
-            source=src, root=_rel(root, out), kind=ds.kind, classes=list(ds.classes), valid_split=vs,
+            source=src, root=portable_path(root, out), kind=ds.kind, classes=list(ds.classes), valid_split=vs,
             patch_size=min(ds.image(trn[0]).size), train=pos['train'], dev=pos['dev'], valid=pos[vs],
         ),
     )
@@ -321,10 +321,6 @@ def sized_config(cfg:TrainConfig, # a run's config
     sz, kw = int(prep.get('patch_size', 96)), dict(cfg.vit_kw)
     if kw.get('crop'): kw['crop'] = min(sz, round(kw['crop'] * sz / 96))
     return replace(cfg, img_size=sz, vit_kw=kw)
-
-def _rel(p, out:Path)->str: # `p` relative to `out` when inside it (the run folder can move), else absolute
-    p, o = Path(p).resolve(), out.resolve()
-    return str(p.relative_to(o)) if p.is_relative_to(o) else str(p)
 
 # %% ../nbs/11_train.ipynb #368fb33e
 def _captioned_table(root:Path, kind:str)->tuple: # captions.csv, its measured values (N, F), the feature names
