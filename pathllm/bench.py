@@ -470,7 +470,7 @@ def encoder_sweep(config:str|Path|dict|TrainConfig='small', # the config whose b
         enc = ImageClassifier.from_pretrained(o/'baseline')
         rows[k] = dict(
             changes=(variants or {}).get(k, {}), vit_name=c.vit_name, vit_kw=c.vit_kw, epochs=c.vision_epochs,
-            params=sum(p.numel() for p in enc.parameters()), tokens=enc.encoder.n_tokens,
+            params=_n_params(enc), tokens=enc.encoder.n_tokens,
             seconds=st['baseline']['seconds'] if 'baseline' in st else None, threshold=m['threshold'],
             dev={s: m['dev_metrics'][s] for s in _ENC_COLS}, valid={s: m['metrics'][s] for s in _ENC_COLS},
         )
