@@ -26,15 +26,16 @@ from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
 from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold,
                               decision_threshold, stain_shift, stain_stress, plot_stain_stress, cider, rouge_l,
-                              claims_per_text)
+                              claims_per_text, threshold_stability, THRESHOLD_RULES)
 from .fit import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
-from .train import calibrate_threshold, TRAIN_STAGES
+from .train import calibrate_threshold, TRAIN_STAGES, DATA_FIELDS
 from .results import bench_table, ASSESSMENTS
 
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench',
-           'sweep_bench', 'encoder_sweep', 'encoders_markdown', 'run_speed', 'assess_run']
+           'sweep_bench', 'encoder_sweep', 'encoders_markdown', 'threshold_rules', 'thresholds_markdown', 'run_speed',
+           'assess_run']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
 ROWS = (
@@ -242,7 +243,7 @@ def _row_projector(c:_Run):
 
 def _row_projector_rag(c:_Run): # with its own threshold, chosen on dev as the main job chose the plain model's
     ix, s = c.index(); m = RAGModel(c.model, ix, c.bc.rag_k)
-    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and c.dev is not None: calibrate_threshold(m, c.dev, c.cfg.bs)
+    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and c.dev is not None: calibrate_threshold(m, c.dev, c.cfg.bs, rule=c.cfg.threshold_rule)
     return m, dict(params=_n_params(c.model), train_s=s, index_size=len(ix))
 
 def _row_projector_stage1(c:_Run):
@@ -443,7 +444,6 @@ def sweep_bench(config:str|Path|dict|BenchConfig='debug', # the bench config who
 
 # %% ../nbs/13_bench.ipynb #f5a13b35
 _ENC_COLS = ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity')
-_DATA_FIELDS = ('kind', 'n_images', 'max_train', 'max_valid', 'seed', 'dev_frac', 'n_captions', 'caption_margin')
 
 def encoder_sweep(config:str|Path|dict|TrainConfig='small', # the config whose baseline is the first row, 'config'
                   variants:dict|None=None, # name -> `TrainConfig` fields it changes, e.g. {'full96': {'vit_kw': {}}}
@@ -456,7 +456,7 @@ def encoder_sweep(config:str|Path|dict|TrainConfig='small', # the config whose b
     if by not in _ENC_COLS: raise ValueError(f"encoder_sweep: by={by!r} is not a dev metric; choose from {list(_ENC_COLS)}")
     cfg, out = load_config(config), Path(out)
     for k, v in (variants or {}).items():
-        if bad := [f for f in v if f in _DATA_FIELDS]:
+        if bad := [f for f in v if f in DATA_FIELDS]:
             raise ValueError(f"encoder_sweep: variant {k!r} changes {bad[0]!r}, a field of the data stage they share")
     cfgs = {'config': cfg, **{k: load_config(cfg, **v) for k, v in (variants or {}).items()}}  # all checked first
     first = out/'config'; run_train(cfg, data, first, resume=True, progress=progress, until='data')
@@ -507,6 +507,61 @@ def encoders_markdown(res:dict, # from `encoder_sweep`
     return '\n'.join(lines) + f"\n\nChosen by dev {res['by']}: **{res['choice']}**. {res['what']}.\n"
 
 
+# %% ../nbs/13_bench.ipynb #d9e649ae
+def threshold_rules(runs:dict, # name -> a `run_train` folder with a trained baseline (e.g. `encoder_sweep`'s rows)
+                    out:str|Path, # writes `thresholds.json` and `thresholds.md` here
+                    rules:tuple=THRESHOLD_RULES + (0.5,), # `best_threshold` rules; numbers are fixed thresholds
+                    n_boot:int=200, # bootstrap resamples of dev
+                    seed:int=0, # seed of the resampling
+                   )->dict: # the contents of `thresholds.json`
+    """Which decision-threshold rule holds on dev patches it was not chosen on (`threshold_stability`), for each run's
+    image-only baseline; picks the rule with the best mean out-of-bag balanced accuracy. Valid at each rule's threshold
+    on all of dev is shown, not used"""
+    rows, out = {}, Path(out)
+    for name, run in runs.items():
+        run = Path(run); ds, prep = run_data(run); cfg = sized_config(load_config(run/'config.json'), prep)
+        m = ImageOnly(ImageClassifier.from_pretrained(run/'baseline'), prep['kind'], cfg.img_size)
+        dev, val = ds.subset(prep['dev']), ds.subset(prep['valid'])
+        (pd_, yd), (pv, yv) = [
+            (class_probs(m, [d.image(i) for i in range(len(d))], cfg.bs, tta=cfg.tta)[:, 1], [int(l) for l in d.labels])
+            for d in (dev, val)
+        ]
+        st = threshold_stability(yd, pd_, rules, n_boot, seed)
+        for r in st.values():
+            c = classification_metrics(yv, pv, r['threshold']); cm = np.array(c['confusion'])
+            r['valid'] = dict(**{k: c[k] for k in _ENC_COLS}, fn=int(cm[1, 0]), fp=int(cm[0, 1]))
+        rows[name] = st
+    cand = [str(r) for r in rules if isinstance(r, str)]
+    mean_ba = {r: float(np.mean([rows[k][r]['oob_balanced_accuracy'] for k in rows])) for r in map(str, rules)}
+    res = dict(
+        what=f"decision-threshold rules on the dev split of {len(rows)} runs ({n_boot} bootstrap resamples, scored on the "
+             "patches each left out); valid at each rule's threshold on all of dev shown, not used",
+        choice=max(cand, key=mean_ba.get) if cand else None, mean_oob_balanced_accuracy=mean_ba, rows=rows,
+        runs={k: str(v) for k, v in runs.items()}, n_boot=n_boot, seed=seed, environment=environment_info(),
+    )
+    atomic_write(out/'thresholds.json', json.dumps(res, indent=1, default=str))
+    atomic_write(out/'thresholds.md', thresholds_markdown(res)); return res
+
+def thresholds_markdown(res:dict, # from `threshold_rules`
+                       )->str: # a markdown table, a row per run and rule (the chosen rule in bold)
+    "The threshold-rule comparison as a table: each rule's dev threshold, how it moves and scores out of the bag, valid"
+    lines = [
+        '| run | rule | threshold (all dev) | bootstrap mean ± sd | out-of-bag bal. acc | out-of-bag FN/FP (median) '
+        '| valid acc / bal. acc | valid sens. / spec. | valid FN / FP |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
+    for k, st in res['rows'].items():
+        for r, d in st.items():
+            v, name = d['valid'], f"**{r}**" if r == res['choice'] else r
+            lines.append(
+                f"| {k} | {name} | {d['threshold']:.3f} | {d['boot_mean']:.3f} ± {d['boot_sd']:.3f} "
+                f"| {d['oob_balanced_accuracy']:.4f} | {d['oob_fn_fp_ratio']:.2f} | {v['accuracy']:.3f} / "
+                f"{v['balanced_accuracy']:.3f} | {v['sensitivity']:.3f} / {v['specificity']:.3f} | {v['fn']} / {v['fp']} |"
+            )
+    mb = ', '.join(f"{r} {v:.4f}" for r, v in res['mean_oob_balanced_accuracy'].items())
+    return '\n'.join(lines) + f"\n\nMean out-of-bag balanced accuracy: {mb}. Chosen: **{res['choice']}**. {res['what']}.\n"
+
+
 # %% ../nbs/13_bench.ipynb #059f2cc9
 def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job model and validation patches are used
               variants:tuple=('fp32', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'), # variants
@@ -529,12 +584,12 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
     return rows
 
 # %% ../nbs/13_bench.ipynb #e53ceaa6
-def _dev_thresholds(models:dict, dev, val, tta:bool)->dict: # per model: valid metrics at 0.5 and at the dev threshold
+def _dev_thresholds(models:dict, dev, val, tta:bool, rule:str)->dict: # per model: valid metrics at 0.5 and at the dev threshold
     yd, yv, out = [int(l) for l in dev.labels], [int(l) for l in val.labels], {}
     for name, m in models.items():
         pd_, pv = (class_probs(m, [d.image(i) for i in range(len(d))], tta=bool(_tta(m, tta))) for d in (dev, val))
         out[name] = {}
-        for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', best_threshold(yd, pd_))):
+        for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', best_threshold(yd, pd_, rule))):
             c = classification_metrics(yv, pv, th); cm = np.array(c['confusion'])
             out[name][lab] = dict(
                 threshold=th,
@@ -623,7 +678,7 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     sub = val.subset(list(range(min(n_stress, len(val)))))
     # decoded only for the stress tests
     ims, y = ([sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]) if stress else ([], [])
-    thr = _dev_thresholds(models, ds.subset(prep['dev']), val, cfg.tta) if stress and two else {}
+    thr = _dev_thresholds(models, ds.subset(prep['dev']), val, cfg.tta, cfg.threshold_rule) if stress and two else {}
     # each model calls at its dev threshold
     for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']
     out = {}

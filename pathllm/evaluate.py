@@ -19,14 +19,15 @@ from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_ca
                               answer_form, ASK, FOLLOW_UPS)
 
 # %% auto #0
-__all__ = ['YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'GROUNDED_KEYS', 'to_preds', 'accuracy', 'confusion',
-           'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics', 'best_threshold',
-           'decision_threshold', 'stain_shift', 'class_probs', 'stain_stress', 'plot_stain_stress', 'bleu4', 'rouge_l',
-           'cider', 'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms',
-           'open_recall', 'retrieval_recall', 'recall_at_k', 'hallucination', 'claims_per_text', 'attribute_accuracy',
-           'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore', 'text_metrics',
-           'plot_losses', 'plot_roc', 'plot_confusion', 'plot_claims', 'write_report', 'report_metrics', 'qa_metrics',
-           'chat_consistency', 'caption_metrics', 'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
+__all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'GROUNDED_KEYS', 'to_preds', 'accuracy',
+           'confusion', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics',
+           'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'class_probs', 'stain_stress',
+           'plot_stain_stress', 'bleu4', 'rouge_l', 'cider', 'normalize_answer', 'exact_match', 'token_f1',
+           'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'retrieval_recall', 'recall_at_k',
+           'hallucination', 'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
+           'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
+           'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
+           'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
 
 # %% ../nbs/01a_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -148,19 +149,54 @@ def classification_metrics(y_true:list, # true class ids
                 n=len(pred))
 
 # %% ../nbs/01a_evaluate.ipynb #125fc8ad
-def best_threshold(y_true:list, # true class ids, 0 or 1
-                   probs:list, # P(class 1) (N,), or (N, 2) class probabilities
-                  )->float: # cut on P(class 1): class 1 when P >= it
-    "The threshold with the highest balanced accuracy on these patches (choose it on `dev`, never on the scored split)"
+THRESHOLD_RULES = ('equal_error', 'max_balanced')
+
+def _binary(y_true, probs, fn:str)->tuple: # labels and P(class 1) as arrays, checked
     y, p = np.asarray(y_true), _as_probs(np.asarray(probs, dtype=float), 'probs')
     if p.ndim == 2: p = p[:, 1]
     _check_len(y, p, 'y_true', 'probs')
     if set(np.unique(y).tolist()) != {0, 1}:
-        raise ValueError(f"y_true: best_threshold needs both classes 0 and 1, got {sorted(set(y.tolist()))}")
+        raise ValueError(f"y_true: {fn} needs both classes 0 and 1, got {sorted(set(y.tolist()))}")
+    return y, p
+
+def best_threshold(y_true:list, # true class ids, 0 or 1
+                   probs:list, # P(class 1) (N,), or (N, 2) class probabilities
+                   rule:str='equal_error', # 'equal_error': sensitivity = specificity; 'max_balanced': best balanced acc.
+                  )->float: # cut on P(class 1): class 1 when P >= it
+    "The decision threshold these patches give by `rule` (choose it on `dev`, never on the scored split)"
+    if rule not in THRESHOLD_RULES: raise ValueError(f"rule: must be one of {list(THRESHOLD_RULES)}, got {rule!r}")
+    y, p = _binary(y_true, probs, 'best_threshold')
     # between neighbouring scores, or above all but the top
     s = np.unique(p); cuts = np.concatenate([(s[:-1] + s[1:])/2, [s[-1]]])
-    ba = [((p >= t)[y == 1].mean() + (p < t)[y == 0].mean())/2 for t in cuts]
-    return float(cuts[int(np.argmax(ba))])
+    sens = (p[y == 1][:, None] >= cuts).mean(0); spec = (p[y == 0][:, None] < cuts).mean(0)
+    score = (sens + spec) if rule == 'max_balanced' else -np.abs(sens - spec)
+    return float(cuts[int(np.argmax(score))])
+
+def threshold_stability(y_true:list, # true class ids of dev patches, 0 or 1
+                        probs:list, # their P(class 1) (N,), or (N, 2) class probabilities
+                        rules:tuple=THRESHOLD_RULES + (0.5,), # rules of `best_threshold`, or fixed thresholds
+                        n_boot:int=200, # bootstrap resamples
+                        seed:int=0, # seed of the resampling
+                       )->dict: # rule -> threshold on all patches, its bootstrap mean and sd, out-of-bag scores
+    """How each threshold rule holds up on patches it was not chosen on: chosen on bootstrap resamples of `dev`, scored
+    on the patches each resample left out (balanced accuracy, and the larger of FN and FP over the smaller)"""
+    y, p = _binary(y_true, probs, 'threshold_stability')
+    pick = lambda r, yy, pp: float(r) if not isinstance(r, str) else best_threshold(yy, pp, r)
+    rng, res = np.random.default_rng(seed), {str(r): dict(t=[], ba=[], gap=[]) for r in rules}
+    for _ in range(n_boot):
+        i = rng.integers(0, len(p), len(p)); o = np.setdiff1d(np.arange(len(p)), i)
+        if len(set(y[i].tolist())) < 2 or len(set(y[o].tolist())) < 2: continue
+        for r in rules:
+            t = pick(r, y[i], p[i]); call = p[o] >= t
+            fn, fp = int((~call & (y[o] == 1)).sum()), int((call & (y[o] == 0)).sum())
+            d = res[str(r)]; d['t'].append(t); d['gap'].append(max(fn, fp) / max(min(fn, fp), 1))
+            d['ba'].append((call[y[o] == 1].mean() + (~call)[y[o] == 0].mean()) / 2)
+    return {
+        str(r): dict(threshold=pick(r, y, p), boot_mean=float(np.mean(d['t'])), boot_sd=float(np.std(d['t'])),
+                     oob_balanced_accuracy=float(np.mean(d['ba'])), oob_fn_fp_ratio=float(np.median(d['gap'])),
+                     n_boot=len(d['t']))
+        for r, d in zip(rules, res.values())
+    }
 
 def decision_threshold(model)->float: # the cut on P(class 1) a model calls with: its `cfg.vlm_threshold`, else 0.5
     t = getattr(getattr(model, 'cfg', None), 'vlm_threshold', None); return 0.5 if t is None else float(t)

@@ -26,12 +26,12 @@ from .hf import load_vlm
 from .optimize import GradAccum, CompileModel, Autocast
 from .rag import PatchIndex, image_embeddings, rag_rows
 from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold
-from .evaluate import class_probs, evaluate_vlm
+from .evaluate import class_probs, evaluate_vlm, THRESHOLD_RULES
 
 # %% auto #0
-__all__ = ['TRAIN_STAGES', 'RUN_STAGES', 'CONFIGS', 'TrainConfig', 'config_from_dict', 'read_config', 'load_config',
-           'write_configs', 'sized_config', 'stage_callbacks', 'vlm_config', 'calibrate_threshold', 'run_data',
-           'run_train', 'run_eval', 'predict']
+__all__ = ['TRAIN_STAGES', 'RUN_STAGES', 'CONFIGS', 'DATA_FIELDS', 'TrainConfig', 'config_from_dict', 'read_config',
+           'load_config', 'write_configs', 'sized_config', 'stage_callbacks', 'vlm_config', 'calibrate_threshold',
+           'run_data', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 TRAIN_STAGES = ('baseline', 'lm', 'fusion') # the stages of `run_train` that train a model, in order
@@ -85,6 +85,7 @@ class TrainConfig:
     max_valid_rows:int|None=None # cap on the fusion stages' validation rows (`None`: all)
     tta:bool=False # score baseline and fused model by the mean over the 8 dihedral views of each validation patch
     calibrate:bool=True # two classes: choose each model's threshold on `dev`, store it with the fused model
+    threshold_rule:str='equal_error' # how `calibrate` chooses it (`evaluate.best_threshold`): or 'max_balanced'
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # groundings scored (first: default)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
@@ -171,6 +172,7 @@ _RULES = dict(
     max_rows=(_opt, "must be None or >= 2"),
     eval_captions=(lambda v: v >= 0, "must be >= 0"),
     caption_tokens=(_pos, "must be >= 1"),
+    threshold_rule=(lambda v: v in THRESHOLD_RULES, f"must be one of {list(THRESHOLD_RULES)}"),
     stain_sigma=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
     stain_bias=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
     class_repeat=(_pos, "must be >= 1"),
@@ -291,6 +293,9 @@ def _pick(ds:PatchDataset, split:str, n:int|None, rng)->list: # positions of a r
     if not len(idx): raise ValueError(f"data: {ds.source} has no {split!r} split; splits present: {list(ds.splits)}")
     return [int(i) for i in rng.permutation(idx)[:n or len(idx)]]
 
+# the config fields the data stage reads: runs that share one data stage (e.g. `bench.encoder_sweep`) must agree on them
+DATA_FIELDS = ('kind', 'n_images', 'max_train', 'max_valid', 'seed', 'dev_frac', 'n_captions', 'caption_margin')
+
 def _valid_name(ds:PatchDataset)->str: return next((s for s in ('valid', 'test') if s in ds.splits), 'valid')
 
 def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `source`, `root`, positions of each split
@@ -374,7 +379,7 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
     batches = lambda rows: [(x[rows[i:i+cfg.bs]], y[rows[i:i+cfg.bs]]) for i in range(0, len(rows), cfg.bs)]
     probs = lambda rows: classifier_probs(m, batches(rows), cfg.tta)[0].numpy()
     pd_ = probs(dev) if dev else None
-    t = best_threshold(y[dev].tolist(), pd_) if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2 else None
+    t = best_threshold(y[dev].tolist(), pd_, cfg.threshold_rule) if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2 else None
     score = lambda rows, p: classification_metrics(
         y[rows].tolist(), p, 0.5 if t is None else t, classes=list(LABEL_NAMES[kind])
     )
@@ -460,15 +465,16 @@ def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_thresho
                         ds:PatchDataset, # labelled patches not scored later (the `dev` split)
                         bs:int=32, # images per batch
                         tta:bool=False, # class probabilities averaged over the 8 dihedral views, as they are scored
+                        rule:str='equal_error', # `evaluate.best_threshold`'s rule
                        )->float: # the threshold on P(class 1)
-    "Choose `model`'s decision threshold on `ds` (best balanced accuracy) and store it in its config"
+    "Choose `model`'s decision threshold on `ds` (by `rule`) and store it in its config"
     if len(LABEL_NAMES[model.cfg.vlm_kind]) != 2:
         raise ValueError(
             f"calibrate_threshold: {model.cfg.vlm_kind} has {len(LABEL_NAMES[model.cfg.vlm_kind])} classes; a "
             "threshold needs 2"
         )
     model.cfg.vlm_threshold = best_threshold(
-        [int(l) for l in ds.labels], class_probs(model, [ds.image(i) for i in range(len(ds))], bs, tta)
+        [int(l) for l in ds.labels], class_probs(model, [ds.image(i) for i in range(len(ds))], bs, tta), rule
     )
     return model.cfg.vlm_threshold
 
@@ -515,7 +521,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     def evaluate():
         model = PathVLM.from_pretrained(out/'vlm')
         if cfg.calibrate and len(ds.classes) == 2 and prep.get('dev'):
-            calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta)
+            calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta, cfg.threshold_rule)
         model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
         return evaluate_vlm(
