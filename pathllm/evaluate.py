@@ -182,6 +182,7 @@ def threshold_stability(y_true:list, # true class ids of dev patches, 0 or 1
                        )->dict: # rule -> threshold on all patches, its bootstrap mean and sd, out-of-bag scores
     """How each threshold rule holds up on patches it was not chosen on: chosen on bootstrap resamples of `dev`, scored
     on the patches each resample left out (balanced accuracy, and the larger of FN and FP over the smaller)"""
+    if len(set(map(str, rules))) != len(rules): raise ValueError(f"rules: each rule once, got {list(rules)}")
     y, p = _binary(y_true, probs, 'threshold_stability')
     pick = lambda r, yy, pp: float(r) if not isinstance(r, str) else best_threshold(yy, pp, r)
     rng, res = np.random.default_rng(seed), {str(r): dict(t=[], ba=[], gap=[]) for r in rules}
@@ -191,7 +192,7 @@ def threshold_stability(y_true:list, # true class ids of dev patches, 0 or 1
         for r in rules:
             t = pick(r, y[i], p[i]); call = p[o] >= t
             fn, fp = int((~call & (y[o] == 1)).sum()), int((call & (y[o] == 0)).sum())
-            d = res[str(r)]; d['t'].append(t); d['gap'].append(max(fn, fp) / max(min(fn, fp), 1))
+            d = res[str(r)]; d['t'].append(t); d['gap'].append(max(fn, fp) / max(min(fn, fp), 1) if fn or fp else 1.)
             d['ba'].append((call[y[o] == 1].mean() + (~call)[y[o] == 0].mean()) / 2)
     return {
         str(r): dict(threshold=pick(r, y, p), boot_mean=float(np.mean(d['t'])), boot_sd=float(np.std(d['t'])),
