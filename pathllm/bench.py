@@ -508,6 +508,10 @@ def encoders_markdown(res:dict, # from `encoder_sweep`
 
 
 # %% ../nbs/13_bench.ipynb #d9e649ae
+def _at_threshold(y:list, p, t:float)->dict: # `_ENC_COLS` and the FN / FP counts of calling P(class 1) >= t
+    c = classification_metrics(y, p, t); cm = np.array(c['confusion'])
+    return dict(**{k: c[k] for k in _ENC_COLS}, fn=int(cm[1, 0]), fp=int(cm[0, 1]))
+
 def threshold_rules(runs:dict, # name -> a `run_train` folder with a trained baseline (e.g. `encoder_sweep`'s rows)
                     out:str|Path, # writes `thresholds.json` and `thresholds.md` here
                     rules:tuple=THRESHOLD_RULES + (0.5,), # `best_threshold` rules; numbers are fixed thresholds
@@ -527,9 +531,7 @@ def threshold_rules(runs:dict, # name -> a `run_train` folder with a trained bas
             for d in (dev, val)
         ]
         st = threshold_stability(yd, pd_, rules, n_boot, seed)
-        for r in st.values():
-            c = classification_metrics(yv, pv, r['threshold']); cm = np.array(c['confusion'])
-            r['valid'] = dict(**{k: c[k] for k in _ENC_COLS}, fn=int(cm[1, 0]), fp=int(cm[0, 1]))
+        for r in st.values(): r['valid'] = _at_threshold(yv, pv, r['threshold'])
         rows[name] = st
     cand = [str(r) for r in rules if isinstance(r, str)]
     mean_ba = {r: float(np.mean([rows[k][r]['oob_balanced_accuracy'] for k in rows])) for r in map(str, rules)}
@@ -590,12 +592,7 @@ def _dev_thresholds(models:dict, dev, val, tta:bool, rule:str)->dict: # per mode
         pd_, pv = (class_probs(m, [d.image(i) for i in range(len(d))], tta=bool(_tta(m, tta))) for d in (dev, val))
         out[name] = {}
         for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', best_threshold(yd, pd_, rule))):
-            c = classification_metrics(yv, pv, th); cm = np.array(c['confusion'])
-            out[name][lab] = dict(
-                threshold=th,
-                **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity')},
-                fn=int(cm[1, 0]), fp=int(cm[0, 1]),
-            )
+            out[name][lab] = dict(threshold=th, **_at_threshold(yv, pv, th))
     return out
 
 # accuracy/AUC re-stained, without and with normalisation

@@ -190,10 +190,10 @@ def threshold_stability(y_true:list, # true class ids of dev patches, 0 or 1
         i = rng.integers(0, len(p), len(p)); o = np.setdiff1d(np.arange(len(p)), i)
         if len(set(y[i].tolist())) < 2 or len(set(y[o].tolist())) < 2: continue
         for r in rules:
-            t = pick(r, y[i], p[i]); call = p[o] >= t
-            fn, fp = int((~call & (y[o] == 1)).sum()), int((call & (y[o] == 0)).sum())
+            t = pick(r, y[i], p[i]); call = to_preds(p[o], t); cm = confusion(y[o], call, 2)
+            fn, fp = int(cm[1, 0]), int(cm[0, 1])
             d = res[str(r)]; d['t'].append(t); d['gap'].append(max(fn, fp) / max(min(fn, fp), 1) if fn or fp else 1.)
-            d['ba'].append((call[y[o] == 1].mean() + (~call)[y[o] == 0].mean()) / 2)
+            d['ba'].append(balanced_accuracy(y[o], call))
     return {
         str(r): dict(threshold=pick(r, y, p), boot_mean=float(np.mean(d['t'])), boot_sd=float(np.std(d['t'])),
                      oob_balanced_accuracy=float(np.mean(d['ba'])), oob_fn_fp_ratio=float(np.median(d['gap'])),
