@@ -19,16 +19,16 @@ from .data import HE_STAINS, LABEL_NAMES, synth_patch, atomic_write
 
 # %% auto #0
 __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEATURES', 'THRESHOLDS', 'VOCAB', 'CAPTION_MARGIN',
-           'DIAGNOSIS', 'INTRO', 'TEMPLATES', 'DX_PATTERNS', 'IMPRESSION', 'REGION_TEXT', 'NUMBERS', 'QUESTIONS',
-           'FEATURE_QUESTIONS', 'ASK', 'FOLLOW_UPS', 'CLASS_ASK', 'COT_QUESTION', 'COT_MARKER', 'CAPTION_COLUMNS',
-           'SHOW_FEATURES', 'stain_od', 'segment_nuclei', 'nuclei_props', 'ByKind', 'class_text', 'class_choice',
-           'Morphology', 'centre_box', 'measure', 'Thresholds', 'calibrate', 'level', 'levels', 'caption',
-           'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report', 'parse_report',
-           'report_numbers', 'check_numbers', 'level_odds', 'check_consistency', 'phrasings', 'confidence_answer',
-           'cot_answer', 'vqa_pairs', 'question_type', 'answer_form', 'conversation', 'held_out_questions',
-           'llava_record', 'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'portable_path',
-           'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus',
-           'read_corpus', 'plot_feature_hists', 'show_captions']
+           'DIAGNOSIS', 'INTRO', 'TEMPLATES', 'DX_PATTERNS', 'IMPRESSION', 'REGION_TEXT', 'NUMBERS', 'FRAME_WORDS',
+           'FRAME_NOISE', 'TOPICS', 'QUESTIONS', 'FEATURE_QUESTIONS', 'ASK', 'FOLLOW_UPS', 'CLASS_ASK', 'COT_QUESTION',
+           'COT_MARKER', 'CAPTION_COLUMNS', 'SHOW_FEATURES', 'stain_od', 'segment_nuclei', 'nuclei_props', 'ByKind',
+           'class_text', 'class_choice', 'Morphology', 'centre_box', 'measure', 'Thresholds', 'calibrate', 'level',
+           'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report',
+           'parse_report', 'report_numbers', 'check_numbers', 'level_odds', 'check_consistency', 'phrasings',
+           'noisy_phrasing', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type', 'answer_form',
+           'conversation', 'held_out_questions', 'llava_record', 'record_images', 'flat_records', 'write_jsonl',
+           'read_jsonl', 'portable_path', 'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds',
+           'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -630,34 +630,6 @@ def _generic_question(key): # the class question of any registered kind (the yes
         else ('Is this {c}?', 'Does this patch show {c}?')
     )
 
-QUESTIONS = ByKind(
-    {
-        ('pcam', 'closed'): (
-            'Is there metastatic tumour in the centre of this patch?',
-            'Does the central region contain tumour cells?',
-            'Is this lymph node patch positive for metastasis in the centre?',
-        ),
-        ('mhist', 'closed'): ('Is this a sessile serrated adenoma?', 'Does this polyp show a sessile serrated lesion?'),
-        ('pcam', 'class'): (
-            'Is the centre of this patch normal or tumor?',
-            'Classify the central region: normal or tumor?',
-        ),
-        ('mhist', 'class'): (
-            'Is this polyp HP or SSA?',
-            'Classify this polyp as HP (hyperplastic) or SSA (sessile serrated).',
-        ),
-        'caption': ('Describe this image.', 'Write a short caption for this H&E patch.', 'What does this patch show?'),
-        'report': ('Write a structured pathology report for this patch.', 'Report the findings and impression.'),
-        'nuclei': ('Describe the nuclei.', 'What do the nuclei look like?', 'Comment on nuclear morphology.'),
-        'crypts': ('Describe the crypts.', 'What do the crypts look like?'),
-    },
-    _generic_question,
-)
-FEATURE_QUESTIONS = {
-    'area': ('Are the nuclei enlarged?', 2), 'area_cv': ('Are the nuclei pleomorphic?', 2),
-    'h_od': ('Are the nuclei hyperchromatic?', 2), 'crowding': ('Are the nuclei crowded?', 2),
-    'lumen_area': ('Are the crypts dilated?', 2), 'lumen_circ': ('Are the crypt outlines serrated?', 0),
-}
 def phrasings(frames:tuple, # templates with one '{}' (a verb frame: 'Describe {}.')
               topics:tuple, # what is asked about ('the nuclear size', 'the size of the nuclei')
               direct:tuple=(), # whole questions added as they are
@@ -678,35 +650,87 @@ _FRAMES = (
 )
 # follow-ups that lean on the conversation
 _AND = ('And {}?', 'What about {}?', 'How about {}?', 'Tell me about {}.')
+_YESNO = ('is', 'are', 'does', 'do', 'can', 'has', 'have', 'would', 'could', 'was', 'were')  # yes/no questions' openers
+# the words of the training frames, yes/no openers left out: what `noisy_phrasing` builds random frames from
+FRAME_WORDS = tuple(sorted({w.strip('{}.?').lower() for f in _FRAMES + _AND for w in f.split()} - set(_YESNO) - {''}))
+FRAME_NOISE = 0.25  # share of open questions (one feature, or the nuclei) asked in a random frame
+
+def noisy_phrasing(topics:tuple, # ways of naming what is asked ('the nuclear size', 'the size of the nuclei')
+                   rng:np.random.Generator, # picks the topic, the frame's words and the end
+                   n_max:int=3, # frame words at most
+                  )->str: # e.g. 'Please about the nuclear size?' or 'The size of the nuclei.'
+    """A topic in a random frame of 0-`n_max` of the training frames' words: the frame says nothing about what is asked,
+    the topic does (a model trained on some of these reads the topic of a question whose frame it never saw)"""
+    words = [str(w) for w in rng.choice(FRAME_WORDS, int(rng.integers(0, n_max + 1)))]
+    s = ' '.join(words + [str(rng.choice(topics))]) + str(rng.choice(['?', '.']))
+    return s[0].upper() + s[1:]
+
+TOPICS = {  # question type -> the ways training questions name what is asked
+    'nuclei': ('the nuclei', 'the nuclear morphology'),
+    'size': ('the nuclear size', 'the size of the nuclei'),
+    'shape': ('the nuclear shape', 'the shape of the nuclei', 'the nuclear outline'),
+    'chromatin': ('the chromatin', 'the nuclear staining', 'the staining of the nuclei'),
+    'pleomorphism': ('the nuclear pleomorphism', 'the variability of the nuclei'),
+    'crowding': (
+        'the arrangement of the nuclei', 'the nuclear crowding', 'the spacing of the nuclei',
+        'the packing of the nuclei',
+    ),
+    'cellularity': ('the cellularity', 'the cell density', 'the density of cells'),
+    'stroma': ('the stroma', 'the amount of stroma', 'the connective tissue'),
+    'crypt_size': ('the crypt lumens', 'the width of the crypts'),
+    'crypt_outline': ('the crypt outlines', 'the crypt borders'),
+}
+QUESTIONS = ByKind(
+    {
+        ('pcam', 'closed'): (
+            'Is there metastatic tumour in the centre of this patch?',
+            'Does the central region contain tumour cells?',
+            'Is this lymph node patch positive for metastasis in the centre?',
+        ),
+        ('mhist', 'closed'): ('Is this a sessile serrated adenoma?', 'Does this polyp show a sessile serrated lesion?'),
+        ('pcam', 'class'): (
+            'Is the centre of this patch normal or tumor?',
+            'Classify the central region: normal or tumor?',
+        ),
+        ('mhist', 'class'): (
+            'Is this polyp HP or SSA?',
+            'Classify this polyp as HP (hyperplastic) or SSA (sessile serrated).',
+        ),
+        'caption': ('Describe this image.', 'Write a short caption for this H&E patch.', 'What does this patch show?'),
+        'report': ('Write a structured pathology report for this patch.', 'Report the findings and impression.'),
+        'nuclei': phrasings(_FRAMES, TOPICS['nuclei'], ('What do the nuclei look like?',)),
+        'crypts': ('Describe the crypts.', 'What do the crypts look like?'),
+    },
+    _generic_question,
+)
+FEATURE_QUESTIONS = {
+    'area': ('Are the nuclei enlarged?', 2), 'area_cv': ('Are the nuclei pleomorphic?', 2),
+    'h_od': ('Are the nuclei hyperchromatic?', 2), 'crowding': ('Are the nuclei crowded?', 2),
+    'lumen_area': ('Are the crypts dilated?', 2), 'lumen_circ': ('Are the crypt outlines serrated?', 0),
+}
 # question type -> (feature, training phrasings, held-out phrasings: never in the training text, for evaluation)
 ASK = {
-    'size': ('area', phrasings(_FRAMES, ('the nuclear size', 'the size of the nuclei'),
-                               ('What size are the nuclei?', 'How big are the nuclei?')),
+    'size': ('area', phrasings(_FRAMES, TOPICS['size'], ('What size are the nuclei?', 'How big are the nuclei?')),
              ('How large are the nuclei in the centre?', 'Comment on the size of the nuclei.')),
-    'shape': ('ecc', phrasings(_FRAMES, ('the nuclear shape', 'the shape of the nuclei', 'the nuclear outline'),
-                               ('What shape are the nuclei?',)),
+    'shape': ('ecc', phrasings(_FRAMES, TOPICS['shape'], ('What shape are the nuclei?',)),
               ('How would you describe the outline of the nuclei?', 'Comment on the shape of the nuclei.')),
-    'chromatin': ('h_od', phrasings(_FRAMES, ('the chromatin', 'the nuclear staining', 'the staining of the nuclei'),
+    'chromatin': ('h_od', phrasings(_FRAMES, TOPICS['chromatin'],
                                     ('How darkly stained are the nuclei?', 'How dark are the nuclei?')),
                   ('How intense is the nuclear staining?', 'Comment on the chromatin.')),
-    'pleomorphism': ('area_cv', phrasings(_FRAMES, ('the nuclear pleomorphism', 'the variability of the nuclei'),
+    'pleomorphism': ('area_cv', phrasings(_FRAMES, TOPICS['pleomorphism'],
                                           ('How variable are the nuclei in size?', 'How variable are the nuclei?')),
                      ('How much do the nuclear sizes vary?', 'Comment on nuclear pleomorphism.')),
-    'crowding': ('crowding', phrasings(_FRAMES, ('the arrangement of the nuclei', 'the nuclear crowding',
-                                                 'the spacing of the nuclei', 'the packing of the nuclei'),
-                                       ('How crowded are the nuclei?',)),
+    'crowding': ('crowding', phrasings(_FRAMES, TOPICS['crowding'], ('How crowded are the nuclei?',)),
                  ('How closely packed are the nuclei?', 'Comment on the spacing of the nuclei.')),
-    'cellularity': ('density', phrasings(_FRAMES, ('the cellularity', 'the cell density', 'the density of cells'),
+    'cellularity': ('density', phrasings(_FRAMES, TOPICS['cellularity'],
                                          ('How cellular is the region?', 'What is the cellularity?',
                                           'How many cells are there?')),
                     ('How densely populated with cells is the region?', 'Comment on the cellularity.')),
-    'stroma': ('stroma', phrasings(_FRAMES, ('the stroma', 'the amount of stroma', 'the connective tissue'),
-                                   ('How much stroma is there?',)),
+    'stroma': ('stroma', phrasings(_FRAMES, TOPICS['stroma'], ('How much stroma is there?',)),
                ('How much connective tissue is present?', 'Comment on the stroma.')),
-    'crypt_size': ('lumen_area', phrasings(_FRAMES, ('the crypt lumens', 'the width of the crypts'),
-                                           ('How wide are the crypts?',)),
+    'crypt_size': ('lumen_area', phrasings(_FRAMES, TOPICS['crypt_size'], ('How wide are the crypts?',)),
                    ('Comment on the crypt calibre.',)),
-    'crypt_outline': ('lumen_circ', phrasings(_FRAMES, ('the crypt outlines', 'the crypt borders'),
+    'crypt_outline': ('lumen_circ', phrasings(_FRAMES, TOPICS['crypt_outline'],
                                               ('How regular are the crypt outlines?',)),
                       ('Comment on the crypt contours.',)),
 }
@@ -835,6 +859,10 @@ def cot_answer(morph:Morphology, # measured features
 def _open_types(kind, clear):
     return [t for t, (f, _, _) in ASK.items() if f in CAPTION_FEATURES[kind] and clear[f] is not None]
 
+def _phrase(t, rng, noise): # a training phrasing of an open question of type `t` ('nuclei' or an `ASK` type)
+    if rng.random() < noise: return noisy_phrasing(TOPICS[t], rng)
+    return str(rng.choice(QUESTIONS['nuclei'] if t == 'nuclei' else ASK[t][1]))
+
 def vqa_pairs(morph:Morphology, # measured features
               label:int, # class id
               kind:str='pcam', # 'pcam' or 'mhist'
@@ -842,6 +870,7 @@ def vqa_pairs(morph:Morphology, # measured features
               thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
               margin:float=0., # captions and questions leave out features this close to a cut point (see `levels`)
               omit:tuple=(), # features the captions never name and no question asks about
+              noise:float=FRAME_NOISE, # share of open questions asked in a random frame (`noisy_phrasing`)
              )->list: # dicts with `q`, `a` and `task` ('caption', 'report', 'closed', 'class', 'open')
     "Question-answer pairs about one patch, grounded in `morph` and `label`, with the training phrasings"
     rng, lv, clear = np.random.default_rng(seed), levels(morph, kind, thr), levels(morph, kind, thr, margin, omit)
@@ -853,12 +882,12 @@ def vqa_pairs(morph:Morphology, # measured features
                 a=report(morph, label, kind, thr, numbers, margin), task='report'),
            dict(zip(('q', 'a'), _diagnosis_qa(label, kind, rng)), task='closed'),
            dict(q=q(QUESTIONS[kind, 'class']), a=LABEL_NAMES[kind][label], task='class'),
-           dict(q=q(QUESTIONS['nuclei']), a=_nuclei_answer(morph, kind, clear), task='open')]
+           dict(q=_phrase('nuclei', rng, noise), a=_nuclei_answer(morph, kind, clear), task='open')]
     if kind == 'mhist': out.append(dict(q=q(QUESTIONS['crypts']), a=_crypts_answer(morph, kind, clear), task='open'))
     if (kind, 'location') in CLASS_ASK:
         out.append(dict(q=q(CLASS_ASK[kind, 'location'][0]), a=_location_answer(label, kind), task='open'))
     for t in rng.permutation(_open_types(kind, clear))[:2]:
-        out.append(dict(q=q(ASK[t][1]), a=_feature_answer(morph, kind, ASK[t][0], lv, rng), task='open'))
+        out.append(dict(q=_phrase(t, rng, noise), a=_feature_answer(morph, kind, ASK[t][0], lv, rng), task='open'))
     if fs := [f for f in FEATURE_QUESTIONS if f in CAPTION_FEATURES[kind] and clear[f] is not None]:
         f = str(rng.choice(fs)); fq, yes = FEATURE_QUESTIONS[f]
         out.append(dict(q=fq, a=_yesno_answer(f, lv, yes), task='closed'))
@@ -891,8 +920,6 @@ _QTYPES = [
     ('nuclei', r'\bnucle\w*'),
     ('crypts', r'\bcrypts?\b'),
 ]
-_YESNO = ('is', 'are', 'does', 'do', 'can', 'has', 'have', 'would', 'could', 'was', 'were')
-
 def question_type(q:str, # a question
                   kind:str='pcam', # 'pcam' or 'mhist'
                  )->str|None: # 'caption', 'report', 'nuclei', 'diagnosis', 'location', ..., 'yesno:<feature>'; or None
@@ -933,6 +960,7 @@ def conversation(morph:Morphology, # measured features
                  margin:float=0., # the caption and the follow-ups leave out features this close to a cut point
                  omit:tuple=(), # features the caption never names and no follow-up asks about
                  style:str|None=None, # 'describe', 'questions', or `None`: either, picked by `seed`
+                 noise:float=FRAME_NOISE, # share of feature questions asked in a random frame (`noisy_phrasing`)
                 )->list: # (question, answer) turns
     """A multi-turn conversation about one patch. 'describe': describe, classify, justify, follow-ups that lean on the
     context, then the first of them asked again in other words; 'questions': two features asked, the first asked again
@@ -942,7 +970,7 @@ def conversation(morph:Morphology, # measured features
     if style not in ('describe', 'questions'): raise ValueError(f"style: {style!r} is not 'describe' or 'questions'")
     ts, feat = rng.permutation(_open_types(kind, clear))[:2], lambda t: _feature_answer(morph, kind, ASK[t][0], lv, rng)
     if style == 'questions' and len(ts):
-        turns = [(str(rng.choice(ASK[t][1])), feat(t)) for t in ts] + [
+        turns = [(_phrase(t, rng, noise), feat(t)) for t in ts] + [
             (str(rng.choice(FOLLOW_UPS[ts[0]][0])), feat(ts[0]))
         ]
         return turns + [_diagnosis_qa(label, kind, rng)]
@@ -951,7 +979,7 @@ def conversation(morph:Morphology, # measured features
              ('Which features support this?', _nuclei_answer(morph, kind, clear))]
     if kind == 'mhist': turns.append(('And the crypts?', _crypts_answer(morph, kind, clear)))
     turns += [(str(rng.choice(FOLLOW_UPS[t][0])), feat(t)) for t in ts]
-    return turns + ([(str(rng.choice(ASK[ts[0]][1])), feat(ts[0]))] if len(ts) else [])
+    return turns + ([(_phrase(ts[0], rng, noise), feat(ts[0]))] if len(ts) else [])
 
 def held_out_questions(morph:Morphology, # measured features
                        label:int, # class id

@@ -23,9 +23,9 @@ from fastai.learner import Learner
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_image
-from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, Thresholds, caption_dataset,
-                              read_jsonl, read_thresholds, read_level_odds, record_images, measure, measurement_text,
-                              extract_claims, check_claims, question_type, confidence_answer)
+from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, NUMBERS, Thresholds,
+                              caption_dataset, read_jsonl, read_thresholds, read_level_odds, record_images, measure,
+                              measurement_text, extract_claims, check_claims, question_type, confidence_answer)
 from .tokenizer import PathTokenizer, pad_ids, with_image
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
@@ -36,7 +36,7 @@ from .evaluate import retrieval_recall, vlm_accuracy
 # %% auto #0
 __all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'record_conv',
            'VLMDataset', 'pack_rows', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache',
-           'TokenWeight', 'vlm_learner', 'to_images', 'init_vision', 'train_vlm']
+           'TokenWeight', 'vlm_learner', 'to_images', 'CopyNumbers', 'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 # how `caption` and `report` tie their text to the image (see "Grounded captions")
@@ -557,9 +557,10 @@ def report(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
            max_new_tokens:int=192, # tokens to generate at most
            ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
            tool:bool=True, # the measurement tool's numbers go in the prompt, the report copies them; `False`: words
+           copy:bool=True, # with `tool`: each number forced to the tool's as it is written; `False`: the model copies
            **kw)->list: # a 'Findings ... Impression' report per image
     "Write a structured pathology report of each image"
-    return self._grounded(images, 'report', ground, max_new_tokens=max_new_tokens, tool=tool, **kw)
+    return self._grounded(images, 'report', ground, max_new_tokens=max_new_tokens, tool=tool, copy=copy, **kw)
 
 @patch
 def answer(self:PathVLM, images, question:str|list, # one question for all images, or one per image
@@ -655,6 +656,33 @@ def _with_impression(text:str, cls:int, kind:str)->str: # a report whose impress
 def _measure_all(x:torch.Tensor, kind:str)->list: # `measure` of each image of a [0, 1] batch
     return [measure(im, kind) for im in (x * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
 
+class CopyNumbers:
+    """A `force` for `LM.generate` that copies the measurement tool's numbers into reports as they are generated: when a
+    row's text ends with the name of a number the tool gave it (`NUMBERS`: 'nuclei', 'mean area', ...), the next
+    tokens are that number as the tool wrote it (its digits: the model writes the unit), once per name"""
+    def __init__(self, tok:PathTokenizer, # the model's tokenizer
+                 tool_texts:list, # per row, the tool's `measurement_text` ('Measurements: nuclei 8; mean area ...')
+                ):
+        names = sorted({n for n, *_ in NUMBERS.values()}, key=len, reverse=True)
+        self.tok, self.pat = tok, re.compile(rf"(?<![\w-])({'|'.join(map(re.escape, names))})( ?)$")
+        parts = [t.removeprefix('Measurements: ').rstrip('.').split('; ') for t in tool_texts]
+        # name -> ' 13,437' (the digits) or ' not measurable'
+        self.vals = [
+            {n: re.match(r' [\d.,]*\d|.*', p[len(n):]).group() for p in ps for n in names if p.startswith(n + ' ')}
+            for ps in parts
+        ]
+        self.queue, self.used = [[] for _ in tool_texts], [set() for _ in tool_texts]
+
+    def __call__(self, ids:torch.Tensor)->torch.Tensor: # (B, i) ids so far -> (B,) forced ids, -1 where free
+        out = torch.full((len(self.vals),), -1, dtype=torch.long)
+        for b, q in enumerate(self.queue):
+            if not q and ids.shape[1] and (mt := self.pat.search(self.tok.decode(ids[b].tolist(), skip_special=True))):
+                n = mt.group(1)
+                if n in self.vals[b] and n not in self.used[b]:
+                    self.used[b].add(n); v = self.vals[b][n]; q += self.tok.encode(v[1:] if mt.group(2) else v)
+            if q: out[b] = q.pop(0)
+        return out
+
 @patch
 def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
               ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
@@ -662,6 +690,7 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
               sample_temperature:float=0.7, # temperature of the sampled candidates
               seed:int=0, # seed of the first sampled candidate
               tool:bool=False, # report: the measurement tool's numbers (`measurement_text`) go in the prompt
+              copy:bool=True, # with `tool`: the report's numbers are copied from the prompt (`CopyNumbers`)
               **kw)->list: # one text per image
     "Texts of `task` whose diagnosis is the predicted class ('class'), reranked against the measured patch ('rerank')"
     g, kind = ground or self.cfg.vlm_ground, self.cfg.vlm_kind
@@ -669,11 +698,13 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
     ms = _measure_all(x, kind) if tool or g == 'rerank' else None
     q = [QUESTIONS[task][0] + '\n' + measurement_text(m, kind) for m in ms] if tool else QUESTIONS[task][0]
-    if g == 'none': return self.generate(x, q, **kw)
+    # a fresh copier per generation (it keeps each row's progress)
+    cp = lambda: dict(force=CopyNumbers(self.tok, [measurement_text(m, kind) for m in ms])) if tool and copy else {}
+    if g == 'none': return self.generate(x, q, **kw, **cp())
     pred = self.class_logprobs(x).argmax(-1).tolist()
     fix = _with_impression if task == 'report' else _consistent
     pre = None if task == 'report' else [DIAGNOSIS[kind, c][1][0] for c in pred]
-    gen = lambda **o: [fix(t, c, kind) for t, c in zip(self.generate(x, q, prefix=pre, **{**kw, **o}), pred)]
+    gen = lambda **o: [fix(t, c, kind) for t, c in zip(self.generate(x, q, prefix=pre, **{**kw, **o, **cp()}), pred)]
     cands = [gen()] + [
         gen(temperature=sample_temperature, seed=seed + i)
         for i in range((n_samples or self.cfg.vlm_n_samples) - 1 if g == 'rerank' else 0)

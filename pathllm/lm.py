@@ -10,6 +10,7 @@ import json, math, os, tempfile, time, warnings
 from dataclasses import dataclass, asdict, replace
 from functools import partial
 from pathlib import Path
+from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import patch, store_attr
 from fastai.torch_core import Module, set_seed
@@ -427,6 +428,7 @@ def generate(self:LM, idx:torch.Tensor|None=None, # (B, T) prompt ids, left-padd
              pad_id:int=0, # fills rows after they stopped
              inputs_embeds:torch.Tensor|None=None, # (B, T, C) prompt embeddings instead of `idx`
              seed:int|None=None, # seed of the sampling generator
+             force:Callable|None=None, # called each step with the (B, i) ids so far: (B,) ids to emit instead, -1: free
             )->torch.Tensor: # (B, n <= max_new_tokens) generated ids
     "Generate tokens autoregressively with a KV cache"
     x = inputs_embeds if inputs_embeds is not None else idx
@@ -443,9 +445,10 @@ def generate(self:LM, idx:torch.Tensor|None=None, # (B, T) prompt ids, left-padd
     )
     logits, _ = self(idx, inputs_embeds=inputs_embeds, attention_mask=attention_mask, kv_cache=cache)
     for i in range(max_new_tokens):
-        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, seen, repetition_penalty, gen).masked_fill(
-            done, pad_id
-        )  # (B,)
+        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, seen, repetition_penalty, gen)
+        if force is not None:
+            f = force(torch.stack(out, 1) if out else nxt.new_zeros(B, 0)).to(dev); nxt = torch.where(f >= 0, f, nxt)
+        nxt = nxt.masked_fill(done, pad_id)  # (B,)
         out.append(nxt); done |= torch.isin(nxt, stop)
         if bool(done.all()) or i == max_new_tokens - 1: break
         seen.scatter_(1, nxt[:, None], 1)
