@@ -36,7 +36,7 @@ from .data import LABEL_NAMES, DataError, atomic_write
 from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type
 from .captions import confidence_answer
 from .tokenizer import with_image, SPECIAL_TOKENS
-from .fusion import PathVLM
+from .fusion import PathVLM, CopyNumbers
 from .rag import PatchIndex, rag_generate
 
 # %% ../nbs/12_serve.ipynb #08d9f22e
@@ -436,14 +436,20 @@ def _batch_classify(self:Pipeline, xs:list, generate:bool, tta:bool)->list:
         for o, a in zip(out, r['answer']): o['answer'] = a
     return out
 
+def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers on its second line: copy them
+    tool = [q.partition('\n')[2] if q.partition('\n')[2].startswith('Measurements: ') else '' for q in qs]
+    return dict(force=CopyNumbers(model.tok, tool)) if any(tool) else {}
+
 @patch
 def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history)
     im, q, h = zip(*rows)
-    return self.model.generate(list(im), list(q), list(h), **dict(gen))
+    return self.model.generate(list(im), list(q), list(h), **dict(gen), **_copy(self.model, q))
 
 @patch
 def _batch_rag(self:Pipeline, xs:list, question:str, gen:tuple, *_)->list: # (answer, references) per image
-    r = rag_generate(self.model, self.index, xs, None, question, k=self.rag_k, **dict(gen))
+    r = rag_generate(
+        self.model, self.index, xs, None, question, k=self.rag_k, **dict(gen), **_copy(self.model, [question] * len(xs))
+    )
     return [(a, self._refs(r['neighbours'], i)) for i, a in enumerate(r['answers'])]
 
 @patch
