@@ -661,22 +661,26 @@ class CopyNumbers:
     row's text ends with the name of a number the tool gave it (`NUMBERS`: 'nuclei', 'mean area', ...), the next
     tokens are that number as the tool wrote it (its digits: the model writes the unit), once per name"""
     def __init__(self, tok:PathTokenizer, # the model's tokenizer
-                 tool_texts:list, # per row, the tool's `measurement_text` ('Measurements: nuclei 8; mean area ...')
+                 prompts:list, # per row, the prompt: a line of it that is the tool's `measurement_text` is copied
                 ):
         names = sorted({n for n, *_ in NUMBERS.values()}, key=len, reverse=True)
         self.tok, self.pat = tok, re.compile(rf"(?<![\w-])({'|'.join(map(re.escape, names))})( ?)$")
-        parts = [t.removeprefix('Measurements: ').rstrip('.').split('; ') for t in tool_texts]
+        tool = [next((l for l in p.split('\n') if l.startswith('Measurements: ')), '') for p in prompts]
+        parts = [t.removeprefix('Measurements: ').rstrip('.').split('; ') if t else [] for t in tool]
         # name -> ' 13,437' (the digits) or ' not measurable'
         self.vals = [
             {n: re.match(r' [\d.,]*\d|.*', p[len(n):]).group() for p in ps for n in names if p.startswith(n + ' ')}
             for ps in parts
         ]
-        self.queue, self.used = [[] for _ in tool_texts], [set() for _ in tool_texts]
+        self.queue, self.used = [[] for _ in prompts], [set() for _ in prompts]
 
     def __call__(self, ids:torch.Tensor)->torch.Tensor: # (B, i) ids so far -> (B,) forced ids, -1 where free
         out = torch.full((len(self.vals),), -1, dtype=torch.long)
         for b, q in enumerate(self.queue):
-            if not q and ids.shape[1] and (mt := self.pat.search(self.tok.decode(ids[b].tolist(), skip_special=True))):
+            # a row with names still to copy is decoded to see whether one was just written
+            if not q and ids.shape[1] and len(self.used[b]) < len(self.vals[b]) and (
+                mt := self.pat.search(self.tok.decode(ids[b].tolist(), skip_special=True))
+            ):
                 n = mt.group(1)
                 if n in self.vals[b] and n not in self.used[b]:
                     self.used[b].add(n); v = self.vals[b][n]; q += self.tok.encode(v[1:] if mt.group(2) else v)
@@ -698,8 +702,7 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
     ms = _measure_all(x, kind) if tool or g == 'rerank' else None
     q = [QUESTIONS[task][0] + '\n' + measurement_text(m, kind) for m in ms] if tool else QUESTIONS[task][0]
-    # a fresh copier per generation (it keeps each row's progress)
-    cp = lambda: dict(force=CopyNumbers(self.tok, [measurement_text(m, kind) for m in ms])) if tool and copy else {}
+    cp = lambda: dict(force=CopyNumbers(self.tok, q)) if tool and copy else {}  # fresh per generation: it keeps state
     if g == 'none': return self.generate(x, q, **kw, **cp())
     pred = self.class_logprobs(x).argmax(-1).tolist()
     fix = _with_impression if task == 'report' else _consistent

@@ -436,9 +436,9 @@ def _batch_classify(self:Pipeline, xs:list, generate:bool, tta:bool)->list:
         for o, a in zip(out, r['answer']): o['answer'] = a
     return out
 
-def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers on its second line: copy them
-    tool = [q.partition('\n')[2] if q.partition('\n')[2].startswith('Measurements: ') else '' for q in qs]
-    return dict(force=CopyNumbers(model.tok, tool)) if any(tool) else {}
+def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers: copy them (no copier without any)
+    cp = CopyNumbers(model.tok, qs)
+    return dict(force=cp) if any(cp.vals) else {}
 
 @patch
 def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history)
