@@ -23,9 +23,9 @@ from fastai.learner import Learner
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_image
-from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, NUMBERS, Thresholds,
+from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, NUMBERS, VOCAB, Thresholds,
                               caption_dataset, read_jsonl, read_thresholds, read_level_odds, record_images, measure,
-                              measurement_text, extract_claims, check_claims, question_type, confidence_answer)
+                              measurement_text, extract_claims, check_claims, question_type, confidence_answer, level)
 from .tokenizer import PathTokenizer, pad_ids, with_image
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
@@ -659,9 +659,12 @@ def _measure_all(x:torch.Tensor, kind:str)->list: # `measure` of each image of a
 class CopyNumbers:
     """A `force` for `LM.generate` that copies the measurement tool's numbers into reports as they are generated: when a
     row's text ends with the name of a number the tool gave it (`NUMBERS`: 'nuclei', 'mean area', ...), the next
-    tokens are that number as the tool wrote it (its digits: the model writes the unit), once per name"""
+    tokens are that number as the tool wrote it (its digits: the model writes the unit), once per name. With `thr`,
+    the level word the model then opens with '(' is the number's word at those cut points ('mean area 41.3 um^2
+    (enlarged)'), so a report's words agree with its numbers by construction"""
     def __init__(self, tok:PathTokenizer, # the model's tokenizer
                  prompts:list, # per row, the prompt: a line of it that is the tool's `measurement_text` is copied
+                 thr:Thresholds|None=None, # cut points of the numbers' level words; `None`: the model writes the words
                 ):
         names = sorted({n for n, *_ in NUMBERS.values()}, key=len, reverse=True)
         self.tok, self.pat = tok, re.compile(rf"(?<![\w-])({'|'.join(map(re.escape, names))})( ?)$")
@@ -672,18 +675,30 @@ class CopyNumbers:
             {n: re.match(r' [\d.,]*\d|.*', p[len(n):]).group() for p in ps for n in names if p.startswith(n + ' ')}
             for ps in parts
         ]
-        self.queue, self.used = [[] for _ in prompts], [set() for _ in prompts]
+        # name -> the level word of its number (features that have words, and a number)
+        word = lambda f, v: VOCAB[f][lv][0] if (lv := level(float(v.replace(',', ''))/NUMBERS[f][3],
+                                                             getattr(thr, f))) is not None else None
+        self.words = [
+            {} if thr is None else
+            {n: w for f, (n, *_) in NUMBERS.items() if f in WORD_FEATURES and re.fullmatch(r' [\d.,]+', vs.get(n, ''))
+             and (w := word(f, vs[n]))}
+            for vs in self.vals
+        ]
+        self.queue, self.used, self.pending = [[] for _ in prompts], [set() for _ in prompts], [None for _ in prompts]
 
     def __call__(self, ids:torch.Tensor)->torch.Tensor: # (B, i) ids so far -> (B,) forced ids, -1 where free
         out = torch.full((len(self.vals),), -1, dtype=torch.long)
         for b, q in enumerate(self.queue):
-            # a row with names still to copy is decoded to see whether one was just written
-            if not q and ids.shape[1] and len(self.used[b]) < len(self.vals[b]) and (
-                mt := self.pat.search(self.tok.decode(ids[b].tolist(), skip_special=True))
-            ):
-                n = mt.group(1)
-                if n in self.vals[b] and n not in self.used[b]:
+            # a row with a word or names still to copy is decoded to see whether its place was just written
+            if not q and ids.shape[1] and (self.pending[b] or len(self.used[b]) < len(self.vals[b])):
+                text = self.tok.decode(ids[b].tolist(), skip_special=True)
+                if self.pending[b]: # after a copied number: its word goes in the first '(', before the finding ends
+                    v, w = self.pending[b]; seg = text[text.rfind(v) + len(v):]
+                    if seg.endswith('('): q += self.tok.encode(w)
+                    if seg.endswith('(') or any(c in seg for c in ';\n)'): self.pending[b] = None
+                if not q and (mt := self.pat.search(text)) and (n := mt.group(1)) in self.vals[b] and n not in self.used[b]:
                     self.used[b].add(n); v = self.vals[b][n]; q += self.tok.encode(v[1:] if mt.group(2) else v)
+                    if n in self.words[b]: self.pending[b] = (v.strip(), self.words[b][n])
             if q: out[b] = q.pop(0)
         return out
 
@@ -694,7 +709,7 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
               sample_temperature:float=0.7, # temperature of the sampled candidates
               seed:int=0, # seed of the first sampled candidate
               tool:bool=False, # report: the measurement tool's numbers (`measurement_text`) go in the prompt
-              copy:bool=True, # with `tool`: the report's numbers are copied from the prompt (`CopyNumbers`)
+              copy:bool=True, # with `tool`: the report's numbers and their words are the tool's (`CopyNumbers`)
               **kw)->list: # one text per image
     "Texts of `task` whose diagnosis is the predicted class ('class'), reranked against the measured patch ('rerank')"
     g, kind = ground or self.cfg.vlm_ground, self.cfg.vlm_kind
@@ -702,7 +717,7 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
     ms = _measure_all(x, kind) if tool or g == 'rerank' else None
     q = [QUESTIONS[task][0] + '\n' + measurement_text(m, kind) for m in ms] if tool else QUESTIONS[task][0]
-    cp = lambda: dict(force=CopyNumbers(self.tok, q)) if tool and copy else {}  # fresh per generation: it keeps state
+    cp = lambda: dict(force=CopyNumbers(self.tok, q, self.thresholds)) if tool and copy else {}  # fresh: it keeps state
     if g == 'none': return self.generate(x, q, **kw, **cp())
     pred = self.class_logprobs(x).argmax(-1).tolist()
     fix = _with_impression if task == 'report' else _consistent

@@ -436,8 +436,8 @@ def _batch_classify(self:Pipeline, xs:list, generate:bool, tta:bool)->list:
         for o, a in zip(out, r['answer']): o['answer'] = a
     return out
 
-def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers: copy them (no copier without any)
-    cp = CopyNumbers(model.tok, qs)
+def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers: copy them and their words (or nothing)
+    cp = CopyNumbers(model.tok, qs, model.thresholds)
     return dict(force=cp) if any(cp.vals) else {}
 
 @patch
