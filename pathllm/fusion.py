@@ -696,7 +696,8 @@ class CopyNumbers:
                     v, w = self.pending[b]; seg = text[text.rfind(v) + len(v):]
                     if seg.endswith('('): q += self.tok.encode(w)
                     if seg.endswith('(') or any(c in seg for c in ';\n)'): self.pending[b] = None
-                if not q and (mt := self.pat.search(text)) and (n := mt.group(1)) in self.vals[b] and n not in self.used[b]:
+                mt = None if q else self.pat.search(text)
+                if mt and (n := mt.group(1)) in self.vals[b] and n not in self.used[b]:
                     self.used[b].add(n); v = self.vals[b][n]; q += self.tok.encode(v[1:] if mt.group(2) else v)
                     if n in self.words[b]: self.pending[b] = (v.strip(), self.words[b][n])
             if q: out[b] = q.pop(0)
