@@ -25,10 +25,10 @@ __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEAT
            'class_text', 'class_choice', 'Morphology', 'centre_box', 'measure', 'Thresholds', 'calibrate', 'level',
            'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report',
            'parse_report', 'report_numbers', 'check_numbers', 'level_odds', 'check_consistency', 'phrasings',
-           'noisy_phrasing', 'level_topics', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type',
-           'answer_form', 'conversation', 'held_out_questions', 'llava_record', 'record_images', 'flat_records',
-           'write_jsonl', 'read_jsonl', 'portable_path', 'few_shot_turns', 'caption_dataset', 'read_thresholds',
-           'read_level_odds', 'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists', 'show_captions']
+           'noisy_phrasing', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type', 'answer_form',
+           'conversation', 'held_out_questions', 'llava_record', 'record_images', 'flat_records', 'write_jsonl',
+           'read_jsonl', 'portable_path', 'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds',
+           'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -665,31 +665,20 @@ def noisy_phrasing(topics:tuple, # ways of naming what is asked ('the nuclear si
     s = ' '.join(words + [str(rng.choice(topics))]) + str(rng.choice(['?', '.']))
     return s[0].upper() + s[1:]
 
-def level_topics(topic:str, # a way of naming the feature ('the nuclear size')
-                 f:str, # the feature (`VOCAB`'s key)
-                )->tuple: # 'the nuclear size (small or enlarged)', 'the nuclear size (small-sized or large)'
-    "A topic named with its feature's low and high words (`VOCAB`), so a question that uses a level word reads as it"
-    words = lambda lv: [w.removesuffix(' stroma') for w in VOCAB[f][lv]]
-    return tuple(f'{topic} ({lo} or {hi})' for lo, hi in zip(words(0), words(2)))
-
 TOPICS = {  # question type -> the ways training questions name what is asked
     'nuclei': ('the nuclei', 'the nuclear morphology'),
-    'size': ('the nuclear size', 'the size of the nuclei') + level_topics('the nuclear size', 'area'),
-    'shape': ('the nuclear shape', 'the shape of the nuclei', 'the nuclear outline')
-             + level_topics('the nuclear shape', 'ecc'),
-    'chromatin': ('the chromatin', 'the nuclear staining', 'the staining of the nuclei')
-                 + level_topics('the chromatin', 'h_od'),
-    'pleomorphism': ('the nuclear pleomorphism', 'the variability of the nuclei')
-                    + level_topics('the variability of the nuclei', 'area_cv'),
+    'size': ('the nuclear size', 'the size of the nuclei'),
+    'shape': ('the nuclear shape', 'the shape of the nuclei', 'the nuclear outline'),
+    'chromatin': ('the chromatin', 'the nuclear staining', 'the staining of the nuclei'),
+    'pleomorphism': ('the nuclear pleomorphism', 'the variability of the nuclei'),
     'crowding': (
         'the arrangement of the nuclei', 'the nuclear crowding', 'the spacing of the nuclei',
         'the packing of the nuclei',
-    ) + level_topics('the spacing of the nuclei', 'crowding'),
-    'cellularity': ('the cellularity', 'the cell density', 'the density of cells')
-                   + level_topics('the cellularity', 'density'),
-    'stroma': ('the stroma', 'the amount of stroma', 'the connective tissue') + level_topics('the stroma', 'stroma'),
-    'crypt_size': ('the crypt lumens', 'the width of the crypts') + level_topics('the crypt lumens', 'lumen_area'),
-    'crypt_outline': ('the crypt outlines', 'the crypt borders') + level_topics('the crypt outlines', 'lumen_circ'),
+    ),
+    'cellularity': ('the cellularity', 'the cell density', 'the density of cells'),
+    'stroma': ('the stroma', 'the amount of stroma', 'the connective tissue'),
+    'crypt_size': ('the crypt lumens', 'the width of the crypts'),
+    'crypt_outline': ('the crypt outlines', 'the crypt borders'),
 }
 QUESTIONS = ByKind(
     {
