@@ -24,11 +24,12 @@ __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEAT
            'COT_MARKER', 'CAPTION_COLUMNS', 'SHOW_FEATURES', 'stain_od', 'segment_nuclei', 'nuclei_props', 'ByKind',
            'class_text', 'class_choice', 'Morphology', 'centre_box', 'measure', 'Thresholds', 'calibrate', 'level',
            'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report',
-           'parse_report', 'report_numbers', 'check_numbers', 'level_odds', 'check_consistency', 'phrasings',
-           'noisy_phrasing', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type', 'answer_form',
-           'conversation', 'held_out_questions', 'llava_record', 'record_images', 'flat_records', 'write_jsonl',
-           'read_jsonl', 'portable_path', 'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds',
-           'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists', 'show_captions']
+           'parse_report', 'number_value', 'report_numbers', 'check_numbers', 'level_odds', 'check_consistency',
+           'phrasings', 'noisy_phrasing', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type',
+           'answer_form', 'answer_openers', 'conversation', 'held_out_questions', 'llava_record', 'record_images',
+           'flat_records', 'write_jsonl', 'read_jsonl', 'portable_path', 'few_shot_turns', 'caption_dataset',
+           'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists',
+           'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -556,10 +557,16 @@ def parse_report(text:str, # a report as written by `report` (or a model imitati
 # %% ../nbs/01_captions.ipynb #a2bdb4de
 _NUM = r"(-?\d[\d,]*(?:\.\d+)?)"
 
+def number_value(f:str, # a feature of `NUMBERS`
+                 s:str, # its number as written: '8,269', '41.3', '12' (a percentage's digits)
+                )->float: # the value in the measurement's units (a fraction for percentages)
+    "A number as a text writes it, read back as the measured value of feature `f`"
+    return float(s.replace(',', ''))/NUMBERS[f][3]
+
 def report_numbers(text:str, # a report, answer or measurement line
                   )->list: # (feature, stated value in the measurement's units) for every number `text` states
     "The numbers a text states about measured features, read back in the formats of `NUMBERS`"
-    return [(f, float(mt.group(1).replace(',', ''))/sc) for f, (name, _, _, sc) in NUMBERS.items()
+    return [(f, number_value(f, mt.group(1))) for f, (name, *_) in NUMBERS.items()
             for mt in re.finditer(rf"(?<![\w-]){re.escape(name)}\s+{_NUM}", text)]
 
 def check_numbers(text:str, # a report or answer
@@ -603,7 +610,7 @@ def check_consistency(text:str, # a report or answer
         if f not in WORD_FEATURES: continue
         h = 0.5*10**-int(fmt[-2])/sc  # the number is rounded: any value within half its last digit could be meant
         for mt in re.finditer(rf"(?<![\w-]){re.escape(name)}\s+{_NUM}[^(;\n]*\(([^)]*)\)", text):
-            v, w = float(mt.group(1).replace(',', ''))/sc, [c for c in extract_claims(mt.group(2), kind) if c[1] == f]
+            v, w = number_value(f, mt.group(1)), [c for c in extract_claims(mt.group(2), kind) if c[1] == f]
             if w and w[0][2] not in {level(v + d, getattr(thr, f)) for d in (-h, 0, h)}:
                 bad.append(f"'{w[0][0]}' does not fit its number {mt.group(1)} ({name})")
     rep = parse_report(text)
@@ -781,11 +788,15 @@ _SUBJECT = {
     'lumen_circ': 'the crypt outlines are {}',
 }
 
+def _head(f, b): # how an open answer about feature `f` at level `b` starts: 'Enlarged:' ('Not assessable:' for None)
+    w = 'not assessable' if b is None else VOCAB[f][b][0]
+    return f"{w[0].upper() + w[1:]}:"
+
 def _feature_answer(m, kind, f, lv, rng):
     "The answer to an open question about feature `f`: its word first, then a sentence"
-    if lv[f] is None: return f"Not assessable: it could not be measured {_where(kind)}."
-    w0, w = VOCAB[f][lv[f]][0], _word(rng, f, lv[f])
-    return f"{w0[0].upper() + w0[1:]}: {_SUBJECT.get(f, 'the nuclei ' + _where(kind) + ' are {}').format(w)}."
+    if lv[f] is None: return f"{_head(f, None)} it could not be measured {_where(kind)}."
+    w = _word(rng, f, lv[f])
+    return f"{_head(f, lv[f])} {_SUBJECT.get(f, 'the nuclei ' + _where(kind) + ' are {}').format(w)}."
 
 def _yesno_answer(f, lv, yes):
     return f"{'Yes' if lv[f] == yes else 'No'}: they are {VOCAB[f][lv[f]][0]}."
@@ -950,6 +961,22 @@ def answer_form(answer:str, # an answer
     if not cl: return None
     f = cl[0][1]
     return 'diagnosis' if f == 'diagnosis' else next((k for k, (ff, _, _) in ASK.items() if ff == f), None)
+
+def answer_openers(q:str, # a question
+                   kind:str='pcam', # 'pcam' or 'mhist'
+                  )->list|None: # e.g. ['Yes:', 'No:'] or ['Small:', 'Medium-sized:', 'Enlarged:', 'Not assessable:']
+    """The ways a trained answer to `q` starts: 'Yes:'/'No:' for a yes/no question (about the diagnosis or a feature),
+    the feature's level words for an open question about one feature, 'In the centre:'/'Nowhere:' for the location;
+    `None` for other questions (captions, reports, the class, the nuclei as a whole, confidence)"""
+    t = question_type(q, kind)
+    if t is None: return None
+    if t.startswith('yesno:') or (
+        t == 'diagnosis' and q.strip().lower().split()[0] in _YESNO and not re.search(r'\bor\b', q.lower())
+    ): return ['Yes:', 'No:']
+    if t == 'location' and (kind, 'location') in CLASS_ASK:
+        return [_location_answer(c, kind).split(':')[0] + ':' for c in (1, 0)]
+    if t in ASK and (f := ASK[t][0]) in CAPTION_FEATURES[kind]: return [_head(f, b) for b in (0, 1, 2, None)]
+    return None
 
 # %% ../nbs/01_captions.ipynb #dcbdb56d
 def conversation(morph:Morphology, # measured features

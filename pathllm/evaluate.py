@@ -19,8 +19,8 @@ from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_ca
                               answer_form, ASK, FOLLOW_UPS)
 
 # %% auto #0
-__all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'GROUNDED_KEYS', 'to_preds', 'accuracy',
-           'confusion', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics',
+__all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'FREE_KEYS', 'GROUNDED_KEYS', 'to_preds',
+           'accuracy', 'confusion', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics',
            'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'class_probs', 'stain_stress',
            'plot_stain_stress', 'bleu4', 'rouge_l', 'cider', 'normalize_answer', 'exact_match', 'token_f1',
            'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'retrieval_recall', 'recall_at_k',
@@ -939,7 +939,7 @@ def vlm_accuracy(model, # a `PathVLM` (generative or dual): anything with `class
 class _Batched:
     """The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what
     `evaluate_model` then scores"""
-    def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none'):
+    def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none', typed:bool=True):
         self.model, self.bs, self.thresholds, self.level_odds = (
             model, bs, getattr(model, 'thresholds', None), getattr(model, 'level_odds', None),
         )
@@ -947,15 +947,18 @@ class _Batched:
             max_new_tokens=max_new_tokens,
             **(dict(ground=ground) if 'ground' in inspect.signature(model.caption).parameters else {}),
         )
+        # answers opened by their type's likeliest start (`PathVLM.answer`'s `typed`), or plain generation
+        self.akw = dict(typed=typed) if 'typed' in inspect.signature(model.answer).parameters else {}
     def _b(self, f, imgs:list)->list: return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs])]
     def caption(self, imgs:list)->list: return self._b(lambda b: self.model.caption(b, **self.kw), imgs)
     def answer(self, imgs:list, q:str)->list:
-        return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens']), imgs)
+        return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens'], **self.akw), imgs)
     def report(self, imgs:list)->list:
         return self._b(lambda b: self.model.report(b, max_new_tokens=4*self.kw['max_new_tokens']), imgs)
     def chat(self, img, msg:str, history=())->tuple:
-        return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'])
+        return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'], **self.akw)
 
+FREE_KEYS = ('qa_form', 'qa_topic', 'qa_correct', 'vqa_closed_acc', 'vqa_open_recall', 'chat_consistency')
 GROUNDED_KEYS = (
     'hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider',
     'rouge_l',
@@ -993,6 +996,12 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
         grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
     met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
     if len(grounded) > 1: met['groundings'] = grounded
+    if tm and 'typed' in inspect.signature(model.answer).parameters:  # the same questions, answered by free generation
+        r, _ = evaluate_model(
+            _Batched(model, bs, max_new_tokens, groundings[0], typed=False), sub, kind,
+            classes=to_preds(own, t).tolist(), tasks=('answer', 'chat'), probs=own,
+        )
+        met['free_answers'] = {k: r[k] for k in FREE_KEYS if k in r}
     write_report(out, met, y_true=y, probs=probs, images=o.get('images'), captions=o.get('captions'),
                  classes=list(LABEL_NAMES[kind]), kind=kind, thr=getattr(model, 'thresholds', None), **report_kw)
     return json.loads((out/'report.json').read_text())

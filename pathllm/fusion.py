@@ -25,7 +25,8 @@ import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_image
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, NUMBERS, VOCAB, Thresholds,
                               caption_dataset, read_jsonl, read_thresholds, read_level_odds, record_images, measure,
-                              measurement_text, extract_claims, check_claims, question_type, confidence_answer, level)
+                              measurement_text, extract_claims, check_claims, question_type, confidence_answer, level,
+                              number_value, answer_openers)
 from .tokenizer import PathTokenizer, pad_ids, with_image
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
@@ -518,12 +519,51 @@ def _prompt(self:PathVLM, question:str, history:list=())->list: # prompt ids end
 
 @patch
 @torch.no_grad()
+def score_answers(self:PathVLM, img:torch.Tensor, # (B, n, C) image tokens (`encode_images`), or (B, m, n, C): m per row
+                  prompts:list, # per image, prompt ids ending in `<|assistant|>\n`
+                  answers:list, # K candidate answers
+                  end:bool=True, # whole answers (their end token scored); `False`: how an answer starts
+                  length_norm:bool=False, # divide by the number of scored tokens
+                 )->torch.Tensor: # (B, K) summed log-likelihood of each candidate after each image's prompt
+    "Log-likelihood of each candidate answer (or answer start) after each image's prompt: one batched forward"
+    K, dev = len(answers), img.device
+    ans = [self.tok.encode(a) + ([self.tok.end_id] if end else []) for a in answers]
+    rows = [p + a for p in prompts for a in ans]                                   # B*K rows, image-major
+    ids, am = [t.to(dev) for t in pad_ids(rows, self.tok.pad_id, 'right')]            # (B*K, T)
+    sel = torch.zeros_like(ids, dtype=torch.bool)
+    for r, (p, a) in enumerate((p, a) for p in prompts for a in ans): sel[r, len(p):len(p) + len(a)] = True
+    emb, mask, pos = self.embed(ids, am, img.repeat_interleave(K, 0))
+    logits = self.lm(inputs_embeds=emb, attention_mask=mask)[0]
+    logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.size(-1)))      # (B*K, T, V) at text positions
+    lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0] * sel[:, 1:]  # log p(ids[t+1])
+    return (lp.sum(1) / (sel.sum(1) if length_norm else 1)).view(len(prompts), K)
+
+@patch
+def pick_openers(self:PathVLM, x:torch.Tensor, # (B, 3, H, W) images at the model's size
+                 questions:list, # one per image
+                 histories:list|None=None, # per image, earlier `(user, assistant)` turns
+                )->list: # per image the start its answer gets, or `None` where the question has no typed openers
+    """For each question with typed answers (`pathllm.captions.answer_openers`: 'Yes:'/'No:', a feature's level words,
+    the location), the start the model finds likeliest for its image; the model then writes the rest"""
+    hs, out, groups = histories or [()] * len(questions), [None] * len(questions), {}
+    for i, q in enumerate(questions):
+        if o := answer_openers(q, self.cfg.vlm_kind): groups.setdefault(tuple(o), []).append(i)
+    for o, js in groups.items():
+        lp = self.score_answers(
+            self.encode_images(x[js]), [self._prompt(questions[j], hs[j]) for j in js], list(o), end=False
+        )
+        for j, k in zip(js, lp.argmax(-1).tolist()): out[j] = o[k]
+    return out
+
+@patch
+@torch.no_grad()
 def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays
              questions:str|list, # one question for all images, or one per image
              histories:list|None=None, # per image, earlier `(user, assistant)` turns
              max_new_tokens:int=96, # tokens to generate at most
              temperature:float=0., # 0: greedy
              prefix:str|list|None=None, # text the answers must start with (one, or one per image); kept in the output
+             typed:bool=False, # without `prefix`: answers open with the likeliest start of their type (`pick_openers`)
              **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `repetition_penalty`, `seed`)
             )->list: # one answer string per image
     "Answer `questions` about `images`: batched, left-padded generation with the KV cache"
@@ -531,6 +571,7 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
     qs = [questions] * len(x) if isinstance(questions, str) else list(questions)
+    if typed and prefix is None: prefix = self.pick_openers(x, qs, histories)
     pre = [
         self.tok.encode(p) if p else []
         for p in ([prefix] * len(x) if prefix is None or isinstance(prefix, str) else prefix)
@@ -565,15 +606,17 @@ def report(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
 @patch
 def answer(self:PathVLM, images, question:str|list, # one question for all images, or one per image
            histories:list|None=None, # per image, earlier `(user, assistant)` turns
+           typed:bool=True, # a question with typed answers (yes/no, a feature's level, ...) gets its likeliest start
            **kw)->list: # an answer per image
     """Answer a question; 'how sure are you?' is answered from the class probability (`confidence_answer`), the rest by
-    generation"""
+    generation, opened (`typed`) by the answer start of the question's type the model finds likeliest"""
     x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
     qs = [question] * len(x) if isinstance(question, str) else list(question)
     hs, kind, out = histories or [()] * len(x), self.cfg.vlm_kind, [None] * len(x)
     conf = [i for i, q in enumerate(qs) if question_type(q, kind) == 'confidence']
     if rest := [i for i in range(len(x)) if i not in conf]:
-        for i, a in zip(rest, self.generate(x[rest], [qs[i] for i in rest], [hs[i] for i in rest], **kw)): out[i] = a
+        for i, a in zip(rest, self.generate(x[rest], [qs[i] for i in rest], [hs[i] for i in rest], typed=typed, **kw)):
+            out[i] = a
     if conf:
         # the class it calls (its stored threshold included) and that class's probability
         r = self.classify(x[conf], generate=False)
@@ -601,18 +644,8 @@ def class_logprobs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
     "Log-likelihood of each candidate answer to `question`"
     kind, dev = self.cfg.vlm_kind, next(self.parameters()).device
     names, q = list(names or LABEL_NAMES[kind]), question or QUESTIONS[kind, 'class'][0]
-    p = self._prompt(q); rows = [p + self.tok.encode(n) + [self.tok.end_id] for n in names]
-    ids, am = [t.to(dev) for t in pad_ids(rows, self.tok.pad_id)]                            # (K, T)
     img = self.encode_images(to_images(images, self.cfg.vit_img_size, dev))               # (B, n, C)
-    B, K = len(img), len(names)
-    ids_, am_ = ids.repeat(B, 1), am.repeat(B, 1)                                         # (B*K, T)
-    x, mask, pos = self.embed(ids_, am_, img.repeat_interleave(K, 0))
-    logits = self.lm(inputs_embeds=x, attention_mask=mask)[0].gather(
-        1, pos[..., None].expand(-1, -1, self.cfg.lm_vocab_size)
-    )
-    lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids_[:, 1:, None])[..., 0]   # (B*K, T-1): log p(ids[t+1])
-    ans = (torch.arange(ids.shape[1] - 1, device=dev) >= len(p) - 1) & (am_[:, 1:] == 1)  # answer tokens only
-    return (lp * ans).sum(1).view(B, K)
+    return self.score_answers(img, [self._prompt(q)] * len(img), names)
 
 @patch
 def classify(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
@@ -676,8 +709,7 @@ class CopyNumbers:
             for ps in parts
         ]
         # name -> the level word of its number (features that have words, and a number)
-        word = lambda f, v: VOCAB[f][lv][0] if (lv := level(float(v.replace(',', ''))/NUMBERS[f][3],
-                                                             getattr(thr, f))) is not None else None
+        word = lambda f, v: VOCAB[f][lv][0] if (lv := level(number_value(f, v), getattr(thr, f))) is not None else None
         self.words = [
             {} if thr is None else
             {n: w for f, (n, *_) in NUMBERS.items() if f in WORD_FEATURES and re.fullmatch(r' [\d.,]+', vs.get(n, ''))

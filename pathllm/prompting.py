@@ -176,20 +176,9 @@ def answer_logprobs(model:PathVLM, # a generative `PathVLM`
                     length_norm:bool=False, # divide by the number of answer tokens
                     shots=None, # example images, as in `generate_chat`
                    )->torch.Tensor: # (B, K) log-likelihoods
-    "Log-likelihood of each candidate answer after each image's conversation"
-    tok, dev, K = model.tok, next(model.parameters()).device, len(answers)
-    prompts = [chat_ids(tok, c, image_turn) for c in convs]
-    ans = [tok.encode(a) + [tok.end_id] for a in answers]
-    rows = [p + a for p in prompts for a in ans]                                   # B*K rows, image-major
-    ids, am = [t.to(dev) for t in pad_ids(rows, tok.pad_id, 'right')]            # (B*K, T)
-    sel = torch.zeros_like(ids, dtype=torch.bool)
-    for r, (p, a) in enumerate((p, a) for p in prompts for a in ans): sel[r, len(p):len(p) + len(a)] = True
-    emb, mask, pos = model.embed(ids, am, _image_embeds(model, images, shots).repeat_interleave(K, 0))
-    logits = model.lm(inputs_embeds=emb, attention_mask=mask)[0]
-    logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.size(-1)))      # (B*K, T, V) at text positions
-    lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0] * sel[:, 1:]
-    s = lp.sum(1) / (sel.sum(1) if length_norm else 1)
-    return s.view(len(prompts), K)
+    "Log-likelihood of each candidate answer after each image's conversation (`PathVLM.score_answers`)"
+    prompts = [chat_ids(model.tok, c, image_turn) for c in convs]
+    return model.score_answers(_image_embeds(model, images, shots), prompts, answers, length_norm=length_norm)
 
 # %% ../nbs/06_prompting.ipynb #febfcac2
 def _result(answers, kind, n_tokens, probs=None, closed=False, extra=None)->dict:

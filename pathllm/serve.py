@@ -442,8 +442,9 @@ def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers: c
 
 @patch
 def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history)
+    # answers of a typed question open with the likeliest start of its type, as `PathVLM.answer` does
     im, q, h = zip(*rows)
-    return self.model.generate(list(im), list(q), list(h), **dict(gen), **_copy(self.model, q))
+    return self.model.generate(list(im), list(q), list(h), typed=True, **dict(gen), **_copy(self.model, q))
 
 @patch
 def _batch_rag(self:Pipeline, xs:list, question:str, gen:tuple, *_)->list: # (answer, references) per image
@@ -578,7 +579,8 @@ def report(self:Pipeline, images, rag:bool|None=None, max_new_tokens:int=192,
 @delegates(gen_options)
 def answer(self:Pipeline, images, question:str, # the question, asked of every image
            rag:bool|None=None, **gen)->dict|list: # per image `answer` (and `references`)
-    "Answer a question about each image"
+    """Answer a question about each image (a yes/no or feature question opens with the likeliest answer start of its
+    type, `PathVLM.answer`'s `typed`; 'how sure' from the class probability)"""
     if not isinstance(question, str) or not question.strip(): raise InputError('question: must be a non-empty string')
     return self._ask(images, question, 'answer', rag, gen_options(**gen))
 
