@@ -936,6 +936,9 @@ def vlm_accuracy(model, # a `PathVLM` (generative or dual): anything with `class
     return float((pred == torch.tensor([names.index(lbl[k]) for k in keys])).float().mean())
 
 # %% ../nbs/01a_evaluate.ipynb #9c005f4c
+def _typed(model)->bool: # does `model.answer` take `typed` (typed answers, or free generation)?
+    return hasattr(model, 'answer') and 'typed' in inspect.signature(model.answer).parameters
+
 class _Batched:
     """The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what
     `evaluate_model` then scores"""
@@ -948,7 +951,7 @@ class _Batched:
             **(dict(ground=ground) if 'ground' in inspect.signature(model.caption).parameters else {}),
         )
         # answers opened by their type's likeliest start (`PathVLM.answer`'s `typed`), or plain generation
-        self.akw = dict(typed=typed) if 'typed' in inspect.signature(model.answer).parameters else {}
+        self.akw = dict(typed=typed) if _typed(model) else {}
     def _b(self, f, imgs:list)->list: return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs])]
     def caption(self, imgs:list)->list: return self._b(lambda b: self.model.caption(b, **self.kw), imgs)
     def answer(self, imgs:list, q:str)->list:
@@ -996,7 +999,7 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
         grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
     met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
     if len(grounded) > 1: met['groundings'] = grounded
-    if tm and 'typed' in inspect.signature(model.answer).parameters:  # the same questions, answered by free generation
+    if tm and _typed(model):  # the same questions, answered by free generation
         r, _ = evaluate_model(
             _Batched(model, bs, max_new_tokens, groundings[0], typed=False), sub, kind,
             classes=to_preds(own, t).tolist(), tasks=('answer', 'chat'), probs=own,

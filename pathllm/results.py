@@ -157,13 +157,21 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
     "The fused model's text metrics of each configuration, mean ± sd over its seeds"
     check_counterweights([k for _, k, _ in LANGUAGE])
     seeds, st = _train_runs(runs)
-    rows = [
-        [f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]]
-        for label, reps in runs.items()
-    ]
+    rows = []
+    for label, reps in runs.items():
+        rows.append([f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]])
+        if all('free_answers' in r for r in reps):  # the same model's answers by free generation, not typed
+            rows.append(
+                [f'`{label}`, free answers', *[mean_sd([r['free_answers'].get(k) for r in reps], dg) for _, k, dg in LANGUAGE]]
+            )
     notes = [
-        f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches; "
-        f"{_seeds_text(seeds[label])}."
+        f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches"
+        + (
+            " (answers typed: opened by the likeliest start of the question's type; the row below: the same questions "
+            "answered by free generation)"
+            if all('free_answers' in r for r in reps) else ''
+        )
+        + f"; {_seeds_text(seeds[label])}."
         for label, reps in runs.items()
     ]
     return '\n\n'.join([' '.join(notes), md_table(['config', *[h for h, _, _ in LANGUAGE]], rows), st])
