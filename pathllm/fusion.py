@@ -563,7 +563,7 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
              max_new_tokens:int=96, # tokens to generate at most
              temperature:float=0., # 0: greedy
              prefix:str|list|None=None, # text the answers must start with (one, or one per image); kept in the output
-             typed:bool=False, # without `prefix`: answers open with the likeliest start of their type (`pick_openers`)
+             typed:bool=False, # rows without a prefix open with the likeliest start of their type (`pick_openers`)
              **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `repetition_penalty`, `seed`)
             )->list: # one answer string per image
     "Answer `questions` about `images`: batched, left-padded generation with the KV cache"
@@ -571,7 +571,9 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
     qs = [questions] * len(x) if isinstance(questions, str) else list(questions)
-    if typed and prefix is None: prefix = self.pick_openers(x, qs, histories)
+    if typed and not isinstance(prefix, str) and (prefix is None or None in prefix):
+        given = [None] * len(x) if prefix is None else list(prefix)
+        prefix = [p if p is not None else o for p, o in zip(given, self.pick_openers(x, qs, histories))]
     pre = [
         self.tok.encode(p) if p else []
         for p in ([prefix] * len(x) if prefix is None or isinstance(prefix, str) else prefix)

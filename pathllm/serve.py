@@ -36,7 +36,7 @@ from .data import LABEL_NAMES, DataError, atomic_write
 from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type
 from .captions import confidence_answer
 from .tokenizer import with_image, SPECIAL_TOKENS
-from .fusion import PathVLM, CopyNumbers
+from .fusion import PathVLM, CopyNumbers, to_images
 from .rag import PatchIndex, rag_generate
 
 # %% ../nbs/12_serve.ipynb #08d9f22e
@@ -441,10 +441,17 @@ def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers: c
     return dict(force=cp) if any(cp.vals) else {}
 
 @patch
-def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history)
-    # answers of a typed question open with the likeliest start of its type, as `PathVLM.answer` does
+def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history[, opener])
+    # answers of a typed question open with the likeliest start of its type (or the opener given), as `PathVLM.answer`
+    im, q, h, pre = zip(*[r if len(r) == 4 else (*r, None) for r in rows])
+    return self.model.generate(
+        list(im), list(q), list(h), prefix=list(pre), typed=True, **dict(gen), **_copy(self.model, q)
+    )
+
+@patch
+def _batch_openers(self:Pipeline, rows:list)->list: # rows: (image, question, history) -> the opener of each, or None
     im, q, h = zip(*rows)
-    return self.model.generate(list(im), list(q), list(h), typed=True, **dict(gen), **_copy(self.model, q))
+    return self.model.pick_openers(to_images(list(im), self.model.cfg.vit_img_size, self.device), list(q), list(h))
 
 @patch
 def _batch_rag(self:Pipeline, xs:list, question:str, gen:tuple, *_)->list: # (answer, references) per image
@@ -606,7 +613,10 @@ def chat(self:Pipeline, image, # one image
     self.check_tokens(message, h, g['max_new_tokens'])
     with self.batcher.coming(): xs, single = self.prepare(image)
     if not single: raise InputError(f'image: chat takes one image, got {len(xs)}')
-    reply = self.batcher.submit(('generate', *_gen_key(g)), [(xs[0], message, h)], on_token)[0]
+    # streamed: a typed answer's opener is picked first and streamed before the tokens generated after it
+    pre = self.batcher.submit(('openers',), [(xs[0], message, h)])[0] if on_token else None
+    if pre: on_token(self.model.tok.encode(pre))
+    reply = self.batcher.submit(('generate', *_gen_key(g)), [(xs[0], message, h, pre)], on_token)[0]
     return dict(reply=reply, history=[list(t) for t in h] + [[message, reply]])
 
 # %% ../nbs/12_serve.ipynb #044ec633
