@@ -26,10 +26,10 @@ __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEAT
            'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report',
            'parse_report', 'number_value', 'report_numbers', 'check_numbers', 'level_odds', 'check_consistency',
            'phrasings', 'noisy_phrasing', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type',
-           'answer_form', 'answer_openers', 'conversation', 'held_out_questions', 'llava_record', 'record_images',
-           'flat_records', 'write_jsonl', 'read_jsonl', 'portable_path', 'few_shot_turns', 'caption_dataset',
-           'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists',
-           'show_captions']
+           'answer_form', 'answer_openers', 'canonical_question', 'conversation', 'held_out_questions', 'llava_record',
+           'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'portable_path', 'few_shot_turns',
+           'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus', 'read_corpus',
+           'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -977,6 +977,14 @@ def answer_openers(q:str, # a question
         return [_location_answer(c, kind).split(':')[0] + ':' for c in (1, 0)]
     if t in ASK and (f := ASK[t][0]) in CAPTION_FEATURES[kind]: return [_head(f, b) for b in (0, 1, 2, None)]
     return None
+
+def canonical_question(q:str, # a question
+                       kind:str='pcam', # 'pcam' or 'mhist'
+                      )->str|None: # its type's first training phrasing ('Describe the nuclear size.'), or `None`
+    """The training question an open question about one feature stands for, whatever its wording or the conversation
+    before it; `None` for other questions (yes/no ones keep their own: 'Are the nuclei small?' is not 'enlarged?')"""
+    t = question_type(q, kind)
+    return ASK[t][1][0] if t in ASK and ASK[t][0] in CAPTION_FEATURES[kind] else None
 
 # %% ../nbs/01_captions.ipynb #dcbdb56d
 def conversation(morph:Morphology, # measured features

@@ -26,7 +26,8 @@ from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_i
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, NUMBERS, VOCAB, Thresholds,
                               caption_dataset, read_jsonl, read_thresholds, read_level_odds, record_images, measure,
                               measurement_text, extract_claims, check_claims, question_type, confidence_answer, level,
-                              number_value, answer_openers)
+                              number_value, answer_openers,
+                              canonical_question)
 from .tokenizer import PathTokenizer, pad_ids, with_image
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
@@ -542,15 +543,20 @@ def score_answers(self:PathVLM, img:torch.Tensor, # (B, n, C) image tokens (`enc
 def pick_openers(self:PathVLM, x:torch.Tensor, # (B, 3, H, W) images at the model's size
                  questions:list, # one per image
                  histories:list|None=None, # per image, earlier `(user, assistant)` turns
+                 canonical:bool=True, # an open feature question's level is scored under its training question
                 )->list: # per image the start its answer gets, or `None` where the question has no typed openers
     """For each question with typed answers (`pathllm.captions.answer_openers`: 'Yes:'/'No:', a feature's level words,
-    the location), the start the model finds likeliest for its image; the model then writes the rest"""
-    hs, out, groups = histories or [()] * len(questions), [None] * len(questions), {}
+    the location), the start the model finds likeliest for its image; the model then writes the rest. With
+    `canonical`, an open question about one feature is scored as its type's training question
+    (`canonical_question`), without the conversation: the level is the model's reading of that feature in that image,
+    the same however and whenever it is asked"""
+    hs, out, groups, kind = histories or [()] * len(questions), [None] * len(questions), {}, self.cfg.vlm_kind
     for i, q in enumerate(questions):
-        if o := answer_openers(q, self.cfg.vlm_kind): groups.setdefault(tuple(o), []).append(i)
+        if o := answer_openers(q, kind): groups.setdefault(tuple(o), []).append(i)
+    prompt = lambda q, h: self._prompt(c) if canonical and (c := canonical_question(q, kind)) else self._prompt(q, h)
     for o, js in groups.items():
         lp = self.score_answers(
-            self.encode_images(x[js]), [self._prompt(questions[j], hs[j]) for j in js], list(o), end=False
+            self.encode_images(x[js]), [prompt(questions[j], hs[j]) for j in js], list(o), end=False
         )
         for j, k in zip(js, lp.argmax(-1).tolist()): out[j] = o[k]
     return out
