@@ -540,10 +540,12 @@ def score_answers(self:PathVLM, img:torch.Tensor, # (B, n, C) image tokens (`enc
     return (lp.sum(1) / (sel.sum(1) if length_norm else 1)).view(len(prompts), K)
 
 @patch
-def pick_openers(self:PathVLM, x:torch.Tensor, # (B, 3, H, W) images at the model's size
+@torch.no_grad()
+def pick_openers(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays
                  questions:list, # one per image
                  histories:list|None=None, # per image, earlier `(user, assistant)` turns
                  canonical:bool=True, # an open feature question's level is scored under its training question
+                 img:torch.Tensor|None=None, # the images' tokens (`encode_images`) where the caller has them already
                 )->list: # per image the start its answer gets, or `None` where the question has no typed openers
     """For each question with typed answers (`pathllm.captions.answer_openers`: 'Yes:'/'No:', a feature's level words,
     the location), the start the model finds likeliest for its image; the model then writes the rest. With
@@ -553,11 +555,11 @@ def pick_openers(self:PathVLM, x:torch.Tensor, # (B, 3, H, W) images at the mode
     hs, out, groups, kind = histories or [()] * len(questions), [None] * len(questions), {}, self.cfg.vlm_kind
     for i, q in enumerate(questions):
         if o := answer_openers(q, kind): groups.setdefault(tuple(o), []).append(i)
+    if groups and img is None:
+        img = self.encode_images(to_images(images, self.cfg.vit_img_size, next(self.parameters()).device))
     prompt = lambda q, h: self._prompt(c) if canonical and (c := canonical_question(q, kind)) else self._prompt(q, h)
     for o, js in groups.items():
-        lp = self.score_answers(
-            self.encode_images(x[js]), [prompt(questions[j], hs[j]) for j in js], list(o), end=False
-        )
+        lp = self.score_answers(img[js], [prompt(questions[j], hs[j]) for j in js], list(o), end=False)
         for j, k in zip(js, lp.argmax(-1).tolist()): out[j] = o[k]
     return out
 
@@ -576,17 +578,14 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
     if self.dual: raise ValueError("vlm_connector: 'dual' models do not generate text; use `classify` or `retrieve`")
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
-    qs = [questions] * len(x) if isinstance(questions, str) else list(questions)
-    if typed and not isinstance(prefix, str) and (prefix is None or None in prefix):
-        given = [None] * len(x) if prefix is None else list(prefix)
-        prefix = [p if p is not None else o for p, o in zip(given, self.pick_openers(x, qs, histories))]
-    pre = [
-        self.tok.encode(p) if p else []
-        for p in ([prefix] * len(x) if prefix is None or isinstance(prefix, str) else prefix)
-    ]
+    qs, img = [questions] * len(x) if isinstance(questions, str) else list(questions), self.encode_images(x)
+    pre = [prefix] * len(x) if prefix is None or isinstance(prefix, str) else list(prefix)
+    if typed and None in pre:
+        pre = [p if p is not None else o for p, o in zip(pre, self.pick_openers(x, qs, histories, img=img))]
+    pre = [self.tok.encode(p) if p else [] for p in pre]
     rows = [self._prompt(q, h) + e for q, h, e in zip(qs, histories or [()] * len(qs), pre)]
     ids, am = [t.to(dev) for t in pad_ids(rows, self.tok.pad_id, 'left')]
-    emb, mask, _ = self.embed(ids, am, self.encode_images(x))
+    emb, mask, _ = self.embed(ids, am, img)
     out = self.lm.generate(
         inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
         stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **kw,

@@ -157,10 +157,10 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
     "The fused model's text metrics of each configuration, mean ± sd over its seeds"
     check_counterweights([k for _, k, _ in LANGUAGE])
     seeds, st = _train_runs(runs)
-    rows = []
+    rows, free = [], {label: all('free_answers' in r for r in reps) for label, reps in runs.items()}
     for label, reps in runs.items():
         rows.append([f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]])
-        if all('free_answers' in r for r in reps):  # the same model's answers by free generation, not typed
+        if free[label]:  # the same model's answers by free generation, not typed
             rows.append(
                 [f'`{label}`, free answers', *[mean_sd([r['free_answers'].get(k) for r in reps], dg) for _, k, dg in LANGUAGE]]
             )
@@ -169,7 +169,7 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
         + (
             " (answers typed: opened by the likeliest start of the question's type; the row below: the same questions "
             "answered by free generation)"
-            if all('free_answers' in r for r in reps) else ''
+            if free[label] else ''
         )
         + f"; {_seeds_text(seeds[label])}."
         for label, reps in runs.items()

@@ -36,7 +36,7 @@ from .data import LABEL_NAMES, DataError, atomic_write
 from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type
 from .captions import confidence_answer
 from .tokenizer import with_image, SPECIAL_TOKENS
-from .fusion import PathVLM, CopyNumbers, to_images
+from .fusion import PathVLM, CopyNumbers
 from .rag import PatchIndex, rag_generate
 
 # %% ../nbs/12_serve.ipynb #08d9f22e
@@ -441,9 +441,9 @@ def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers: c
     return dict(force=cp) if any(cp.vals) else {}
 
 @patch
-def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history[, opener])
+def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history, opener)
     # answers of a typed question open with the likeliest start of its type (or the opener given), as `PathVLM.answer`
-    im, q, h, pre = zip(*[r if len(r) == 4 else (*r, None) for r in rows])
+    im, q, h, pre = zip(*rows)
     return self.model.generate(
         list(im), list(q), list(h), prefix=list(pre), typed=True, **dict(gen), **_copy(self.model, q)
     )
@@ -451,7 +451,7 @@ def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (ima
 @patch
 def _batch_openers(self:Pipeline, rows:list)->list: # rows: (image, question, history) -> the opener of each, or None
     im, q, h = zip(*rows)
-    return self.model.pick_openers(to_images(list(im), self.model.cfg.vit_img_size, self.device), list(q), list(h))
+    return self.model.pick_openers(list(im), list(q), list(h))
 
 @patch
 def _batch_rag(self:Pipeline, xs:list, question:str, gen:tuple, *_)->list: # (answer, references) per image
@@ -554,7 +554,7 @@ def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict, 
     for q in dict.fromkeys(qs): self.check_tokens(q, [], gen['max_new_tokens'])
     if not use_rag:
         out = [
-            {key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, q, ()) for x, q in zip(xs, qs)])
+            {key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, q, (), None) for x, q in zip(xs, qs)])
         ]
     else:
         out = [None] * len(xs)
