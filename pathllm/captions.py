@@ -26,10 +26,10 @@ __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEAT
            'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report',
            'parse_report', 'number_value', 'report_numbers', 'check_numbers', 'level_odds', 'check_consistency',
            'phrasings', 'noisy_phrasing', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type',
-           'answer_form', 'answer_openers', 'canonical_question', 'conversation', 'held_out_questions', 'llava_record',
-           'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'portable_path', 'few_shot_turns',
-           'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus', 'read_corpus',
-           'plot_feature_hists', 'show_captions']
+           'answer_form', 'answer_openers', 'canonical_question', 'opener_claims', 'conversation', 'held_out_questions',
+           'llava_record', 'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'portable_path',
+           'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus',
+           'read_corpus', 'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -985,6 +985,28 @@ def canonical_question(q:str, # a question
     before it; `None` for other questions (yes/no ones keep their own: 'Are the nuclei small?' is not 'enlarged?')"""
     t = question_type(q, kind)
     return ASK[t][1][0] if t in ASK and ASK[t][0] in CAPTION_FEATURES[kind] else None
+
+def _word_in(w:str, t:str)->bool: return re.search(rf'(?<![\w-]){re.escape(w.lower())}(?![\w-])', t) is not None
+
+def opener_claims(q:str, # a question
+                  kind:str='pcam', # 'pcam' or 'mhist'
+                 )->list|None: # per opener of `answer_openers(q)`: `(feature, level, holds)` or `None`
+    """What each start of a typed answer to `q` asserts, so a classifier or a feature reading can weigh it:
+    `('class', c, True)` 'the patch is class c' (False: it is not), `(feature, level, True)` 'the feature is at this word
+    level' (False: it is not); `None` where an opener asserts neither ('Not assessable:', or a yes/no question naming no
+    class or level). `None` for questions without typed answers"""
+    if (ops := answer_openers(q, kind)) is None: return None
+    t, low = question_type(q, kind), q.lower()
+    if t == 'location': return [('class', 1, True), ('class', 1, False)]  # 'In the centre:' / 'Nowhere:'
+    if t == 'diagnosis':  # the class a yes/no question names; of two classes, the finding (class 1) by default
+        cs = {c for c in range(len(LABEL_NAMES[kind])) if _word_in(class_text(kind, c), low)}
+        c = cs.pop() if len(cs) == 1 else 1 if len(LABEL_NAMES[kind]) == 2 and not cs else None
+    elif t.startswith('yesno:'):  # the level a yes/no question names ('enlarged' in 'Are the nuclei enlarged?')
+        f = t.split(':')[1]; bs = {b for b in range(3) for w in VOCAB[f][b] if _word_in(w, low)}
+        c = bs.pop() if len(bs) == 1 else None
+    else: return [(ASK[t][0], b, True) for b in range(3)] + [None]  # a feature's level words, 'Not assessable:'
+    key = 'class' if t == 'diagnosis' else f
+    return [None, None] if c is None else [(key, c, True), (key, c, False)]
 
 # %% ../nbs/01_captions.ipynb #dcbdb56d
 def conversation(morph:Morphology, # measured features

@@ -26,7 +26,7 @@ from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_i
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, NUMBERS, VOCAB, Thresholds,
                               caption_dataset, read_jsonl, read_thresholds, read_level_odds, record_images, measure,
                               measurement_text, extract_claims, check_claims, question_type, confidence_answer, level,
-                              number_value, answer_openers,
+                              number_value, answer_openers, opener_claims, CAPTION_FEATURES,
                               canonical_question)
 from .tokenizer import PathTokenizer, pad_ids, with_image
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
@@ -38,7 +38,8 @@ from .evaluate import retrieval_recall, vlm_accuracy
 # %% auto #0
 __all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'record_conv',
            'VLMDataset', 'pack_rows', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache',
-           'TokenWeight', 'vlm_learner', 'to_images', 'CopyNumbers', 'init_vision', 'train_vlm']
+           'TokenWeight', 'vlm_learner', 'to_images', 'claim_prob', 'choose_opener', 'CopyNumbers', 'init_vision',
+           'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 # how `caption` and `report` tie their text to the image (see "Grounded captions")
@@ -87,6 +88,7 @@ class VLMConfig:
     vlm_ground:str='none' # default grounding: 'none' (own words), 'class' (`class_logprobs`), 'rerank' (tool)
     vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
     vlm_threshold:float|None=None # two classes: P(class 1) from which `classify` calls 1 (chosen on dev); None: argmax
+    vlm_guide:float=0. # weight of the model's own heads in typed answers' openers (`pick_openers`; chosen on dev); 0: LM
 
     def __post_init__(self):
         if self.vlm_connector not in CONNECTORS:
@@ -119,6 +121,8 @@ class VLMConfig:
                 f"vlm_threshold: must be in (0, 1), for two classes only; got {self.vlm_threshold} for "
                 f"{len(LABEL_NAMES[self.vlm_kind])}"
             )
+        if not (math.isfinite(self.vlm_guide) and self.vlm_guide >= 0):
+            raise ValueError(f"vlm_guide: must be a finite number >= 0, got {self.vlm_guide}")
         self.lm_config  # validates the LM sizes
 
     @property
@@ -541,27 +545,100 @@ def score_answers(self:PathVLM, img:torch.Tensor, # (B, n, C) image tokens (`enc
 
 @patch
 @torch.no_grad()
+def head_probs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays
+               img:torch.Tensor|None=None, # the images' tokens (`encode_images`) where the caller has them already
+               feats:VisionFeatures|None=None, # their `vision_features` where the caller has them already
+              )->dict: # `class` (B, K) the call's probabilities; with a morphology readout, feature -> (B, 3) word probs
+    """What the model's own heads say of each image: its class probabilities (`classify`'s, moved by its threshold so
+    0.5 is its call) and, when it reads a multi-task baseline's heads (`vlm_readout`, features `CAPTION_FEATURES`), the
+    word-level probabilities of each feature"""
+    kind, x = self.cfg.vlm_kind, None
+    if img is None or (feats is None and self.readout is not None):
+        x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
+    if feats is None and self.readout is not None: feats = self.vision_features(x)
+    if img is None: img = self.encode_images(feats if feats is not None else x)
+    p = self.score_answers(img, [self._prompt(QUESTIONS[kind, 'class'][0])] * len(img), list(LABEL_NAMES[kind]))
+    p = p.softmax(-1).float()
+    if (t := self.cfg.vlm_threshold) is not None:  # P(1) moved so that the threshold lands on 0.5
+        p1 = torch.sigmoid(torch.logit(p[:, 1].clamp(1e-6, 1 - 1e-6)) - math.log(t / (1 - t)))
+        p = torch.stack([1 - p1, p1], -1)
+    out = {'class': p.cpu()}
+    names = CAPTION_FEATURES[kind]
+    if self.readout is not None and self.readout.n_morph == len(names):
+        bins = self.readout(feats)[1].softmax(-1).float().cpu()                     # (B, F, 3)
+        out.update({f: bins[:, j] for j, f in enumerate(names)})
+    return out
+
+def claim_prob(heads:dict, # `PathVLM.head_probs` of a batch
+               i:int, # the image
+               claim:tuple|None, # `(feature, level, holds)` of `pathllm.captions.opener_claims`
+              )->float: # the probability the heads give the claim; NaN where no head reads it
+    "How likely the model's heads find one claim about image `i` ('the class is c', 'the feature is at this level')"
+    if claim is None or claim[0] not in heads: return float('nan')
+    f, b, holds = claim; p = float(heads[f][i, b])
+    return p if holds else 1 - p
+
+def choose_opener(lm:np.ndarray, # (K,) the LM's log-likelihood of each opener
+                  heads:np.ndarray, # (K,) the heads' probability of each opener's claim (NaN: none)
+                  guide:float, # weight of the heads' log-probability (0: the LM alone)
+                 )->int: # the chosen opener
+    """The LM's likeliest opener; where it makes a claim the heads can weigh, the best among those by LM log-likelihood
+    plus `guide` times the heads' log-probability (a product of experts; an opener the heads cannot read, such as 'Not
+    assessable:', stays the LM's call)"""
+    k, ok = int(np.argmax(lm)), ~np.isnan(heads)
+    if not guide or not ok[k]: return k
+    s = np.where(ok, lm + guide * np.log(np.clip(np.nan_to_num(heads, nan=1.), 1e-6, 1.)), -np.inf)
+    return int(np.argmax(s))
+
+@patch
+@torch.no_grad()
+def opener_scores(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays
+                  questions:list, # one per image
+                  histories:list|None=None, # per image, earlier `(user, assistant)` turns
+                  canonical:bool=True, # an open feature question's level is scored under its training question
+                  heads:bool=True, # also the heads' probability of each opener's claim (`head_probs`)
+                  img:torch.Tensor|None=None, # the images' tokens (`encode_images`) where the caller has them already
+                  feats:VisionFeatures|None=None, # their `vision_features` where the caller has them already
+                 )->list: # per image `None`, or `(openers, lm, heads)`: K openers, (K,) log-likelihoods, (K,) probabilities
+    """For each question with typed answers (`pathllm.captions.answer_openers`), the LM's log-likelihood of each opener
+    as the answer's start (by `score_answers`) and, with `heads`, the probability the model's heads give what it asserts
+    (`opener_claims`, `claim_prob`; NaN without them). With `canonical`, an open question about one feature is scored as
+    its type's training question (`canonical_question`), without the conversation"""
+    hs, out, groups, kind = histories or [()] * len(questions), [None] * len(questions), {}, self.cfg.vlm_kind
+    for i, q in enumerate(questions):
+        if o := answer_openers(q, kind): groups.setdefault(tuple(o), []).append(i)
+    if not groups: return out
+    if img is None or (heads and feats is None and self.readout is not None):
+        x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
+        feats = self.vision_features(x) if x.ndim == 4 and feats is None else feats
+        img = self.encode_images(feats if feats is not None else x) if img is None else img
+    hp = self.head_probs(None, img, feats) if heads and img.ndim == 3 else {}   # several images per row: no heads
+    prompt = lambda q, h: self._prompt(c) if canonical and (c := canonical_question(q, kind)) else self._prompt(q, h)
+    for o, js in groups.items():
+        lp = self.score_answers(img[js], [prompt(questions[j], hs[j]) for j in js], list(o), end=False).float().cpu()
+        for j, l in zip(js, lp.numpy()):
+            out[j] = (list(o), l, np.array([claim_prob(hp, j, c) for c in opener_claims(questions[j], kind)]))
+    return out
+
+@patch
+@torch.no_grad()
 def pick_openers(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays
                  questions:list, # one per image
                  histories:list|None=None, # per image, earlier `(user, assistant)` turns
                  canonical:bool=True, # an open feature question's level is scored under its training question
+                 guide:float|None=None, # weight of the model's heads (`choose_opener`); default `cfg.vlm_guide`
                  img:torch.Tensor|None=None, # the images' tokens (`encode_images`) where the caller has them already
+                 feats:VisionFeatures|None=None, # their `vision_features` where the caller has them already
                 )->list: # per image the start its answer gets, or `None` where the question has no typed openers
     """For each question with typed answers (`pathllm.captions.answer_openers`: 'Yes:'/'No:', a feature's level words,
-    the location), the start the model finds likeliest for its image; the model then writes the rest. With
-    `canonical`, an open question about one feature is scored as its type's training question
-    (`canonical_question`), without the conversation: the level is the model's reading of that feature in that image,
-    the same however and whenever it is asked"""
-    hs, out, groups, kind = histories or [()] * len(questions), [None] * len(questions), {}, self.cfg.vlm_kind
-    for i, q in enumerate(questions):
-        if o := answer_openers(q, kind): groups.setdefault(tuple(o), []).append(i)
-    if groups and img is None:
-        img = self.encode_images(to_images(images, self.cfg.vit_img_size, next(self.parameters()).device))
-    prompt = lambda q, h: self._prompt(c) if canonical and (c := canonical_question(q, kind)) else self._prompt(q, h)
-    for o, js in groups.items():
-        lp = self.score_answers(img[js], [prompt(questions[j], hs[j]) for j in js], list(o), end=False)
-        for j, k in zip(js, lp.argmax(-1).tolist()): out[j] = o[k]
-    return out
+    the location), the start the model finds likeliest for its image (`opener_scores`, `choose_opener`); the model then
+    writes the rest. With `canonical`, an open question about one feature is scored as its type's training question,
+    without the conversation: the level is the model's reading of that feature in that image, the same however and
+    whenever it is asked. With `guide` > 0 the model's own heads weigh in: its class call on the diagnosis and the
+    location, its readout's word probabilities on a feature"""
+    g = self.cfg.vlm_guide if guide is None else guide
+    sc = self.opener_scores(images, questions, histories, canonical, g > 0, img, feats)
+    return [None if s is None else s[0][choose_opener(s[1], s[2], g)] for s in sc]
 
 @patch
 @torch.no_grad()
@@ -578,10 +655,12 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
     if self.dual: raise ValueError("vlm_connector: 'dual' models do not generate text; use `classify` or `retrieve`")
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
-    qs, img = [questions] * len(x) if isinstance(questions, str) else list(questions), self.encode_images(x)
+    feats = self.vision_features(x) if x.ndim == 4 else None
+    qs = [questions] * len(x) if isinstance(questions, str) else list(questions)
+    img = self.encode_images(feats if feats is not None else x)
     pre = [prefix] * len(x) if prefix is None or isinstance(prefix, str) else list(prefix)
     if typed and None in pre:
-        pre = [p if p is not None else o for p, o in zip(pre, self.pick_openers(x, qs, histories, img=img))]
+        pre = [p if p is not None else o for p, o in zip(pre, self.pick_openers(x, qs, histories, img=img, feats=feats))]
     pre = [self.tok.encode(p) if p else [] for p in pre]
     rows = [self._prompt(q, h) + e for q, h, e in zip(qs, histories or [()] * len(qs), pre)]
     ids, am = [t.to(dev) for t in pad_ids(rows, self.tok.pad_id, 'left')]

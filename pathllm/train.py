@@ -15,13 +15,13 @@ import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls,
                           BatchAugment, atomic_write, project_root, data_fingerprint, environment_info)
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
-from .captions import recaption, portable_path
+from .captions import recaption, portable_path, vqa_pairs, measure, answer_openers
 from .lm import train_lm, LM_SIZES, LMConfig
 from .fit import CheckpointCallback, fit_stage
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier, get_vision
 from .connectors import CONNECTORS
 from .tokenizer import PathTokenizer
-from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records, record_conv
+from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records, record_conv, choose_opener
 from .hf import load_vlm
 from .optimize import GradAccum, CompileModel, Autocast
 from .rag import PatchIndex, image_embeddings, rag_rows
@@ -29,9 +29,9 @@ from .evaluate import classification_metrics, evaluate_model, write_report, text
 from .evaluate import class_probs, evaluate_vlm, THRESHOLD_RULES
 
 # %% auto #0
-__all__ = ['TRAIN_STAGES', 'RUN_STAGES', 'CONFIGS', 'DATA_FIELDS', 'TrainConfig', 'config_from_dict', 'read_config',
-           'load_config', 'write_configs', 'sized_config', 'stage_callbacks', 'vlm_config', 'calibrate_threshold',
-           'run_data', 'run_train', 'run_eval', 'predict']
+__all__ = ['TRAIN_STAGES', 'RUN_STAGES', 'CONFIGS', 'DATA_FIELDS', 'GUIDE_WEIGHTS', 'TrainConfig', 'config_from_dict',
+           'read_config', 'load_config', 'write_configs', 'sized_config', 'stage_callbacks', 'vlm_config',
+           'calibrate_threshold', 'calibrate_guide', 'run_data', 'run_train', 'run_eval', 'predict']
 
 # %% ../nbs/11_train.ipynb #b5cb4a99
 TRAIN_STAGES = ('baseline', 'lm', 'fusion') # the stages of `run_train` that train a model, in order
@@ -478,6 +478,31 @@ def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_thresho
     )
     return model.cfg.vlm_threshold
 
+GUIDE_WEIGHTS = (0., 0.5, 1., 2., 4., 8., 16., 64.)  # candidate weights of the model's heads in typed openers
+
+def calibrate_guide(model:PathVLM, # a generative model; its `cfg.vlm_guide` is set
+                    ds:PatchDataset, # labelled patches not scored later (the `dev` split)
+                    n:int=128, # patches asked (the first `n`)
+                    bs:int=32, # questions per batch
+                    weights:tuple=GUIDE_WEIGHTS, # candidate weights
+                    margin:float=CAPTION_MARGIN, # feature questions only where the feature is clear, as they are scored
+                   )->dict: # `guide` (the weight chosen), `accuracy` (share of openers right) per weight, `n` questions
+    """Choose on `ds` how much `model`'s own heads weigh in its typed answers' openers (`PathVLM.pick_openers`): the
+    weight whose openers most often agree with the references of the yes/no and open questions of `vqa_pairs` (the
+    smallest of equals); store it in its config (call `calibrate_threshold` first: the class head is the model's call)"""
+    kind, thr = model.cfg.vlm_kind, model.thresholds
+    imgs, ys = [ds.image(i) for i in range(min(n, len(ds)))], [int(l) for l in ds.labels[:n]]
+    qa = [
+        (im, o['q'], o['a']) for i, (im, y) in enumerate(zip(imgs, ys)) for o in vqa_pairs(measure(im), y, kind, i, thr, margin)
+        if o['task'] in ('closed', 'open') and answer_openers(o['q'], kind)
+    ]
+    if not qa: raise ValueError(f"calibrate_guide: no questions with typed answers about the {len(imgs)} patches given")
+    sc = [s for j in range(0, len(qa), bs) for s in model.opener_scores(*map(list, zip(*[r[:2] for r in qa[j:j+bs]])))]
+    ref = [next(k for k, o in enumerate(s[0]) if a.startswith(o)) for s, (_, _, a) in zip(sc, qa)]
+    acc = {w: float(np.mean([choose_opener(lm, h, w) == r for (_, lm, h), r in zip(sc, ref)])) for w in weights}
+    model.cfg.vlm_guide = float(max(weights, key=lambda w: (acc[w], -w)))
+    return dict(guide=model.cfg.vlm_guide, accuracy={str(w): a for w, a in acc.items()}, n=len(qa))
+
 
 # %% ../nbs/11_train.ipynb #4d9c6e41
 def run_data(out:str|Path, # a `run_train` folder
@@ -501,6 +526,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     "Train baseline, language model and fused model on `data`, evaluate them and write the report and model to `out`"
     if until not in (None, *RUN_STAGES): raise ValueError(f"until: must be one of {list(RUN_STAGES)}, got {until!r}")
     cfg, out, log, t0 = load_config(config), Path(out), {}, time.time()
+    env = environment_info()  # the code this process runs (its commit), read before any stage
     stage = functools.partial(_stage, out=out, resume=resume, log=log)
     if cfg.threads: torch.set_num_threads(cfg.threads)
     if resume: _warn_changed(cfg, out)
@@ -520,8 +546,12 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
     if until == 'fusion': return fus
     def evaluate():
         model = PathVLM.from_pretrained(out/'vlm')
-        if cfg.calibrate and len(ds.classes) == 2 and prep.get('dev'):
-            calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta, cfg.threshold_rule)
+        guide = None  # on dev: the threshold, then the heads' weight in typed openers (its class head is the call)
+        if cfg.calibrate and prep.get('dev'):
+            if len(ds.classes) == 2:
+                calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta, cfg.threshold_rule)
+            if not model.dual and cfg.eval_captions:
+                guide = calibrate_guide(model, ds.subset(prep['dev']), cfg.eval_captions, cfg.bs)
         model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
         return evaluate_vlm(
@@ -542,9 +572,10 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
                     source=ds.source, n_train=len(prep['train']), n_dev=len(prep.get('dev', [])),
                     n_valid=len(prep['valid']), fingerprint=data_fingerprint(ds),
                 ),
-                environment=environment_info(),
+                environment=env,
                 baseline=base,
                 lm=lm,
+                guide=guide,
                 stages=log,
                 seconds=round(time.time() - t0, 1),
             ),
