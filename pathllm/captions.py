@@ -26,10 +26,10 @@ __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEAT
            'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report',
            'parse_report', 'number_value', 'report_numbers', 'check_numbers', 'level_odds', 'check_consistency',
            'phrasings', 'noisy_phrasing', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type',
-           'answer_form', 'answer_openers', 'canonical_question', 'opener_claims', 'conversation', 'held_out_questions',
-           'llava_record', 'record_images', 'flat_records', 'write_jsonl', 'read_jsonl', 'portable_path',
-           'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption', 'text_corpus',
-           'read_corpus', 'plot_feature_hists', 'show_captions']
+           'answer_form', 'answer_openers', 'canonical_question', 'opener_claims', 'opener_agrees', 'conversation',
+           'held_out_questions', 'llava_record', 'record_images', 'flat_records', 'write_jsonl', 'read_jsonl',
+           'portable_path', 'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption',
+           'text_corpus', 'read_corpus', 'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -1007,6 +1007,20 @@ def opener_claims(q:str, # a question
     else: return [(ASK[t][0], b, True) for b in range(3)] + [None]  # a feature's level words, 'Not assessable:'
     key = 'class' if t == 'diagnosis' else f
     return [None, None] if c is None else [(key, c, True), (key, c, False)]
+
+def opener_agrees(q:str, # a question with typed answers
+                  answer:str, # an answer to it
+                  kind:str='pcam', # 'pcam' or 'mhist'
+                 )->bool|None: # `None` where the answer opens with no assertion (`opener_claims`)
+    """Whether the rest of a typed answer says what its opener asserts: for a feature, it names the feature and every
+    level it names agrees ('No: they are pleomorphic.' to 'Are the nuclei pleomorphic?' does not); for the class, no
+    diagnosis it names contradicts it"""
+    if (ops := answer_openers(q, kind)) is None: return None
+    k = next((j for j, o in enumerate(ops) if answer.startswith(o)), None)
+    if k is None or (c := opener_claims(q, kind)[k]) is None: return None
+    f, b, holds = c
+    got = [lv for _, g, lv in extract_claims(answer[len(ops[k]):], kind) if g == ('diagnosis' if f == 'class' else f)]
+    return (f == 'class' or bool(got)) and all((lv == b) == holds for lv in got)
 
 # %% ../nbs/01_captions.ipynb #dcbdb56d
 def conversation(morph:Morphology, # measured features

@@ -26,7 +26,7 @@ from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_i
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, NUMBERS, VOCAB, Thresholds,
                               caption_dataset, read_jsonl, read_thresholds, read_level_odds, record_images, measure,
                               measurement_text, extract_claims, check_claims, question_type, confidence_answer, level,
-                              number_value, answer_openers, opener_claims, CAPTION_FEATURES,
+                              number_value, answer_openers, opener_claims, opener_agrees, CAPTION_FEATURES,
                               canonical_question)
 from .tokenizer import PathTokenizer, pad_ids, with_image
 from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
@@ -649,27 +649,40 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
              temperature:float=0., # 0: greedy
              prefix:str|list|None=None, # text the answers must start with (one, or one per image); kept in the output
              typed:bool=False, # rows without a prefix open with the likeliest start of their type (`pick_openers`)
+             guide:float|None=None, # with `typed`: weight of the model's heads (`choose_opener`); default `cfg.vlm_guide`
              **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `repetition_penalty`, `seed`)
             )->list: # one answer string per image
-    "Answer `questions` about `images`: batched, left-padded generation with the KV cache"
+    """Answer `questions` about `images`: batched, left-padded generation with the KV cache. Typed, an answer whose
+    opener the heads chose against the LM and whose rest does not say what it asserts (`opener_agrees`) is answered
+    again after the LM's own opener: an answer never contradicts itself because of the guide"""
     if self.dual: raise ValueError("vlm_connector: 'dual' models do not generate text; use `classify` or `retrieve`")
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
     feats = self.vision_features(x) if x.ndim == 4 else None
     qs = [questions] * len(x) if isinstance(questions, str) else list(questions)
-    img = self.encode_images(feats if feats is not None else x)
+    hs, img = histories or [()] * len(qs), self.encode_images(feats if feats is not None else x)
     pre = [prefix] * len(x) if prefix is None or isinstance(prefix, str) else list(prefix)
+    own = [None] * len(pre)  # the LM's own opener of each typed row the heads decided otherwise
     if typed and None in pre:
-        pre = [p if p is not None else o for p, o in zip(pre, self.pick_openers(x, qs, histories, img=img, feats=feats))]
-    pre = [self.tok.encode(p) if p else [] for p in pre]
-    rows = [self._prompt(q, h) + e for q, h, e in zip(qs, histories or [()] * len(qs), pre)]
-    ids, am = [t.to(dev) for t in pad_ids(rows, self.tok.pad_id, 'left')]
-    emb, mask, _ = self.embed(ids, am, img)
-    out = self.lm.generate(
-        inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
-        stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **kw,
-    )
-    return [self.tok.decode(e + o.tolist(), skip_special=True).strip() for e, o in zip(pre, out)]
+        g = self.cfg.vlm_guide if guide is None else guide
+        for i, s in enumerate(self.opener_scores(x, qs, histories, heads=g > 0, img=img, feats=feats)):
+            if pre[i] is not None or s is None: continue
+            pre[i], lm = s[0][choose_opener(s[1], s[2], g)], s[0][choose_opener(s[1], s[2], 0.)]
+            own[i] = lm if lm != pre[i] else None
+    def run(js, pre): # generate rows `js` after their prefixes
+        enc = [self.tok.encode(p) if p else [] for p in pre]
+        ids, am = [t.to(dev) for t in pad_ids([self._prompt(qs[j], hs[j]) + e for j, e in zip(js, enc)], self.tok.pad_id, 'left')]
+        emb, mask, _ = self.embed(ids, am, img[js])
+        out = self.lm.generate(
+            inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
+            stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **kw,
+        )
+        return [self.tok.decode(e + o.tolist(), skip_special=True).strip() for e, o in zip(enc, out)]
+    res = run(list(range(len(qs))), pre)
+    if redo := [i for i, o in enumerate(own) if o and opener_agrees(qs[i], res[i], self.cfg.vlm_kind) is False]:
+        kw.pop('force', None)  # a force keeps per-row state (reports' numbers); typed rows are not reports
+        for i, a in zip(redo, run(redo, [own[i] for i in redo])): res[i] = a
+    return res
 
 # %% ../nbs/05_fusion.ipynb #cf2e1e2b
 @patch

@@ -34,7 +34,7 @@ from fastcore.meta import delegates
 from . import __version__
 from .data import LABEL_NAMES, DataError, atomic_write
 from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type
-from .captions import confidence_answer
+from .captions import confidence_answer, answer_openers
 from .tokenizer import with_image, SPECIAL_TOKENS
 from .fusion import PathVLM, CopyNumbers
 from .rag import PatchIndex, rag_generate
@@ -441,17 +441,10 @@ def _copy(model, qs:list)->dict: # a report prompt carries the tool's numbers: c
     return dict(force=cp) if any(cp.vals) else {}
 
 @patch
-def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history, opener)
-    # answers of a typed question open with the likeliest start of its type (or the opener given), as `PathVLM.answer`
-    im, q, h, pre = zip(*rows)
-    return self.model.generate(
-        list(im), list(q), list(h), prefix=list(pre), typed=True, **dict(gen), **_copy(self.model, q)
-    )
-
-@patch
-def _batch_openers(self:Pipeline, rows:list)->list: # rows: (image, question, history) -> the opener of each, or None
+def _batch_generate(self:Pipeline, rows:list, gen:tuple, *_)->list: # rows: (image, question, history)
+    # answers of a typed question open with the likeliest start of its type, as `PathVLM.answer`
     im, q, h = zip(*rows)
-    return self.model.pick_openers(list(im), list(q), list(h))
+    return self.model.generate(list(im), list(q), list(h), typed=True, **dict(gen), **_copy(self.model, q))
 
 @patch
 def _batch_rag(self:Pipeline, xs:list, question:str, gen:tuple, *_)->list: # (answer, references) per image
@@ -554,7 +547,7 @@ def _ask(self:Pipeline, images, question:str, key:str, rag:bool|None, gen:dict, 
     for q in dict.fromkeys(qs): self.check_tokens(q, [], gen['max_new_tokens'])
     if not use_rag:
         out = [
-            {key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, q, (), None) for x, q in zip(xs, qs)])
+            {key: a} for a in self.batcher.submit(('generate', *_gen_key(gen)), [(x, q, ()) for x, q in zip(xs, qs)])
         ]
     else:
         out = [None] * len(xs)
@@ -613,10 +606,10 @@ def chat(self:Pipeline, image, # one image
     self.check_tokens(message, h, g['max_new_tokens'])
     with self.batcher.coming(): xs, single = self.prepare(image)
     if not single: raise InputError(f'image: chat takes one image, got {len(xs)}')
-    # streamed: a typed answer's opener is picked first and streamed before the tokens generated after it
-    pre = self.batcher.submit(('openers',), [(xs[0], message, h)])[0] if on_token else None
-    if pre: on_token(self.model.tok.encode(pre))
-    reply = self.batcher.submit(('generate', *_gen_key(g)), [(xs[0], message, h, pre)], on_token)[0]
+    # a typed answer is checked whole (its rest must say what its opener asserts, `PathVLM.generate`), then streamed
+    typed = on_token is not None and answer_openers(message, self.kind) is not None
+    reply = self.batcher.submit(('generate', *_gen_key(g)), [(xs[0], message, h)], None if typed else on_token)[0]
+    if typed: on_token(self.model.tok.encode(reply))
     return dict(reply=reply, history=[list(t) for t in h] + [[message, reply]])
 
 # %% ../nbs/12_serve.ipynb #044ec633

@@ -15,7 +15,7 @@ import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls,
                           BatchAugment, atomic_write, project_root, data_fingerprint, environment_info)
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
-from .captions import recaption, portable_path, vqa_pairs, measure, answer_openers
+from .captions import recaption, portable_path, vqa_pairs, measure, answer_openers, opener_agrees
 from .lm import train_lm, LM_SIZES, LMConfig
 from .fit import CheckpointCallback, fit_stage
 from .vision import vision_learner_for, vision_names, classifier_probs, MorphSpec, ImageClassifier, get_vision
@@ -486,10 +486,12 @@ def calibrate_guide(model:PathVLM, # a generative model; its `cfg.vlm_guide` is 
                     bs:int=32, # questions per batch
                     weights:tuple=GUIDE_WEIGHTS, # candidate weights
                     margin:float=CAPTION_MARGIN, # feature questions only where the feature is clear, as they are scored
+                    max_new_tokens:int=64, # tokens per answer, as they are generated
                    )->dict: # `guide` (the weight chosen), `accuracy` (share of openers right) per weight, `n` questions
-    """Choose on `ds` how much `model`'s own heads weigh in its typed answers' openers (`PathVLM.pick_openers`): the
-    weight whose openers most often agree with the references of the yes/no and open questions of `vqa_pairs` (the
-    smallest of equals); store it in its config (call `calibrate_threshold` first: the class head is the model's call)"""
+    """Choose on `ds` how much `model`'s own heads weigh in its typed answers' openers (`PathVLM.generate`, typed): the
+    weight whose answers most often open as the references of the yes/no and open questions of `vqa_pairs` do (the
+    smallest of equals); store it in its config (call `calibrate_threshold` first: the class head is the model's call).
+    As in `generate`, an opener the heads chose against the LM stands only if the answer after it says what it asserts"""
     kind, thr = model.cfg.vlm_kind, model.thresholds
     imgs, ys = [ds.image(i) for i in range(min(n, len(ds)))], [int(l) for l in ds.labels[:n]]
     qa = [
@@ -499,7 +501,19 @@ def calibrate_guide(model:PathVLM, # a generative model; its `cfg.vlm_guide` is 
     if not qa: raise ValueError(f"calibrate_guide: no questions with typed answers about the {len(imgs)} patches given")
     sc = [s for j in range(0, len(qa), bs) for s in model.opener_scores(*map(list, zip(*[r[:2] for r in qa[j:j+bs]])))]
     ref = [next(k for k, o in enumerate(s[0]) if a.startswith(o)) for s, (_, _, a) in zip(sc, qa)]
-    acc = {w: float(np.mean([choose_opener(lm, h, w) == r for (_, lm, h), r in zip(sc, ref)])) for w in weights}
+    own, said = [choose_opener(lm, h, 0.) for _, lm, h in sc], {}  # said: (row, opener) -> the answer agrees with it
+    def opened(w): # each row's opener at weight `w`, after `generate`'s check
+        ks = [choose_opener(lm, h, w) for _, lm, h in sc]
+        need = sorted({(i, k) for i, k in enumerate(ks) if k != own[i]} - set(said))
+        for j in range(0, len(need), bs):
+            part = need[j:j+bs]
+            ans = model.generate(
+                [qa[i][0] for i, _ in part], [qa[i][1] for i, _ in part], prefix=[sc[i][0][k] for i, k in part],
+                max_new_tokens=max_new_tokens,
+            )
+            said.update({(i, k): opener_agrees(qa[i][1], a, kind) is not False for (i, k), a in zip(part, ans)})
+        return [k if k == own[i] or said[i, k] else own[i] for i, k in enumerate(ks)]
+    acc = {w: float(np.mean([k == r for k, r in zip(opened(w), ref)])) for w in weights}
     model.cfg.vlm_guide = float(max(weights, key=lambda w: (acc[w], -w)))
     return dict(guide=model.cfg.vlm_guide, accuracy={str(w): a for w, a in acc.items()}, n=len(qa))
 
@@ -551,7 +565,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
             if len(ds.classes) == 2:
                 calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta, cfg.threshold_rule)
             if not model.dual and cfg.eval_captions:
-                guide = calibrate_guide(model, ds.subset(prep['dev']), cfg.eval_captions, cfg.bs)
+                guide = calibrate_guide(model, ds.subset(prep['dev']), cfg.eval_captions, cfg.bs, max_new_tokens=cfg.caption_tokens)
         model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
         return evaluate_vlm(
