@@ -16,7 +16,7 @@ from .data import LABEL_NAMES, PatchDataset, atomic_write, stain_jitter
 from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_captions, hallucination_rate,
                               extract_claims, check_claims, level, levels, measure, caption, report, parse_report,
                               vqa_pairs, CAPTION_MARGIN, check_numbers, check_consistency, held_out_questions,
-                              answer_form, ASK, FOLLOW_UPS)
+                              answer_form, ASK, FOLLOW_UPS, opener_agrees)
 
 # %% auto #0
 __all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'FREE_KEYS', 'GROUNDED_KEYS', 'to_preds',
@@ -27,7 +27,7 @@ __all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWOR
            'hallucination', 'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
            'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
            'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
-           'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
+           'opener_agreement', 'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
 
 # %% ../nbs/01a_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -848,6 +848,15 @@ def caption_metrics(texts:list, # generated captions, one per patch
     if vocab is not None: out['nonword_rate'] = nonword_rate(texts, vocab)
     return out
 
+def opener_agreement(questions:list, # questions with typed answers (others are skipped)
+                     answers:list, # one answer each
+                     kind:str='pcam', # 'pcam' or 'mhist'
+                    )->float: # NaN where no answer opens with an assertion
+    """Share of typed answers whose rest says what their opener asserts (`pathllm.captions.opener_agrees`): the
+    counterweight of closed-VQA accuracy, which reads only the 'Yes'/'No'"""
+    v = [a for q, ans in zip(questions, answers) if (a := opener_agrees(q, ans, kind)) is not None]
+    return float(np.mean(v)) if v else float('nan')
+
 def vqa_metrics(model, # anything with `answer(images, question)`
                 imgs:list, # the patches
                 morphs:list, # their `Morphology`
@@ -855,7 +864,7 @@ def vqa_metrics(model, # anything with `answer(images, question)`
                 kind:str='pcam', # 'pcam' or 'mhist'
                 thr:Thresholds|None=None, # the words' cut points
                 margin:float=CAPTION_MARGIN, # feature yes/no questions only where the answer is clear (`vqa_pairs`)
-               )->dict: # `vqa_closed_acc` (yes/no: diagnosis, features), `vqa_open_recall` (term recall), counts
+               )->dict: # `vqa_closed_acc` (yes/no: diagnosis, features), `vqa_open_recall` (term recall), `vqa_agrees`, counts
     "Closed (yes/no) and open questions of `pathllm.captions.vqa_pairs` about each patch, answered by the model"
     qa = [
         (i, o) for i, (m, l) in enumerate(zip(morphs, labels)) for o in vqa_pairs(m, l, kind, i, thr, margin)
@@ -866,7 +875,7 @@ def vqa_metrics(model, # anything with `answer(images, question)`
     opn = [(a, o['a']) for a, (_, o) in zip(ans, qa) if o['task'] == 'open']
     return dict(
         vqa_closed_acc=closed_accuracy(*zip(*closed)), vqa_open_recall=open_recall(*zip(*opn)), n_closed=len(closed),
-        n_open=len(opn),
+        n_open=len(opn), vqa_agrees=opener_agreement([o['q'] for _, o in qa], ans, kind),
     )
 
 def evaluate_model(model, # any object with some of `classify`, `caption`, `report`, `answer`
@@ -961,7 +970,7 @@ class _Batched:
     def chat(self, img, msg:str, history=())->tuple:
         return self.model.chat(img, msg, history, max_new_tokens=self.kw['max_new_tokens'], **self.akw)
 
-FREE_KEYS = ('qa_form', 'qa_topic', 'qa_correct', 'vqa_closed_acc', 'vqa_open_recall', 'chat_consistency')
+FREE_KEYS = ('qa_form', 'qa_topic', 'qa_correct', 'vqa_closed_acc', 'vqa_agrees', 'vqa_open_recall', 'chat_consistency')
 GROUNDED_KEYS = (
     'hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider',
     'rouge_l',

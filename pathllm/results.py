@@ -32,7 +32,8 @@ def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are l
 
 # %% ../nbs/12a_results.ipynb #61d0ab01
 # metric -> the number shown beside it
-COUNTERWEIGHTS = dict(accuracy='balanced_accuracy', hallucination='claims_per_caption', qa_form='qa_correct')
+COUNTERWEIGHTS = dict(accuracy='balanced_accuracy', hallucination='claims_per_caption', qa_form='qa_correct',
+                      vqa_closed_acc='vqa_agrees')
 
 QUALITY = (
     ('acc', 'accuracy', 3),
@@ -145,7 +146,7 @@ def train_table(runs:dict, # configuration label -> the `report.json` dicts of `
 LANGUAGE = (
     ('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2),
     ('attribute acc', 'attribute_acc', 3), ('distinct', 'distinct', 3), ('dx = call', 'dx_agrees_class', 3),
-    ('closed VQA', 'vqa_closed_acc', 3), ('report numbers', 'report_numbers_per_report', 1),
+    ('closed VQA', 'vqa_closed_acc', 3), ('answer = opener', 'vqa_agrees', 3), ('report numbers', 'report_numbers_per_report', 1),
     ('number rel. err', 'report_number_rel_err', 4), ('word ≠ number', 'report_word_number_inconsistent', 3),
     ('impression = call', 'report_impression_agrees_class', 3), ('answer form', 'qa_form', 3),
     ('answer topic', 'qa_topic', 3), ('answers right', 'qa_correct', 3), ('confidence = prob', 'qa_confidence_matches_prob', 3),
