@@ -153,6 +153,9 @@ LANGUAGE = (
     ('chat consistency', 'chat_consistency', 3),
 )  # (header, key, decimals) of the fused model's text metrics
 
+def _guide(reps:list)->float: # the weight of the heads in typed openers (`VLMConfig.vlm_guide`) the runs chose
+    return max([(r.get('config', {}).get('guide') or {}).get('guide') or 0. for r in reps], default=0.)
+
 def language_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                   )->str: # markdown: the patches and seeds, the table, the stamp
     "The fused model's text metrics of each configuration, mean ± sd over its seeds"
@@ -168,8 +171,9 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
     notes = [
         f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches"
         + (
-            " (answers typed: opened by the likeliest start of the question's type; the row below: the same questions "
-            "answered by free generation)"
+            " (answers typed: opened by the likeliest start of the question's type"
+            + (f", the model's heads weighing in with weight {g:g}" if (g := _guide(reps)) else '')
+            + "; the row below: the same questions answered by free generation)"
             if free[label] else ''
         )
         + f"; {_seeds_text(seeds[label])}."
