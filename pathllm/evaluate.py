@@ -516,6 +516,14 @@ def _bert_scorer(model_type:str, num_layers:int|None, device:str):
         num_layers = AutoConfig.from_pretrained(model_type).num_hidden_layers
     return BERTScorer(model_type=model_type, num_layers=num_layers, device=device)
 
+def _bert_path(model_type:str)->str: # bert_score loads any name containing 't5' as T5: a local other model gets an alias
+    p = Path(model_type)
+    if 't5' not in model_type or not (p/'config.json').exists(): return model_type
+    if json.loads((p/'config.json').read_text()).get('model_type') == 't5': return model_type
+    while 't5' in (d := tempfile.mkdtemp(prefix='bertscore-')): pass
+    (Path(d)/'model').symlink_to(p.resolve(), target_is_directory=True)
+    return str(Path(d)/'model')
+
 def bertscore(preds:list, # generated texts
               refs:list, # one reference, or a list of references, per text
               model_type:str, # encoder: hub id or local folder with model and tokenizer
@@ -524,7 +532,7 @@ def bertscore(preds:list, # generated texts
              )->dict: # mean `precision`, `recall`, `f1`
     "BERTScore (no IDF weighting, no baseline rescaling) of `preds` against `refs` with the encoder `model_type`"
     rs = _refs(preds, refs)
-    P, R, F = _bert_scorer(str(model_type), num_layers, device).score(list(preds), rs)
+    P, R, F = _bert_scorer(_bert_path(str(model_type)), num_layers, device).score(list(preds), rs)
     return dict(precision=float(P.mean()), recall=float(R.mean()), f1=float(F.mean()))
 
 # %% ../nbs/01a_evaluate.ipynb #88625bd1
