@@ -544,6 +544,14 @@ def score_answers(self:PathVLM, img:torch.Tensor, # (B, n, C) image tokens (`enc
     return (lp.sum(1) / (sel.sum(1) if length_norm else 1)).view(len(prompts), K)
 
 @patch
+def _tokens(self:PathVLM, images, img=None, feats=None)->tuple: # (image tokens, `VisionFeatures` or None), the missing
+    # computed once from `images`; features only for one image per row, and only where the readout needs them
+    if img is not None and (feats is not None or self.readout is None): return img, feats
+    x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
+    if feats is None and x.ndim == 4: feats = self.vision_features(x)
+    return (self.encode_images(feats if feats is not None else x) if img is None else img), feats
+
+@patch
 @torch.no_grad()
 def head_probs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays
                img:torch.Tensor|None=None, # the images' tokens (`encode_images`) where the caller has them already
@@ -552,19 +560,14 @@ def head_probs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL 
     """What the model's own heads say of each image: its class probabilities (`classify`'s, moved by its threshold so
     0.5 is its call) and, when it reads a multi-task baseline's heads (`vlm_readout`, features `CAPTION_FEATURES`), the
     word-level probabilities of each feature"""
-    kind, x = self.cfg.vlm_kind, None
-    if img is None or (feats is None and self.readout is not None):
-        x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
-    if feats is None and self.readout is not None: feats = self.vision_features(x)
-    if img is None: img = self.encode_images(feats if feats is not None else x)
-    p = self.score_answers(img, [self._prompt(QUESTIONS[kind, 'class'][0])] * len(img), list(LABEL_NAMES[kind]))
-    p = p.softmax(-1).float()
+    kind, (img, feats) = self.cfg.vlm_kind, self._tokens(images, img, feats)
+    p = self.class_logprobs(None, img=img).softmax(-1).float()                  # `classify`'s probabilities
     if (t := self.cfg.vlm_threshold) is not None:  # P(1) moved so that the threshold lands on 0.5
         p1 = torch.sigmoid(torch.logit(p[:, 1].clamp(1e-6, 1 - 1e-6)) - math.log(t / (1 - t)))
         p = torch.stack([1 - p1, p1], -1)
     out = {'class': p.cpu()}
     names = CAPTION_FEATURES[kind]
-    if self.readout is not None and self.readout.n_morph == len(names):
+    if self.readout is not None and self.readout.n_morph == len(names) and feats is not None:
         bins = self.readout(feats)[1].softmax(-1).float().cpu()                     # (B, F, 3)
         out.update({f: bins[:, j] for j, f in enumerate(names)})
     return out
@@ -608,10 +611,7 @@ def opener_scores(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of P
     for i, q in enumerate(questions):
         if o := answer_openers(q, kind): groups.setdefault(tuple(o), []).append(i)
     if not groups: return out
-    if img is None or (heads and feats is None and self.readout is not None):
-        x = to_images(images, self.cfg.vit_img_size, next(self.parameters()).device)
-        feats = self.vision_features(x) if x.ndim == 4 and feats is None else feats
-        img = self.encode_images(feats if feats is not None else x) if img is None else img
+    if img is None or heads: img, feats = self._tokens(images, img, feats)
     hp = self.head_probs(None, img, feats) if heads and img.ndim == 3 else {}   # several images per row: no heads
     prompt = lambda q, h: self._prompt(c) if canonical and (c := canonical_question(q, kind)) else self._prompt(q, h)
     for o, js in groups.items():
@@ -658,9 +658,8 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
     if self.dual: raise ValueError("vlm_connector: 'dual' models do not generate text; use `classify` or `retrieve`")
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
-    feats = self.vision_features(x) if x.ndim == 4 else None
-    qs = [questions] * len(x) if isinstance(questions, str) else list(questions)
-    hs, img = histories or [()] * len(qs), self.encode_images(feats if feats is not None else x)
+    (img, feats), qs = self._tokens(x), [questions] * len(x) if isinstance(questions, str) else list(questions)
+    hs = histories or [()] * len(qs)
     pre = [prefix] * len(x) if prefix is None or isinstance(prefix, str) else list(prefix)
     own = [None] * len(pre)  # the LM's own opener of each typed row the heads decided otherwise
     if typed and None in pre:
@@ -739,11 +738,12 @@ def chat(self:PathVLM, image, # one image: (3, H, W) tensor, PIL image or array
 def class_logprobs(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list
                    names:list|None=None, # candidate answers (default: the class names of `vlm_kind`)
                    question:str|None=None, # default: the class question of `vlm_kind`
+                   img:torch.Tensor|None=None, # the images' tokens (`encode_images`) where the caller has them already
                   )->torch.Tensor: # (B, K) log-likelihood of each answer
     "Log-likelihood of each candidate answer to `question`"
     kind, dev = self.cfg.vlm_kind, next(self.parameters()).device
     names, q = list(names or LABEL_NAMES[kind]), question or QUESTIONS[kind, 'class'][0]
-    img = self.encode_images(to_images(images, self.cfg.vit_img_size, dev))               # (B, n, C)
+    if img is None: img = self.encode_images(to_images(images, self.cfg.vit_img_size, dev))  # (B, n, C)
     return self.score_answers(img, [self._prompt(q)] * len(img), names)
 
 @patch

@@ -163,11 +163,10 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
     seeds, st = _train_runs(runs)
     rows, free = [], {label: all('free_answers' in r for r in reps) for label, reps in runs.items()}
     for label, reps in runs.items():
-        rows.append([f'`{label}`', *[mean_sd([r.get(k) for r in reps], dg) for _, k, dg in LANGUAGE]])
+        sets = [(f'`{label}`', reps)]
         if free[label]:  # the same model's answers by free generation, not typed
-            rows.append(
-                [f'`{label}`, free answers', *[mean_sd([r['free_answers'].get(k) for r in reps], dg) for _, k, dg in LANGUAGE]]
-            )
+            sets.append((f'`{label}`, free answers', [r['free_answers'] for r in reps]))
+        rows += [[name, *[mean_sd([m.get(k) for m in ms], dg) for _, k, dg in LANGUAGE]] for name, ms in sets]
     notes = [
         f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches"
         + (
