@@ -15,7 +15,7 @@ from PIL import Image
 from fastai.torch_core import set_seed
 from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint
 from .data import environment_info, StainNormalizer
-from .captions import QUESTIONS, read_corpus, measure, caption, hallucination_rate, CAPTION_MARGIN
+from .captions import QUESTIONS, read_corpus, measure, caption, hallucination_rate, claim_counts, CAPTION_MARGIN
 from .vision import vision_learner_for, class_logits, dihedral_mean, ImageClassifier
 from .connectors import CONNECTORS
 from .fusion import VLMConfig, PathVLM, train_vlm, vlm_dataloaders, to_images
@@ -635,9 +635,12 @@ def _prompting(model:PathVLM, root:Path, n:int, seed:int)->dict: # every `compar
     )
     few = [(Image.open(root/trn.image.iloc[i]).convert('RGB'), c, l) for i, c, l in
            pick_examples(trn.caption.tolist(), trn.label.tolist(), k=2, seed=seed, images=range(len(trn)))]
-    tab = compare_all(model, ix, imgs, y, None, few, refs, tm, n_sc=5)
+    counts = lambda texts: claim_counts(texts, ms, list(y), kind, thr=thr)
+    tab = compare_all(model, ix, imgs, y, None, few, refs, tm, n_sc=5, claims=counts)
+    versus = tab.pop('vs')  # the technique each row is compared with
     return dict(
-        table=tab.astype(float).round(4).reset_index().rename(columns={'index': 'technique'}).to_dict('records'),
+        table=tab.astype(float).round(4).assign(vs=versus).reset_index().rename(columns={'index': 'technique'})
+        .to_dict('records'),
         n=len(val),
     )
 

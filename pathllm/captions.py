@@ -23,13 +23,13 @@ __all__ = ['MPP', 'CENTRE', 'FEATURES', 'REGION', 'WORD_FEATURES', 'CAPTION_FEAT
            'FRAME_NOISE', 'TOPICS', 'QUESTIONS', 'FEATURE_QUESTIONS', 'ASK', 'FOLLOW_UPS', 'CLASS_ASK', 'COT_QUESTION',
            'COT_MARKER', 'CAPTION_COLUMNS', 'SHOW_FEATURES', 'stain_od', 'segment_nuclei', 'nuclei_props', 'ByKind',
            'class_text', 'class_choice', 'Morphology', 'centre_box', 'measure', 'Thresholds', 'calibrate', 'level',
-           'levels', 'caption', 'extract_claims', 'check_claims', 'hallucination_rate', 'measurement_text', 'report',
-           'parse_report', 'number_value', 'report_numbers', 'check_numbers', 'level_odds', 'check_consistency',
-           'phrasings', 'noisy_phrasing', 'confidence_answer', 'cot_answer', 'vqa_pairs', 'question_type',
-           'answer_form', 'answer_openers', 'canonical_question', 'opener_claims', 'opener_agrees', 'conversation',
-           'held_out_questions', 'llava_record', 'record_images', 'flat_records', 'write_jsonl', 'read_jsonl',
-           'portable_path', 'few_shot_turns', 'caption_dataset', 'read_thresholds', 'read_level_odds', 'recaption',
-           'text_corpus', 'read_corpus', 'plot_feature_hists', 'show_captions']
+           'levels', 'caption', 'extract_claims', 'check_claims', 'claim_counts', 'hallucination_rate',
+           'measurement_text', 'report', 'parse_report', 'number_value', 'report_numbers', 'check_numbers',
+           'level_odds', 'check_consistency', 'phrasings', 'noisy_phrasing', 'confidence_answer', 'cot_answer',
+           'vqa_pairs', 'question_type', 'answer_form', 'answer_openers', 'canonical_question', 'opener_claims',
+           'opener_agrees', 'conversation', 'held_out_questions', 'llava_record', 'record_images', 'flat_records',
+           'write_jsonl', 'read_jsonl', 'portable_path', 'few_shot_turns', 'caption_dataset', 'read_thresholds',
+           'read_level_odds', 'recaption', 'text_corpus', 'read_corpus', 'plot_feature_hists', 'show_captions']
 
 # %% ../nbs/01_captions.ipynb #3c7197cc
 _UNMIX = np.linalg.inv(HE_STAINS).astype(np.float32)
@@ -459,6 +459,19 @@ def check_claims(text:str, # free text to check
     return bad
 
 # %% ../nbs/01_captions.ipynb #5d4d05d9
+def claim_counts(texts:list, # generated texts, one per patch
+                 morphs:list, # `Morphology` of each patch
+                 labels:list|None=None, # class ids, to check diagnoses too
+                 kind:str='pcam', # 'pcam' or 'mhist'
+                 tol:float=0.1, # tolerance of `check_claims`
+                 thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
+                )->tuple: # (contradicted, checkable): two int arrays, one count per text
+    "Per text, how many of its claims the measurements (or the label) contradict, and how many could be checked"
+    labels = labels if labels is not None else [None]*len(texts)
+    bad = [len(check_claims(t, m, kind, y, thr, tol)) for t, m, y in zip(texts, morphs, labels)]
+    n = [sum(f != 'diagnosis' or y is not None for _, f, _ in extract_claims(t, kind)) for t, y in zip(texts, labels)]
+    return np.array(bad, dtype=int), np.array(n, dtype=int)
+
 def hallucination_rate(texts:list, # generated texts, one per patch
                        morphs:list, # `Morphology` of each patch
                        labels:list|None=None, # class ids, to check diagnoses too
@@ -467,12 +480,8 @@ def hallucination_rate(texts:list, # generated texts, one per patch
                        thr:Thresholds|None=None, # cut points (default `THRESHOLDS[kind]`)
                       )->float: # contradicted claims / checkable claims (0 when there are none)
     "Fraction of the claims in `texts` that their patches' measurements contradict"
-    labels = labels if labels is not None else [None]*len(texts)
-    n_bad = sum(len(check_claims(t, m, kind, y, thr, tol)) for t, m, y in zip(texts, morphs, labels))
-    n = sum(
-        sum(f != 'diagnosis' or y is not None for _, f, _ in extract_claims(t, kind)) for t, y in zip(texts, labels)
-    )
-    return n_bad/n if n else 0.
+    bad, n = claim_counts(texts, morphs, labels, kind, tol, thr)
+    return float(bad.sum()/n.sum()) if n.sum() else 0.
 
 # %% ../nbs/01_captions.ipynb #5df64382
 IMPRESSION = ByKind({('pcam', 0): 'No metastatic tumour in the central region; benign lymph node tissue.',

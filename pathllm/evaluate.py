@@ -8,6 +8,7 @@ Docs: https://pathllm.github.io/pathllm/evaluate.html.md"""
 from __future__ import annotations
 import inspect, os, re, json, math, string, tempfile, textwrap, warnings
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, torch
@@ -25,9 +26,10 @@ __all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWOR
            'plot_stain_stress', 'bleu4', 'rouge_l', 'cider', 'normalize_answer', 'exact_match', 'token_f1',
            'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'retrieval_recall', 'recall_at_k',
            'hallucination', 'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
-           'diagnosis_agreement', 'bertscore', 'text_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
-           'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
-           'opener_agreement', 'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
+           'diagnosis_agreement', 'bertscore', 'text_metrics', 'paired_bootstrap', 'item_metrics', 'plot_losses',
+           'plot_roc', 'plot_confusion', 'plot_claims', 'write_report', 'report_metrics', 'qa_metrics',
+           'chat_consistency', 'caption_metrics', 'opener_agreement', 'vqa_metrics', 'evaluate_model', 'vlm_accuracy',
+           'evaluate_vlm']
 
 # %% ../nbs/01a_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -553,6 +555,41 @@ def text_metrics(preds:list, # generated texts
     )
     if morphs is not None: out['hallucination'] = hallucination(preds, morphs, labels, kind, thr)
     if bert_model is not None: out['bertscore_f1'] = bertscore(preds, rs, bert_model, bert_layers)['f1']
+    return out
+
+# %% ../nbs/01a_evaluate.ipynb #af2d1a35
+def paired_bootstrap(a:Callable, # positions (int array) -> system A's measure on those items
+                     b:Callable, # the same for system B, scored on the same items
+                     n:int, # items both were scored on
+                     n_boot:int=1000, # resamples
+                     level:float=0.95, # coverage of the interval
+                     seed:int=0, # the resamples
+                    )->dict: # `diff` (A - B on all items), `lo` and `hi` (percentile interval), `n_boot` (resamples used)
+    "A's measure minus B's on the same items, with a percentile interval from resampling the items in pairs"
+    if n < 2: raise ValueError(f"paired_bootstrap: n must be >= 2, got {n}")
+    if not 0 < level < 1: raise ValueError(f"paired_bootstrap: level must be in (0, 1), got {level}")
+    d = np.array([a(i) - b(i) for i in np.random.default_rng(seed).integers(0, n, (n_boot, n))], dtype=float)
+    d, q = d[np.isfinite(d)], (1 - level) / 2  # a resample without both classes has no AUC
+    lo, hi = np.quantile(d, [q, 1 - q]) if len(d) else (np.nan, np.nan)
+    return dict(diff=float(a(np.arange(n)) - b(np.arange(n))), lo=float(lo), hi=float(hi), n_boot=len(d))
+
+def item_metrics(labels:list, # true class ids
+                 pred:list|None=None, # the system's class ids (-1: no answer, counted wrong)
+                 probs:list|None=None, # its P(class 1) (N,) or class probabilities (N, 2)
+                 claims:tuple|None=None, # its (contradicted, checkable) claim counts per text
+                )->dict: # measure name -> fn(positions) -> value on those items
+    "One system's measures as functions of the items they are taken over, for `paired_bootstrap`"
+    y, out = np.asarray(labels), {}
+    if pred is not None:
+        _check_len(y, pred, 'labels', 'pred'); c = np.asarray(pred) == y
+        out['accuracy'] = lambda i: float(c[i].mean())
+    if probs is not None:
+        _check_len(y, probs, 'labels', 'probs'); p = _as_probs(probs)
+        p = p[:, 1] if p.ndim == 2 else p
+        out['auc'] = lambda i: float(skm.roc_auc_score(y[i], p[i])) if len(np.unique(y[i])) == 2 else np.nan
+    if claims is not None:
+        bad, k = map(np.asarray, claims); _check_len(y, bad, 'labels', 'claims')
+        out['hallucination'] = lambda i: float(bad[i].sum() / k[i].sum()) if k[i].sum() else 0.
     return out
 
 # %% ../nbs/01a_evaluate.ipynb #1356a7f5

@@ -16,12 +16,13 @@ from .data import LABEL_NAMES
 from .captions import QUESTIONS, COT_QUESTION, class_choice
 from .tokenizer import pad_ids, with_image
 from .fusion import PathVLM, to_images
+from .evaluate import paired_bootstrap, item_metrics
 
 # %% auto #0
 __all__ = ['SYNONYMS', 'NEGATORS', 'ANSWER_MARKERS', 'SYSTEM_PROMPTS', 'PROMPTS', 'HELD_OUT_PARAPHRASES', 'parse_answer',
            'PromptTemplate', 'chat_ids', 'generate_chat', 'answer_logprobs', 'zero_shot', 'pick_examples',
            'few_shot_conv', 'few_shot', 'chain_of_thought', 'self_consistency', 'constrained', 'paraphrase_eval',
-           'evaluate_technique', 'compare_techniques', 'plot_comparison']
+           'score_technique', 'evaluate_technique', 'paired_differences', 'compare_techniques', 'plot_comparison']
 
 # %% ../nbs/06_prompting.ipynb #5a25f639
 SYNONYMS = {  # kind -> class id -> regexes (on lower-case text) that claim the class
@@ -351,31 +352,75 @@ def paraphrase_eval(model:PathVLM, # a generative `PathVLM`
     return pd.DataFrame(rows)
 
 # %% ../nbs/06_prompting.ipynb #66ab0501
-def evaluate_technique(fn:Callable, # `fn(images) -> technique dict`
-                       images, # the images
-                       labels, # their class ids
-                       refs:list|None=None, # reference caption(s) per image, for techniques that return `text`
-                       text_metrics:Callable|None=None, # `text_metrics(texts, refs) -> dict`, e.g. CIDEr and ROUGE-L
-                      )->dict: # accuracy, auc, unknown, text metrics (if it returns `text`), tokens/image, s/image
-    "Score one technique: accuracy, AUC (if it has probabilities), unknown rate, its descriptions and its cost"
+def _timed(fn, images)->tuple: t0 = time.time(); r = fn(images); return r, time.time() - t0 # result, seconds
+
+def _probs(r:dict)->np.ndarray|None: # a technique's class probabilities as an array (None: it has none)
+    p = r.get('probs'); return p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else p
+
+def score_technique(r:dict, # a technique's result: `pred`, `n_tokens`, optional `probs` and `text`
+                    labels, # the images' class ids
+                    seconds:float, # the time it took on all images
+                    refs:list|None=None, # reference caption(s) per image, for techniques that return `text`
+                    text_metrics:Callable|None=None, # `text_metrics(texts, refs) -> dict`, e.g. CIDEr and ROUGE-L
+                   )->dict: # accuracy, auc, unknown, text metrics (if it returns `text`), tokens/image, s/image
+    "Score one technique's result: accuracy, AUC (if it has probabilities), unknown rate, its descriptions and its cost"
     from sklearn.metrics import roc_auc_score
-    y, t0 = np.asarray(labels), time.time()
-    r = fn(images); s = time.time() - t0
-    p = r.get('probs'); p = p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else p
+    y, p = np.asarray(labels), _probs(r)
     auc = float(roc_auc_score(y, p[:, 1])) if p is not None and p.shape[1] == 2 and len(set(y)) == 2 else float('nan')
     tm = text_metrics(r['text'], refs) if text_metrics and refs is not None and r.get('text') is not None else {}
     return dict(accuracy=float((r['pred'] == y).mean()), auc=auc, unknown=float((r['pred'] < 0).mean()), **tm,
-                tokens_per_image=float(np.mean(r['n_tokens'])), s_per_image=s / len(y))
+                tokens_per_image=float(np.mean(r['n_tokens'])), s_per_image=seconds / len(y))
+
+@delegates(score_technique, but=['r', 'labels', 'seconds'])
+def evaluate_technique(fn:Callable, # `fn(images) -> technique dict`
+                       images, # the images
+                       labels, # their class ids
+                       **kw, # `refs`, `text_metrics`
+                      )->dict: # accuracy, auc, unknown, text metrics (if it returns `text`), tokens/image, s/image
+    "Run one technique on `images` and score it (`score_technique`)"
+    r, s = _timed(fn, images)
+    return score_technique(r, labels, s, **kw)
 
 # %% ../nbs/06_prompting.ipynb #dc9db66d
-@delegates(evaluate_technique, but=['fn', 'images', 'labels'])
+def paired_differences(results:dict, # technique -> its result on the images (`pred`, optional `probs`, `text`)
+                       labels, # the images' class ids
+                       against:dict, # technique -> the technique it is compared with
+                       claims:Callable|None=None, # texts -> (contradicted, checkable) counts per text
+                       n_boot:int=1000, # bootstrap resamples of the images
+                       seed:int=0, # the resamples
+                      )->pd.DataFrame: # per technique of `against`: `vs`, and `d_<measure>`, `_lo`, `_hi` per measure
+    "Each technique's accuracy, AUC and hallucination minus another's on the same images, with paired-bootstrap intervals"
+    y, rows = np.asarray(labels), {}
+    def measures(r):
+        p = _probs(r); txt = r.get('text')
+        return item_metrics(
+            y, r['pred'], p if p is not None and p.shape[1] == 2 else None,
+            claims(txt) if claims and txt is not None else None,
+        )
+    for a, b in against.items():
+        ma, mb = measures(results[a]), measures(results[b]); rows[a] = {'vs': b}
+        for m in [m for m in ma if m in mb]:
+            d = paired_bootstrap(ma[m], mb[m], len(y), n_boot, seed=seed)
+            rows[a] |= {f'd_{m}': d['diff'], f'd_{m}_lo': d['lo'], f'd_{m}_hi': d['hi']}
+    return pd.DataFrame(rows).T
+
+@delegates(score_technique, but=['r', 'labels', 'seconds'])
 def compare_techniques(techniques:dict, # name -> `fn(images)` returning a technique dict
                        images, # validation images
                        labels, # their class ids
-                       **kw, # `refs`, `text_metrics` (see `evaluate_technique`)
+                       against:dict|None=None, # technique -> the one it is compared with (`paired_differences`)
+                       claims:Callable|None=None, # texts -> per-text claim counts, for `d_hallucination`
+                       n_boot:int=1000, # bootstrap resamples of the paired differences
+                       **kw, # `refs`, `text_metrics` (see `score_technique`)
                       )->pd.DataFrame: # one row per technique
-    "Evaluate each technique on the same images"
-    return pd.DataFrame({k: evaluate_technique(f, images, labels, **kw) for k, f in techniques.items()}).T
+    "Evaluate each technique on the same images; with `against`, each pair's difference and its interval"
+    if bad := {a: b for a, b in (against or {}).items() if a not in techniques or b not in techniques}:
+        raise ValueError(f"against: {bad} names techniques not compared; have {list(techniques)}")
+    res = {k: _timed(f, images) for k, f in techniques.items()}
+    df = pd.DataFrame({k: score_technique(r, labels, s, **kw) for k, (r, s) in res.items()}).T
+    if not against: return df
+    d = paired_differences({k: r for k, (r, _) in res.items()}, labels, against, claims, n_boot)
+    return df.join(d).fillna({'vs': ''})
 
 # %% ../nbs/06_prompting.ipynb #2764699e
 def plot_comparison(df:pd.DataFrame, # from `compare_techniques`

@@ -547,17 +547,20 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
                 ks:tuple=(1, 4, 8), # RAG reference counts
                 n_sc:int=5, # self-consistency paths
                 max_new_tokens:int=48, # tokens per generated text
-               )->pd.DataFrame: # a row per technique: accuracy, AUC, parse rate, text metrics, tokens and s per image
+                claims:Callable|None=None, # texts -> per-text claim counts (`pathllm.captions.claim_counts`)
+                n_boot:int=1000, # bootstrap resamples of the paired differences
+               )->pd.DataFrame: # a row per technique: accuracy, AUC, parse rate, text metrics, cost, `vs` and differences
     """Zero-shot, constrained, few-shot, chain-of-thought, self-consistency, RAG k=1/4/8 and kNN, scored alike on the
-    same patches"""
+    same patches; each technique that should beat another (few-shot and chain-of-thought zero-shot, self-consistency
+    chain-of-thought, RAG and kNN no RAG) with its paired differences (`pathllm.prompting.compare_techniques`)"""
     from pathllm.prompting import zero_shot, constrained, few_shot, chain_of_thought, self_consistency
     from pathllm.prompting import compare_techniques
-    cot = partial(chain_of_thought, max_new_tokens=max_new_tokens)
+    cot, sc = partial(chain_of_thought, max_new_tokens=max_new_tokens), f'self-consistency (n={n_sc}, CoT)'
     techs = {'zero-shot': partial(zero_shot, model), 'constrained': partial(constrained, model)}
     if examples: techs[f'few-shot (k={len(examples)}, images)'] = partial(few_shot, model, examples=examples)
     techs |= {
         'chain-of-thought': partial(cot, model),
-        f'self-consistency (n={n_sc}, CoT)': partial(self_consistency, model, n=n_sc, technique=cot),
+        sc: partial(self_consistency, model, n=n_sc, technique=cot),
         'no RAG (captions)': partial(rag_answer, model, index, query_ids=query_ids, k=0, max_new_tokens=max_new_tokens),
         **{
             f'RAG k={k}': partial(rag_answer, model, index, query_ids=query_ids, k=k, max_new_tokens=max_new_tokens)
@@ -565,6 +568,8 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
         },
         'kNN k=10': partial(knn_answer, model, index, query_ids=query_ids, k=10),
     }
-    df = compare_techniques(techs, images, labels, refs=refs, text_metrics=text_metrics)
+    against = {t: 'zero-shot' for t in techs if t.startswith(('few-shot', 'chain-of-thought'))}
+    against |= {sc: 'chain-of-thought'} | {t: 'no RAG (captions)' for t in techs if t.startswith(('RAG', 'kNN'))}
+    df = compare_techniques(techs, images, labels, against, claims, n_boot, refs=refs, text_metrics=text_metrics)
     df.insert(2, 'parse_rate', 1 - df.unknown.astype(float))
     return df
