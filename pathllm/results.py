@@ -153,8 +153,14 @@ LANGUAGE = (
     ('chat consistency', 'chat_consistency', 3),
 )  # (header, key, decimals) of the fused model's text metrics
 
-def _guide(reps:list)->float: # the weight of the heads in typed openers (`VLMConfig.vlm_guide`) the runs chose
-    return max([(r.get('config', {}).get('guide') or {}).get('guide') or 0. for r in reps], default=0.)
+def _guide(reps:list)->str: # the weights of the heads in typed openers (`VLMConfig.vlm_guide`) the runs chose, as text
+    ws = [
+        (r.get('config', {}).get('guide') or {}).get('guide') or 0.
+        for r in sorted(reps, key=lambda r: r['config']['train']['seed'])
+    ]
+    if not any(ws): return ''
+    if len(set(ws)) == 1: return f", the model's heads weighing in with weight {ws[0]:g}"
+    return f", the model's heads weighing in with weights {', '.join(f'{w:g}' for w in ws)} (chosen on dev, by seed)"
 
 def language_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                   )->str: # markdown: the patches and seeds, the table, the stamp
@@ -171,7 +177,7 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
         f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches"
         + (
             " (answers typed: opened by the likeliest start of the question's type"
-            + (f", the model's heads weighing in with weight {g:g}" if (g := _guide(reps)) else '')
+            + _guide(reps)
             + "; the row below: the same questions answered by free generation)"
             if free[label] else ''
         )
