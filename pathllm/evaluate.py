@@ -996,13 +996,13 @@ def _typed(model)->bool: # does `model.answer` take `typed` (typed answers, or f
 class _Batched:
     """The batched `caption` (with one grounding, for a `PathVLM`), `report`, `answer` and `chat` tasks of a model: what
     `evaluate_model` then scores"""
-    def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none', typed:bool=True):
+    def __init__(self, model, bs:int, max_new_tokens:int, ground:str='none', typed:bool=True, **gen):
         self.model, self.bs, self.thresholds, self.level_odds = (
             model, bs, getattr(model, 'thresholds', None), getattr(model, 'level_odds', None),
         )
         self.kw = dict(
             max_new_tokens=max_new_tokens,
-            **(dict(ground=ground) if 'ground' in inspect.signature(model.caption).parameters else {}),
+            **(dict(ground=ground) if 'ground' in inspect.signature(model.caption).parameters else {}), **gen,
         )
         # answers opened by their type's likeliest start (`PathVLM.answer`'s `typed`), or plain generation
         self.akw = dict(typed=typed) if _typed(model) else {}
@@ -1033,7 +1033,8 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
                  **report_kw, # more `write_report` arguments (`baseline`, `history`, `config`)
                 )->dict: # the contents of `out/report.json`
     """Score `model` on `ds`: classification from its class probabilities, text metrics from its captions and answers;
-    write the report"""
+    write the report. A model with its heads' check (`PathVLM.generate`'s `check`, `cfg.vlm_check` > 1) also gets its
+    captions without it measured (`unchecked`)"""
     imgs, y, kind = [ds.image(i) for i in range(len(ds))], [int(l) for l in ds.labels], model.cfg.vlm_kind
     probs = class_probs(model, imgs, bs, tta)
     t = decision_threshold(model)
@@ -1041,7 +1042,7 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
     sub = [(imgs[i], y[i]) for i in range(min(n_captions, len(ds)))]
     # the calls the model's own texts are made with (no TTA)
     own = probs[:len(sub)] if not (tta and sub) else class_probs(model, [im for im, _ in sub], bs)
-    tm, o, grounded = {}, {}, {}
+    tm, o, grounded, unchecked = {}, {}, {}, {}
     for j, g in enumerate(groundings if n_captions and hasattr(model, 'caption') else []):
         # asked once
         tasks = [t for t in (('caption', 'answer', 'report', 'chat') if j == 0 else ('caption',)) if hasattr(model, t)]
@@ -1051,8 +1052,15 @@ def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classif
         )
         if j == 0: tm, o = r, oo
         grounded[g] = {k: r[k] for k in GROUNDED_KEYS if k in r}
+        if j == 0 and getattr(getattr(model, 'cfg', None), 'vlm_check', 0) > 1:  # the same captions before the heads' check
+            r, _ = evaluate_model(
+                _Batched(model, bs, max_new_tokens, g, check=0), sub, kind, vocab=vocab,
+                classes=to_preds(own, t).tolist(), tasks=('caption',), probs=own,
+            )
+            unchecked = {k: r[k] for k in (*GROUNDED_KEYS, 'nonword_rate') if k in r}
     met.update({k: v for k, v in tm.items() if k != 'n_images'}, n_captioned=tm.get('n_images', 0))
     if len(grounded) > 1: met['groundings'] = grounded
+    if unchecked: met['unchecked'] = unchecked
     if tm and _typed(model):  # the same questions, answered by free generation
         r, _ = evaluate_model(
             _Batched(model, bs, max_new_tokens, groundings[0], typed=False), sub, kind,

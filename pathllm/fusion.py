@@ -36,10 +36,10 @@ from .connectors import CONNECTORS, GatedCrossAttention, ConceptTokens, TextEnco
 from .evaluate import retrieval_recall, vlm_accuracy
 
 # %% auto #0
-__all__ = ['GROUNDING', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records', 'record_conv',
-           'VLMDataset', 'pack_rows', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter', 'FrozenVisionCache',
-           'TokenWeight', 'vlm_learner', 'to_images', 'claim_prob', 'choose_opener', 'CopyNumbers', 'init_vision',
-           'train_vlm']
+__all__ = ['GROUNDING', 'CHECK_TEMPERATURE', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records',
+           'record_conv', 'VLMDataset', 'pack_rows', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter',
+           'FrozenVisionCache', 'TokenWeight', 'vlm_learner', 'to_images', 'claim_prob', 'heads_contradict',
+           'choose_opener', 'CopyNumbers', 'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 # how `caption` and `report` tie their text to the image (see "Grounded captions")
@@ -89,6 +89,7 @@ class VLMConfig:
     vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
     vlm_threshold:float|None=None # two classes: P(class 1) from which `classify` calls 1 (chosen on dev); None: argmax
     vlm_guide:float=0. # weight of the model's own heads in typed answers' openers (`pick_openers`; chosen on dev); 0: LM
+    vlm_check:int=0 # texts per row where the model's own heads contradict a claim of its greedy one (`generate`); 0: off
 
     def __post_init__(self):
         if self.vlm_connector not in CONNECTORS:
@@ -123,6 +124,8 @@ class VLMConfig:
             )
         if not (math.isfinite(self.vlm_guide) and self.vlm_guide >= 0):
             raise ValueError(f"vlm_guide: must be a finite number >= 0, got {self.vlm_guide}")
+        if not (isinstance(self.vlm_check, int) and self.vlm_check >= 0):
+            raise ValueError(f"vlm_check: must be an integer >= 0, got {self.vlm_check!r}")
         self.lm_config  # validates the LM sizes
 
     @property
@@ -581,6 +584,20 @@ def claim_prob(heads:dict, # `PathVLM.head_probs` of a batch
     f, b, holds = claim; p = float(heads[f][i, b])
     return p if holds else 1 - p
 
+def heads_contradict(heads:dict, # `PathVLM.head_probs` of a batch
+                     i:int, # the image
+                     text:str, # a text about it (caption, report, answer)
+                     kind:str='pcam', # 'pcam' or 'mhist'
+                    )->int: # how many of its claims the heads contradict
+    """How many claims of `text` (`pathllm.captions.extract_claims`) the model's own heads read otherwise: a diagnosis
+    other than the class call, a feature's word level other than the readout's likeliest; claims no head reads count 0"""
+    return sum(
+        1 for _, f, b in extract_claims(text, kind)
+        if (k := 'class' if f == 'diagnosis' else f) in heads and int(heads[k][i].argmax()) != b
+    )
+
+CHECK_TEMPERATURE = 0.7  # temperature of the samples `generate`'s check tries
+
 def choose_opener(lm:np.ndarray, # (K,) the LM's log-likelihood of each opener
                   heads:np.ndarray, # (K,) the heads' probability of each opener's claim (NaN: none)
                   guide:float, # weight of the heads' log-probability (0: the LM alone)
@@ -650,11 +667,15 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
              prefix:str|list|None=None, # text the answers must start with (one, or one per image); kept in the output
              typed:bool=False, # rows without a prefix open with the likeliest start of their type (`pick_openers`)
              guide:float|None=None, # with `typed`: weight of the model's heads (`choose_opener`); default `cfg.vlm_guide`
-             **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `repetition_penalty`, `seed`)
+             check:int|None=None, # greedy, without `force`: texts tried per row its heads contradict; default `cfg.vlm_check`
+             **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `repetition_penalty`, `seed`, `force`)
             )->list: # one answer string per image
     """Answer `questions` about `images`: batched, left-padded generation with the KV cache. Typed, an answer whose
     opener the heads chose against the LM and whose rest does not say what it asserts (`opener_agrees`) is answered
-    again after the LM's own opener: an answer never contradicts itself because of the guide"""
+    again after the LM's own opener: an answer never contradicts itself because of the guide. With `check` > 1, a
+    greedy text with a claim the model's own heads read otherwise (`heads_contradict`) is sampled again, up to
+    `check - 1` times (seeds 0, 1, ...; `CHECK_TEMPERATURE`), after the same start; it is replaced by the first sample
+    with fewer such claims, so a text the heads agree with is never changed"""
     if self.dual: raise ValueError("vlm_connector: 'dual' models do not generate text; use `classify` or `retrieve`")
     dev = next(self.parameters()).device
     x = to_images(images, self.cfg.vit_img_size, dev)
@@ -668,19 +689,26 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
             if pre[i] is not None or s is None: continue
             pre[i], lm = s[0][choose_opener(s[1], s[2], g)], s[0][choose_opener(s[1], s[2], 0.)]
             own[i] = lm if lm != pre[i] else None
-    def run(js, pre): # generate rows `js` after their prefixes
+    def run(js, pre, **o): # generate rows `js` after their prefixes (`o`: other `LM.generate` arguments)
         enc = [self.tok.encode(p) if p else [] for p in pre]
         ids, am = [t.to(dev) for t in pad_ids([self._prompt(qs[j], hs[j]) + e for j, e in zip(js, enc)], self.tok.pad_id, 'left')]
         emb, mask, _ = self.embed(ids, am, img[js])
         out = self.lm.generate(
-            inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
-            stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **kw,
+            inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
+            stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **{'temperature': temperature, **kw, **o},
         )
         return [self.tok.decode(e + o.tolist(), skip_special=True).strip() for e, o in zip(enc, out)]
-    res = run(list(range(len(qs))), pre)
+    res, used, forced = run(list(range(len(qs))), pre), list(pre), 'force' in kw
     if redo := [i for i, o in enumerate(own) if o and opener_agrees(qs[i], res[i], self.cfg.vlm_kind) is False]:
         kw.pop('force', None)  # a force keeps per-row state (reports' numbers); typed rows are not reports
-        for i, a in zip(redo, run(redo, [own[i] for i in redo])): res[i] = a
+        for i, a in zip(redo, run(redo, [own[i] for i in redo])): res[i], used[i] = a, own[i]
+    if (n := self.cfg.vlm_check if check is None else check) > 1 and not temperature and not forced:
+        heads, kind = self.head_probs(x, img, feats), self.cfg.vlm_kind
+        bad = [heads_contradict(heads, i, t, kind) for i, t in enumerate(res)]
+        for s in range(n - 1):
+            if not (js := [i for i, b in enumerate(bad) if b]): break
+            for i, t in zip(js, run(js, [used[i] for i in js], temperature=CHECK_TEMPERATURE, seed=s)):
+                if (b := heads_contradict(heads, i, t, kind)) < bad[i]: res[i], bad[i] = t, b
     return res
 
 # %% ../nbs/05_fusion.ipynb #cf2e1e2b
@@ -839,7 +867,7 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
               ground:str|None=None, # 'none', 'class' or 'rerank' (default `cfg.vlm_ground`)
               n_samples:int|None=None, # candidates per image with 'rerank' (default `cfg.vlm_n_samples`)
               sample_temperature:float=0.7, # temperature of the sampled candidates
-              seed:int=0, # seed of the first sampled candidate
+              seed:int=0, # seed of the first sampled candidate ('none': of the sampling, with `temperature` > 0)
               tool:bool=False, # report: the measurement tool's numbers (`measurement_text`) go in the prompt
               copy:bool=True, # with `tool`: the report's numbers and their words are the tool's (`CopyNumbers`)
               **kw)->list: # one text per image
@@ -850,8 +878,8 @@ def _grounded(self:PathVLM, images, task:str, # 'caption' or 'report'
     ms = _measure_all(x, kind) if tool or g == 'rerank' else None
     q = [QUESTIONS[task][0] + '\n' + measurement_text(m, kind) for m in ms] if tool else QUESTIONS[task][0]
     cp = lambda: dict(force=CopyNumbers(self.tok, q, self.thresholds)) if tool and copy else {}  # fresh: it keeps state
-    if g == 'none': return self.generate(x, q, **kw, **cp())
-    pred = self.class_logprobs(x).argmax(-1).tolist()
+    if g == 'none': return self.generate(x, q, seed=seed, **kw, **cp())
+    pred = self.classify(x, generate=False)['pred'].tolist()  # the model's call, its stored threshold included
     fix = _with_impression if task == 'report' else _consistent
     pre = None if task == 'report' else [DIAGNOSIS[kind, c][1][0] for c in pred]
     gen = lambda **o: [fix(t, c, kind) for t, c in zip(self.generate(x, q, prefix=pre, **{**kw, **o, **cp()}), pred)]

@@ -162,6 +162,9 @@ def _guide(reps:list)->str: # the weights of the heads in typed openers (`VLMCon
     if len(set(ws)) == 1: return f", the model's heads weighing in with weight {ws[0]:g}"
     return f", the model's heads weighing in with weights {', '.join(f'{w:g}' for w in ws)} (chosen on dev, by seed)"
 
+def _check(reps:list)->int: # texts tried per row by the heads' check (`TrainConfig.check`) of the runs
+    return reps[0].get('config', {}).get('train', {}).get('check', 0)
+
 def language_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                   )->str: # markdown: the patches and seeds, the table, the stamp
     "The fused model's text metrics of each configuration, mean ± sd over its seeds"
@@ -170,11 +173,18 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
     rows, free = [], {label: all('free_answers' in r for r in reps) for label, reps in runs.items()}
     for label, reps in runs.items():
         sets = [(f'`{label}`', reps)]
+        if all('unchecked' in r for r in reps):  # the same captions before the heads' check (`vlm_check`)
+            sets.append((f"`{label}`, captions before the heads' check", [r['unchecked'] for r in reps]))
         if free[label]:  # the same model's answers by free generation, not typed
             sets.append((f'`{label}`, free answers', [r['free_answers'] for r in reps]))
         rows += [[name, *[mean_sd([m.get(k) for m in ms], dg) for _, k, dg in LANGUAGE]] for name, ms in sets]
     notes = [
         f"`{label}`: the fused model's own words (no grounding) on {reps[0].get('n_captioned', 0)} validation patches"
+        + (
+            f", each greedy text its heads contradict sampled again up to {_check(reps) - 1} times (the first with fewer "
+            "such claims kept; the row 'before the heads' check': its captions without)"
+            if all('unchecked' in r for r in reps) else ''
+        )
         + (
             " (answers typed: opened by the likeliest start of the question's type"
             + _guide(reps)

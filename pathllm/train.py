@@ -87,6 +87,7 @@ class TrainConfig:
     calibrate:bool=True # two classes: choose each model's threshold on `dev`, store it with the fused model
     threshold_rule:str='equal_error' # how `calibrate` chooses it (`evaluate.best_threshold`): or 'max_balanced'
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # groundings scored (first: default)
+    check:int=4 # texts tried where the fused model's heads contradict a claim of its greedy one (`vlm_check`; 0: off)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
     bf16:bool|list=False # bfloat16 autocast (`optimize.Autocast`): True, or some of `TRAIN_STAGES`
@@ -183,6 +184,7 @@ _RULES = dict(
     dev_frac=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     n_captions=(_pos, "must be >= 1"),
     caption_margin=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    check=(lambda v: v >= 0, "must be >= 0"),
     eval_groundings=(
         lambda v: len(v) >= 1 and set(v) <= set(GROUNDING),
         "must be a non-empty list of " f"{list(GROUNDING)}",
@@ -566,6 +568,7 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
                 calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta, cfg.threshold_rule)
             if not model.dual and cfg.eval_captions:
                 guide = calibrate_guide(model, ds.subset(prep['dev']), cfg.eval_captions, cfg.bs, max_new_tokens=cfg.caption_tokens)
+        model.cfg.vlm_check = 0 if model.dual else cfg.check
         model.save_pretrained(out/'model')
         hist = dict(baseline=base['history']['losses'], stage1=fus['stage1']['losses'], stage2=fus['stage2']['losses'])
         return evaluate_vlm(
