@@ -888,7 +888,9 @@ def caption_metrics(texts:list, # generated captions, one per patch
     aa = attribute_accuracy(texts, morphs, kind, thr)
     out = dict(text_metrics(texts, refs, morphs, labels, kind, thr), claims_per_caption=claims_per_text(texts, kind),
                attribute_acc=aa['mean'], **{f'attr_acc_{f}': v for f, v in sorted(aa['per_feature'].items())},
-               distinct=distinct_ratio(texts), dx_agrees_label=diagnosis_agreement(texts, labels, kind))
+               distinct=distinct_ratio(texts), dx_agrees_label=diagnosis_agreement(texts, labels, kind),
+               # the claims about features alone: `hallucination` without the diagnoses the labels contradict
+               feature_hallucination=float(hallucination_rate(texts, morphs, None, kind, thr=thr)))
     if classes is not None: out['dx_agrees_class'] = diagnosis_agreement(texts, classes, kind)
     if vocab is not None: out['nonword_rate'] = nonword_rate(texts, vocab)
     return out
@@ -1017,7 +1019,7 @@ class _Batched:
 
 FREE_KEYS = ('qa_form', 'qa_topic', 'qa_correct', 'vqa_closed_acc', 'vqa_agrees', 'vqa_open_recall', 'chat_consistency')
 GROUNDED_KEYS = (
-    'hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider',
+    'hallucination', 'feature_hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider',
     'rouge_l',
 )
 

@@ -144,7 +144,8 @@ def train_table(runs:dict, # configuration label -> the `report.json` dicts of `
 
 # %% ../nbs/12a_results.ipynb #1fd531e8
 LANGUAGE = (
-    ('halluc.', 'hallucination', 3), ('claims/caption', 'claims_per_caption', 2),
+    ('halluc.', 'hallucination', 3), ('halluc., features', 'feature_hallucination', 3),
+    ('claims/caption', 'claims_per_caption', 2),
     ('attribute acc', 'attribute_acc', 3), ('distinct', 'distinct', 3), ('dx = call', 'dx_agrees_class', 3),
     ('closed VQA', 'vqa_closed_acc', 3), ('answer = opener', 'vqa_agrees', 3), ('report numbers', 'report_numbers_per_report', 1),
     ('number rel. err', 'report_number_rel_err', 4), ('word ≠ number', 'report_word_number_inconsistent', 3),
