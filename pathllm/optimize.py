@@ -158,10 +158,12 @@ class OrtVLM(PathVLM):
             self._sessions[x.shape] = ort_session(onnx_graph(ClassScorer(self), x, self.int8))
         return self._sessions[x.shape]
     @torch.no_grad()
-    def class_logprobs(self, images, names:list|None=None, question:str|None=None)->torch.Tensor: # (B, K)
-        "`PathVLM.class_logprobs`, in ONNX Runtime for the default class names and question"
-        if question is not None or (names is not None and list(names) != list(LABEL_NAMES[self.cfg.vlm_kind])):
-            return super().class_logprobs(images, names, question)
+    def class_logprobs(self, images, names:list|None=None, question:str|None=None,
+                       img:torch.Tensor|None=None, # the images' tokens, where the caller has them (PyTorch then scores)
+                      )->torch.Tensor: # (B, K)
+        "`PathVLM.class_logprobs`, in ONNX Runtime for the default class names and question, from the images"
+        if question is not None or (names is not None and list(names) != list(LABEL_NAMES[self.cfg.vlm_kind])) or img is not None:
+            return super().class_logprobs(images, names, question, img)
         x = to_images(images, self.cfg.vit_img_size).float().cpu()
         return torch.from_numpy(self._session(x).run(None, {'x': x.numpy()})[0])
 
