@@ -1019,8 +1019,8 @@ class _Batched:
 
 FREE_KEYS = ('qa_form', 'qa_topic', 'qa_correct', 'vqa_closed_acc', 'vqa_agrees', 'vqa_open_recall', 'chat_consistency')
 GROUNDED_KEYS = (
-    'hallucination', 'feature_hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class', 'dx_agrees_label', 'cider',
-    'rouge_l',
+    'hallucination', 'feature_hallucination', 'claims_per_caption', 'attribute_acc', 'distinct', 'dx_agrees_class',
+    'dx_agrees_label', 'cider', 'rouge_l',
 )
 
 def evaluate_vlm(model, # a `PathVLM`, or anything with `cfg.vlm_kind`, `classify` (and `caption`, `answer`)

@@ -695,7 +695,8 @@ def generate(self:PathVLM, images, # (B, 3, H, W) in [0, 1], or a list of PIL im
         emb, mask, _ = self.embed(ids, am, img[js])
         out = self.lm.generate(
             inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
-            stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id, **{'temperature': temperature, **kw, **o},
+            stop_tokens=[self.tok.end_id, self.tok.eos_id], pad_id=self.tok.pad_id,
+            **{'temperature': temperature, **kw, **o},
         )
         return [self.tok.decode(e + o.tolist(), skip_special=True).strip() for e, o in zip(enc, out)]
     res, used, forced = run(list(range(len(qs))), pre), list(pre), 'force' in kw

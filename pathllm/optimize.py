@@ -162,7 +162,8 @@ class OrtVLM(PathVLM):
                        img:torch.Tensor|None=None, # the images' tokens, where the caller has them (PyTorch then scores)
                       )->torch.Tensor: # (B, K)
         "`PathVLM.class_logprobs`, in ONNX Runtime for the default class names and question, from the images"
-        if question is not None or (names is not None and list(names) != list(LABEL_NAMES[self.cfg.vlm_kind])) or img is not None:
+        default = question is None and (names is None or list(names) == list(LABEL_NAMES[self.cfg.vlm_kind]))
+        if img is not None or not default:
             return super().class_logprobs(images, names, question, img)
         x = to_images(images, self.cfg.vit_img_size).float().cpu()
         return torch.from_numpy(self._session(x).run(None, {'x': x.numpy()})[0])

@@ -171,10 +171,11 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
     "The fused model's text metrics of each configuration, mean ± sd over its seeds"
     check_counterweights([k for _, k, _ in LANGUAGE])
     seeds, st = _train_runs(runs)
-    rows, free = [], {label: all('free_answers' in r for r in reps) for label, reps in runs.items()}
+    rows, free, checked = [], *({label: all(k in r for r in reps) for label, reps in runs.items()}
+                                for k in ('free_answers', 'unchecked'))
     for label, reps in runs.items():
         sets = [(f'`{label}`', reps)]
-        if all('unchecked' in r for r in reps):  # the same captions before the heads' check (`vlm_check`)
+        if checked[label]:  # the same captions before the heads' check (`vlm_check`)
             sets.append((f"`{label}`, captions before the heads' check", [r['unchecked'] for r in reps]))
         if free[label]:  # the same model's answers by free generation, not typed
             sets.append((f'`{label}`, free answers', [r['free_answers'] for r in reps]))
@@ -184,7 +185,7 @@ def language_table(runs:dict, # configuration label -> the `report.json` dicts o
         + (
             f", each greedy text its heads contradict sampled again up to {_check(reps) - 1} times (the first with fewer "
             "such claims kept; the row 'before the heads' check': its captions without)"
-            if all('unchecked' in r for r in reps) else ''
+            if checked[label] else ''
         )
         + (
             " (answers typed: opened by the likeliest start of the question's type"
