@@ -128,8 +128,8 @@ def markdown(res: dict) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--model', default=None, help='model or pipeline folder (default: random-init, architecture of the small config)')
-    ap.add_argument('--requests', type=int, default=128, help='/classify requests per level')
-    ap.add_argument('--caption-requests', type=int, default=40, help='/caption requests per level')
+    ap.add_argument('--requests', type=int, default=256, help='/classify requests per level (16 per client at 16 clients)')
+    ap.add_argument('--caption-requests', type=int, default=160, help='/caption requests per level (10 per client at 16 clients)')
     ap.add_argument('--inprocess', type=int, default=20, help='in-process calls timed per endpoint')
     ap.add_argument('--threads', type=int, default=1, help='torch threads of the server and of the in-process baseline')
     ap.add_argument('--rounds', type=int, default=3, help='repeats; ratios are the median over rounds')
