@@ -30,12 +30,12 @@ from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_p
 from .fit import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
 from .train import calibrate_threshold, TRAIN_STAGES, DATA_FIELDS
-from .results import bench_table, ASSESSMENTS
+from .results import bench_table, stamp, ASSESSMENTS
 
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench',
            'sweep_bench', 'encoder_sweep', 'encoders_markdown', 'threshold_rules', 'thresholds_markdown', 'run_speed',
-           'assess_run']
+           'assess_run', 'ensemble_scores', 'ensemble_runs', 'ensemble_markdown']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
 ROWS = (
@@ -644,6 +644,14 @@ def _prompting(model:PathVLM, root:Path, n:int, seed:int)->dict: # every `compar
         n=len(val),
     )
 
+def _run_models(run:Path)->tuple: # (dataset, `data.json`, sized config, {'fused': `PathVLM`, 'baseline': `ImageOnly`})
+    ds, prep = run_data(run)
+    cfg = sized_config(load_config(run/'config.json'), prep)
+    return ds, prep, cfg, {
+        'fused': PathVLM.from_pretrained(run/'model').eval(),
+        'baseline': ImageOnly(ImageClassifier.from_pretrained(run/'baseline'), prep['kind'], cfg.img_size),
+    }
+
 def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baseline/`, `data.json`)
                what:tuple=ASSESSMENTS, # which assessments to run
                n_stress:int=1000, # validation patches re-stained (the first of the split)
@@ -658,19 +666,14 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     run = Path(run)
     if bad := [w for w in what if w not in ASSESSMENTS]:
         raise ValueError(f"assess_run: unknown {bad}; choose from {ASSESSMENTS}")
-    ds, prep = run_data(run)
-    cfg = sized_config(load_config(run/'config.json'), prep)
+    ds, prep, cfg, models = _run_models(run)
     kind, two = prep['kind'], len(prep['classes']) == 2
     stress = {'robustness', 'stain_norm'} & set(what)
     if stress and not prep.get('dev'):
         raise ValueError(f"assess_run: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
     if 'robustness' in what and not two:
         raise ValueError(f"assess_run: robustness needs two classes (a threshold); {run} has {len(prep['classes'])}")
-    fused = PathVLM.from_pretrained(run/'model').eval()
-    models = {
-        'fused': fused,
-        'baseline': ImageOnly(ImageClassifier.from_pretrained(run / 'baseline'), kind, cfg.img_size),
-    }
+    fused = models['fused']
     val = ds.subset(prep['valid'])
     head = dict(
         run=str(run), config=asdict(cfg), fingerprint=data_fingerprint(ds)['sha256'], environment=environment_info()
@@ -705,3 +708,83 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
         )
     return out
 
+
+# %% ../nbs/13_bench.ipynb #120b50d4
+def ensemble_scores(y:list, # true class ids, 0 or 1
+                    probs:dict, # member name -> P(class 1) of each patch (the same patches, in the same order)
+                    thresholds:dict, # member name -> its decision threshold (chosen on its own dev split)
+                    groups:dict, # ensemble name -> the names of the members whose probabilities it averages
+                   )->list: # a row per member, then per ensemble: name, members, threshold, `_ENC_COLS`, fn, fp
+    "Every member, and every group's mean probability called at the mean of its members' thresholds"
+    if bad := sorted({m for g in groups.values() for m in g} - set(probs)):
+        raise ValueError(f"ensemble_scores: groups name members without probabilities: {bad}")
+    if bad := sorted(set(probs) - set(thresholds)): raise ValueError(f"ensemble_scores: no threshold for {bad}")
+    rows = []
+    for name, ms in [*((m, (m,)) for m in probs), *groups.items()]:
+        p, t = np.mean([np.asarray(probs[m], float) for m in ms], 0), float(np.mean([thresholds[m] for m in ms]))
+        rows.append(dict(name=name, members=list(ms), threshold=t, **_at_threshold(y, p, t)))
+    return rows
+
+def ensemble_runs(runs:list, # finished `run_train` folders of one config on the same data, e.g. three seeds
+                  out:str|Path, # writes `ensemble.json` and `ensemble.md` here
+                  tta:bool|None=None, # mean over the 8 rotations/reflections (default: as each run's config)
+                 )->dict: # the contents of `ensemble.json`
+    """Ensembles of finished runs: each run's fused model and baseline, each model over the runs, both models of one
+    run, and all, by their mean P(class 1) on the runs' common valid split. Each member's threshold is chosen on its own
+    run's dev split by the run's rule; an ensemble calls at the mean of its members' thresholds (one run's dev patches
+    are another seed's training patches). Cost: each member's ms per image on valid, timed here, summed"""
+    runs = [Path(r) for r in runs]
+    if not runs: raise ValueError("ensemble_runs: no runs given")
+    probs, thr, ms, seeds, info, ids0, y = {}, {}, {}, [], [], None, None
+    for i, run in enumerate(runs):
+        ds, prep, cfg, models = _run_models(run)
+        if len(prep['classes']) != 2:
+            raise ValueError(f"ensemble_runs: {run} has {len(prep['classes'])} classes; ensembles call at a threshold")
+        if not prep.get('dev'):
+            raise ValueError(f"ensemble_runs: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
+        val, dev = ds.subset(prep['valid']), ds.subset(prep['dev'])
+        order = np.argsort(val.ids, kind='stable')  # one patch order for every run: by id
+        ids = [val.ids[j] for j in order]
+        if ids0 is None: ids0, y = ids, [int(val.labels[j]) for j in order]
+        elif ids != ids0: raise ValueError(f"ensemble_runs: {run} scores other validation patches than {runs[0]}")
+        vi, di, yd = [val.image(j) for j in order], [dev.image(j) for j in range(len(dev))], [int(l) for l in dev.labels]
+        use = cfg.tta if tta is None else tta
+        seeds.append(cfg.seed)
+        info.append(dict(run=str(run), seed=cfg.seed, n_dev=len(dev), rule=cfg.threshold_rule, tta=bool(use),
+                         fingerprint=data_fingerprint(ds), environment=environment_info()))
+        for m, model in models.items():
+            t_ = bool(_tta(model, use)); k = f'{m} {i}'
+            thr[k] = best_threshold(yd, class_probs(model, di, tta=t_)[:, 1], cfg.threshold_rule)
+            t0 = time.perf_counter(); probs[k] = class_probs(model, vi, tta=t_)[:, 1]
+            ms[k] = (time.perf_counter() - t0) * 1000 / len(vi)
+    n, word = len(runs), 'seed' if len(set(seeds)) == len(seeds) else 'run'
+    label = lambda i: f'{word} {seeds[i] if word == "seed" else i}'
+    groups = {}
+    if n > 1: groups.update({f'{m}, {n} {word}s': tuple(f'{m} {i}' for i in range(n)) for m in ('fused', 'baseline')})
+    groups.update({f'fused + baseline, {label(i)}': (f'fused {i}', f'baseline {i}') for i in range(n)})
+    if n > 1: groups[f'fused + baseline, {n} {word}s'] = tuple(f'{m} {i}' for i in range(n) for m in ('fused', 'baseline'))
+    rows, one = ensemble_scores(y, probs, thr, groups), np.mean([ms[f'fused {i}'] for i in range(n)])
+    names = {f'{m} {i}': f'{m}, {label(i)}' for i in range(n) for m in ('fused', 'baseline')}
+    for r in rows:
+        r.update(name=names.get(r['name'], r['name']), ms_per_image=sum(ms[m] for m in r['members']),
+                 runs_trained=len({m.split()[-1] for m in r['members']}))
+        r['cost_vs_fused'] = r['ms_per_image'] / one
+        r['members'] = [names[m] for m in r['members']]
+    res = dict(what=f"ensembles of {n} runs' fused models and baselines: mean P(class 1) on {len(y)} valid patches, "
+                    "each called at the mean of its members' dev thresholds", n_valid=len(y), runs=info, rows=rows)
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out/'ensemble.json', json.dumps(res, indent=1, default=str) + '\n')
+    atomic_write(out/'ensemble.md', ensemble_markdown(res)); return res
+
+def ensemble_markdown(res:dict, # from `ensemble_runs`
+                     )->str: # a markdown table and the line of what was measured where
+    "The ensembles as a table: members, runs trained, threshold, valid metrics, errors either way and inference cost"
+    lines = ['| model | runs trained | threshold | acc | bal. acc | AUC | sens. / spec. | FN / FP | ms/image (x one fused) |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for r in res['rows']:
+        lines.append(f"| {r['name']} | {r['runs_trained']} | {r['threshold']:.3f} | {r['accuracy']:.3f} | "
+                     f"{r['balanced_accuracy']:.3f} | {r['auc']:.4f} | {r['sensitivity']:.3f} / {r['specificity']:.3f} | "
+                     f"{r['fn']} / {r['fp']} | {r['ms_per_image']:.1f} ({r['cost_vs_fused']:.2f}x) |")
+    tta = 'with' if all(x['tta'] for x in res['runs']) else 'without' if not any(x['tta'] for x in res['runs']) else 'partly with'
+    return '\n'.join(lines) + (f"\n\n{res['what']} ({tta} TTA). "
+                               f"{stamp([x['environment'] for x in res['runs']], [x['fingerprint'] for x in res['runs']])}\n")

@@ -15,7 +15,7 @@ import typer
 # %% auto #0
 __all__ = ['app', 'data_app', 'lm_app', 'index_app', 'data_synth', 'data_caption', 'lm_train', 'lm_generate', 'train_cmd',
            'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'sweep_cmd', 'assess_cmd',
-           'results_cmd', 'optimize_cmd', 'serve_cmd']
+           'ensemble_cmd', 'results_cmd', 'optimize_cmd', 'serve_cmd']
 
 # %% ../nbs/99_cli.ipynb #7216de5f
 app = typer.Typer(help="pathllm: multimodal LLMs built from scratch for cancer pathology.", no_args_is_help=True,
@@ -383,6 +383,20 @@ def assess_cmd(run:Path=typer.Argument(..., help="A finished `pathllm train` fol
             run, tuple(w.strip() for w in what.split(',') if w.strip()), n_stress=n_stress, n_prompt=n_prompt
         )
     typer.echo(f"wrote {', '.join(str(f) for f in r.values())}")
+
+# %% ../nbs/99_cli.ipynb #91017145
+@app.command('ensemble')
+def ensemble_cmd(runs:list[Path]=typer.Argument(..., help="Finished `pathllm train` folders of one config on the same "
+                                                         "data (e.g. three seeds)"),
+                 out:Path=typer.Option(..., help="Folder for ensemble.json and ensemble.md"),
+                 tta:bool=typer.Option(None, help="Mean over the 8 rotations/reflections (default: as each run's "
+                                                  "config)"),
+                 threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
+    "Score the runs' fused models and baselines alone and as ensembles (mean probability) on their common valid split."
+    from pathllm.bench import ensemble_runs, ensemble_markdown
+    _threads(threads)
+    with _errors(): r = ensemble_runs(runs, out, tta)
+    typer.echo(ensemble_markdown(r)); typer.echo(f"wrote {out}/ensemble.json, ensemble.md")
 
 # %% ../nbs/99_cli.ipynb #b8433bbc
 @app.command('results')
