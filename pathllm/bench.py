@@ -747,7 +747,8 @@ def ensemble_runs(runs:list, # finished `run_train` folders of one config on the
         ids = [val.ids[j] for j in order]
         if ids0 is None: ids0, y = ids, [int(val.labels[j]) for j in order]
         elif ids != ids0: raise ValueError(f"ensemble_runs: {run} scores other validation patches than {runs[0]}")
-        vi, di, yd = [val.image(j) for j in order], [dev.image(j) for j in range(len(dev))], [int(l) for l in dev.labels]
+        vi, di = [val.image(j) for j in order], [dev.image(j) for j in range(len(dev))]
+        yd = [int(l) for l in dev.labels]
         use = cfg.tta if tta is None else tta
         seeds.append(cfg.seed)
         info.append(dict(run=str(run), seed=cfg.seed, n_dev=len(dev), rule=cfg.threshold_rule, tta=bool(use),
@@ -762,7 +763,8 @@ def ensemble_runs(runs:list, # finished `run_train` folders of one config on the
     groups = {}
     if n > 1: groups.update({f'{m}, {n} {word}s': tuple(f'{m} {i}' for i in range(n)) for m in ('fused', 'baseline')})
     groups.update({f'fused + baseline, {label(i)}': (f'fused {i}', f'baseline {i}') for i in range(n)})
-    if n > 1: groups[f'fused + baseline, {n} {word}s'] = tuple(f'{m} {i}' for i in range(n) for m in ('fused', 'baseline'))
+    if n > 1:
+        groups[f'fused + baseline, {n} {word}s'] = tuple(f'{m} {i}' for i in range(n) for m in ('fused', 'baseline'))
     rows, one = ensemble_scores(y, probs, thr, groups), np.mean([ms[f'fused {i}'] for i in range(n)])
     names = {f'{m} {i}': f'{m}, {label(i)}' for i in range(n) for m in ('fused', 'baseline')}
     for r in rows:
@@ -779,12 +781,18 @@ def ensemble_runs(runs:list, # finished `run_train` folders of one config on the
 def ensemble_markdown(res:dict, # from `ensemble_runs`
                      )->str: # a markdown table and the line of what was measured where
     "The ensembles as a table: members, runs trained, threshold, valid metrics, errors either way and inference cost"
-    lines = ['| model | runs trained | threshold | acc | bal. acc | AUC | sens. / spec. | FN / FP | ms/image (x one fused) |',
-             '|---|---|---|---|---|---|---|---|---|']
+    lines = [
+        '| model | runs trained | threshold | acc | bal. acc | AUC | sens. / spec. | FN / FP '
+        '| ms/image (x one fused) |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
     for r in res['rows']:
-        lines.append(f"| {r['name']} | {r['runs_trained']} | {r['threshold']:.3f} | {r['accuracy']:.3f} | "
-                     f"{r['balanced_accuracy']:.3f} | {r['auc']:.4f} | {r['sensitivity']:.3f} / {r['specificity']:.3f} | "
-                     f"{r['fn']} / {r['fp']} | {r['ms_per_image']:.1f} ({r['cost_vs_fused']:.2f}x) |")
-    tta = 'with' if all(x['tta'] for x in res['runs']) else 'without' if not any(x['tta'] for x in res['runs']) else 'partly with'
-    return '\n'.join(lines) + (f"\n\n{res['what']} ({tta} TTA). "
-                               f"{stamp([x['environment'] for x in res['runs']], [x['fingerprint'] for x in res['runs']])}\n")
+        lines.append(
+            f"| {r['name']} | {r['runs_trained']} | {r['threshold']:.3f} | {r['accuracy']:.3f} | "
+            f"{r['balanced_accuracy']:.3f} | {r['auc']:.4f} | {r['sensitivity']:.3f} / {r['specificity']:.3f} | "
+            f"{r['fn']} / {r['fp']} | {r['ms_per_image']:.1f} ({r['cost_vs_fused']:.2f}x) |"
+        )
+    t = [x['tta'] for x in res['runs']]
+    tta = 'with' if all(t) else 'partly with' if any(t) else 'without'
+    made = stamp([x['environment'] for x in res['runs']], [x['fingerprint'] for x in res['runs']])
+    return '\n'.join(lines) + f"\n\n{res['what']} ({tta} TTA). {made}\n"

@@ -464,7 +464,7 @@ def attribute_accuracy(texts:list, # generated texts, one per patch
                        morphs:list, # `Morphology` of each patch
                        kind:str='pcam', # 'pcam' or 'mhist'
                        thr:Thresholds|None=None, # the words' cut points (default `THRESHOLDS[kind]`)
-                      )->dict: # `mean` over features claimed, `per_feature` accuracy and `n` claims per feature
+                      )->dict: # `mean` over features claimed, `micro` over claims, `per_feature` accuracy, `n` claims
     "Per feature, the share of claims whose word is exactly the measured word"
     _check_len(texts, morphs, 'texts', 'morphs')
     thr, ok = thr or THRESHOLDS[kind], {}
@@ -475,6 +475,7 @@ def attribute_accuracy(texts:list, # generated texts, one per patch
     per = {f: float(np.mean(v)) for f, v in ok.items()}
     return dict(
         mean=float(np.mean(list(per.values()))) if per else float('nan'),
+        micro=float(np.mean([b for v in ok.values() for b in v])) if ok else float('nan'),
         per_feature=per,
         n={f: len(v) for f, v in ok.items()},
     )
@@ -887,7 +888,9 @@ def caption_metrics(texts:list, # generated captions, one per patch
     "Everything measured of a model's captions: overlap with references, grounding, and whether they follow the image"
     aa = attribute_accuracy(texts, morphs, kind, thr)
     out = dict(text_metrics(texts, refs, morphs, labels, kind, thr), claims_per_caption=claims_per_text(texts, kind),
-               attribute_acc=aa['mean'], **{f'attr_acc_{f}': v for f, v in sorted(aa['per_feature'].items())},
+               attribute_acc=aa['mean'], attribute_acc_micro=aa['micro'],
+               **{f'attr_acc_{f}': v for f, v in sorted(aa['per_feature'].items())},
+               **{f'attr_n_{f}': v for f, v in sorted(aa['n'].items())},
                distinct=distinct_ratio(texts), dx_agrees_label=diagnosis_agreement(texts, labels, kind),
                # the claims about features alone: `hallucination` without the diagnoses the labels contradict
                feature_hallucination=float(hallucination_rate(texts, morphs, None, kind, thr=thr)))
