@@ -586,12 +586,19 @@ def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job mo
     return rows
 
 # %% ../nbs/13_bench.ipynb #e53ceaa6
+def _dev_call(model, dev_imgs:list, yd:list, val_imgs:list, tta:bool, rule:str)->tuple: # (dev threshold, valid probs, ms)
+    "`model`'s threshold on the dev patches by `rule`, its class probabilities on valid and their ms per image"
+    t = bool(_tta(model, tta)); th = best_threshold(yd, class_probs(model, dev_imgs, tta=t), rule)
+    t0 = time.perf_counter(); pv = class_probs(model, val_imgs, tta=t)
+    return th, pv, (time.perf_counter() - t0) * 1000 / len(val_imgs)
+
 def _dev_thresholds(models:dict, dev, val, tta:bool, rule:str)->dict: # per model: valid metrics at 0.5 and at the dev threshold
     yd, yv, out = [int(l) for l in dev.labels], [int(l) for l in val.labels], {}
+    di, vi = ([d.image(i) for i in range(len(d))] for d in (dev, val))  # decoded once for every model
     for name, m in models.items():
-        pd_, pv = (class_probs(m, [d.image(i) for i in range(len(d))], tta=bool(_tta(m, tta))) for d in (dev, val))
+        cut, pv, _ = _dev_call(m, di, yd, vi, tta, rule)
         out[name] = {}
-        for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', best_threshold(yd, pd_, rule))):
+        for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', cut)):
             out[name][lab] = dict(threshold=th, **_at_threshold(yv, pv, th))
     return out
 
@@ -754,10 +761,8 @@ def ensemble_runs(runs:list, # finished `run_train` folders of one config on the
         info.append(dict(run=str(run), seed=cfg.seed, n_dev=len(dev), rule=cfg.threshold_rule, tta=bool(use),
                          fingerprint=data_fingerprint(ds), environment=environment_info()))
         for m, model in models.items():
-            t_ = bool(_tta(model, use)); k = f'{m} {i}'
-            thr[k] = best_threshold(yd, class_probs(model, di, tta=t_)[:, 1], cfg.threshold_rule)
-            t0 = time.perf_counter(); probs[k] = class_probs(model, vi, tta=t_)[:, 1]
-            ms[k] = (time.perf_counter() - t0) * 1000 / len(vi)
+            k = f'{m} {i}'; thr[k], pv, ms[k] = _dev_call(model, di, yd, vi, use, cfg.threshold_rule)
+            probs[k] = pv[:, 1]
     n, word = len(runs), 'seed' if len(set(seeds)) == len(seeds) else 'run'
     label = lambda i: f'{word} {seeds[i] if word == "seed" else i}'
     groups = {}
