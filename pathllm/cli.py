@@ -138,8 +138,8 @@ def _threads(n:int):
         import torch; torch.set_num_threads(n)
 
 @app.command('train')
-def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small, full) or a JSON file of TrainConfig "
-                                                    "fields"),
+def train_cmd(config:str=typer.Option('debug', help="Named config (debug, small, small-96, full) or a JSON file of "
+                                                    "TrainConfig fields"),
               data:Path=typer.Option(None, help="Patches in any format `load_patches` reads (default: synthetic PCam "
                                                 "in OUT/data)"),
               out:Path=typer.Option(Path('runs/train'), help="Output folder: report, plots, model/ and each stage's "
@@ -298,7 +298,7 @@ def demo(out:Path=typer.Option(Path('runs/demo'), help="Output folder"),
                                              "low-grade, high-grade, carcinoma)"),
          n:int=typer.Option(None, help="Number of synthetic patches (default: the config's n_images, 400 for debug)"),
          seed:int=typer.Option(0, help="Random seed"),
-         config:str=typer.Option('debug', help="Training config: a name (debug, small, full) or a JSON file"),
+         config:str=typer.Option('debug', help="Training config: a name (debug, small, small-96, full) or a JSON file"),
          threads:int=typer.Option(1, help="CPU threads for torch (0: its default); debug models run fastest on one")):
     "Run the main job on the embedded synthetic default: data summary, training, evaluation report and model."
     _threads(threads)
