@@ -26,7 +26,8 @@ from .finetune import lora_model, qlora_model, finetune_learner, param_counts
 from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
 from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold,
                               decision_threshold, stain_shift, stain_stress, plot_stain_stress, cider, rouge_l,
-                              claims_per_text, threshold_stability, THRESHOLD_RULES)
+                              claims_per_text, threshold_stability, batchnorm_adapted, batchnorm_layers,
+                              THRESHOLD_RULES)
 from .fit import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
 from .train import calibrate_threshold, TRAIN_STAGES, DATA_FIELDS
@@ -602,6 +603,27 @@ def _dev_thresholds(models:dict, dev, val, tta:bool, rule:str)->dict: # per mode
             out[name][lab] = dict(threshold=th, **_at_threshold(yv, pv, th))
     return out
 
+def _adapted(models:dict, dev, val, tta:bool, rule:str, ims:list, y:list, strengths:tuple, n:int, seed:int)->dict:
+    """Each model's BatchNorm statistics re-estimated on each split's own images: dev threshold, valid scores, stress
+    test (models without BatchNorm, e.g. ViTs, are listed as such and skipped)"""
+    skip = [k for k, m in models.items() if not batchnorm_layers(m)]
+    models = {k: m for k, m in models.items() if k not in skip}
+    yd, yv, out = [int(l) for l in dev.labels], [int(l) for l in val.labels], {}
+    di, vi = ([d.image(i) for i in range(len(d))] for d in (dev, val))
+    for name, m in models.items():
+        t = bool(_tta(m, tta))
+        with batchnorm_adapted(m, di, n, seed=seed): cut = best_threshold(yd, class_probs(m, di, tta=t), rule)
+        with batchnorm_adapted(m, vi, n, seed=seed): pv = class_probs(m, vi, tta=t)
+        out[name] = dict(at_dev_threshold=dict(threshold=cut, **_at_threshold(yv, pv, cut)))
+    # the stress test calls each model at its adapted dev threshold
+    kept = {k: m.cfg.vlm_threshold for k, m in models.items()}
+    try:
+        for k, m in models.items(): m.cfg.vlm_threshold = out[k]['at_dev_threshold']['threshold']
+        rows = stain_stress(models, ims, y, strengths=strengths, seed=seed, adapt=True)
+    finally:
+        for k, m in models.items(): m.cfg.vlm_threshold = kept[k]
+    return dict(out, no_batchnorm=skip, n_adapt=n, stain_stress=dict(n=len(ims), tta=False, rows=rows))
+
 # accuracy/AUC re-stained, without and with normalisation
 def _stain_norm(models:dict, ims:list, y:list, trn, strengths:tuple, seed:int)->list:
     side = max(1, math.isqrt(min(16, len(trn))))
@@ -665,21 +687,25 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
                strengths:tuple=(0., 0.1, 0.2, 0.3, 0.4), # stain-shift strengths of the stress test
                n_prompt:int=200, # validation patches of the prompting comparison (a seeded sample)
                seed:int=0, # seed of the sample, the re-staining and the few-shot examples
+               n_adapt:int=1000, # unlabelled patches of each split (a seeded sample) that 'adapt' re-estimates on
               )->dict: # name -> the file written (`run/<name>.json`)
     """More of a finished run, each written as `<name>.json` beside its report: 'robustness' (thresholds chosen on
     dev, valid scored at 0.5 and at them; the stain stress test with `stain_stress.png`), 'stain_norm' (test-time
-    Macenko/Reinhard normalisation to a mosaic of training patches, under stain shift) and 'prompting' (every technique
-    of `pathllm.rag.compare_all`, on the same patches)"""
+    Macenko/Reinhard normalisation to a mosaic of training patches, under stain shift), 'prompting' (every technique
+    of `pathllm.rag.compare_all`, on the same patches) and 'adapt' (robustness again, each model's BatchNorm statistics
+    re-estimated on the scored patches themselves, unlabelled: `evaluate.batchnorm_adapted`)"""
     run = Path(run)
     if bad := [w for w in what if w not in ASSESSMENTS]:
         raise ValueError(f"assess_run: unknown {bad}; choose from {ASSESSMENTS}")
     ds, prep, cfg, models = _run_models(run)
     kind, two = prep['kind'], len(prep['classes']) == 2
-    stress = {'robustness', 'stain_norm'} & set(what)
+    stress = {'robustness', 'stain_norm', 'adapt'} & set(what)
     if stress and not prep.get('dev'):
         raise ValueError(f"assess_run: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
-    if 'robustness' in what and not two:
-        raise ValueError(f"assess_run: robustness needs two classes (a threshold); {run} has {len(prep['classes'])}")
+    if {'robustness', 'adapt'} & set(what) and not two:
+        raise ValueError(
+            f"assess_run: robustness and adapt need two classes (a threshold); {run} has {len(prep['classes'])}"
+        )
     fused = models['fused']
     val = ds.subset(prep['valid'])
     head = dict(
@@ -688,7 +714,8 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     sub = val.subset(list(range(min(n_stress, len(val)))))
     # decoded only for the stress tests
     ims, y = ([sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]) if stress else ([], [])
-    thr = _dev_thresholds(models, ds.subset(prep['dev']), val, cfg.tta, cfg.threshold_rule) if stress and two else {}
+    plain = {'robustness', 'stain_norm'} & set(what) and two
+    thr = _dev_thresholds(models, ds.subset(prep['dev']), val, cfg.tta, cfg.threshold_rule) if plain else {}
     # each model calls at its dev threshold
     for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']
     out = {}
@@ -706,6 +733,10 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
                     models, ims, y, ds.subset(prep['train']),
                     tuple(s for s in strengths if s in (0.0, 0.2, 0.4)) or strengths, seed,
                 ),
+            )
+        elif w == 'adapt':
+            r = _adapted(
+                models, ds.subset(prep['dev']), val, cfg.tta, cfg.threshold_rule, ims, y, strengths, n_adapt, seed
             )
         else:
             r = _prompting(fused, run / prep['root'], n_prompt, seed)

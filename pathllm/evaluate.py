@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect, os, re, json, math, string, tempfile, textwrap, warnings
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, torch
@@ -22,14 +23,14 @@ from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_ca
 # %% auto #0
 __all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'FREE_KEYS', 'GROUNDED_KEYS', 'to_preds',
            'accuracy', 'confusion', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics',
-           'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'class_probs', 'stain_stress',
-           'plot_stain_stress', 'bleu4', 'rouge_l', 'cider', 'normalize_answer', 'exact_match', 'token_f1',
-           'closed_answer', 'closed_accuracy', 'key_terms', 'open_recall', 'retrieval_recall', 'recall_at_k',
-           'hallucination', 'claims_per_text', 'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate',
-           'diagnosis_agreement', 'bertscore', 'text_metrics', 'paired_bootstrap', 'item_metrics', 'plot_losses',
-           'plot_roc', 'plot_confusion', 'plot_claims', 'write_report', 'report_metrics', 'qa_metrics',
-           'chat_consistency', 'caption_metrics', 'opener_agreement', 'vqa_metrics', 'evaluate_model', 'vlm_accuracy',
-           'evaluate_vlm']
+           'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'class_probs',
+           'batchnorm_layers', 'batchnorm_adapted', 'stain_stress', 'plot_stain_stress', 'bleu4', 'rouge_l', 'cider',
+           'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms',
+           'open_recall', 'retrieval_recall', 'recall_at_k', 'hallucination', 'claims_per_text', 'attribute_accuracy',
+           'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore', 'text_metrics',
+           'paired_bootstrap', 'item_metrics', 'plot_losses', 'plot_roc', 'plot_confusion', 'plot_claims',
+           'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics', 'opener_agreement',
+           'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
 
 # %% ../nbs/01a_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -237,19 +238,58 @@ def class_probs(model, # anything whose `classify(images, generate=False)` gives
             ]
         ).numpy()
 
+def batchnorm_layers(model, # a torch module, or an adapter holding one as `.model` (`bench.ImageOnly`)
+                    )->list: # its BatchNorm layers that keep running statistics (those `batchnorm_adapted` re-estimates)
+    "The BatchNorm layers of a model (none in a ViT, one per convolution block in a ResNet)"
+    net = model if isinstance(model, torch.nn.Module) else getattr(model, 'model', None)
+    if not isinstance(net, torch.nn.Module):
+        raise TypeError(f"batchnorm_layers: {type(model).__name__} is no torch module and holds none as `.model`")
+    return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+@contextmanager
+def batchnorm_adapted(model, # a torch module with a `classify`, or an adapter holding one as `.model` (`bench.ImageOnly`)
+                      images:list, # unlabelled patches of the domain to adapt to (a new scanner's, stain's or split's)
+                      n:int|None=1000, # at most this many, a seeded sample (`None`: all)
+                      bs:int=64, # images per batch
+                      seed:int=0, # seed of the sample
+                     ):
+    """Inside the block every BatchNorm layer of `model` normalises with the statistics of `images` (AdaBN, Li et al.
+    2016: re-estimated at test time on unlabelled patches of the target domain; no label is read); the trained
+    statistics come back on exit"""
+    if not (bns := batchnorm_layers(model)):
+        raise ValueError(f"batchnorm_adapted: {type(model).__name__} has no BatchNorm layer to adapt")
+    if not len(images): raise ValueError("batchnorm_adapted: no images to adapt to")
+    idx = np.random.default_rng(seed).permutation(len(images))[: len(images) if n is None else n]
+    sub = [images[i] for i in idx]
+    saved = [(b, b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone(), b.momentum, b.training)
+             for b in bns]
+    try:
+        for b in bns: b.reset_running_stats(); b.momentum = None; b.train()  # momentum None: the mean over batches
+        with torch.no_grad():
+            for i in range(0, len(sub), bs): model.classify(sub[i : i + bs], generate=False)
+        for b in bns: b.eval()
+        yield model
+    finally:
+        for b, mean, var, nb, mom, tr in saved:
+            b.running_mean.copy_(mean); b.running_var.copy_(var); b.num_batches_tracked.copy_(nb)
+            b.momentum = mom; b.train(tr)
+
 def stain_stress(models:dict, # name -> anything whose `classify(images, generate=False)` gives `probs` (e.g. `PathVLM`)
                  images:list, # the patches
                  y:list, # their class ids
                  strengths:tuple=(0., 0.1, 0.2, 0.3, 0.4), # stain-shift strengths, 0 first (the reference)
                  seed:int=0, # seed of the re-staining
                  bs:int=64, # images per batch
+                 adapt:bool=False, # score each model with its BatchNorm statistics of the re-stained patches themselves
                 )->list: # rows: `model`, `strength`, `accuracy`, `balanced_accuracy`, `auc`, drops from strength 0
-    "Accuracy and AUC of each model on re-stained copies of the same patches, per strength"
+    """Accuracy and AUC of each model on re-stained copies of the same patches, per strength (with `adapt`, each model
+    adapted to each re-staining by `batchnorm_adapted`)"""
     rows, ref = [], {}
     for s in strengths:
         xs = stain_shift(images, s, seed)
         for name, m in models.items():
-            c = classification_metrics(y, class_probs(m, xs, bs), decision_threshold(m))
+            with batchnorm_adapted(m, xs, bs=bs, seed=seed) if adapt else nullcontext():
+                c = classification_metrics(y, class_probs(m, xs, bs), decision_threshold(m))
             r = dict(model=name, strength=s, **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc')})
             ref.setdefault(name, r)
             rows.append(

@@ -329,7 +329,7 @@ def trim_run(d): # a run's JSON
     return [trim_run(v) for v in d] if isinstance(d, list) else d
 
 # `pathllm.bench.assess_run` writes `<name>.json` beside a run's report; published with it
-ASSESSMENTS = ('robustness', 'stain_norm', 'prompting')
+ASSESSMENTS = ('robustness', 'stain_norm', 'prompting', 'adapt')
 
 def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or its `report.json` / `bench.json`
                 dest:str, # folder under `results/`, e.g. 'small/seed0'
