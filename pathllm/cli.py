@@ -215,16 +215,22 @@ def predict_cmd(images:list[Path]=typer.Argument(..., help="Image files"),
                 max_new_tokens:int=typer.Option(64, help="Tokens per caption at most"),
                 rag:Path=typer.Option(None, help="Index folder of `pathllm index build`: put the k most similar "
                                                  "patches' captions in the prompt"),
-                k:int=typer.Option(4, help="With --rag: reference cases per prompt")):
+                k:int=typer.Option(4, help="With --rag: reference cases per prompt"),
+                adapt:bool=typer.Option(False, help="First re-estimate the model's BatchNorm statistics on these "
+                                                    "images (AdaBN, no labels read): for a batch of patches from "
+                                                    "another scanner or stain; a few hundred or more")):
     "Print the class, its probability and a caption of each image (with --rag: and the ids of the retrieved patches)."
+    from contextlib import nullcontext
     from pathllm.serve import Pipeline
+    from pathllm.evaluate import batchnorm_adapted
     with _errors():  # images of any size, each checked (format, size, bomb) and named in errors
         pipe = Pipeline.from_pretrained(model)
         xs = pipe.prepare([str(i) for i in images])[0]
-        if rag is None: res = pipe.predict(xs, max_new_tokens=max_new_tokens)
-        else:
-            from pathllm.rag import rag_predict
-            res = rag_predict(pipe.model, xs, rag, k=k, max_new_tokens=max_new_tokens)
+        with batchnorm_adapted(pipe.model, xs, n=None) if adapt else nullcontext():
+            if rag is None: res = pipe.predict(xs, max_new_tokens=max_new_tokens)
+            else:
+                from pathllm.rag import rag_predict
+                res = rag_predict(pipe.model, xs, rag, k=k, max_new_tokens=max_new_tokens)
     for f, r in zip(images, res):
         typer.echo(
             f"{f}\t{r['label']}\t{r['prob']:.3f}\t{r['caption']}"
