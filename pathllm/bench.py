@@ -593,9 +593,11 @@ def _dev_call(model, dev_imgs:list, yd:list, val_imgs:list, tta:bool, rule:str)-
     t0 = time.perf_counter(); pv = class_probs(model, val_imgs, tta=t)
     return th, pv, (time.perf_counter() - t0) * 1000 / len(val_imgs)
 
-def _dev_thresholds(models:dict, dev, val, tta:bool, rule:str)->dict: # per model: valid metrics at 0.5 and at the dev threshold
-    yd, yv, out = [int(l) for l in dev.labels], [int(l) for l in val.labels], {}
-    di, vi = ([d.image(i) for i in range(len(d))] for d in (dev, val))  # decoded once for every model
+def _decoded(*splits)->list: # per split: (its patches decoded, their class ids)
+    return [([d.image(i) for i in range(len(d))], [int(l) for l in d.labels]) for d in splits]
+
+def _dev_thresholds(models:dict, dev:tuple, val:tuple, tta:bool, rule:str)->dict: # per model: valid metrics at 0.5 and at the dev threshold
+    (di, yd), (vi, yv), out = dev, val, {}  # (patches, class ids) of each split, decoded once for every model
     for name, m in models.items():
         cut, pv, _ = _dev_call(m, di, yd, vi, tta, rule)
         out[name] = {}
@@ -603,25 +605,25 @@ def _dev_thresholds(models:dict, dev, val, tta:bool, rule:str)->dict: # per mode
             out[name][lab] = dict(threshold=th, **_at_threshold(yv, pv, th))
     return out
 
-def _adapted(models:dict, dev, val, tta:bool, rule:str, ims:list, y:list, strengths:tuple, n:int, seed:int)->dict:
+def _adapted(models:dict, dev:tuple, val:tuple, # (patches, class ids) of dev and of valid (`_decoded`)
+             tta:bool, rule:str, ims:list, y:list, strengths:tuple, n:int, seed:int)->dict:
     """Each model's BatchNorm statistics re-estimated on each split's own images: dev threshold, valid scores, stress
     test (models without BatchNorm, e.g. ViTs, are listed as such and skipped)"""
     skip = [k for k, m in models.items() if not batchnorm_layers(m)]
     models = {k: m for k, m in models.items() if k not in skip}
-    yd, yv, out = [int(l) for l in dev.labels], [int(l) for l in val.labels], {}
-    di, vi = ([d.image(i) for i in range(len(d))] for d in (dev, val))
+    (di, yd), (vi, yv), out = dev, val, {}  # (patches, class ids) of each split
     for name, m in models.items():
         t = bool(_tta(m, tta))
         with batchnorm_adapted(m, di, n, seed=seed): cut = best_threshold(yd, class_probs(m, di, tta=t), rule)
         with batchnorm_adapted(m, vi, n, seed=seed): pv = class_probs(m, vi, tta=t)
         out[name] = dict(at_dev_threshold=dict(threshold=cut, **_at_threshold(yv, pv, cut)))
-    # the stress test calls each model at its adapted dev threshold
-    kept = {k: m.cfg.vlm_threshold for k, m in models.items()}
+    # the stress test calls each model at its adapted dev threshold (`batchnorm_adapted` puts it in place)
+    kept = {k: getattr(m.cfg, 'vlm_threshold_adapted', None) for k, m in models.items()}
     try:
-        for k, m in models.items(): m.cfg.vlm_threshold = out[k]['at_dev_threshold']['threshold']
-        rows = stain_stress(models, ims, y, strengths=strengths, seed=seed, adapt=True)
+        for k, m in models.items(): m.cfg.vlm_threshold_adapted = out[k]['at_dev_threshold']['threshold']
+        rows = stain_stress(models, ims, y, strengths=strengths, seed=seed, adapt=True, n_adapt=n)
     finally:
-        for k, m in models.items(): m.cfg.vlm_threshold = kept[k]
+        for k, m in models.items(): m.cfg.vlm_threshold_adapted = kept[k]
     return dict(out, no_batchnorm=skip, n_adapt=n, stain_stress=dict(n=len(ims), tta=False, rows=rows))
 
 # accuracy/AUC re-stained, without and with normalisation
@@ -687,7 +689,7 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
                strengths:tuple=(0., 0.1, 0.2, 0.3, 0.4), # stain-shift strengths of the stress test
                n_prompt:int=200, # validation patches of the prompting comparison (a seeded sample)
                seed:int=0, # seed of the sample, the re-staining and the few-shot examples
-               n_adapt:int=1000, # unlabelled patches of each split (a seeded sample) that 'adapt' re-estimates on
+               n_adapt:int=1000, # patches (a seeded sample) 'adapt' re-estimates on: of dev, valid and each re-staining
               )->dict: # name -> the file written (`run/<name>.json`)
     """More of a finished run, each written as `<name>.json` beside its report: 'robustness' (thresholds chosen on
     dev, valid scored at 0.5 and at them; the stain stress test with `stain_stress.png`), 'stain_norm' (test-time
@@ -715,7 +717,9 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     # decoded only for the stress tests
     ims, y = ([sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]) if stress else ([], [])
     plain = {'robustness', 'stain_norm'} & set(what) and two
-    thr = _dev_thresholds(models, ds.subset(prep['dev']), val, cfg.tta, cfg.threshold_rule) if plain else {}
+    # dev and valid decoded once, for the plain thresholds and the adapted ones
+    dev_val = _decoded(ds.subset(prep['dev']), val) if plain or 'adapt' in what else None
+    thr = _dev_thresholds(models, *dev_val, cfg.tta, cfg.threshold_rule) if plain else {}
     # each model calls at its dev threshold
     for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']
     out = {}
@@ -735,9 +739,7 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
                 ),
             )
         elif w == 'adapt':
-            r = _adapted(
-                models, ds.subset(prep['dev']), val, cfg.tta, cfg.threshold_rule, ims, y, strengths, n_adapt, seed
-            )
+            r = _adapted(models, *dev_val, cfg.tta, cfg.threshold_rule, ims, y, strengths, n_adapt, seed)
         else:
             r = _prompting(fused, run / prep['root'], n_prompt, seed)
         out[w] = atomic_write(

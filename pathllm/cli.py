@@ -218,14 +218,19 @@ def predict_cmd(images:list[Path]=typer.Argument(..., help="Image files"),
                 k:int=typer.Option(4, help="With --rag: reference cases per prompt"),
                 adapt:bool=typer.Option(False, help="First re-estimate the model's BatchNorm statistics on these "
                                                     "images (AdaBN, no labels read): for a batch of patches from "
-                                                    "another scanner or stain; a few hundred or more")):
+                                                    "another scanner or stain; a few hundred or more. It then "
+                                                    "calls at the threshold `train` chose for adapted statistics")):
     "Print the class, its probability and a caption of each image (with --rag: and the ids of the retrieved patches)."
     from contextlib import nullcontext
     from pathllm.serve import Pipeline
-    from pathllm.evaluate import batchnorm_adapted
+    from pathllm.evaluate import batchnorm_adapted, batchnorm_layers
     with _errors():  # images of any size, each checked (format, size, bomb) and named in errors
         pipe = Pipeline.from_pretrained(model)
         xs = pipe.prepare([str(i) for i in images])[0]
+        c = pipe.model.cfg
+        if adapt and c.vlm_threshold is not None and c.vlm_threshold_adapted is None and batchnorm_layers(pipe.model):
+            typer.echo("note: this model stores no threshold for adapted statistics (trained before pathllm chose "
+                       "one); it calls at its plain threshold", err=True)
         with batchnorm_adapted(pipe.model, xs, n=None) if adapt else nullcontext():
             if rag is None: res = pipe.predict(xs, max_new_tokens=max_new_tokens)
             else:
@@ -380,8 +385,8 @@ def assess_cmd(run:Path=typer.Argument(..., help="A finished `pathllm train` fol
                                                                                    "stain_norm, prompting, adapt"),
                n_stress:int=typer.Option(1000, help="Validation patches re-stained by the stress tests"),
                n_prompt:int=typer.Option(200, help="Validation patches of the prompting comparison"),
-               n_adapt:int=typer.Option(1000, help="Unlabelled patches of each split that `adapt` re-estimates the "
-                                                   "BatchNorm statistics on"),
+               n_adapt:int=typer.Option(1000, help="Unlabelled patches of each split, and of each "
+                                                   "re-staining, that `adapt` re-estimates the BatchNorm statistics on"),
                threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
     """Add robustness (dev thresholds, stain stress), stain normalisation, prompting and test-time adaptation (AdaBN)
     results to a finished run."""

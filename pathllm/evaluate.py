@@ -255,7 +255,8 @@ def batchnorm_adapted(model, # a torch module with a `classify`, or an adapter h
                      ):
     """Inside the block every BatchNorm layer of `model` normalises with the statistics of `images` (AdaBN, Li et al.
     2016: re-estimated at test time on unlabelled patches of the target domain; no label is read); the trained
-    statistics come back on exit"""
+    statistics come back on exit. A model that stores a threshold for adapted statistics (`cfg.vlm_threshold_adapted`,
+    chosen on dev adapted to dev) calls with it inside the block"""
     if not (bns := batchnorm_layers(model)):
         raise ValueError(f"batchnorm_adapted: {type(model).__name__} has no BatchNorm layer to adapt")
     if not len(images): raise ValueError("batchnorm_adapted: no images to adapt to")
@@ -263,16 +264,20 @@ def batchnorm_adapted(model, # a torch module with a `classify`, or an adapter h
     sub = [images[i] for i in idx]
     saved = [(b, b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone(), b.momentum, b.training)
              for b in bns]
+    cfg = getattr(model, 'cfg', None)  # a threshold for adapted statistics replaces the plain one inside the block
+    ta, t = getattr(cfg, 'vlm_threshold_adapted', None), getattr(cfg, 'vlm_threshold', None)
     try:
         for b in bns: b.reset_running_stats(); b.momentum = None; b.train()  # momentum None: the mean over batches
         with torch.no_grad():
             for i in range(0, len(sub), bs): model.classify(sub[i : i + bs], generate=False)
         for b in bns: b.eval()
+        if ta is not None: cfg.vlm_threshold = ta
         yield model
     finally:
         for b, mean, var, nb, mom, tr in saved:
             b.running_mean.copy_(mean); b.running_var.copy_(var); b.num_batches_tracked.copy_(nb)
             b.momentum = mom; b.train(tr)
+        if ta is not None: cfg.vlm_threshold = t
 
 def stain_stress(models:dict, # name -> anything whose `classify(images, generate=False)` gives `probs` (e.g. `PathVLM`)
                  images:list, # the patches
@@ -281,6 +286,7 @@ def stain_stress(models:dict, # name -> anything whose `classify(images, generat
                  seed:int=0, # seed of the re-staining
                  bs:int=64, # images per batch
                  adapt:bool=False, # score each model with its BatchNorm statistics of the re-stained patches themselves
+                 n_adapt:int=1000, # with `adapt`: re-stained patches (a seeded sample) the statistics are re-estimated on
                 )->list: # rows: `model`, `strength`, `accuracy`, `balanced_accuracy`, `auc`, drops from strength 0
     """Accuracy and AUC of each model on re-stained copies of the same patches, per strength (with `adapt`, each model
     adapted to each re-staining by `batchnorm_adapted`)"""
@@ -288,7 +294,7 @@ def stain_stress(models:dict, # name -> anything whose `classify(images, generat
     for s in strengths:
         xs = stain_shift(images, s, seed)
         for name, m in models.items():
-            with batchnorm_adapted(m, xs, bs=bs, seed=seed) if adapt else nullcontext():
+            with batchnorm_adapted(m, xs, n_adapt, bs=bs, seed=seed) if adapt else nullcontext():
                 c = classification_metrics(y, class_probs(m, xs, bs), decision_threshold(m))
             r = dict(model=name, strength=s, **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc')})
             ref.setdefault(name, r)

@@ -88,6 +88,7 @@ class VLMConfig:
     vlm_ground:str='none' # default grounding: 'none' (own words), 'class' (`class_logprobs`), 'rerank' (tool)
     vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
     vlm_threshold:float|None=None # two classes: P(class 1) from which `classify` calls 1 (chosen on dev); None: argmax
+    vlm_threshold_adapted:float|None=None # threshold while BatchNorm is adapted (`batchnorm_adapted`), chosen so on dev
     vlm_guide:float=0. # weight of the model's own heads in typed answers' openers (`pick_openers`; chosen on dev); 0: LM
     vlm_check:int=0 # texts per row where the model's own heads contradict a claim of its greedy one (`generate`); 0: off
 
@@ -117,11 +118,11 @@ class VLMConfig:
             raise ValueError(f"vlm_readout: unknown keys {sorted(bad)}; expected n_classes, n_morph, centre")
         if self.vlm_thresholds is not None and (bad := set(self.vlm_thresholds) - set(WORD_FEATURES)):
             raise ValueError(f"vlm_thresholds: unknown features {sorted(bad)}")
-        if self.vlm_threshold is not None and not (0 < self.vlm_threshold < 1 and len(LABEL_NAMES[self.vlm_kind]) == 2):
-            raise ValueError(
-                f"vlm_threshold: must be in (0, 1), for two classes only; got {self.vlm_threshold} for "
-                f"{len(LABEL_NAMES[self.vlm_kind])}"
-            )
+        for f in ('vlm_threshold', 'vlm_threshold_adapted'):
+            if (t := getattr(self, f)) is not None and not (0 < t < 1 and len(LABEL_NAMES[self.vlm_kind]) == 2):
+                raise ValueError(
+                    f"{f}: must be in (0, 1), for two classes only; got {t} for {len(LABEL_NAMES[self.vlm_kind])}"
+                )
         if not (math.isfinite(self.vlm_guide) and self.vlm_guide >= 0):
             raise ValueError(f"vlm_guide: must be a finite number >= 0, got {self.vlm_guide}")
         if not (isinstance(self.vlm_check, int) and self.vlm_check >= 0):
