@@ -714,11 +714,13 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
         run=str(run), config=asdict(cfg), fingerprint=data_fingerprint(ds)['sha256'], environment=environment_info()
     )
     sub = val.subset(list(range(min(n_stress, len(val)))))
-    # decoded only for the stress tests
-    ims, y = ([sub.image(i) for i in range(len(sub))], [int(l) for l in sub.labels]) if stress else ([], [])
     plain = {'robustness', 'stain_norm'} & set(what) and two
     # dev and valid decoded once, for the plain thresholds and the adapted ones
     dev_val = _decoded(ds.subset(prep['dev']), val) if plain or 'adapt' in what else None
+    # the stress tests' patches: the first of valid, decoded only for them
+    ims, y = (
+        ([o[:len(sub)] for o in dev_val[1]] if dev_val else _decoded(sub)[0]) if stress else ([], [])
+    )
     thr = _dev_thresholds(models, *dev_val, cfg.tta, cfg.threshold_rule) if plain else {}
     # each model calls at its dev threshold
     for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']

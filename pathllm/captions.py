@@ -1207,11 +1207,11 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
                     margin:float=CAPTION_MARGIN, # captions omit features this close to a cut point (share of bin width)
                     n_captions:int=3, # caption paraphrases per patch in the instruction records
                     few_shot:bool=True, # add in-context (few-shot) conversations with the images of 2 training examples
+                    n_workers:int|None=None, # processes measuring (default: all cores; 1: this one), see `fork_map`
                     progress:bool=True, # show a progress bar
                    )->Path: # the folder written to
     "Measure every patch of `src` and write captions, reports, LLaVA and instruction files next to it"
-    from tqdm.auto import tqdm
-    from pathllm.data import report_errors
+    from pathllm.data import report_errors, fork_map
     if isinstance(src, (str, Path)):
         from pathllm.data import load_patches
         root, ds = Path(src), load_patches(src, kind=kind, on_error=on_error)
@@ -1222,13 +1222,14 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
     if out is None and root is None: raise ValueError('out: required when the data set has no folder (`root`)')
     out, kind = Path(out or root), kind or ds.kind
     out.mkdir(parents=True, exist_ok=True)
-    rows, morphs, errs = [], [], []
-    for i in tqdm(range(len(ds)), disable=not progress, leave=False, desc='measuring patches'):
-        try: r, m = _measured(ds, i, kind, root, out)
+    def measured(i):
+        try: return _measured(ds, i, kind, root, out)
         except Exception as e:
             if on_error != 'skip': raise
-            errs.append(f'patch {i}: {e!r}'); continue
-        rows.append(r); morphs.append(m)
+            return f'patch {i}: {e!r}'
+    res = fork_map(measured, len(ds), n_workers, desc='measuring patches', progress=progress)
+    errs = [o for o in res if isinstance(o, str)]
+    rows, morphs = [o[0] for o in res if not isinstance(o, str)], [o[1] for o in res if not isinstance(o, str)]
     report_errors(errs, on_error, 'patches')
     thr = (
         THRESHOLDS[kind]

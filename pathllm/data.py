@@ -22,12 +22,12 @@ from fastai.data.core import DataLoaders
 # %% auto #0
 __all__ = ['HE_STAINS', 'PRESETS', 'LABEL_NAMES', 'PATCH_SIZE', 'MHIST_COLS', 'HUB_NAMES', 'project_root', 'pcam_dir',
            'register_kind', 'od_to_rgb', 'smooth_noise', 'draw_blob', 'place_points', 'synth_pcam', 'synth_mhist',
-           'synth_grade', 'synth_patch', 'atomic_write', 'DataError', 'make_synthetic', 'PatchItem', 'check_image',
-           'open_image', 'report_errors', 'PatchDataset', 'load_patches', 'rgb_to_od', 'od_to_uint8', 'macenko_fit',
-           'macenko_normalize', 'reinhard_stats', 'reinhard_normalize', 'StainNormalizer', 'dihedral', 'RandDihedral',
-           'stain_transform', 'stain_jitter', 'RandStainJitter', 'get_dls', 'image_tensor', 'patch_tensor',
-           'batch_dihedral', 'batch_stain', 'BatchAugment', 'TensorRows', 'tensor_dls', 'data_fingerprint',
-           'environment_info']
+           'synth_grade', 'synth_patch', 'atomic_write', 'DataError', 'fork_map', 'make_synthetic', 'PatchItem',
+           'check_image', 'open_image', 'report_errors', 'PatchDataset', 'load_patches', 'rgb_to_od', 'od_to_uint8',
+           'macenko_fit', 'macenko_normalize', 'reinhard_stats', 'reinhard_normalize', 'StainNormalizer', 'dihedral',
+           'RandDihedral', 'stain_transform', 'stain_jitter', 'RandStainJitter', 'get_dls', 'image_tensor',
+           'patch_tensor', 'batch_dihedral', 'batch_stain', 'BatchAugment', 'TensorRows', 'tensor_dls',
+           'data_fingerprint', 'environment_info']
 
 # %% ../nbs/00_data.ipynb #9a53149e
 def project_root(start:Path|str|None=None, # where to start looking (default: working directory)
@@ -359,28 +359,55 @@ def _write_csv(df, fn):
     atomic_write(fn, lambda tmp: df.to_csv(tmp, index=False))
 
 # %% ../nbs/00_data.ipynb #4c46a95a
-def _render(jobs, kind, difficulty, out, q=None):
-    "Render and save the patches of `jobs`; with a queue `q`, report each patch (or the error) on it"
-    try:
-        for r in jobs.itertuples():
-            Image.fromarray(synth_patch(kind, int(r.label), int(r.seed), difficulty)).save(out/r.path)
-            if q is not None: q.put(1)
-    except Exception as e:
-        if q is None: raise
-        q.put(f'{type(e).__name__}: {e}')
+def _fork_worker(f, idx, q):
+    "Put `(i, error, f(i))` on `q`, pickled here, for each `i` of `idx`; stop at the first error"
+    import pickle, traceback
+    for i in idx:
+        try: msg = (i, None, f(i))
+        except Exception as e:
+            e.add_note(f'in worker process {os.getpid()}, item {i}:\n' + traceback.format_exc()); msg = (i, e, None)
+        try: b = pickle.dumps(msg)
+        except Exception as e:  # an unpicklable result or error: say which item
+            err = RuntimeError(f'fork_map: item {i}: cannot send {msg[1] or msg[2]!r} back: {e!r}')
+            b = pickle.dumps((i, err, None))
+        q.put(b)
+        if msg[1] is not None: return
 
-def _render_parallel(jobs, kind, difficulty, out, n_workers, pbar):
-    "Render `jobs` in `n_workers` forked processes, advancing `pbar` as patches arrive"
-    ctx = mp.get_context('fork'); q = ctx.Queue()
-    procs = [ctx.Process(target=_render, args=(jobs.iloc[i::n_workers], kind, difficulty, out, q), daemon=True)
-             for i in range(n_workers)]
+def fork_map(f, # called as `f(i)` in worker processes; returns something picklable
+             n:int, # number of items: `f(0)` ... `f(n-1)`
+             n_workers:int|None=None, # processes (default: all cores); 1, or a platform without `fork`: this one
+             chunk:int=32, # the fewest items a worker gets: fewer items run in fewer workers, where forking costs more
+             desc:str|None=None, # progress bar label
+             progress:bool=True, # show a progress bar
+            )->list: # `[f(0), ..., f(n-1)]`, in order
+    """`[f(i) for i in range(n)]` over forked processes, each taking every `n_workers`-th item; a worker's exception is
+    raised here, with the worker's traceback as a note"""
+    import pickle, queue
+    from tqdm.auto import tqdm
+    nw = min(n_workers or os.cpu_count() or 1, max(1, n // max(chunk, 1)))
+    bar = partial(tqdm, total=n, disable=not progress, leave=False, desc=desc)
+    if nw <= 1 or 'fork' not in mp.get_all_start_methods(): return [f(i) for i in bar(range(n))]
+    ctx, out = mp.get_context('fork'), [None]*n
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_fork_worker, args=(f, range(w, n, nw), q), daemon=True) for w in range(nw)]
     for p in procs: p.start()
+    def get():  # the next message; an error once every worker has stopped with none left
+        while True:
+            try: return q.get(timeout=1)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and q.empty():
+                    codes = [p.exitcode for p in procs]
+                    raise RuntimeError(f'fork_map: the workers stopped before every result came (exit codes {codes})')
     try:
-        for _ in pbar(range(len(jobs))):
-            msg = q.get(timeout=300)
-            if isinstance(msg, str): raise DataError(f'make_synthetic: a worker failed: {msg}')
+        with bar() as pbar:
+            for _ in range(n):
+                i, e, r = pickle.loads(get())
+                if e is not None: raise e
+                out[i] = r; pbar.update()
     finally:
         for p in procs: p.terminate(); p.join()
+    return out
+
 
 # %% ../nbs/00_data.ipynb #f1d8d0b4
 def make_synthetic(out:Path|str, # folder to write (created if needed)
@@ -389,20 +416,17 @@ def make_synthetic(out:Path|str, # folder to write (created if needed)
                    seed:int=0, # the same seed writes the same files
                    valid_pct:float=0.2, # share of each class held out ('valid' for pcam, 'test' for mhist)
                    difficulty:float=0.5, # 0 (easy) to 1 (hard), see `synth_patch`
-                   n_workers:int|None=None, # worker processes (default: all cores; 1 renders in this process)
+                   n_workers:int|None=None, # processes rendering (default: all cores; 1: this one), see `fork_map`
                    progress:bool=True, # show a progress bar
                   )->Path: # `out`, ready for `load_patches`
     "Write `n` balanced synthetic `kind` patches to `out` in the layout of the real release"
     if kind not in PRESETS: raise ValueError(f"kind: unknown data set {kind!r}; expected one of {list(PRESETS)}")
-    from tqdm.auto import tqdm
     out, jobs = Path(out), _synth_jobs(kind, n, seed, valid_pct)
     for d in sorted({(out/p).parent for p in jobs.path}): d.mkdir(parents=True, exist_ok=True)
-    nw, pbar = min(n_workers or os.cpu_count() or 1, max(1, n // 32)), partial(
-        tqdm, disable=not progress, leave=False, desc=f'{kind} patches'
-    )
-    if nw > 1 and 'fork' in mp.get_all_start_methods(): _render_parallel(jobs, kind, difficulty, out, nw, pbar)
-    else:
-        for i in pbar(range(len(jobs))): _render(jobs.iloc[i:i+1], kind, difficulty, out)
+    def render(i):
+        r = jobs.iloc[i]
+        Image.fromarray(synth_patch(kind, int(r.label), int(r.seed), difficulty)).save(out/r.path)
+    fork_map(render, len(jobs), n_workers, desc=f'{kind} patches', progress=progress)
     if kind == 'mhist': _write_csv(_mhist_table(jobs, seed), out/'annotations.csv'); return out
     # PCam's labels.csv holds 0/1, the others names
     names = jobs.label if kind == 'pcam' else np.array(LABEL_NAMES[kind])[jobs.label]

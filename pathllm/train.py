@@ -94,7 +94,7 @@ class TrainConfig:
     bf16:bool|list=False # bfloat16 autocast (`optimize.Autocast`): True, or some of `TRAIN_STAGES`
     sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
     pack:bool=False # fusion packs each random batch into fewer sequences: same rows and loss, less padding
-    threads:int|None=None # torch threads of every stage (`None`: torch's default, one per core)
+    threads:int|None=None # torch threads of every stage, processes of the data stage (`None`: one per core)
 
     def __post_init__(self):
         for f in fields(self): _check_field(f.name, getattr(self, f.name), _hints()[f.name])
@@ -305,7 +305,9 @@ DATA_FIELDS = ('kind', 'n_images', 'max_train', 'max_valid', 'seed', 'dev_frac',
 def _valid_name(ds:PatchDataset)->str: return next((s for s in ('valid', 'test') if s in ds.splits), 'valid')
 
 def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `source`, `root`, positions of each split
-    if data is None: data = make_synthetic(out/'data', cfg.kind, cfg.n_images, cfg.seed, progress=progress)
+    if data is None: data = make_synthetic(
+        out/'data', cfg.kind, cfg.n_images, cfg.seed, n_workers=cfg.threads, progress=progress
+    )
     ds, rng, vs = load_patches(data), np.random.default_rng(cfg.seed), None
     vs = _valid_name(ds); trn, val = _pick(ds, 'train', cfg.max_train, rng), _pick(ds, vs, cfg.max_valid, rng)
     sub = ds.subset(trn + val)
@@ -313,7 +315,10 @@ def _prepare(cfg:TrainConfig, data, out:Path, progress:bool=False)->dict: # `sou
     pos = {s: [p for p, t in zip(trn + val, sub.items.split) if t == s] for s in ('train', 'dev', vs)}
     whole = len(trn) + len(val) == len(ds) and Path(data).is_dir() and not cfg.dev_frac
     root = Path(data) if whole and (Path(data)/'instructions_train.jsonl').exists() else \
-        caption_dataset(sub, out=out/'data', margin=cfg.caption_margin, n_captions=cfg.n_captions, progress=progress)
+        caption_dataset(
+            sub, out=out/'data', margin=cfg.caption_margin, n_captions=cfg.n_captions, n_workers=cfg.threads,
+            progress=progress,
+        )
     src = portable_path(data, out) if Path(data).exists() else str(data)  # a hub name stays as it is
     return _write_json(
         out / 'data.json',
