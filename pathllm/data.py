@@ -364,8 +364,9 @@ def _fork_worker(f, idx, q):
     import pickle, traceback
     for i in idx:
         try: msg = (i, None, f(i))
-        except Exception as e:
-            e.add_note(f'in worker process {os.getpid()}, item {i}:\n' + traceback.format_exc()); msg = (i, e, None)
+        except Exception as e:  # the worker's traceback as a note (`add_note`'s list, set by hand: 3.10 has none)
+            tb = f'in worker process {os.getpid()}, item {i}:\n' + traceback.format_exc()
+            e.__notes__ = [*getattr(e, '__notes__', []), tb]; msg = (i, e, None)
         try: b = pickle.dumps(msg)
         except Exception as e:  # an unpicklable result or error: say which item
             err = RuntimeError(f'fork_map: item {i}: cannot send {msg[1] or msg[2]!r} back: {e!r}')
