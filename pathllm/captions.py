@@ -1228,8 +1228,8 @@ def caption_dataset(src, # a `PatchDataset`, or a data set folder for `load_patc
             if on_error != 'skip': raise
             return f'patch {i}: {e!r}'
     res = fork_map(measured, len(ds), n_workers, desc='measuring patches', progress=progress)
-    errs = [o for o in res if isinstance(o, str)]
-    rows, morphs = [o[0] for o in res if not isinstance(o, str)], [o[1] for o in res if not isinstance(o, str)]
+    errs, ok = [o for o in res if isinstance(o, str)], [o for o in res if not isinstance(o, str)]
+    rows, morphs = [r for r, _ in ok], [m for _, m in ok]
     report_errors(errs, on_error, 'patches')
     thr = (
         THRESHOLDS[kind]
