@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np, pandas as pd, torch
 from fastcore.meta import delegates
 from .data import LABEL_NAMES
-from .captions import QUESTIONS, COT_QUESTION, class_choice
+from .captions import QUESTIONS, COT_QUESTION, COT_MARKER, class_choice
 from .tokenizer import pad_ids, with_image
 from .fusion import PathVLM, to_images
-from .evaluate import paired_bootstrap, item_metrics
+from .evaluate import paired_bootstrap, item_metrics, roc_auc
 
 # %% auto #0
-__all__ = ['SYNONYMS', 'NEGATORS', 'ANSWER_MARKERS', 'SYSTEM_PROMPTS', 'PROMPTS', 'HELD_OUT_PARAPHRASES', 'parse_answer',
-           'PromptTemplate', 'chat_ids', 'generate_chat', 'answer_logprobs', 'zero_shot', 'pick_examples',
-           'few_shot_conv', 'few_shot', 'chain_of_thought', 'self_consistency', 'constrained', 'paraphrase_eval',
-           'score_technique', 'evaluate_technique', 'paired_differences', 'compare_techniques', 'plot_comparison']
+__all__ = ['SYNONYMS', 'NEGATORS', 'ANSWER_MARKERS', 'SYSTEM_PROMPTS', 'PROMPTS', 'SC_TEMPERATURE', 'HELD_OUT_PARAPHRASES',
+           'parse_answer', 'PromptTemplate', 'chat_ids', 'generate_chat', 'answer_logprobs', 'zero_shot',
+           'pick_examples', 'few_shot_conv', 'few_shot', 'reasoned_probs', 'chain_of_thought', 'self_consistency',
+           'sc_sweep', 'constrained', 'paraphrase_eval', 'score_technique', 'evaluate_technique', 'paired_differences',
+           'compare_techniques', 'plot_comparison']
 
 # %% ../nbs/06_prompting.ipynb #5a25f639
 SYNONYMS = {  # kind -> class id -> regexes (on lower-case text) that claim the class
@@ -254,50 +255,102 @@ def few_shot(model:PathVLM, # a generative `PathVLM`
     return _result(ans, kind, n, closed=p.closed, extra=dict(text=ans) if p.describes else None)
 
 # %% ../nbs/06_prompting.ipynb #0a77e6a6
+@torch.no_grad()
+def reasoned_probs(model:PathVLM, # a generative `PathVLM`
+                   images, # the images
+                   convs:list, # the conversation each text answered
+                   texts:list, # one answer per image: reasoning, then `marker` and the class
+                   marker:str=COT_MARKER, # what precedes the class
+                  )->torch.Tensor: # (B, K) class probabilities
+    """The class distribution after each text's reasoning: the text up to its last `marker` (the marker added when
+    missing), then each class name, scored by likelihood (`PathVLM.score_answers`)"""
+    tok, names = model.tok, LABEL_NAMES[model.cfg.vlm_kind]
+    pre = [((t.rsplit(marker, 1)[0] if marker in t else t).strip() + f' {marker}').strip() for t in texts]
+    prompts = [chat_ids(tok, c) + tok.encode(p) for c, p in zip(convs, pre)]
+    return model.score_answers(_image_embeds(model, images), prompts, [f' {c}' for c in names]).float().softmax(-1)
+
 def chain_of_thought(model:PathVLM, # a generative `PathVLM`
                      images, # the images
                      mode:str='single', # 'single' (trained `cot` format), 'two_turn' (describe, classify) or 'report'
                      max_new_tokens:int=64, # reasoning length
+                     score:bool=True, # also `probs`: the class distribution after the reasoning (one more forward)
                      **kw)->dict: # as `zero_shot`, plus the `reasoning` texts (also as `text`)
-    "Describe the morphology first, then the impression; the class is parsed from the end"
+    """Describe the morphology first, then the impression; the class is parsed from the end. `probs` (with `score`):
+    each class scored after the reasoning (`reasoned_probs`; 'two_turn': after the class question; 'report': None)"""
     kind, B = model.cfg.vlm_kind, len(images)
     if mode not in ('two_turn', 'report', 'single'):
         raise ValueError(f"mode: must be 'two_turn', 'report' or 'single', got {mode!r}")
     if mode != 'two_turn':
         p = PROMPTS['report' if mode == 'report' else 'cot']
-        ans, n = generate_chat(
-            model, images, [p.conversation(**class_choice(kind))] * B, max_new_tokens=max_new_tokens, **kw
-        )
-        return _result(ans, kind, n, extra=dict(reasoning=ans, text=ans))
+        convs = [p.conversation(**class_choice(kind))] * B
+        ans, n = generate_chat(model, images, convs, max_new_tokens=max_new_tokens, **kw)
+        probs = reasoned_probs(model, images, convs, ans) if score and mode == 'single' else None
+        return _result(ans, kind, n, probs, extra=dict(reasoning=ans, text=ans))
     why, n1 = generate_chat(
         model, images, [PROMPTS['describe'].conversation()] * B, max_new_tokens=max_new_tokens, **kw
     )
     convs = [PROMPTS['class'].conversation([(PROMPTS['describe'].template, w)], **class_choice(kind)) for w in why]
     ans, n2 = generate_chat(model, images, convs, max_new_tokens=8, **kw)
+    probs = answer_logprobs(model, images, convs, list(LABEL_NAMES[kind])).float().softmax(-1) if score else None
     return _result(
-        [f'{w} Answer: {a}' for w, a in zip(why, ans)], kind, np.add(n1, n2), extra=dict(reasoning=why, text=why)
+        [f'{w} Answer: {a}' for w, a in zip(why, ans)], kind, np.add(n1, n2), probs, extra=dict(reasoning=why, text=why)
     )
 
 # %% ../nbs/06_prompting.ipynb #968efde2
+SC_TEMPERATURE = dict(mean=1.0, majority=0.7)  # each vote's sampling temperature, chosen on `dev` (see the text)
+
 def self_consistency(model:PathVLM, # a generative `PathVLM`
                      images, # the images
                      n:int=5, # paths (votes)
-                     temperature:float=0.5, # sampling temperature
+                     temperature:float|None=None, # sampling temperature (None: `SC_TEMPERATURE` of the vote)
                      technique:Callable|None=None, # one path: `technique(model, images, temperature=, seed=)`
                      seed:int=0, # seed of the first path
                      greedy:bool=True, # the first path greedy (temperature 0), the other `n - 1` sampled
-                     **kw)->dict: # as `zero_shot`, `probs` = vote shares, plus `agreement` (B,) and `votes`
-    "Majority vote over `n` answers (the greedy one and sampled ones); vote shares are the probabilities"
-    kind, K = model.cfg.vlm_kind, len(LABEL_NAMES[model.cfg.vlm_kind])
-    temps = [0. if greedy and i == 0 else temperature for i in range(n)]
-    runs = [(technique or zero_shot)(model, images, temperature=t, seed=seed + i, **kw) for i, t in enumerate(temps)]
+                     vote:str='mean', # 'mean' of the paths' class distributions (`probs`), or 'majority'
+                     **kw)->dict: # as `zero_shot`, `probs`, plus `agreement` (B,), `votes` (B, n) and the `vote`
+    """Vote over `n` answers of `technique` (default `chain_of_thought`), the greedy one and sampled ones: the mean of
+    each path's class distribution, or the majority of their parsed answers, whose shares are then the probabilities"""
+    if vote not in SC_TEMPERATURE: raise ValueError(f"vote: must be 'mean' or 'majority', got {vote!r}")
+    kind, K, f = model.cfg.vlm_kind, len(LABEL_NAMES[model.cfg.vlm_kind]), technique or chain_of_thought
+    t = SC_TEMPERATURE[vote] if temperature is None else temperature
+    runs = [f(model, images, temperature=0. if greedy and i == 0 else t, seed=seed + i, **kw) for i in range(n)]
+    if vote == 'mean' and any(r['probs'] is None for r in runs):
+        raise ValueError("vote: 'mean' needs paths with `probs` (e.g. `chain_of_thought`'s); use 'majority'")
     votes = np.stack([r['pred'] for r in runs], 1)                                      # (B, n), -1 = unknown
     cnt = np.stack([(votes == c).sum(1) for c in range(K)], 1).astype(float)          # (B, K)
-    probs = np.where(cnt.sum(1, keepdims=True) > 0, cnt / np.maximum(cnt.sum(1, keepdims=True), 1), 1 / K)
+    if vote == 'mean': probs = torch.stack([torch.as_tensor(r['probs']).float() for r in runs]).mean(0).numpy()
+    else: probs = np.where(cnt.sum(1, keepdims=True) > 0, cnt / np.maximum(cnt.sum(1, keepdims=True), 1), 1 / K)
     names = LABEL_NAMES[kind]
-    ans = [names[int(p.argmax())] if c.sum() else 'unknown' for p, c in zip(probs, cnt)]
+    ans = [names[int(p.argmax())] if vote == 'mean' or c.sum() else 'unknown' for p, c in zip(probs, cnt)]
+    agree = np.array([(v == names.index(a)).mean() if a in names else 0. for v, a in zip(votes, ans)])
     return _result(ans, kind, sum(r['n_tokens'] for r in runs), torch.tensor(probs),
-                   extra=dict(agreement=cnt.max(1) / n, votes=votes))
+                   extra=dict(agreement=agree, votes=votes, vote=vote))
+
+# %% ../nbs/06_prompting.ipynb #435e8014
+def sc_sweep(model:PathVLM, # a generative `PathVLM`
+             images, # `dev` images (choose there, score valid once)
+             labels, # their class ids
+             temperatures:tuple=(0.3, 0.5, 0.7, 1.0), # sampling temperatures tried
+             n:int=5, # paths per vote
+             bs:int=200, # images per call
+             **kw, # more `self_consistency` arguments (`technique`, `max_new_tokens`, ...)
+            )->pd.DataFrame: # per temperature and vote: accuracy, AUC, and patches won and lost against the greedy path
+    """Self-consistency's settings on the same sampled paths: at each temperature, the greedy path alone, the majority
+    vote and the mean vote; `wins` / `losses`: patches the vote gets right / wrong where the greedy path does not"""
+    y, rows = np.asarray(labels), []
+    for t in temperatures:
+        rs = [self_consistency(model, images[i:i + bs], n, temperature=t, **kw) for i in range(0, len(images), bs)]
+        V, P = np.concatenate([r['votes'] for r in rs]), torch.cat([r['probs'] for r in rs]).numpy()
+        cnt = np.stack([(V == c).sum(1) for c in range(P.shape[1])], 1)
+        g = V[:, 0]; votes = dict(greedy=(g, None), majority=(cnt.argmax(1), cnt / n), mean=(P.argmax(1), P))
+        for k, (pred, prob) in votes.items():
+            if k == 'greedy' and rows: continue  # the same greedy path at every temperature
+            rows.append(dict(
+                temperature=0. if k == 'greedy' else t, vote=k, accuracy=float((pred == y).mean()),
+                auc=roc_auc(y, prob) if prob is not None else float('nan'),
+                wins=int(((pred == y) & (g != y)).sum()), losses=int(((pred != y) & (g == y)).sum()),
+            ))
+    return pd.DataFrame(rows)
 
 # %% ../nbs/06_prompting.ipynb #70b31c9a
 def constrained(model:PathVLM, # a generative `PathVLM`
