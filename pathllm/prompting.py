@@ -341,8 +341,9 @@ def sc_sweep(model:PathVLM, # a generative `PathVLM`
     for t in temperatures:
         rs = [self_consistency(model, images[i:i + bs], n, temperature=t, **kw) for i in range(0, len(images), bs)]
         V, P = np.concatenate([r['votes'] for r in rs]), torch.cat([r['probs'] for r in rs]).numpy()
-        cnt = np.stack([(V == c).sum(1) for c in range(P.shape[1])], 1)
-        g = V[:, 0]; votes = dict(greedy=(g, None), majority=(cnt.argmax(1), cnt / n), mean=(P.argmax(1), P))
+        cnt = np.stack([(V == c).sum(1) for c in range(P.shape[1])], 1); m = cnt.sum(1, keepdims=True)
+        maj = (np.where(m[:, 0] > 0, cnt.argmax(1), -1), np.where(m > 0, cnt / np.maximum(m, 1), 1 / cnt.shape[1]))
+        g = V[:, 0]; votes = dict(greedy=(g, None), majority=maj, mean=(P.argmax(1), P))  # as `self_consistency`
         for k, (pred, prob) in votes.items():
             if k == 'greedy' and rows: continue  # the same greedy path at every temperature
             rows.append(dict(
