@@ -151,6 +151,7 @@ def generate_chat(model:PathVLM, # a generative `PathVLM`
                   shots=None, # (m, 3, H, W) or a list: images for the first m `<image>`s of every row
                   max_new_tokens:int=32, # tokens to generate at most
                   temperature:float=0., # 0: greedy
+                  img:torch.Tensor|None=None, # the images' tokens (`_image_embeds`), where the caller has them already
                   **kw, # more `LM.generate` arguments (`top_k`, `top_p`, `seed`, ...)
                  )->tuple: # (answers, number of generated tokens per image)
     "Batched generation from arbitrary conversations, one per image"
@@ -159,7 +160,7 @@ def generate_chat(model:PathVLM, # a generative `PathVLM`
     if len(convs) != len(images):
         raise ValueError(f"convs: need one conversation per image, {len(images)} images but {len(convs)} conversations")
     ids, am = [t.to(dev) for t in pad_ids([chat_ids(tok, c, image_turn) for c in convs], tok.pad_id, 'left')]
-    emb, mask, _ = model.embed(ids, am, _image_embeds(model, images, shots))
+    emb, mask, _ = model.embed(ids, am, _image_embeds(model, images, shots) if img is None else img)
     out = model.lm.generate(
         inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens, temperature=temperature,
         stop_tokens=[tok.end_id, tok.eos_id], pad_id=tok.pad_id, **kw,
@@ -177,10 +178,12 @@ def answer_logprobs(model:PathVLM, # a generative `PathVLM`
                     image_turn:str|None='first', # see `chat_ids`
                     length_norm:bool=False, # divide by the number of answer tokens
                     shots=None, # example images, as in `generate_chat`
+                    img:torch.Tensor|None=None, # the images' tokens, as in `generate_chat`
                    )->torch.Tensor: # (B, K) log-likelihoods
     "Log-likelihood of each candidate answer after each image's conversation (`PathVLM.score_answers`)"
     prompts = [chat_ids(model.tok, c, image_turn) for c in convs]
-    return model.score_answers(_image_embeds(model, images, shots), prompts, answers, length_norm=length_norm)
+    img = _image_embeds(model, images, shots) if img is None else img
+    return model.score_answers(img, prompts, answers, length_norm=length_norm)
 
 # %% ../nbs/06_prompting.ipynb #febfcac2
 def _result(answers, kind, n_tokens, probs=None, closed=False, extra=None)->dict:
@@ -261,13 +264,15 @@ def reasoned_probs(model:PathVLM, # a generative `PathVLM`
                    convs:list, # the conversation each text answered
                    texts:list, # one answer per image: reasoning, then `marker` and the class
                    marker:str=COT_MARKER, # what precedes the class
+                   img:torch.Tensor|None=None, # the images' tokens, as in `generate_chat`
                   )->torch.Tensor: # (B, K) class probabilities
     """The class distribution after each text's reasoning: the text up to its last `marker` (the marker added when
     missing), then each class name, scored by likelihood (`PathVLM.score_answers`)"""
     tok, names = model.tok, LABEL_NAMES[model.cfg.vlm_kind]
     pre = [((t.rsplit(marker, 1)[0] if marker in t else t).strip() + f' {marker}').strip() for t in texts]
     prompts = [chat_ids(tok, c) + tok.encode(p) for c, p in zip(convs, pre)]
-    return model.score_answers(_image_embeds(model, images), prompts, [f' {c}' for c in names]).float().softmax(-1)
+    img = _image_embeds(model, images) if img is None else img
+    return model.score_answers(img, prompts, [f' {c}' for c in names]).float().softmax(-1)
 
 def chain_of_thought(model:PathVLM, # a generative `PathVLM`
                      images, # the images
@@ -280,24 +285,30 @@ def chain_of_thought(model:PathVLM, # a generative `PathVLM`
     kind, B = model.cfg.vlm_kind, len(images)
     if mode not in ('two_turn', 'report', 'single'):
         raise ValueError(f"mode: must be 'two_turn', 'report' or 'single', got {mode!r}")
+    with torch.no_grad(): img = _image_embeds(model, images)  # encoded once, for every generation and scoring below
     if mode != 'two_turn':
         p = PROMPTS['report' if mode == 'report' else 'cot']
         convs = [p.conversation(**class_choice(kind))] * B
-        ans, n = generate_chat(model, images, convs, max_new_tokens=max_new_tokens, **kw)
-        probs = reasoned_probs(model, images, convs, ans) if score and mode == 'single' else None
+        ans, n = generate_chat(model, images, convs, max_new_tokens=max_new_tokens, img=img, **kw)
+        probs = reasoned_probs(model, images, convs, ans, img=img) if score and mode == 'single' else None
         return _result(ans, kind, n, probs, extra=dict(reasoning=ans, text=ans))
     why, n1 = generate_chat(
-        model, images, [PROMPTS['describe'].conversation()] * B, max_new_tokens=max_new_tokens, **kw
+        model, images, [PROMPTS['describe'].conversation()] * B, max_new_tokens=max_new_tokens, img=img, **kw
     )
     convs = [PROMPTS['class'].conversation([(PROMPTS['describe'].template, w)], **class_choice(kind)) for w in why]
-    ans, n2 = generate_chat(model, images, convs, max_new_tokens=8, **kw)
-    probs = answer_logprobs(model, images, convs, list(LABEL_NAMES[kind])).float().softmax(-1) if score else None
+    ans, n2 = generate_chat(model, images, convs, max_new_tokens=8, img=img, **kw)
+    names = list(LABEL_NAMES[kind])
+    probs = answer_logprobs(model, images, convs, names, img=img).float().softmax(-1) if score else None
     return _result(
         [f'{w} Answer: {a}' for w, a in zip(why, ans)], kind, np.add(n1, n2), probs, extra=dict(reasoning=why, text=why)
     )
 
 # %% ../nbs/06_prompting.ipynb #968efde2
 SC_TEMPERATURE = dict(mean=1.0, majority=0.7)  # each vote's sampling temperature, chosen on `dev` (see the text)
+
+def _majority(votes:np.ndarray, K:int)->tuple: # (B, n) parsed votes (-1: unknown) -> winners (-1: none parsed), shares
+    cnt = np.stack([(votes == c).sum(1) for c in range(K)], 1).astype(float); m = cnt.sum(1, keepdims=True)
+    return np.where(m[:, 0] > 0, cnt.argmax(1), -1), np.where(m > 0, cnt / np.maximum(m, 1), 1 / K)
 
 def self_consistency(model:PathVLM, # a generative `PathVLM`
                      images, # the images
@@ -317,12 +328,11 @@ def self_consistency(model:PathVLM, # a generative `PathVLM`
     if vote == 'mean' and any(r['probs'] is None for r in runs):
         raise ValueError("vote: 'mean' needs paths with `probs` (e.g. `chain_of_thought`'s); use 'majority'")
     votes = np.stack([r['pred'] for r in runs], 1)                                      # (B, n), -1 = unknown
-    cnt = np.stack([(votes == c).sum(1) for c in range(K)], 1).astype(float)          # (B, K)
-    if vote == 'mean': probs = torch.stack([torch.as_tensor(r['probs']).float() for r in runs]).mean(0).numpy()
-    else: probs = np.where(cnt.sum(1, keepdims=True) > 0, cnt / np.maximum(cnt.sum(1, keepdims=True), 1), 1 / K)
-    names = LABEL_NAMES[kind]
-    ans = [names[int(p.argmax())] if vote == 'mean' or c.sum() else 'unknown' for p, c in zip(probs, cnt)]
-    agree = np.array([(v == names.index(a)).mean() if a in names else 0. for v, a in zip(votes, ans)])
+    pred, probs = _majority(votes, K)
+    if vote == 'mean':
+        probs = torch.stack([torch.as_tensor(r['probs']).float() for r in runs]).mean(0).numpy(); pred = probs.argmax(1)
+    ans = [LABEL_NAMES[kind][i] if i >= 0 else 'unknown' for i in pred]
+    agree = np.where(pred >= 0, (votes == pred[:, None]).mean(1), 0.)  # share of paths that said the vote's class
     return _result(ans, kind, sum(r['n_tokens'] for r in runs), torch.tensor(probs),
                    extra=dict(agreement=agree, votes=votes, vote=vote))
 
@@ -341,9 +351,7 @@ def sc_sweep(model:PathVLM, # a generative `PathVLM`
     for t in temperatures:
         rs = [self_consistency(model, images[i:i + bs], n, temperature=t, **kw) for i in range(0, len(images), bs)]
         V, P = np.concatenate([r['votes'] for r in rs]), torch.cat([r['probs'] for r in rs]).numpy()
-        cnt = np.stack([(V == c).sum(1) for c in range(P.shape[1])], 1); m = cnt.sum(1, keepdims=True)
-        maj = (np.where(m[:, 0] > 0, cnt.argmax(1), -1), np.where(m > 0, cnt / np.maximum(m, 1), 1 / cnt.shape[1]))
-        g = V[:, 0]; votes = dict(greedy=(g, None), majority=maj, mean=(P.argmax(1), P))  # as `self_consistency`
+        g = V[:, 0]; votes = dict(greedy=(g, None), majority=_majority(V, P.shape[1]), mean=(P.argmax(1), P))
         for k, (pred, prob) in votes.items():
             if k == 'greedy' and rows: continue  # the same greedy path at every temperature
             rows.append(dict(
