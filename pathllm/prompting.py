@@ -16,14 +16,14 @@ from .data import LABEL_NAMES
 from .captions import QUESTIONS, COT_QUESTION, COT_MARKER, class_choice
 from .tokenizer import pad_ids, with_image
 from .fusion import PathVLM, to_images
-from .evaluate import paired_bootstrap, item_metrics, roc_auc
+from .evaluate import paired_bootstrap, item_metrics, roc_auc, diagnosis_agreement
 
 # %% auto #0
 __all__ = ['SYNONYMS', 'NEGATORS', 'ANSWER_MARKERS', 'SYSTEM_PROMPTS', 'PROMPTS', 'SC_TEMPERATURE', 'HELD_OUT_PARAPHRASES',
            'parse_answer', 'PromptTemplate', 'chat_ids', 'generate_chat', 'answer_logprobs', 'zero_shot',
            'pick_examples', 'few_shot_conv', 'few_shot', 'reasoned_probs', 'chain_of_thought', 'self_consistency',
-           'sc_sweep', 'constrained', 'paraphrase_eval', 'score_technique', 'evaluate_technique', 'paired_differences',
-           'compare_techniques', 'plot_comparison']
+           'sc_sweep', 'constrained', 'agreeing_texts', 'paraphrase_eval', 'score_technique', 'evaluate_technique',
+           'paired_differences', 'compare_techniques', 'plot_comparison']
 
 # %% ../nbs/06_prompting.ipynb #5a25f639
 SYNONYMS = {  # kind -> class id -> regexes (on lower-case text) that claim the class
@@ -379,6 +379,40 @@ def constrained(model:PathVLM, # a generative `PathVLM`
     grp = torch.stack([lp[:, [i for i, a in enumerate(flat) if a in answers[c]]].logsumexp(1) for c in names], 1)
     probs = grp.softmax(-1)
     return _result([names[i] for i in probs.argmax(-1)], kind, np.zeros(len(lp), int), probs)
+
+# %% ../nbs/06_prompting.ipynb #17a99ad1
+@torch.no_grad()
+def agreeing_texts(model:PathVLM, # a generative `PathVLM`
+                   images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays
+                   convs:list, # the conversation each text answers (as for `generate_chat`)
+                   texts:list, # the texts (e.g. greedy captions), one per image
+                   classes, # (B,) the class id each text should state (e.g. a technique's `pred`)
+                   tries:int=8, # sampled texts at most per disagreeing text
+                   temperature:float=0.7, # sampling temperature of the re-samples
+                   max_new_tokens:int=48, # tokens per re-sample at most
+                   seed:int=0, # seed of the first re-sample (then `seed + 1`, ...)
+                  )->tuple: # (texts, tokens generated per image by the re-samples, re-sampled image indices)
+    "Each text whose stated diagnosis is its class, the others re-sampled until one agrees (else kept as they were)"
+    kind, classes, texts = model.cfg.vlm_kind, np.asarray(classes), list(texts)
+    if not len(texts) == len(images) == len(convs) == len(classes):
+        raise ValueError(
+            f"texts, images, convs, classes: need one each per image, got {len(texts)}, {len(images)}, {len(convs)}, "
+            f"{len(classes)}"
+        )
+    agrees = lambda t, c: diagnosis_agreement([t], [c], kind) == 1.
+    todo = [i for i, (t, c) in enumerate(zip(texts, classes)) if not agrees(t, c)]
+    extra, redone = np.zeros(len(texts), int), list(todo)
+    for s in range(tries):
+        if not todo: break
+        sub = images[todo] if torch.is_tensor(images) else [images[i] for i in todo]
+        got, n = generate_chat(
+            model, sub, [convs[i] for i in todo], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + s
+        )
+        extra[todo] += n
+        for i, t in zip(todo, got):
+            if agrees(t, classes[i]): texts[i] = t
+        todo = [i for i in todo if not agrees(texts[i], classes[i])]
+    return texts, extra, redone
 
 # %% ../nbs/06_prompting.ipynb #3b748df0
 HELD_OUT_PARAPHRASES = {  # never used in training (`pathllm.captions.QUESTIONS` holds the training phrasings)

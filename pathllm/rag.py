@@ -6,7 +6,7 @@ Docs: https://pathllm.github.io/pathllm/rag.html.md"""
 
 # %% ../nbs/07_rag.ipynb #19a0cc29
 from __future__ import annotations
-import json, warnings
+import json, time, warnings
 from collections.abc import Callable, Iterable
 from functools import partial
 from dataclasses import dataclass
@@ -19,15 +19,15 @@ from .lm import LM, attn_mask, get_position_ids
 from .vision import VisionEncoder
 from .tokenizer import with_image
 from .fusion import PathVLM, to_images
-from .evaluate import recall_at_k, retrieval_recall
+from .evaluate import recall_at_k, retrieval_recall, roc_auc, diagnosis_agreement
 from .hf import load_vlm
-from .prompting import PROMPTS, answer_logprobs, generate_chat
+from .prompting import PROMPTS, answer_logprobs, generate_chat, agreeing_texts
 
 # %% auto #0
-__all__ = ['INDEX_KINDS', 'l2norm', 'image_embeddings', 'lm_hidden', 'text_embeddings', 'morph_features', 'Neighbour',
-           'SearchResult', 'PatchIndex', 'knn_classify', 'index_patches', 'rag_prompt', 'rag_rows', 'rag_generate',
-           'rag_classify', 'rag_answer', 'knn_answer', 'build_index', 'rag_predict', 'neighbour_agreement',
-           'caption_retrieval', 'show_neighbours', 'compare_all']
+__all__ = ['INDEX_KINDS', 'RAG_MIX', 'l2norm', 'image_embeddings', 'lm_hidden', 'text_embeddings', 'morph_features', 'Neighbour',
+           'SearchResult', 'PatchIndex', 'neighbour_votes', 'knn_classify', 'index_patches', 'rag_prompt', 'rag_rows',
+           'rag_generate', 'rag_classify', 'rag_answer', 'knn_answer', 'build_index', 'rag_predict',
+           'neighbour_agreement', 'caption_retrieval', 'show_neighbours', 'compare_all', 'rag_sweep']
 
 # %% ../nbs/07_rag.ipynb #3d380f9b
 def l2norm(x:np.ndarray|torch.Tensor, # (N, D) vectors
@@ -259,6 +259,22 @@ def load(cls:PatchIndex, path:str|Path, # folder written by `save`
     return self
 
 # %% ../nbs/07_rag.ipynb #2ce40239
+def neighbour_votes(res:SearchResult, # retrieved neighbours (their `labels` are class ids, -1 unlabelled)
+                    n_classes:int=2, # number of classes
+                    vote:str='similarity', # 'majority' (one vote each) or 'similarity' (`exp(score/temp)`)
+                    temp:float=0.07, # temperature of similarity votes
+                   )->tuple: # (probs (B, n_classes), voted (B,) bool: the query had a labelled neighbour)
+    "The neighbours' labels as class probabilities: normalised votes (uniform where no neighbour is labelled)"
+    if vote not in ('majority', 'similarity'):
+        raise ValueError(f"vote: must be 'majority' or 'similarity', got {vote!r}")
+    ok = (res.rows >= 0) & (res.labels >= 0)
+    # (B, k); -1 keeps exp finite
+    w = np.where(ok, 1. if vote == 'majority' else np.exp((np.where(ok, res.scores, 0) - 1) / temp), 0.)
+    probs = np.zeros((len(res), n_classes))
+    for c in range(n_classes): probs[:, c] = (w * (res.labels == c)).sum(1)
+    tot = probs.sum(1, keepdims=True)
+    return np.where(tot > 0, probs / np.where(tot > 0, tot, 1), 1 / n_classes), tot[:, 0] > 0
+
 def knn_classify(index:PatchIndex, # index whose `labels` are class ids
                  q:np.ndarray|torch.Tensor, # (B, D) query embeddings
                  k:int=10, # neighbours that vote
@@ -268,16 +284,10 @@ def knn_classify(index:PatchIndex, # index whose `labels` are class ids
                  exclude_ids=None, # leakage guard, as in `PatchIndex.search`
                 )->dict: # `probs` (B, n_classes), `pred` (B,), and the `neighbours` (`SearchResult`)
     "Class probabilities from the labels of the `k` nearest indexed patches"
-    if vote not in ('majority', 'similarity'):
+    if vote not in ('majority', 'similarity'):  # before searching
         raise ValueError(f"vote: must be 'majority' or 'similarity', got {vote!r}")
     r = index.search(q, k, exclude_ids)
-    ok = (r.rows >= 0) & (r.labels >= 0)
-    # (B, k); -1 keeps exp finite
-    w = np.where(ok, 1. if vote == 'majority' else np.exp((np.where(ok, r.scores, 0) - 1) / temp), 0.)
-    probs = np.zeros((len(r), n_classes))
-    for c in range(n_classes): probs[:, c] = (w * (r.labels == c)).sum(1)
-    tot = probs.sum(1, keepdims=True)
-    probs = np.where(tot > 0, probs / np.where(tot > 0, tot, 1), 1 / n_classes)  # no labelled neighbour: uniform
+    probs = neighbour_votes(r, n_classes, vote, temp)[0]
     return dict(probs=probs, pred=probs.argmax(1), neighbours=r)
 
 # %% ../nbs/07_rag.ipynb #49d219be
@@ -379,6 +389,8 @@ def rag_generate(model:PathVLM, # a generative `PathVLM` (projector or Q-Former)
     return dict(answers=model.generate(images, prompts, **kw), prompts=prompts, neighbours=r)
 
 # %% ../nbs/07_rag.ipynb #1c43b344
+RAG_MIX = 0.6  # weight of the neighbours' vote in RAG's class probabilities, chosen on `dev` (see `rag_sweep`)
+
 def _neighbours(model, index, images, query_ids, k, embed): # `SearchResult` of the images, own ids excluded
     return index.search(embed(images) if embed else image_embeddings(model, images), k, exclude_ids=query_ids)
 
@@ -390,13 +402,20 @@ def rag_classify(model:PathVLM, # a generative `PathVLM`
                  embed:Callable|None=None, # images -> (B, D) (default: `image_embeddings(model, images)`)
                  with_labels:bool=True, # show the references' diagnoses
                  question:str|None=None, # default: the 'class' prompt of `pathllm.prompting`
+                 mix:float=RAG_MIX, # weight of the neighbours' majority vote in the probabilities (0: the prompt alone)
                 )->dict: # `probs` (B, K), `pred`, `label`, `prompts`, `neighbours`
-    "Class probabilities from the likelihood of each class answer with the `k` nearest patches' captions in the prompt"
+    """Class probabilities from the likelihood of each class answer with the `k` nearest patches' captions in the
+    prompt, interpolated with the neighbours' vote"""
+    if not 0 <= mix <= 1: raise ValueError(f"mix: must be in [0, 1], got {mix}")
     names = list(LABEL_NAMES[model.cfg.vlm_kind])
     question = question or PROMPTS['class'].render(**class_choice(model.cfg.vlm_kind))
     r = _neighbours(model, index, images, query_ids, k, embed)
     prompts = [rag_prompt(question, r[i], with_labels, model.cfg.vlm_kind) for i in range(len(r))]
     probs = answer_logprobs(model, images, [[dict(role='user', content=p)] for p in prompts], names).softmax(-1).cpu()
+    if mix:  # where a query has labelled neighbours
+        votes, voted = neighbour_votes(r, len(names), 'majority')
+        w = torch.tensor(mix * voted, dtype=probs.dtype)[:, None]
+        probs = (1 - w) * probs + w * torch.as_tensor(votes, dtype=probs.dtype)
     return dict(
         probs=probs, pred=probs.argmax(-1).numpy(), label=[names[i] for i in probs.argmax(-1)], prompts=prompts,
         neighbours=r,
@@ -408,21 +427,28 @@ def rag_answer(model:PathVLM, # a generative `PathVLM`
                images, # the query images
                query_ids:list|None, # the queries' ids, excluded from their own retrieval (None: not indexed)
                k:int=4, # reference cases per prompt
-               caption:bool=True, # also write a caption with the references in the prompt
+               caption:bool=True, # also write a caption
                max_new_tokens:int=64, # tokens per caption at most
                embed:Callable|None=None, # images -> (B, D) (default: `image_embeddings(model, images)`)
                with_labels:bool=True, # show the references' diagnoses
+               mix:float=RAG_MIX, # weight of the neighbours' vote in the class probabilities (see `rag_classify`)
+               caption_refs:bool=False, # put the references in the caption's prompt too (default: the image alone)
+               tries:int=8, # re-samples of a caption whose diagnosis is not the class (`agreeing_texts`; 0: none)
               )->dict: # `answers`, `label`, `pred`, `probs`, `n_tokens`, `text` (captions or None), `neighbours`
-    """RAG as a prompting technique: class probabilities (`rag_classify`) and a caption, both with the `k` nearest
-    patches in the prompt"""
-    rc, kind = rag_classify(model, index, images, query_ids, k, embed, with_labels), model.cfg.vlm_kind
-    r, text, n = rc['neighbours'], None, np.zeros(len(rc['pred']), int)
+    """RAG as a prompting technique: class probabilities with the `k` nearest patches in the prompt and their vote
+    (`rag_classify`), and a caption that states that class"""
+    rc = rag_classify(model, index, images, query_ids, k, embed, with_labels, mix=mix)
+    r, text, n, kind = rc['neighbours'], None, np.zeros(len(rc['pred']), int), model.cfg.vlm_kind
     if caption:
-        convs = [
-            [dict(role='user', content=rag_prompt(QUESTIONS['caption'][0], r[i], with_labels, kind))]
-            for i in range(len(r))
-        ]
+        q = QUESTIONS['caption'][0]
+        convs = [[dict(role='user', content=rag_prompt(q, r[i] if caption_refs else [], with_labels, kind))]
+                 for i in range(len(r))]
         text, n = generate_chat(model, images, convs, max_new_tokens=max_new_tokens)
+        if tries:
+            text, extra, _ = agreeing_texts(
+                model, images, convs, text, rc['pred'], tries, max_new_tokens=max_new_tokens
+            )
+            n = np.asarray(n) + extra  # the re-samples' tokens count as this technique's cost
     return dict(
         answers=rc['label'], label=rc['label'], pred=rc['pred'], probs=rc['probs'], n_tokens=np.asarray(n), text=text,
         neighbours=r,
@@ -573,3 +599,37 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
     df = compare_techniques(techs, images, labels, against, claims, n_boot, refs=refs, text_metrics=text_metrics)
     df.insert(2, 'parse_rate', 1 - df.unknown.astype(float))
     return df
+
+# %% ../nbs/07_rag.ipynb #6bd80b72
+def rag_sweep(model:PathVLM, # a generative `PathVLM`
+              index:PatchIndex, # index of training patches
+              images, # `dev` images (never the split that is reported)
+              labels, # their class ids
+              claims:Callable, # texts -> (contradicted, checkable) counts per text (`pathllm.captions.claim_counts`)
+              query_ids:list|None=None, # the images' ids, excluded from their own retrieval (None: not indexed)
+              k:int=4, # references per prompt
+              mixes:tuple=(0., .2, .4, .6, .8, 1.), # weights of the neighbours' vote
+              tries:int=8, # re-samples, in the rows that re-sample
+              max_new_tokens:int=48, # tokens per caption
+             )->pd.DataFrame: # a row per setting: `k`, `mix`, `caption_refs`, `tries`, accuracy, AUC, caption metrics
+    """RAG's vote weight, then (at the weight of the best AUC) its caption's prompt and re-sampling, each scored on the
+    same (`dev`) patches"""
+    y, rows = np.asarray(labels), []
+    def row(kk, mix, refs=None, n=None, caption=True):
+        t0 = time.time()
+        o = rag_answer(model, index, images, query_ids, kk, caption, max_new_tokens, mix=mix,
+                       caption_refs=bool(refs), tries=n or 0)
+        r = dict(k=kk, mix=mix, caption_refs=refs, tries=n, accuracy=float((o['pred'] == y).mean()),
+                 auc=roc_auc(y, o['probs'][:, 1].numpy()))
+        if caption:
+            bad, cnt = claims(o['text'])
+            r |= dict(hallucination=float(bad.sum() / max(1, cnt.sum())), claims_per_text=float(cnt.mean()),
+                      dx_agrees_class=diagnosis_agreement(o['text'], o['pred'], model.cfg.vlm_kind),
+                      tokens_per_image=float(np.mean(o['n_tokens'])))
+        rows.append(r | dict(s_per_image=(time.time() - t0) / len(y)))
+    row(0, 0., False, tries)                                            # no RAG: the caption re-sampled alike
+    for m in mixes: row(k, m, caption=False)
+    cls = pd.DataFrame(rows[1:]); best = float(cls.mix[cls.auc.idxmax()])  # ties: the smaller weight
+    for refs in (False, True):
+        for n in (0, tries): row(k, best, refs, n)
+    return pd.DataFrame(rows)
