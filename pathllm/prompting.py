@@ -380,7 +380,7 @@ def constrained(model:PathVLM, # a generative `PathVLM`
     probs = grp.softmax(-1)
     return _result([names[i] for i in probs.argmax(-1)], kind, np.zeros(len(lp), int), probs)
 
-# %% ../nbs/06_prompting.ipynb #17a99ad1
+# %% ../nbs/06_prompting.ipynb #734e7d7b
 @torch.no_grad()
 def agreeing_texts(model:PathVLM, # a generative `PathVLM`
                    images, # (B, 3, H, W) in [0, 1], or a list of PIL images / arrays

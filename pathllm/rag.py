@@ -389,7 +389,7 @@ def rag_generate(model:PathVLM, # a generative `PathVLM` (projector or Q-Former)
     return dict(answers=model.generate(images, prompts, **kw), prompts=prompts, neighbours=r)
 
 # %% ../nbs/07_rag.ipynb #1c43b344
-RAG_MIX = 0.6  # weight of the neighbours' vote in RAG's class probabilities, chosen on `dev` (see `rag_sweep`)
+RAG_MIX = 0.  # weight of the neighbours' vote in RAG's class probabilities: none by default (see `rag_sweep`)
 
 def _neighbours(model, index, images, query_ids, k, embed): # `SearchResult` of the images, own ids excluded
     return index.search(embed(images) if embed else image_embeddings(model, images), k, exclude_ids=query_ids)
@@ -600,7 +600,7 @@ def compare_all(model:PathVLM, # a generative `PathVLM`
     df.insert(2, 'parse_rate', 1 - df.unknown.astype(float))
     return df
 
-# %% ../nbs/07_rag.ipynb #6bd80b72
+# %% ../nbs/07_rag.ipynb #a82564ab
 def rag_sweep(model:PathVLM, # a generative `PathVLM`
               index:PatchIndex, # index of training patches
               images, # `dev` images (never the split that is reported)
