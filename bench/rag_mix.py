@@ -14,10 +14,11 @@ import argparse, json, os, time
 from pathlib import Path
 
 for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'TRANSFORMERS_OFFLINE'): os.environ.setdefault(k, '1')
-import numpy as np, pandas as pd, torch
+import numpy as np, torch
 from PIL import Image
-from pathllm.data import make_synthetic, atomic_write, environment_info
+from pathllm.data import atomic_write, environment_info
 from pathllm.captions import measure, claim_counts
+from pathllm.bench import tiny_run, dev_rows
 from pathllm.fusion import PathVLM
 from pathllm.rag import PatchIndex, image_embeddings, rag_sweep
 
@@ -35,17 +36,9 @@ def main():
     p.add_argument('--tiny', action='store_true', help="train the bench's tiny config on synthetic patches (CI)")
     a = p.parse_args()
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True); torch.set_num_threads(a.threads); t0 = time.time()
-    if a.tiny:
-        from pathllm.bench import bench_config
-        from pathllm.train import run_train
-        data = make_synthetic(out/'synth', 'pcam', n=96, seed=0, progress=False)
-        run_train(bench_config('tiny').train_config(), data=data, out=out/'run', progress=False)
-        a.run, a.n, a.mixes, a.tries, a.max_new_tokens = out/'run', 8, '0,0.5,1', 2, 16
+    if a.tiny: a.run, a.n, a.mixes, a.tries, a.max_new_tokens = tiny_run(out), 8, '0,0.5,1', 2, 16
     if a.run is None: raise SystemExit('--run: a trained run folder is needed (or --tiny)')
-    run = Path(a.run); df = pd.read_csv(run/'data'/'captions.csv')
-    trn, dev = df[df.split == 'train'], df[df.split == 'dev']
-    if dev.empty: raise SystemExit(f"{run/'data'/'captions.csv'}: no 'dev' rows (train with dev_frac > 0)")
-    dev = dev.sample(min(a.n, len(dev)), random_state=0)
+    run = Path(a.run); trn, dev = dev_rows(run, a.n)
     model = PathVLM.from_pretrained(run/'model').eval()
     img = lambda f: Image.open(run/'data'/f).convert('RGB')
     emb = image_embeddings(model, [img(f) for f in trn.image], bs=128)

@@ -12,9 +12,10 @@ import argparse, json, os, time
 from pathlib import Path
 
 for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'TRANSFORMERS_OFFLINE'): os.environ.setdefault(k, '1')
-import pandas as pd, torch
+import torch
 from PIL import Image
-from pathllm.data import make_synthetic, atomic_write, environment_info
+from pathllm.data import atomic_write, environment_info
+from pathllm.bench import tiny_run, dev_rows
 from pathllm.fusion import PathVLM
 from pathllm.prompting import sc_sweep
 
@@ -31,16 +32,9 @@ def main():
     p.add_argument('--tiny', action='store_true', help="train the bench's tiny config on synthetic patches (CI)")
     a = p.parse_args()
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True); torch.set_num_threads(a.threads); t0 = time.time()
-    if a.tiny:
-        from pathllm.bench import bench_config
-        from pathllm.train import run_train
-        data = make_synthetic(out/'synth', 'pcam', n=96, seed=0, progress=False)
-        run_train(bench_config('tiny').train_config(), data=data, out=out/'run', progress=False)
-        a.run, a.n, a.temperatures, a.paths, a.max_new_tokens = out/'run', 8, '0.5,1.0', 3, 16
+    if a.tiny: a.run, a.n, a.temperatures, a.paths, a.max_new_tokens = tiny_run(out), 8, '0.5,1.0', 3, 16
     if a.run is None: raise SystemExit('--run: a trained run folder is needed (or --tiny)')
-    run = Path(a.run); df = pd.read_csv(run/'data'/'captions.csv'); dev = df[df.split == 'dev']
-    if dev.empty: raise SystemExit(f"{run/'data'/'captions.csv'}: no 'dev' rows (train with dev_frac > 0)")
-    dev = dev.sample(min(a.n, len(dev)), random_state=0)
+    run = Path(a.run); dev = dev_rows(run, a.n)[1]
     model = PathVLM.from_pretrained(run/'model').eval()
     imgs = [Image.open(run/'data'/f).convert('RGB') for f in dev.image]
     temps = tuple(float(t) for t in a.temperatures.split(','))

@@ -14,6 +14,7 @@ import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastai.torch_core import set_seed
 from .data import LABEL_NAMES, PatchDataset, load_patches, get_dls, atomic_write, pcam_dir, data_fingerprint
+from .data import make_synthetic
 from .data import environment_info, StainNormalizer
 from .captions import QUESTIONS, read_corpus, measure, caption, hallucination_rate, claim_counts, CAPTION_MARGIN
 from .vision import vision_learner_for, class_logits, dihedral_mean, ImageClassifier
@@ -36,7 +37,7 @@ from .results import bench_table, stamp, ASSESSMENTS
 # %% auto #0
 __all__ = ['ROWS', 'BENCH_CONFIGS', 'BenchConfig', 'bench_config', 'ImageOnly', 'KNN', 'RAGModel', 'plot_bench', 'run_bench',
            'sweep_bench', 'encoder_sweep', 'encoders_markdown', 'threshold_rules', 'thresholds_markdown', 'run_speed',
-           'assess_run', 'ensemble_scores', 'ensemble_runs', 'ensemble_markdown']
+           'assess_run', 'tiny_run', 'dev_rows', 'ensemble_scores', 'ensemble_runs', 'ensemble_markdown']
 
 # %% ../nbs/13_bench.ipynb #9614a90a
 ROWS = (
@@ -750,6 +751,25 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
         )
     return out
 
+
+# %% ../nbs/13_bench.ipynb #79bb3b2d
+def tiny_run(out:str|Path, # folder: synthetic patches go to `out/synth`, the run to `out/run`
+             n:int=96, # synthetic patches
+            )->Path: # the finished run folder
+    "The bench's tiny config trained on synthetic patches: a finished run for the `--tiny` checks of `bench/` scripts"
+    out = Path(out)
+    data = make_synthetic(out/'synth', 'pcam', n=n, seed=0, progress=False)
+    run_train(bench_config('tiny').train_config(), data=data, out=out/'run', progress=False)
+    return out/'run'
+
+def dev_rows(run:str|Path, # a finished `run_train` folder (its `data/captions.csv`)
+             n:int, # dev patches (a seeded sample; all of them when fewer)
+             seed:int=0, # the sample
+            )->tuple: # (the training rows, the sampled dev rows) of `data/captions.csv`
+    "A finished run's training rows and a seeded sample of its `dev` rows, to choose a setting on (valid unread)"
+    f = Path(run)/'data'/'captions.csv'; df = pd.read_csv(f); dev = df[df.split == 'dev']
+    if dev.empty: raise ValueError(f"{f}: no 'dev' rows (train with dev_frac > 0)")
+    return df[df.split == 'train'], dev.sample(min(n, len(dev)), random_state=seed)
 
 # %% ../nbs/13_bench.ipynb #120b50d4
 def ensemble_scores(y:list, # true class ids, 0 or 1
