@@ -213,8 +213,8 @@ def eval_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `path
 def predict_cmd(images:list[Path]=typer.Argument(..., help="Image files"),
                 model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`)"),
                 max_new_tokens:int=typer.Option(64, help="Tokens per caption at most"),
-                rag:Path=typer.Option(None, help="Index folder of `pathllm index build`: put the k most similar "
-                                                 "patches' captions in the prompt"),
+                rag:Path=typer.Option(None, help="Index folder of `pathllm index build`: ask the class with the k most "
+                                                 "similar patches' captions in the prompt; the caption states it"),
                 k:int=typer.Option(4, help="With --rag: reference cases per prompt"),
                 adapt:bool=typer.Option(False, help="First re-estimate the model's BatchNorm statistics on these "
                                                     "images (AdaBN, no labels read): for a batch of patches from "

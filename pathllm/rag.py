@@ -500,7 +500,7 @@ def rag_predict(model_dir:str|Path|PathVLM, # saved model folder, or a loaded `P
                 max_new_tokens:int=64, # tokens per caption at most
                 query_ids:list|None=None, # ids of the images if they are in the index (excluded from their retrieval)
                )->list: # per image a dict: `label`, `prob` (of that label), `caption`, `neighbours` (ids)
-    "Class, its probability and a caption for each image, each with its `k` most similar indexed patches in the prompt"
+    "Per image: its class (asked with its `k` most similar indexed patches in the prompt), probability and caption"
     model, ix = load_vlm(model_dir), index if isinstance(index, PatchIndex) else PatchIndex.load(index)
     e = image_embeddings(model, images)
     if e.shape[1] != ix.dim:
