@@ -436,7 +436,7 @@ def rag_answer(model:PathVLM, # a generative `PathVLM`
                tries:int=8, # re-samples of a caption whose diagnosis is not the class (`agreeing_texts`; 0: none)
               )->dict: # `answers`, `label`, `pred`, `probs`, `n_tokens`, `text` (captions or None), `neighbours`
     """RAG as a prompting technique: class probabilities with the `k` nearest patches in the prompt and their vote
-    (`rag_classify`), and a caption that states that class"""
+    (`rag_classify`), and a caption re-sampled, where it can be, to state that class"""
     rc = rag_classify(model, index, images, query_ids, k, embed, with_labels, mix=mix)
     r, text, n, kind = rc['neighbours'], None, np.zeros(len(rc['pred']), int), model.cfg.vlm_kind
     if caption:
@@ -620,7 +620,7 @@ def rag_sweep(model:PathVLM, # a generative `PathVLM`
         o = rag_answer(model, index, images, query_ids, kk, caption, max_new_tokens, mix=mix,
                        caption_refs=bool(refs), tries=n or 0)
         r = dict(k=kk, mix=mix, caption_refs=refs, tries=n, accuracy=float((o['pred'] == y).mean()),
-                 auc=roc_auc(y, o['probs'][:, 1].numpy()))
+                 auc=roc_auc(y, o['probs'].numpy()))  # (macro one-vs-rest past 2 classes)
         if caption:
             bad, cnt = claims(o['text'])
             r |= dict(hallucination=float(bad.sum() / max(1, cnt.sum())), claims_per_text=float(cnt.mean()),
