@@ -402,11 +402,14 @@ def agreeing_texts(model:PathVLM, # a generative `PathVLM`
     agrees = lambda t, c: diagnosis_agreement([t], [c], kind) == 1.
     todo = [i for i, (t, c) in enumerate(zip(texts, classes)) if not agrees(t, c)]
     extra, redone = np.zeros(len(texts), int), list(todo)
+    if todo:  # the disagreeing images, encoded once for every re-sample
+        sub = images[todo] if torch.is_tensor(images) else [images[i] for i in todo]
+        emb = dict(zip(todo, _image_embeds(model, sub)))
     for s in range(tries):
         if not todo: break
-        sub = images[todo] if torch.is_tensor(images) else [images[i] for i in todo]
         got, n = generate_chat(
-            model, sub, [convs[i] for i in todo], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + s
+            model, [images[i] for i in todo], [convs[i] for i in todo], max_new_tokens=max_new_tokens,
+            temperature=temperature, seed=seed + s, img=torch.stack([emb[i] for i in todo]),
         )
         extra[todo] += n
         for i, t in zip(todo, got):

@@ -391,6 +391,12 @@ def rag_generate(model:PathVLM, # a generative `PathVLM` (projector or Q-Former)
 # %% ../nbs/07_rag.ipynb #1c43b344
 RAG_MIX = 0.  # weight of the neighbours' vote in RAG's class probabilities: none by default (see `rag_sweep`)
 
+def _mixed(probs:torch.Tensor, r:SearchResult, mix:float)->torch.Tensor: # (B, K) `probs` interpolated with the vote
+    if not mix: return probs
+    votes, voted = neighbour_votes(r, probs.shape[1], 'majority')
+    w = torch.tensor(mix * voted, dtype=probs.dtype)[:, None]  # where a query has labelled neighbours
+    return (1 - w) * probs + w * torch.as_tensor(votes, dtype=probs.dtype)
+
 def _neighbours(model, index, images, query_ids, k, embed): # `SearchResult` of the images, own ids excluded
     return index.search(embed(images) if embed else image_embeddings(model, images), k, exclude_ids=query_ids)
 
@@ -411,11 +417,8 @@ def rag_classify(model:PathVLM, # a generative `PathVLM`
     question = question or PROMPTS['class'].render(**class_choice(model.cfg.vlm_kind))
     r = _neighbours(model, index, images, query_ids, k, embed)
     prompts = [rag_prompt(question, r[i], with_labels, model.cfg.vlm_kind) for i in range(len(r))]
-    probs = answer_logprobs(model, images, [[dict(role='user', content=p)] for p in prompts], names).softmax(-1).cpu()
-    if mix:  # where a query has labelled neighbours
-        votes, voted = neighbour_votes(r, len(names), 'majority')
-        w = torch.tensor(mix * voted, dtype=probs.dtype)[:, None]
-        probs = (1 - w) * probs + w * torch.as_tensor(votes, dtype=probs.dtype)
+    lp = answer_logprobs(model, images, [[dict(role='user', content=p)] for p in prompts], names)
+    probs = _mixed(lp.softmax(-1).cpu(), r, mix)
     return dict(
         probs=probs, pred=probs.argmax(-1).numpy(), label=[names[i] for i in probs.argmax(-1)], prompts=prompts,
         neighbours=r,
@@ -614,21 +617,26 @@ def rag_sweep(model:PathVLM, # a generative `PathVLM`
              )->pd.DataFrame: # a row per setting: `k`, `mix`, `caption_refs`, `tries`, accuracy, AUC, caption metrics
     """RAG's vote weight, then (at the weight of the best AUC) its caption's prompt and re-sampling, each scored on the
     same (`dev`) patches"""
+    if bad := [m for m in mixes if not 0 <= m <= 1]: raise ValueError(f"mixes: each must be in [0, 1], got {bad}")
     y, rows = np.asarray(labels), []
-    def row(kk, mix, refs=None, n=None, caption=True):
+    scored = lambda kk, mix, probs: dict(  # (AUC: macro one-vs-rest past 2 classes)
+        k=kk, mix=mix, accuracy=float((probs.argmax(-1).numpy() == y).mean()), auc=roc_auc(y, probs.numpy())
+    )
+    def row(kk, mix, refs, n):
         t0 = time.time()
-        o = rag_answer(model, index, images, query_ids, kk, caption, max_new_tokens, mix=mix,
-                       caption_refs=bool(refs), tries=n or 0)
-        r = dict(k=kk, mix=mix, caption_refs=refs, tries=n, accuracy=float((o['pred'] == y).mean()),
-                 auc=roc_auc(y, o['probs'].numpy()))  # (macro one-vs-rest past 2 classes)
-        if caption:
-            bad, cnt = claims(o['text'])
-            r |= dict(hallucination=float(bad.sum() / max(1, cnt.sum())), claims_per_text=float(cnt.mean()),
-                      dx_agrees_class=diagnosis_agreement(o['text'], o['pred'], model.cfg.vlm_kind),
-                      tokens_per_image=float(np.mean(o['n_tokens'])))
-        rows.append(r | dict(s_per_image=(time.time() - t0) / len(y)))
+        o = rag_answer(model, index, images, query_ids, kk, True, max_new_tokens, mix=mix, caption_refs=refs, tries=n)
+        bad, cnt = claims(o['text'])
+        rows.append(scored(kk, mix, o['probs']) | dict(
+            caption_refs=refs, tries=n, hallucination=float(bad.sum() / max(1, cnt.sum())),
+            claims_per_text=float(cnt.mean()),
+            dx_agrees_class=diagnosis_agreement(o['text'], o['pred'], model.cfg.vlm_kind),
+            tokens_per_image=float(np.mean(o['n_tokens'])), s_per_image=(time.time() - t0) / len(y),
+        ))
     row(0, 0., False, tries)                                            # no RAG: the caption re-sampled alike
-    for m in mixes: row(k, m, caption=False)
+    t0 = time.time(); rc = rag_classify(model, index, images, query_ids, k, mix=0.)  # one prompted pass, every weight
+    s = (time.time() - t0) / len(y)
+    rows += [scored(k, m, _mixed(rc['probs'], rc['neighbours'], m)) | dict(caption_refs=None, tries=None, s_per_image=s)
+             for m in mixes]
     cls = pd.DataFrame(rows[1:]); best = float(cls.mix[cls.auc.idxmax()])  # ties: the smaller weight
     for refs in (False, True):
         for n in (0, tries): row(k, best, refs, n)
