@@ -29,7 +29,7 @@ from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATUR
                               number_value, answer_openers, opener_claims, opener_agrees, CAPTION_FEATURES,
                               canonical_question)
 from .tokenizer import PathTokenizer, pad_ids, with_image
-from .lm import LM, LMConfig, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
+from .lm import LM, LMConfig, KVCache, TransformerEncoder, IGNORE, lm_loss, TokenPerplexity
 from .fit import CheckpointCallback, save_weights, read_weights, fit_stage
 from .vision import get_vision, VisionEncoder, Readout, ImageClassifier, dihedral_mean
 from .connectors import CONNECTORS, GatedCrossAttention, ConceptTokens, TextEncoder, clip_loss
@@ -534,18 +534,24 @@ def score_answers(self:PathVLM, img:torch.Tensor, # (B, n, C) image tokens (`enc
                   end:bool=True, # whole answers (their end token scored); `False`: how an answer starts
                   length_norm:bool=False, # divide by the number of scored tokens
                  )->torch.Tensor: # (B, K) summed log-likelihood of each candidate after each image's prompt
-    "Log-likelihood of each candidate answer (or answer start) after each image's prompt: one batched forward"
-    K, dev = len(answers), img.device
+    """Log-likelihood of each candidate answer (or answer start) after each image's prompt. Each prompt (with its image)
+    runs once; the K answers continue it from its KV cache, so the cost is B prompts, not B*K"""
+    B, K, dev = len(prompts), len(answers), img.device
     ans = [self.tok.encode(a) + ([self.tok.end_id] if end else []) for a in answers]
-    rows = [p + a for p in prompts for a in ans]                                   # B*K rows, image-major
-    ids, am = [t.to(dev) for t in pad_ids(rows, self.tok.pad_id, 'right')]            # (B*K, T)
-    sel = torch.zeros_like(ids, dtype=torch.bool)
-    for r, (p, a) in enumerate((p, a) for p in prompts for a in ans): sel[r, len(p):len(p) + len(a)] = True
-    emb, mask, pos = self.embed(ids, am, img.repeat_interleave(K, 0))
-    logits = self.lm(inputs_embeds=emb, attention_mask=mask)[0]
-    logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.size(-1)))      # (B*K, T, V) at text positions
-    lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0] * sel[:, 1:]  # log p(ids[t+1])
-    return (lp.sum(1) / (sel.sum(1) if length_norm else 1)).view(len(prompts), K)
+    a_ids, a_m = [t.to(dev).repeat(B, 1) for t in pad_ids(ans, self.tok.pad_id, 'right')]   # (B*K, A) image-major
+    if a_m.sum() == 0: return torch.zeros(B, K, device=dev)
+    ids, am = [t.to(dev) for t in pad_ids(prompts, self.tok.pad_id, 'left')]           # (B, T): each ends at T
+    emb, mask, _ = self.embed(ids, am, img)                                             # (B, L, C)
+    cache = KVCache(self.lm.cfg, B, emb.shape[1] + a_ids.shape[1], dev, self.lm.tok_emb.weight.dtype)
+    first = self.lm(inputs_embeds=emb, attention_mask=mask, kv_cache=cache)[0][:, -1:]  # (B, 1, V) after each prompt
+    logits = [first.repeat_interleave(K, 0)]
+    if a_ids.shape[1] > 1:  # the answers' later tokens, reading their prompt's cache
+        cache.repeat(K)
+        for l in self.xattn or []: l.ctx = l.ctx.repeat_interleave(K, 0)
+        mask = torch.cat([mask.repeat_interleave(K, 0), a_m[:, :-1]], 1)
+        logits.append(self.lm(a_ids[:, :-1], attention_mask=mask, kv_cache=cache)[0])    # (B*K, A-1, V)
+    lp = torch.cat(logits, 1).float().log_softmax(-1).gather(-1, a_ids[..., None])[..., 0] * a_m  # (B*K, A)
+    return (lp.sum(1) / (a_m.sum(1) if length_norm else 1)).view(B, K)
 
 @patch
 def _tokens(self:PathVLM, images, img=None, feats=None)->tuple: # (image tokens, `VisionFeatures` or None), the missing

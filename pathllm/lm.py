@@ -195,6 +195,11 @@ class KVCache:
         self.k[layer, :, :, p:p+T], self.v[layer, :, :, p:p+T] = k, v
         return self.k[layer, :, :, :p+T], self.v[layer, :, :, :p+T]
 
+    def repeat(self, n:int): # each row becomes n consecutive rows (continuations of one shared prompt)
+        "Repeat every row `n` times, so `n` continuations of each cached prompt read it without running it again"
+        self.k, self.v = self.k.repeat_interleave(n, 1), self.v.repeat_interleave(n, 1)
+        if (hf := getattr(self, 'hf', None)) is not None: hf.batch_repeat_interleave(n)  # `HFLM` keeps its cache here
+
 # %% ../nbs/03_lm.ipynb #66be947e
 class Attention(Module):
     "Multi-head self-attention with grouped-query heads, RoPE and an optional KV cache"
