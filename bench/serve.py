@@ -28,7 +28,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TRANSFORMER
 import torch
 import pathllm
 from pathllm.data import synth_patch
-from pathllm.serve import Pipeline, server_process, load_test, data_url
+from pathllm.serve import Limits, Pipeline, server_process, load_test, data_url
 
 TARGETS = dict(classify_p95_8_vs_inprocess=('<=', 3.), classify_rps_16_vs_1=('>=', 3.), caption_rps_16_vs_1=('>=', 5.))
 
@@ -67,7 +67,8 @@ def measure(model: Path, key: str, max_batch: int, a, load: bool) -> dict:
     "Throughput and latency of /classify (1, 8, 16 clients) and /caption (1, 16), and the load section, on one server"
     img = data_url(synth_patch('pcam', 1, 0))
     cap = dict(image=[img], max_new_tokens=32, rag=False)
-    with server_process(model, api_key=key, device='cpu', max_concurrency=64, max_batch=max_batch, max_new_tokens=64) as url:
+    with server_process(model, api_key=key, device='cpu', max_concurrency=64, max_batch=max_batch, max_new_tokens=64,
+                        batch_wait_ms=a.wait_ms) as url:
         load_test(url, key, concurrency=(8,), requests=16, idle=0)            # warm-up
         r = dict(classify=load_test(url, key, '/classify', concurrency=(1, 8, 16), requests=a.requests, idle=0),
                  caption=load_test(url, key, '/caption', cap, concurrency=(1, 16), requests=a.caption_requests, idle=0))
@@ -116,7 +117,7 @@ def markdown(res: dict) -> str:
     for x in b['load']:
         ld.append(f"| {x['clients']} | {x['requests']} | {x['ok']} | {x['busy']} | {x['failed']} | {x['req_per_s']} | {x['p50_ms']} | {x['p95_ms']} |")
     return (f"# pathllm serve benchmark\n\nModel `{res['model']}` ({res['n_params']:,} parameters), cpu, {res['threads']} torch thread(s) "
-            f"in the server, {res['platform']}, pathllm {res['version']}, {res['date']}. In-process latency of one image: "
+            f"in the server, batch wait {res.get('wait_ms', 5.):g} ms, {res['platform']}, pathllm {res['version']}, {res['date']}. In-process latency of one image: "
             f"/classify {res['inprocess_ms']['classify']} ms, /caption (32 tokens) {res['inprocess_ms']['caption']} ms; in one list of 16 "
             f"images: {res['inprocess_ms']['classify_per_image_at_16']} and {res['inprocess_ms']['caption_per_image_at_16']} ms/image.\n\n"
             f"## Targets (ratios in this run: the median of {len(res['rounds'])} interleaved rounds)\n\n" + '\n'.join(rows) + "\n\nDynamic batching over one request at a time, at 16 clients: "
@@ -133,6 +134,7 @@ def main():
     ap.add_argument('--inprocess', type=int, default=20, help='in-process calls timed per endpoint')
     ap.add_argument('--threads', type=int, default=1, help='torch threads of the server and of the in-process baseline')
     ap.add_argument('--rounds', type=int, default=3, help='repeats; ratios are the median over rounds')
+    ap.add_argument('--wait-ms', type=float, default=Limits.batch_wait_ms, help="the server's batch wait (`Limits.batch_wait_ms`)")
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'serve'), help='output path without suffix')
     ap.add_argument('--tiny', action='store_true', help='a few requests per level, one round: checks the script (CI)')
     ap.add_argument('--render', help="a serve.json this script wrote: rewrite its .md (ceilings included) and stop")
@@ -144,7 +146,7 @@ def main():
     model = Path(a.model) if a.model else small_like(Path(tempfile.mkdtemp(prefix='pathllm-bench-')) / 'model')
     key, img = secrets.token_urlsafe(16), synth_patch('pcam', 1, 0)
     inproc = inprocess_ms(model, img, a.inprocess)
-    res = dict(model=a.model or 'random init, small config architecture', version=pathllm.__version__, threads=a.threads,
+    res = dict(model=a.model or 'random init, small config architecture', version=pathllm.__version__, threads=a.threads, wait_ms=a.wait_ms,
                n_params=sum(t.numel() for t in Pipeline.from_pretrained(model, device='cpu').model.parameters()),
                platform=f'{platform.machine()}, {os.cpu_count()} CPUs', date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), inprocess_ms=inproc)
     rounds = []  # the machine may be shared: repeat, interleaved, and report the median ratio of the rounds

@@ -277,12 +277,12 @@ class Batcher:
     """One worker thread runs `fn(key, rows)`; concurrent jobs with the same key are gathered (bounded wait and rows)
     into one call"""
     def __init__(self, fn, # `fn(key, rows) -> one result per row`
-                 wait_ms:float=5., # how long a batch waits for more jobs (only while other callers are on their way)
+                 wait_ms:float=20., # how long a batch waits for more jobs at most (see `_take`)
                  max_batch:int=32, # rows per call at most (a single larger job runs whole)
                  module=None): # its pre-hook stops batches whose jobs are all past their deadline, and streams tokens
         store_attr('fn,wait_ms,max_batch,module')
-        self.jobs, self.cv, self.arriving, self.thread, self.sizes = (
-            deque(), threading.Condition(), 0, None, deque(maxlen=10_000),
+        self.jobs, self.cv, self.arriving, self.thread, self.sizes, self.last = (
+            deque(), threading.Condition(), 0, None, deque(maxlen=10_000), {},  # last: key -> rows of its last call
         )
 
     @contextmanager
@@ -311,15 +311,22 @@ class Batcher:
 # %% ../nbs/12_serve.ipynb #c952cf73
 @patch
 def _take(self:Batcher)->list: # (under `cv`) the oldest job and those with its key, after a wait; [] after 1 min idle
+    """The oldest job and those with its key. Before taking them, the worker waits (at most `wait_ms`, never past
+    `max_batch` rows) while other callers are preparing jobs, or while fewer rows wait than the key's last call had:
+    closed-loop clients come back one by one after their batch, and without that wait they would split into two
+    batches that alternate"""
     while not self.jobs:
         if not self.cv.wait(60) and not self.jobs: return []
     key, end = self.jobs[0].key, time.monotonic() + self.wait_ms / 1000
-    n_rows = lambda: sum(len(j.rows) for j in self.jobs if j.key == key)
-    while self.arriving and n_rows() < self.max_batch and (left := end - time.monotonic()) > 0: self.cv.wait(left)
+    n_rows, want = lambda: sum(len(j.rows) for j in self.jobs if j.key == key), self.last.get(key, 1)
+    while (self.arriving or n_rows() < want) and n_rows() < self.max_batch and (left := end - time.monotonic()) > 0:
+        self.cv.wait(left)
     batch, n = [], 0
     for j in list(self.jobs):
         if j.key == key and (not batch or n + len(j.rows) <= self.max_batch):
             batch.append(j); n += len(j.rows); self.jobs.remove(j)
+    self.last.pop(key, None); self.last[key] = n
+    if len(self.last) > 64: del self.last[next(iter(self.last))]  # the least recently used (sampled keys are unique)
     return batch
 
 @patch
@@ -370,7 +377,7 @@ class Pipeline:
                  rag_k:int=3, # reference cases per RAG prompt
                  max_pixels:int=MAX_PIXELS, # decompression-bomb guard for encoded images
                  thumbs:np.ndarray|None=None, # (N, t, t, 3) uint8 thumbnail of each index row
-                 wait_ms:float=5., # how long a batch waits for concurrent calls (see `Batcher`)
+                 wait_ms:float=20., # how long a batch waits for concurrent calls (see `Batcher`)
                  max_batch:int=32): # rows per batch at most
         self.model, self.index, self.name, self.rag_k, self.max_pixels, self.thumbs = (
             model.eval(), index, name, rag_k, max_pixels, thumbs,
@@ -672,7 +679,7 @@ class Limits:
     max_concurrency:int=16 # requests admitted at once (decoding, queued or running); more get 503
     timeout_s:float=60. # seconds before a request is answered 504 and its model work stopped
     max_batch:int=32 # rows per model batch (dynamic batching)
-    batch_wait_ms:float=5. # how long a batch waits for concurrent requests
+    batch_wait_ms:float=20. # how long a batch waits for concurrent requests
     max_header_bytes:int=16384 # request line and headers; more get 431
     read_timeout_s:float=10. # seconds a connection may take to send its headers, or between two parts of a body
     keep_alive_s:int=5 # seconds an idle keep-alive connection stays open
