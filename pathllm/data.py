@@ -27,7 +27,7 @@ __all__ = ['HE_STAINS', 'PRESETS', 'LABEL_NAMES', 'PATCH_SIZE', 'MHIST_COLS', 'H
            'macenko_fit', 'macenko_normalize', 'reinhard_stats', 'reinhard_normalize', 'StainNormalizer', 'dihedral',
            'RandDihedral', 'stain_transform', 'stain_jitter', 'RandStainJitter', 'get_dls', 'image_tensor',
            'patch_tensor', 'batch_dihedral', 'batch_stain', 'BatchAugment', 'TensorRows', 'tensor_dls',
-           'data_fingerprint', 'environment_info']
+           'data_fingerprint', 'native_bf16', 'environment_info']
 
 # %% ../nbs/00_data.ipynb #9a53149e
 def project_root(start:Path|str|None=None, # where to start looking (default: working directory)
@@ -1177,9 +1177,18 @@ def _git_commit(root:Path)->dict: # `commit` hash and `dirty` flag, or `None`s o
     except (OSError, subprocess.SubprocessError):
         return dict(commit=None, dirty=None)
 
+def native_bf16(device=None, # 'cpu', 'cuda', a `torch.device` (default: CUDA where available, else the CPU)
+               )->bool: # does `device` compute in bfloat16 in hardware?
+    """CUDA GPUs that support bfloat16; x86 CPUs with AVX512-BF16 or AMX. Elsewhere (AVX2-only x86, other CPUs)
+    torch emulates bfloat16 arithmetic, many times slower than fp32, so mixed precision there costs speed"""
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if dev.type == 'cuda': return torch.cuda.is_bf16_supported()
+    if dev.type != 'cpu': return True  # mps, xpu: the backend's own bfloat16
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+
 def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', 'transformers', # versions to record
                                      'peft', 'bitsandbytes', 'accelerate', 'faiss-cpu', 'numpy', 'scikit-learn'),
-                    )->dict: # python, platform, device, package versions, pathllm version and git commit
+                    )->dict: # python, platform, device (its CPU instructions, bfloat16), packages, pathllm, commit
     "What a result was computed with: enough to rerun it on the same software and say which hardware gave it"
     import platform, sys, datetime, importlib.metadata as md, torch
     def ver(p):
@@ -1192,6 +1201,7 @@ def environment_info(packages:tuple=('torch', 'torchvision', 'fastai', 'timm', '
     )
     return dict(
         python=sys.version.split()[0], platform=platform.platform(), device=dev, torch_threads=torch.get_num_threads(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(), bf16_native=native_bf16(),
         packages={p: ver(p) for p in packages}, pathllm=ver('pathllm'), **_git_commit(project_root()),
         date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
     )

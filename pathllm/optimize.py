@@ -119,19 +119,22 @@ class ClassScorer(Module):
 def onnx_graph(module:nn.Module, # maps one tensor to one tensor
                example:torch.Tensor, # an input; the graph is fixed to its shape
                int8:bool=False, # int8 weights in every MatMul/Gemm (per output channel), activations quantized live
+               reduce_range:bool|None=None, # 7-bit weights (`None`: where the CPU lacks AVX512-VNNI, see below)
               )->bytes: # the serialised ONNX model
-    "Export `module` to ONNX with `torch.export`, optionally with int8 matrix multiplies (ONNX Runtime quantization)"
+    """Export `module` to ONNX with `torch.export`, optionally with int8 matrix multiplies (ONNX Runtime quantization).
+    Without VNNI, ONNX Runtime's u8 x s8 products saturate in 16 bits; 7-bit weights keep them exact"""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter('ignore')
         proto = torch.onnx.export(
             module.eval(), (example,), input_names=['x'], output_names=['y'], dynamo=True, external_data=False
         ).model_proto
     if not int8: return proto.SerializeToString()
+    if reduce_range is None: reduce_range = not torch.cpu._is_vnni_supported()
     from onnxruntime.quantization import quantize_dynamic, QuantType
     with tempfile.TemporaryDirectory() as d:
         quantize_dynamic(
             proto, Path(d) / 'q.onnx', op_types_to_quantize=['MatMul', 'Gemm'], per_channel=True,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8, reduce_range=reduce_range,
         )
         return (Path(d)/'q.onnx').read_bytes()
 

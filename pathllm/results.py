@@ -14,7 +14,7 @@ from .data import atomic_write, project_root
 from .train import TrainConfig
 
 # %% auto #0
-__all__ = ['COUNTERWEIGHTS', 'QUALITY', 'LANGUAGE', 'TABLE_KINDS', 'ASSESSMENTS', 'mean_sd', 'check_counterweights',
+__all__ = ['COUNTERWEIGHTS', 'QUALITY', 'LANGUAGE', 'TABLE_KINDS', 'RUN_FILES', 'ASSESSMENTS', 'mean_sd', 'check_counterweights',
            'check_seeds', 'stamp', 'md_table', 'train_table', 'language_table', 'per_class_table', 'bench_table',
            'read_manifest', 'load_runs', 'render_results', 'trim_run', 'publish_run', 'fill_markers', 'stale_blocks',
            'result_files', 'sync_results']
@@ -328,7 +328,8 @@ def trim_run(d): # a run's JSON
     if isinstance(d, dict): return {k: trim_run(v) for k, v in d.items() if k not in _DROP}
     return [trim_run(v) for v in d] if isinstance(d, list) else d
 
-# `pathllm.bench.assess_run` writes `<name>.json` beside a run's report; published with it
+# `pathllm.bench.assess_run` writes `<name>.json` beside a run's report; published with it, as are these files of a run
+RUN_FILES = ('stages.json', 'stain_stress.png')
 ASSESSMENTS = ('robustness', 'stain_norm', 'prompting', 'adapt')
 
 def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or its `report.json` / `bench.json`
@@ -336,7 +337,7 @@ def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or i
                 root:str|Path|None=None, # the project root (default: `project_root()`)
                )->Path: # the file written
     """Copy a run's result file, trimmed, into `results/dest/`, with the assessments written beside it (and
-    `stain_stress.png`)"""
+    `RUN_FILES`: its stage times and stress-test plot)"""
     src, root = Path(src), Path(root or project_root())
     if src.is_dir():
         if not (f := next((src/n for n in ('bench.json', 'report.json') if (src/n).exists()), None)):
@@ -348,8 +349,8 @@ def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or i
             f"results: {src} is neither a `run_bench` bench.json nor a `run_train` report.json (`run_eval` reports are "
             "not published)"
         )
-    for f in [src.parent/f'{a}.json' for a in ASSESSMENTS] + [src.parent/'stain_stress.png']:
-        # a `run_train` folder's assessments
+    for f in [src.parent/f'{a}.json' for a in ASSESSMENTS] + [src.parent/n for n in RUN_FILES]:
+        # a `run_train` folder's assessments and files
         if f.exists() and 'config' in d: atomic_write(root/'results'/dest/f.name, f.read_bytes())
     return atomic_write(root/'results'/dest/src.name, json.dumps(trim_run(d), indent=1, default=str) + '\n')
 

@@ -13,7 +13,7 @@ import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
 from .data import (LABEL_NAMES, PatchDataset, DataError, load_patches, make_synthetic, image_tensor, tensor_dls,
-                          BatchAugment, atomic_write, project_root, data_fingerprint, environment_info)
+                          BatchAugment, atomic_write, project_root, data_fingerprint, environment_info, native_bf16)
 from .captions import CAPTION_FEATURES, CAPTION_MARGIN, REGION, caption_dataset, read_corpus, read_thresholds
 from .captions import recaption, portable_path, vqa_pairs, measure, answer_openers, opener_agrees
 from .lm import train_lm, LM_SIZES, LMConfig
@@ -91,7 +91,7 @@ class TrainConfig:
     check:int=4 # texts tried where the fused model's heads contradict a claim of its greedy one (`vlm_check`; 0: off)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
-    bf16:bool|list=False # bfloat16 autocast (`optimize.Autocast`): True, or some of `TRAIN_STAGES`
+    bf16:bool|list=False # bfloat16 autocast (`optimize.Autocast`): True or some `TRAIN_STAGES` (fp32 where emulated)
     sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
     pack:bool=False # fusion packs each random batch into fewer sequences: same rows and loss, less padding
     threads:int|None=None # torch threads of every stage, processes of the data stage (`None`: one per core)
@@ -353,10 +353,18 @@ def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)
 
 def stage_callbacks(cfg:TrainConfig, # the run's config
                     stage:str, # one of `TRAIN_STAGES`: 'baseline', 'lm' or 'fusion'
+                    native:bool|None=None, # does the device compute bfloat16 in hardware (`None`: `native_bf16()`)
                    )->list: # the stage's callbacks from the config (`grad_accum`, `compile`, `bf16`)
-    "The callbacks `cfg` gives training stage `stage`"
+    """The callbacks `cfg` gives training stage `stage`. `bf16` only where the device has bfloat16 in hardware:
+    elsewhere torch emulates it, many times slower than fp32, so the stage trains in fp32, with a warning"""
     if stage not in TRAIN_STAGES: raise ValueError(f"stage: must be one of {list(TRAIN_STAGES)}, got {stage!r}")
     bf16 = cfg.bf16 is True or (isinstance(cfg.bf16, list) and stage in cfg.bf16)
+    if bf16 and not (native_bf16() if native is None else native):
+        warnings.warn(
+            f"bf16: the {stage} stage trains in fp32: this device has no bfloat16 in hardware (a CPU needs"
+            " AVX512-BF16 or AMX), and emulated bfloat16 is many times slower"
+        )
+        bf16 = False
     return (
         ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
         + ([Autocast()] if bf16 else [])
