@@ -833,7 +833,18 @@ def report_metrics(reports:list, # generated reports, one per patch
     return out
 
 # %% ../nbs/01a_evaluate.ipynb #501dfa14
-def _ask(model, imgs:list, qs:list)->list: # `model.answer` of each (image index, question), batched by question
+def _ask(model, imgs:list, qs:list, # (image index, question) pairs
+         histories:list|None=None, # per pair, earlier `(user, assistant)` turns (`mixed_questions` models only)
+        )->list: # the answer of each pair
+    """`model.answer` of each (image index, question): in batches of any questions where the model takes one per image
+    (`mixed_questions`, as `PathVLM`), else batched by question"""
+    if getattr(model, 'mixed_questions', False):
+        bs, hs = getattr(model, 'bs', 32), list(histories or [()] * len(qs))
+        return [
+            a for k in range(0, len(qs), bs)
+            for a in model.answer([imgs[i] for i, _ in qs[k:k+bs]], [q for _, q in qs[k:k+bs]], hs[k:k+bs])
+        ]
+    if histories: raise ValueError("histories: only a model with `mixed_questions` answers with a history")
     out, by_q = [None]*len(qs), {}
     for j, (i, q) in enumerate(qs): by_q.setdefault(q, []).append((j, i))
     for q, js in by_q.items():
@@ -898,13 +909,21 @@ def chat_consistency(model, # anything with `chat(image, message, history)` -> `
                      kind:str='pcam', # 'pcam' or 'mhist'
                     )->float: # share of patches whose nuclear-size word is the same when asked twice
     """Ask the nuclear size, then something else, then the size again as a follow-up (all held-out phrasings): does the
-    size word stay the same?"""
+    size word stay the same? Each turn of every patch is one batched call where the model takes a question and a history
+    per image (`mixed_questions`)"""
+    hs = [[] for _ in imgs]
+    def turn(msgs:list)->list: # one more turn of every patch's conversation
+        if getattr(model, 'mixed_questions', False): ans = _ask(model, imgs, list(enumerate(msgs)), hs)
+        else: ans = [model.chat(im, m, h)[0] for im, m, h in zip(imgs, msgs, hs)]
+        for h, m, a in zip(hs, msgs, ans): h.append((m, a))
+        return ans
+    sizes = ASK['size'][2]
+    a1 = turn([sizes[i % len(sizes)] for i in range(len(imgs))])
+    turn([ASK['stroma'][2][0]] * len(imgs))
+    a2 = turn([FOLLOW_UPS['size'][1][0]] * len(imgs))
     same = []
-    for i, im in enumerate(imgs):
-        a1, h = model.chat(im, ASK['size'][2][i % len(ASK['size'][2])])
-        _, h = model.chat(im, ASK['stroma'][2][0], h)
-        a2, _ = model.chat(im, FOLLOW_UPS['size'][1][0], h)
-        w1, w2 = [{b for _, f, b in extract_claims(a, kind) if f == 'area'} for a in (a1, a2)]
+    for x, y in zip(a1, a2):
+        w1, w2 = [{b for _, f, b in extract_claims(a, kind) if f == 'area'} for a in (x, y)]
         same.append(bool(w1) and w1 == w2)
     return float(np.mean(same))
 
@@ -1057,10 +1076,13 @@ class _Batched:
         )
         # answers opened by their type's likeliest start (`PathVLM.answer`'s `typed`), or plain generation
         self.akw = dict(typed=typed) if _typed(model) else {}
+        self.mixed_questions = getattr(model, 'mixed_questions', False)  # `_ask` then batches any questions together
     def _b(self, f, imgs:list)->list: return [o for i in range(0, len(imgs), self.bs) for o in f(imgs[i:i+self.bs])]
     def caption(self, imgs:list)->list: return self._b(lambda b: self.model.caption(b, **self.kw), imgs)
-    def answer(self, imgs:list, q:str)->list:
-        return self._b(lambda b: self.model.answer(b, q, max_new_tokens=self.kw['max_new_tokens'], **self.akw), imgs)
+    def answer(self, imgs:list, q:str|list, histories:list|None=None)->list: # a list `q`: one per image, from `_ask`
+        kw = dict(max_new_tokens=self.kw['max_new_tokens'], **self.akw)
+        if isinstance(q, str) and histories is None: return self._b(lambda b: self.model.answer(b, q, **kw), imgs)
+        return self.model.answer(imgs, q, histories, **kw)
     def report(self, imgs:list)->list:
         return self._b(lambda b: self.model.report(b, max_new_tokens=4*self.kw['max_new_tokens']), imgs)
     def chat(self, img, msg:str, history=())->tuple:

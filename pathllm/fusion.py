@@ -182,6 +182,7 @@ def merge_image_tokens(tok_embeds:torch.Tensor, # (B, T, C) text embeddings
 # %% ../nbs/05_fusion.ipynb #6d052b3b
 class PathVLM(Module):
     "Vision encoder + connector + language model (or text encoder for 'dual'), chosen by `cfg.vlm_connector`"
+    mixed_questions = True  # `answer` takes a question and a history per image: evaluation batches any questions
     def __init__(self, cfg:VLMConfig, # the config
                  tok:PathTokenizer|None=None, # tokenizer for the tasks (`classify`, `caption`, ...)
                  load_backbone:bool=False): # load pretrained vision weights and the LM in `cfg.lm_path`
