@@ -26,8 +26,8 @@ __all__ = ['HE_STAINS', 'PRESETS', 'LABEL_NAMES', 'PATCH_SIZE', 'MHIST_COLS', 'H
            'check_image', 'open_image', 'report_errors', 'PatchDataset', 'load_patches', 'rgb_to_od', 'od_to_uint8',
            'macenko_fit', 'macenko_normalize', 'reinhard_stats', 'reinhard_normalize', 'StainNormalizer', 'dihedral',
            'RandDihedral', 'stain_transform', 'stain_jitter', 'RandStainJitter', 'get_dls', 'image_tensor',
-           'patch_tensor', 'batch_dihedral', 'batch_stain', 'BatchAugment', 'TensorRows', 'tensor_dls',
-           'data_fingerprint', 'native_bf16', 'environment_info']
+           'patch_tensor', 'batch_dihedral', 'batch_stain', 'BatchAugment', 'default_device', 'TensorRows',
+           'tensor_dls', 'data_fingerprint', 'native_bf16', 'environment_info']
 
 # %% ../nbs/00_data.ipynb #9a53149e
 def project_root(start:Path|str|None=None, # where to start looking (default: working directory)
@@ -1115,6 +1115,12 @@ class BatchAugment(Callback):
             if self.sigma or self.bias: x = batch_stain(x, self.scale, self.shift)
         self.learn.xb = (x, *self.xb[1:])
 
+# %% ../nbs/00_data.ipynb #150f0b72
+def default_device(device=None, # 'cpu', 'cuda', 'cuda:1', a `torch.device`; `None`: chosen here
+                  )->torch.device: # `device`, else CUDA where available, else the CPU
+    "The device models and batches go to: the one asked for, else the first CUDA GPU where there is one, else the CPU"
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
 # %% ../nbs/00_data.ipynb #c2864c44
 class TensorRows:
     "Rows of equal-length tensors: `ds[i]` is the tuple of the `i`-th rows; the first is the input"
@@ -1144,7 +1150,7 @@ def tensor_dls(x:torch.Tensor, # uint8 (N, 3, H, W) images, e.g. from `patch_ten
     dls = DataLoaders(
         mk(t, shuffle=True, drop_last=len(t) > bs),
         mk(v),
-        device=device or ('cuda' if torch.cuda.is_available() else 'cpu'),
+        device=default_device(device),
     )
     dls.train.rng = random.Random(seed)
     return dls
@@ -1181,7 +1187,7 @@ def native_bf16(device=None, # 'cpu', 'cuda', a `torch.device` (default: CUDA wh
                )->bool: # does `device` compute in bfloat16 in hardware?
     """CUDA GPUs that support bfloat16; x86 CPUs with AVX512-BF16 or AMX. Elsewhere (AVX2-only x86, other CPUs)
     torch emulates bfloat16 arithmetic, many times slower than fp32, so mixed precision there costs speed"""
-    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    dev = default_device(device)
     if dev.type == 'cuda': return torch.cuda.is_bf16_supported()
     if dev.type != 'cpu': return True  # mps, xpu: the backend's own bfloat16
     return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))

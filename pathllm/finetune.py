@@ -17,6 +17,7 @@ from fastai.callback.training import GradientClip
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from .data import default_device
 from .captions import Morphology, FEATURES, QUESTIONS, report, check_claims
 from .tokenizer import pad_ids
 from .lm import lm_loss, TokenPerplexity
@@ -326,7 +327,7 @@ def dpo_dataloaders(pairs:list, # from `preference_pairs`
     mk, col = lambda ii: DPODataset([pairs[i] for i in ii], root, tok, img_size, max_len), partial(
         dpo_collate, pad_id=tok.pad_id
     )
-    dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = default_device()
     return DataLoaders(
         DataLoader(mk(idx[nv:]), bs=bs, shuffle=True, create_batch=col),
         DataLoader(mk(idx[:nv]), bs=bs, create_batch=col),

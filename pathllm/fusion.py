@@ -22,7 +22,7 @@ from fastai.callback.training import GradientClip, BnFreeze
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 import fastai.callback.schedule  # patches `fit_one_cycle` onto `Learner`
-from .data import LABEL_NAMES, PatchDataset, atomic_write, register_kind, open_image
+from .data import LABEL_NAMES, PatchDataset, atomic_write, default_device, register_kind, open_image
 from .captions import (QUESTIONS, DIAGNOSIS, IMPRESSION, THRESHOLDS, WORD_FEATURES, NUMBERS, VOCAB, Thresholds,
                               caption_dataset, read_jsonl, read_thresholds, read_level_odds, record_images, measure,
                               measurement_text, extract_claims, check_claims, question_type, confidence_answer, level,
@@ -411,7 +411,7 @@ def vlm_dataloaders(root:str|Path, # folder written by `caption_dataset`
     mk = lambda recs: VLMDataset(recs, root, tok, img_size, max_len, text_only)
     col = partial(vlm_collate, pad_id=tok.pad_id, text_only=text_only)
     pack = pack and not text_only
-    dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = default_device()
     set_seed(seed)
     tr, va = mk(tr), mk(va)
     trdl = (

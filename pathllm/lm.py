@@ -21,7 +21,7 @@ from fastai.callback.training import GradientClip
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
 import fastai.callback.schedule, fastai.callback.fp16  # patches `fit_one_cycle`, `to_bf16` onto `Learner`
-from .data import atomic_write
+from .data import atomic_write, default_device
 from .fit import save_weights, read_weights, CheckpointCallback, fit_stage
 from .tokenizer import PathTokenizer
 
@@ -494,7 +494,7 @@ def pack_tokens(seqs:list, # token id sequences
     return torch.stack([ids[i*seq_len:(i+1)*seq_len + 1] for i in range(n)])
 
 def _dls(train:list, valid:list, bs:int, seed:int)->DataLoaders:
-    dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = default_device()
     set_seed(seed)
     return DataLoaders(DataLoader(train, bs=bs, shuffle=True), DataLoader(valid, bs=bs), device=dev)
 

@@ -32,7 +32,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from fastcore.basics import patch, store_attr
 from fastcore.meta import delegates
 from . import __version__
-from .data import LABEL_NAMES, DataError, atomic_write
+from .data import LABEL_NAMES, DataError, atomic_write, default_device
 from .captions import QUESTIONS, measure, measurement_text, extract_claims, check_claims, question_type
 from .captions import confidence_answer, answer_openers
 from .tokenizer import with_image, SPECIAL_TOKENS
@@ -403,8 +403,6 @@ class Pipeline:
                 f'rag={self.index is not None})')
 
 # %% ../nbs/12_serve.ipynb #cca4e01b
-def _device(device=None)->torch.device: return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-
 @patch(cls_method=True)
 def from_pretrained(cls:Pipeline, path:str|Path, # a model folder (`save_pretrained`, `out/model`) or `save_pipeline`'s
                      device=None, # default: 'cuda' when available, else 'cpu'
@@ -413,7 +411,7 @@ def from_pretrained(cls:Pipeline, path:str|Path, # a model folder (`save_pretrai
     "Load the model of `path` (with its adapter, index and thumbnails, if any)"
     p, spec = Path(path), read_spec(path)
     m = check_model_files(p/spec['model'])
-    try: model = _resolve(LOADERS[spec['loader']][0])(m, _device(device))
+    try: model = _resolve(LOADERS[spec['loader']][0])(m, default_device(device))
     except (DataError, FileNotFoundError): raise
     except Exception as e:
         raise DataError(f"{m}: cannot load the model ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
