@@ -1115,7 +1115,7 @@ class BatchAugment(Callback):
             if self.sigma or self.bias: x = batch_stain(x, self.scale, self.shift)
         self.learn.xb = (x, *self.xb[1:])
 
-# %% ../nbs/00_data.ipynb #150f0b72
+# %% ../nbs/00_data.ipynb #ca6f673d
 def default_device(device=None, # 'cpu', 'cuda', 'cuda:1', a `torch.device`; `None`: chosen here
                   )->torch.device: # `device`, else CUDA where available, else the CPU
     "The device models and batches go to: the one asked for, else the first CUDA GPU where there is one, else the CPU"
