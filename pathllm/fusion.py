@@ -1030,7 +1030,8 @@ def train_vlm(src:PatchDataset|str|Path, # a `PatchDataset`, or a data set folde
     if cfg.vlm_level_odds is None: cfg = replace(cfg, vlm_level_odds=read_level_odds(root))
     if bad := sorted({r['response'] for r in vlm_records(root, 'train', ['class'])} - set(LABEL_NAMES[cfg.vlm_kind])):
         raise ValueError(f"vlm_kind: {root} has class {bad[0]!r}, which {cfg.vlm_kind!r} has not "
-                         f"({', '.join(LABEL_NAMES[cfg.vlm_kind])}); pass the data's kind (your own classes: `vlm_classes`)")
+                         f"({', '.join(LABEL_NAMES[cfg.vlm_kind])}); pass the data's kind "
+                         "(your own classes: `vlm_classes`)")
     if model is not None: model.cfg = cfg
     tok = model.tok if model is not None else tok
     if cfg.lm_path and CONNECTORS[cfg.vlm_connector].generative and model is None:
