@@ -10,20 +10,24 @@ import re, string, time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+import warnings
+from pathlib import Path
 import numpy as np, pandas as pd, torch
+from fastai.torch_core import set_seed
 from fastcore.meta import delegates
-from .data import LABEL_NAMES
+from .data import LABEL_NAMES, PatchDataset, get_dls
+from .vision import vision_learner_for
 from .captions import QUESTIONS, COT_QUESTION, COT_MARKER, class_choice
 from .tokenizer import pad_ids, with_image
-from .fusion import PathVLM, to_images
+from .fusion import PathVLM, to_images, train_vlm, vlm_dataloaders, vlm_learner
 from .evaluate import paired_bootstrap, item_metrics, roc_auc, diagnosis_agreement
 
 # %% auto #0
 __all__ = ['SYNONYMS', 'NEGATORS', 'ANSWER_MARKERS', 'SYSTEM_PROMPTS', 'PROMPTS', 'SC_TEMPERATURE', 'HELD_OUT_PARAPHRASES',
            'parse_answer', 'PromptTemplate', 'chat_ids', 'generate_chat', 'answer_logprobs', 'zero_shot',
            'pick_examples', 'few_shot_conv', 'few_shot', 'reasoned_probs', 'chain_of_thought', 'self_consistency',
-           'sc_sweep', 'constrained', 'agreeing_texts', 'paraphrase_eval', 'score_technique', 'evaluate_technique',
-           'paired_differences', 'compare_techniques', 'plot_comparison']
+           'sc_sweep', 'constrained', 'agreeing_texts', 'quick_vlm', 'paraphrase_eval', 'score_technique',
+           'evaluate_technique', 'paired_differences', 'compare_techniques', 'plot_comparison']
 
 # %% ../nbs/06_prompting.ipynb #5a25f639
 SYNONYMS = {  # kind -> class id -> regexes (on lower-case text) that claim the class
@@ -416,6 +420,33 @@ def agreeing_texts(model:PathVLM, # a generative `PathVLM`
             if agrees(t, classes[i]): texts[i] = t
         todo = [i for i in todo if not agrees(texts[i], classes[i])]
     return texts, extra, redone
+
+# %% ../nbs/06_prompting.ipynb #6ffeea91
+def quick_vlm(ds:PatchDataset, # labelled patches with a `valid` split (e.g. 300 synthetic PCam patches)
+              out:str|Path, # folder for `train_vlm`'s captioned data and checkpoints
+              seed:int=0, # seeds the baseline, the fused model and their shuffling
+              img_size:int=64, # side the patches are resized to
+             )->tuple: # (the fused `PathVLM`, in eval mode; the baseline's fastai `Learner`; `train_vlm`'s metrics)
+    """A small fused model to prompt, trained in a couple of minutes on a CPU: a `pathvit_nano` baseline whose encoder
+    starts a tiny LLaVA-style model, then a short stage on the class, yes/no and caption rows"""
+    out = Path(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        set_seed(seed)
+        base = vision_learner_for(
+            get_dls(ds, bs=32, size=img_size, seed=seed), 'pathvit_nano', img_size=img_size, lr=2e-3, pool='mean'
+        )
+        with base.no_bar(), base.no_logging(): base.fit_one_cycle(10, 2e-3)
+        vlm, met = train_vlm(
+            ds, out, size='tiny', mp_shuffle=2, vit_img_size=img_size, stage1_epochs=1, stage2_epochs=2, lr2=3e-3,
+            max_rows=600, vocab_size=384, bs=16, seed=seed, vision_init=base.model.encoder,
+        )
+        ft = vlm_learner(
+            vlm_dataloaders(out/'data', vlm.tok, tasks=['class', 'closed', 'caption'], bs=16, img_size=img_size),
+            vlm.train(), 2, 2e-3,
+        )
+        with ft.no_bar(), ft.no_logging(): ft.fit_one_cycle(3, np.array([2e-4, 2e-3, 2e-3]))
+    return vlm.eval(), base, met
 
 # %% ../nbs/06_prompting.ipynb #3b748df0
 HELD_OUT_PARAPHRASES = {  # never used in training (`pathllm.captions.QUESTIONS` holds the training phrasings)
