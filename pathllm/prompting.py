@@ -16,6 +16,7 @@ import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
 from fastcore.meta import delegates
 from .data import LABEL_NAMES, PatchDataset, get_dls
+from .fit import fit_stage
 from .vision import vision_learner_for
 from .captions import QUESTIONS, COT_QUESTION, COT_MARKER, class_choice
 from .tokenizer import pad_ids, with_image
@@ -436,7 +437,7 @@ def quick_vlm(ds:PatchDataset, # labelled patches with a `valid` split (e.g. 300
         base = vision_learner_for(
             get_dls(ds, bs=32, size=img_size, seed=seed), 'pathvit_nano', img_size=img_size, lr=2e-3, pool='mean'
         )
-        with base.no_bar(), base.no_logging(): base.fit_one_cycle(10, 2e-3)
+        fit_stage(base, 10, 2e-3)
         vlm, met = train_vlm(
             ds, out, size='tiny', mp_shuffle=2, vit_img_size=img_size, stage1_epochs=1, stage2_epochs=2, lr2=3e-3,
             max_rows=600, vocab_size=384, bs=16, seed=seed, vision_init=base.model.encoder,
@@ -445,7 +446,7 @@ def quick_vlm(ds:PatchDataset, # labelled patches with a `valid` split (e.g. 300
             vlm_dataloaders(out/'data', vlm.tok, tasks=['class', 'closed', 'caption'], bs=16, img_size=img_size),
             vlm.train(), 2, 2e-3,
         )
-        with ft.no_bar(), ft.no_logging(): ft.fit_one_cycle(3, np.array([2e-4, 2e-3, 2e-3]))
+        fit_stage(ft, 3, np.array([2e-4, 2e-3, 2e-3]))
     return vlm.eval(), base, met
 
 # %% ../nbs/06_prompting.ipynb #3b748df0
