@@ -98,11 +98,12 @@ BENCH_CONFIGS = dict(
         ),
     ),  # as `small`: the model of the RAG row has read reference cases in training
     small=dict(name='small', train='small'),
-    # seconds per row: tests, CI, `bench/*.py --tiny`
+    # seconds per row: tests, CI, `bench/*.py --tiny`; a 2-layer, 96-wide LM (`debug`'s is 4 x 128)
     tiny=dict(name='tiny', cnn_arch='resnet18', cnn_epochs=1, knn_k=5, rag_k=2, n_latency=2,
               train=dict(base='debug', name='tiny', n_images=160, vision_epochs=2, lm_epochs=1, stage1_epochs=1,
                          stage2_epochs=1, max_rows=400, eval_captions=6, caption_tokens=24, lm_seq_len=64,
-                         vlm_max_len=160, tta=True, threads=1)),
+                         vlm_max_len=160, tta=True, threads=1,
+                         lm_kw=dict(n_layer=2, n_embd=96, n_head=3, n_kv_head=1))),
     full=dict(name='full', train='full', n_latency=32))
 
 def bench_config(config:str|Path|dict|BenchConfig='debug', # a name in `BENCH_CONFIGS`, a JSON file, a dict or a config
