@@ -18,6 +18,7 @@ better batching. Writes `<out>.json` and `<out>.md` (default `bench/results/serv
 
     python bench/serve.py
     python bench/serve.py --model runs/demo/model --threads 2
+    python bench/serve.py --variant bf16_vision       # the vision tower in bfloat16, channels-last (CPUs with AMX/AVX512-BF16)
     python bench/serve.py --tiny --out /tmp/serve     # a few requests, one round: checks the script (CI)
     python bench/serve.py --render results/serve/serve.json   # rewrite serve.md from a run's JSON (no measuring)
 """
@@ -29,6 +30,7 @@ import torch
 import pathllm
 from pathllm.data import synth_patch
 from pathllm.serve import Limits, Pipeline, server_process, load_test, data_url
+from pathllm.optimize import VARIANTS
 
 TARGETS = dict(classify_p95_8_vs_inprocess=('<=', 3.), classify_rps_16_vs_1=('>=', 3.), caption_rps_16_vs_1=('>=', 5.))
 
@@ -116,7 +118,7 @@ def markdown(res: dict) -> str:
     ld = ['| clients (+30 idle sockets) | requests | ok | 503 busy | failed | req/s | p50 ms | p95 ms |', '|---|---|---|---|---|---|---|---|']
     for x in b['load']:
         ld.append(f"| {x['clients']} | {x['requests']} | {x['ok']} | {x['busy']} | {x['failed']} | {x['req_per_s']} | {x['p50_ms']} | {x['p95_ms']} |")
-    return (f"# pathllm serve benchmark\n\nModel `{res['model']}` ({res['n_params']:,} parameters), cpu, {res['threads']} torch thread(s) "
+    return (f"# pathllm serve benchmark\n\nModel `{res['model']}` ({res['n_params']:,} parameters) as `{res.get('variant', 'fp32')}`, cpu, {res['threads']} torch thread(s) "
             f"in the server, batch wait {res.get('wait_ms', 5.):g} ms, {res['platform']}, pathllm {res['version']}, {res['date']}. In-process latency of one image: "
             f"/classify {res['inprocess_ms']['classify']} ms, /caption (32 tokens) {res['inprocess_ms']['caption']} ms; in one list of 16 "
             f"images: {res['inprocess_ms']['classify_per_image_at_16']} and {res['inprocess_ms']['caption_per_image_at_16']} ms/image.\n\n"
@@ -135,6 +137,8 @@ def main():
     ap.add_argument('--threads', type=int, default=1, help='torch threads of the server and of the in-process baseline')
     ap.add_argument('--rounds', type=int, default=3, help='repeats; ratios are the median over rounds')
     ap.add_argument('--wait-ms', type=float, default=Limits.batch_wait_ms, help="the server's batch wait (`Limits.batch_wait_ms`)")
+    ap.add_argument('--variant', default='fp32', choices=VARIANTS,
+                    help="serve the model as this `quantize_model` variant (e.g. 'bf16_vision' on a CPU with bfloat16 units)")
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'serve'), help='output path without suffix')
     ap.add_argument('--tiny', action='store_true', help='a few requests per level, one round: checks the script (CI)')
     ap.add_argument('--render', help="a serve.json this script wrote: rewrite its .md (ceilings included) and stop")
@@ -144,9 +148,13 @@ def main():
     if a.tiny: a.requests, a.caption_requests, a.inprocess, a.rounds = 8, 4, 2, 1
     os.environ['OMP_NUM_THREADS'] = str(a.threads); torch.set_num_threads(a.threads)
     model = Path(a.model) if a.model else small_like(Path(tempfile.mkdtemp(prefix='pathllm-bench-')) / 'model')
+    if a.variant != 'fp32':  # served (and timed in-process) as `pathllm optimize` writes it
+        from pathllm.optimize import quantize_model, save_optimized
+        q = Path(tempfile.mkdtemp(prefix='pathllm-bench-')) / a.variant
+        model = save_optimized(quantize_model(Pipeline.from_pretrained(model, device='cpu').model, a.variant), q, a.variant)
     key, img = secrets.token_urlsafe(16), synth_patch('pcam', 1, 0)
     inproc = inprocess_ms(model, img, a.inprocess)
-    res = dict(model=a.model or 'random init, small config architecture', version=pathllm.__version__, threads=a.threads, wait_ms=a.wait_ms,
+    res = dict(model=a.model or 'random init, small config architecture', variant=a.variant, version=pathllm.__version__, threads=a.threads, wait_ms=a.wait_ms,
                n_params=sum(t.numel() for t in Pipeline.from_pretrained(model, device='cpu').model.parameters()),
                platform=f'{platform.machine()}, {os.cpu_count()} CPUs', date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), inprocess_ms=inproc)
     rounds = []  # the machine may be shared: repeat, interleaved, and report the median ratio of the rounds

@@ -435,7 +435,8 @@ def results_cmd(write:bool=typer.Option(False, help="Re-render the stale results
 # %% ../nbs/99_cli.ipynb #0b6861e0
 @app.command('optimize')
 def optimize_cmd(model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`)"),
-                 variant:str=typer.Option('int8_dynamic', help="fp16, bf16, int8_dynamic, bnb_int8, bnb_nf4, bnb_fp4, "
+                 variant:str=typer.Option('int8_dynamic', help="fp16, bf16, bf16_vision (fast batches on CPUs with AMX or "
+                                                               "AVX512-BF16), int8_dynamic, bnb_int8, bnb_nf4, bnb_fp4, "
                                                                "ort_fp32 or ort_int8 (ONNX Runtime, fast on CPU)"),
                  out:Path=typer.Option(..., help="Folder for the quantised model (`pathllm serve --model OUT`)"),
                  parts:str=typer.Option('lm,connector', help="Comma-separated parts: lm, connector, vision")):

@@ -17,28 +17,35 @@ from .captions import QUESTIONS, read_jsonl
 from .tokenizer import PathTokenizer, pad_ids
 from .lm import LM, LMConfig, Rotary, IGNORE, lm_loss, pack_tokens
 from .connectors import CONNECTORS
+from .vision import VisionOutput
 from .fusion import PathVLM, VLMConfig, vlm_learner, vlm_dataloaders, to_images, init_vision
 from .evaluate import vlm_accuracy
 from .fit import fit_stage
 from .finetune import quantize_linears, replace_linears
 
 # %% auto #0
-__all__ = ['VARIANTS', 'cast_model', 'dynamic_int8', 'bnb_int8_linears', 'PromptCache', 'ClassScorer', 'onnx_graph',
-           'ort_session', 'OrtVLM', 'ort_vlm', 'quantize_model', 'disk_bytes', 'peak_memory', 'median_time',
-           'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants', 'speed_report',
-           'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss', 'DistillCallback',
-           'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel', 'Autocast',
-           'train_step_seconds', 'pipeline_speed', 'batching_speed', 'train_flops', 'power_law', 'fit_power_law',
-           'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run', 'tokenizer_run']
+__all__ = ['VARIANTS', 'cast_model', 'cast_vision', 'dynamic_int8', 'bnb_int8_linears', 'PromptCache', 'ClassScorer',
+           'onnx_graph', 'ort_session', 'OrtVLM', 'ort_vlm', 'quantize_model', 'disk_bytes', 'peak_memory',
+           'median_time', 'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants',
+           'speed_report', 'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss',
+           'DistillCallback', 'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel',
+           'Autocast', 'train_step_seconds', 'pipeline_speed', 'batching_speed', 'train_flops', 'power_law',
+           'fit_power_law', 'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run',
+           'tokenizer_run']
 
 # %% ../nbs/09_optimization.ipynb #82c37487
 # names `quantize_model` accepts
-VARIANTS = ('fp32', 'fp16', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8')
+VARIANTS = (
+    'fp32', 'fp16', 'bf16', 'bf16_vision', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'bnb_fp4', 'ort_fp32', 'ort_int8'
+)
 _DTYPES = dict(fp16=torch.float16, bf16=torch.bfloat16)
 
 # %% ../nbs/09_optimization.ipynb #425ff9e9
-def _cast_inputs(dtype):
-    return lambda mod, args: tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+def _cast_inputs(dtype, channels_last:bool=False): # a forward pre-hook: float inputs to `dtype` (images channels-last)
+    def cast(a):
+        a = a.to(dtype)
+        return a.contiguous(memory_format=torch.channels_last) if channels_last and a.ndim == 4 else a
+    return lambda mod, args: tuple(cast(a) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 def cast_model(model:PathVLM, # the model (not changed)
                dtype:torch.dtype=torch.bfloat16, # target float type
@@ -48,6 +55,18 @@ def cast_model(model:PathVLM, # the model (not changed)
     m.vision.register_forward_pre_hook(_cast_inputs(dtype))
     for r in m.modules():
         if isinstance(r, Rotary): r.register_forward_hook(lambda mod, a, out: tuple(t.to(dtype) for t in out))
+    return m
+
+def cast_vision(model:PathVLM, # the model (not changed)
+                dtype:torch.dtype=torch.bfloat16, # the vision tower's float type
+               )->PathVLM: # a copy whose vision tower computes in `dtype`; the connector and LM stay fp32
+    """A copy of `model` whose vision tower holds `dtype` weights in channels-last layout, so its convolutions run in
+    oneDNN's bfloat16 kernels (AMX tiles where the CPU has them); its inputs are cast to match and its outputs back to
+    fp32, so the connector, the LM and the heads compute as before"""
+    m = copy.deepcopy(model)
+    m.vision.to(dtype); m.vision.to(memory_format=torch.channels_last)
+    m.vision.register_forward_pre_hook(_cast_inputs(dtype, channels_last=True))
+    m.vision.register_forward_hook(lambda mod, a, out: VisionOutput(*(t.float() for t in out)))
     return m
 
 # %% ../nbs/09_optimization.ipynb #ac9eb3c4
@@ -189,6 +208,7 @@ def quantize_model(model:PathVLM, # the fp32 model (not changed)
     bad = [p for p in parts if p not in ('vision', 'lm', 'connector')]
     if bad: raise ValueError(f"parts: unknown {bad}; choose from ['vision', 'lm', 'connector']")
     if variant in _DTYPES: return cast_model(model, _DTYPES[variant]).eval()
+    if variant == 'bf16_vision': return cast_vision(model).eval()
     if variant.startswith('ort_'): return ort_vlm(model, int8=variant == 'ort_int8')
     m = copy.deepcopy(model).eval()
     for p in parts if variant != 'fp32' else ():
