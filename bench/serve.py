@@ -149,9 +149,8 @@ def main():
     os.environ['OMP_NUM_THREADS'] = str(a.threads); torch.set_num_threads(a.threads)
     model = Path(a.model) if a.model else small_like(Path(tempfile.mkdtemp(prefix='pathllm-bench-')) / 'model')
     if a.variant != 'fp32':  # served (and timed in-process) as `pathllm optimize` writes it
-        from pathllm.optimize import quantize_model, save_optimized
-        q = Path(tempfile.mkdtemp(prefix='pathllm-bench-')) / a.variant
-        model = save_optimized(quantize_model(Pipeline.from_pretrained(model, device='cpu').model, a.variant), q, a.variant)
+        from pathllm.optimize import optimize_model
+        model = Path(optimize_model(model, a.variant, Path(tempfile.mkdtemp(prefix='pathllm-bench-')) / a.variant)['out'])
     key, img = secrets.token_urlsafe(16), synth_patch('pcam', 1, 0)
     inproc = inprocess_ms(model, img, a.inprocess)
     res = dict(model=a.model or 'random init, small config architecture', variant=a.variant, version=pathllm.__version__, threads=a.threads, wait_ms=a.wait_ms,
