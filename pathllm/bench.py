@@ -204,6 +204,7 @@ class _Run:
         m.load_state_dict(
             torch.load(self.run / 'vlm' / 'stage1' / 'checkpoint.pth', map_location='cpu', weights_only=False)['model']
         )
+        m.cfg.vlm_threshold = m.cfg.vlm_threshold_adapted = None  # chosen for the final weights, not these
         return m
 
 # %% ../nbs/13_bench.ipynb #0eda83d7
@@ -244,13 +245,17 @@ def _row_projector(c:_Run):
         params=_n_params(c.model), train_s=round(sum(c.stages[k]['seconds'] for k in TRAIN_STAGES), 1)
     )
 
-def _row_projector_rag(c:_Run): # with its own threshold, chosen on dev as the main job chose the plain model's
-    ix, s = c.index(); m = RAGModel(c.model, ix, c.bc.rag_k)
-    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and c.dev is not None: calibrate_threshold(m, c.dev, c.cfg.bs, rule=c.cfg.threshold_rule)
+def _own_threshold(c:_Run, m): # `m`, with its own threshold chosen on dev as the main job chose the plain model's
+    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and c.dev is not None:
+        calibrate_threshold(m, c.dev, c.cfg.bs, bool(_tta(m, c.cfg.tta)), c.cfg.threshold_rule)
+    return m
+
+def _row_projector_rag(c:_Run):
+    ix, s = c.index(); m = _own_threshold(c, RAGModel(c.model, ix, c.bc.rag_k))
     return m, dict(params=_n_params(c.model), train_s=s, index_size=len(ix))
 
 def _row_projector_stage1(c:_Run):
-    m = c.stage1_model().eval()
+    m = _own_threshold(c, c.stage1_model().eval())
     return m, dict(
         params=_n_params(m), train_s=round(json.loads((c.run / 'vlm' / 'metrics.json').read_text())['seconds'], 1)
     )
@@ -264,7 +269,7 @@ def _row_adapters(c:_Run, quantized:bool=False):
     )
     learn = finetune_learner(dls, pm, lr=c.bc.lora_lr)
     t0 = time.time(); fit_stage(learn, c.cfg.stage2_epochs, c.bc.lora_lr, False); pm.eval()
-    pc = param_counts(pm)
+    pc = param_counts(pm); _own_threshold(c, pm)
     return pm, dict(params=pc['total'], trainable=pc['trainable'], train_s=round(time.time() - t0, 1))
 
 def _row_quant(c:_Run, variant:str='int8_dynamic'):

@@ -38,8 +38,8 @@ from .evaluate import retrieval_recall, vlm_accuracy
 # %% auto #0
 __all__ = ['GROUNDING', 'CHECK_TEMPERATURE', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records',
            'record_conv', 'VLMDataset', 'pack_rows', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter',
-           'FrozenVisionCache', 'TokenWeight', 'vlm_learner', 'to_images', 'claim_prob', 'heads_contradict',
-           'choose_opener', 'CopyNumbers', 'init_vision', 'train_vlm']
+           'FrozenVisionCache', 'TokenWeight', 'ClearThreshold', 'vlm_learner', 'to_images', 'claim_prob',
+           'heads_contradict', 'choose_opener', 'CopyNumbers', 'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
 # how `caption` and `report` tie their text to the image (see "Grounded captions")
@@ -458,6 +458,22 @@ class TokenWeight(Callback):
     def after_loss(self):
         if self.training: self.learn.loss_grad = self.learn.loss_grad * (self.yb[0] != IGNORE).sum() / self.mean_tokens
 
+class ClearThreshold(Callback):
+    """Training moves the class probabilities a stored decision threshold was chosen for: before fitting, clear
+    `cfg.vlm_threshold` and `vlm_threshold_adapted` of every `PathVLM` in the model (a warning says so); choose them
+    again on dev afterwards (`pathllm.train.calibrate_threshold`)"""
+    order = -10
+    def before_fit(self):
+        if hasattr(self.learn, 'lr_finder'): return  # `lr_find` puts the weights back
+        for m in self.learn.model.modules():
+            c = getattr(m, 'cfg', None)
+            if not isinstance(m, PathVLM) or (c.vlm_threshold is None and c.vlm_threshold_adapted is None): continue
+            warnings.warn(
+                f"training changes the class probabilities: the stored threshold {c.vlm_threshold} (adapted: "
+                f"{c.vlm_threshold_adapted}) is cleared; calibrate again on dev (pathllm.train.calibrate_threshold)"
+            )
+            c.vlm_threshold = c.vlm_threshold_adapted = None
+
 def _mean_batch_tokens(dl)->float: # counted target tokens of an average batch of `dl` (rows drawn at random)
     return dl.bs * float(np.mean([int((m[1:] != 0).sum()) for _, m in dl.dataset.rows]))
 
@@ -488,7 +504,7 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 "train it and enter its batch-norm statistics"
             )
     cbs = (
-        [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache)]
+        [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache), ClearThreshold()]
         + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else [])
         + list(cbs or [])
     )
