@@ -574,7 +574,7 @@ def thresholds_markdown(res:dict, # from `threshold_rules`
 
 # %% ../nbs/13_bench.ipynb #059f2cc9
 def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job model and validation patches are used
-              variants:tuple=('fp32', 'bf16', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'), # variants
+              variants:tuple=('fp32', 'bf16', 'bf16_vision', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'), # variants
               n_images:int=256, # validation patches classified (accuracy, AUC) and timed
               bs:int=32, # batch of the batched timing
               rounds:int=5, # interleaved timing rounds
