@@ -465,14 +465,14 @@ class ClearThreshold(Callback):
     order = -10
     def before_fit(self):
         if hasattr(self.learn, 'lr_finder'): return  # `lr_find` puts the weights back
-        for m in self.learn.model.modules():
-            c = getattr(m, 'cfg', None)
-            if not isinstance(m, PathVLM) or (c.vlm_threshold is None and c.vlm_threshold_adapted is None): continue
-            warnings.warn(
-                f"training changes the class probabilities: the stored threshold {c.vlm_threshold} (adapted: "
-                f"{c.vlm_threshold_adapted}) is cleared; calibrate again on dev (pathllm.train.calibrate_threshold)"
-            )
-            c.vlm_threshold = c.vlm_threshold_adapted = None
+        cfgs = {id(m.cfg): m.cfg for m in self.learn.model.modules() if isinstance(m, PathVLM)}  # DPO: policy, ref
+        stale = [c for c in cfgs.values() if (c.vlm_threshold, c.vlm_threshold_adapted) != (None, None)]
+        if not stale: return
+        warnings.warn(
+            f"training changes the class probabilities: the stored threshold {stale[0].vlm_threshold} (adapted: "
+            f"{stale[0].vlm_threshold_adapted}) is cleared; calibrate again on dev (pathllm.train.calibrate_threshold)"
+        )
+        for c in stale: c.vlm_threshold = c.vlm_threshold_adapted = None
 
 def _mean_batch_tokens(dl)->float: # counted target tokens of an average batch of `dl` (rows drawn at random)
     return dl.bs * float(np.mean([int((m[1:] != 0).sum()) for _, m in dl.dataset.rows]))
