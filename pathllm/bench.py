@@ -204,7 +204,6 @@ class _Run:
         m.load_state_dict(
             torch.load(self.run / 'vlm' / 'stage1' / 'checkpoint.pth', map_location='cpu', weights_only=False)['model']
         )
-        m.cfg.vlm_threshold = m.cfg.vlm_threshold_adapted = None  # chosen for the final weights, not these
         return m
 
 # %% ../nbs/13_bench.ipynb #0eda83d7
@@ -245,17 +244,12 @@ def _row_projector(c:_Run):
         params=_n_params(c.model), train_s=round(sum(c.stages[k]['seconds'] for k in TRAIN_STAGES), 1)
     )
 
-def _own_threshold(c:_Run, m): # `m`, with its own threshold chosen on dev as the main job chose the plain model's
-    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and c.dev is not None:
-        calibrate_threshold(m, c.dev, c.cfg.bs, bool(_tta(m, c.cfg.tta)), c.cfg.threshold_rule)
-    return m
-
 def _row_projector_rag(c:_Run):
-    ix, s = c.index(); m = _own_threshold(c, RAGModel(c.model, ix, c.bc.rag_k))
+    ix, s = c.index(); m = RAGModel(c.model, ix, c.bc.rag_k)
     return m, dict(params=_n_params(c.model), train_s=s, index_size=len(ix))
 
 def _row_projector_stage1(c:_Run):
-    m = _own_threshold(c, c.stage1_model().eval())
+    m = c.stage1_model().eval()
     return m, dict(
         params=_n_params(m), train_s=round(json.loads((c.run / 'vlm' / 'metrics.json').read_text())['seconds'], 1)
     )
@@ -269,7 +263,7 @@ def _row_adapters(c:_Run, quantized:bool=False):
     )
     learn = finetune_learner(dls, pm, lr=c.bc.lora_lr)
     t0 = time.time(); fit_stage(learn, c.cfg.stage2_epochs, c.bc.lora_lr, False); pm.eval()
-    pc = param_counts(pm); _own_threshold(c, pm)
+    pc = param_counts(pm)
     return pm, dict(params=pc['total'], trainable=pc['trainable'], train_s=round(time.time() - t0, 1))
 
 def _row_quant(c:_Run, variant:str='int8_dynamic'):
@@ -345,9 +339,17 @@ def _open_run(bc:BenchConfig, data, out:Path, env:dict, resume:bool, progress:bo
              PathVLM.from_pretrained(run/'model').eval(), dev)
     return c, ds.subset(prep[split]), data_fingerprint(ds)
 
-def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path)->tuple: # (row, extra columns, TTA, evaluation)
+_MAIN_JOB_ROWS = ('projector', 'vit')  # the main job's own models: they call at the thresholds `run_train` chose on dev
+
+def _own_threshold(c:_Run, obj): # two classes: `obj` calls at its own threshold, chosen on dev as `run_train` chooses
+    if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and c.dev is not None:
+        calibrate_threshold(obj, c.dev, c.cfg.bs, bool(_tta(obj, c.cfg.tta)), c.cfg.threshold_rule, adapt=0)
+
+def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path, # (row, extra columns, TTA, evaluation)
+              own_threshold:bool=False)->tuple: # choose the row's threshold on dev first (`patches` must not be dev)
     set_seed(c.cfg.seed); obj, extra = _ROW_FNS[name](c)
     gen, tta = hasattr(obj, 'caption') and not getattr(obj, 'dual', False), _tta(obj, c.cfg.tta)
+    if own_threshold and name not in _MAIN_JOB_ROWS: _own_threshold(c, obj)
     r = evaluate_vlm(
         obj, patches, out, c.cfg.eval_captions if gen else 0, c.cfg.bs, c.cfg.caption_tokens, bool(tta),
         (c.cfg.eval_groundings[0],), c.vocab,
@@ -355,7 +357,7 @@ def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path)->tuple: # (row, 
     return obj, extra, tta, r
 
 def _score_row(c:_Run, name:str, val:PatchDataset, imgs:list, out:Path)->dict: # train (or rebuild) row `name`, score it
-    t0 = time.time(); obj, extra, tta, r = _eval_row(c, name, val, out)
+    t0 = time.time(); obj, extra, tta, r = _eval_row(c, name, val, out, own_threshold=True)
     return dict(
         row=name, method=_ROW_DOC[name], tta=tta, **{k: r.get(k) for k in _COLS if k in r}, **extra,
         size_mb=_size_mb(obj), latency_ms=_latency_ms(obj, imgs, c.bc.n_latency, bool(tta)),
@@ -574,7 +576,9 @@ def thresholds_markdown(res:dict, # from `threshold_rules`
 
 # %% ../nbs/13_bench.ipynb #059f2cc9
 def run_speed(out:str|Path='runs/bench', # a `run_bench` folder: its main-job model and validation patches are used
-              variants:tuple=('fp32', 'bf16', 'bf16_vision', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'), # variants
+              variants:tuple=( # variants
+                  'fp32', 'bf16', 'bf16_vision', 'int8_dynamic', 'bnb_int8', 'bnb_nf4', 'ort_fp32', 'ort_int8'
+              ),
               n_images:int=256, # validation patches classified (accuracy, AUC) and timed
               bs:int=32, # batch of the batched timing
               rounds:int=5, # interleaved timing rounds

@@ -84,7 +84,8 @@ def finetune_learner(dls, # from `vlm_dataloaders`
     "A fastai `Learner` that fine-tunes whatever of `model` is trainable"
     dual = getattr(model, 'dual', False)
     return Learner(
-        dls, model, loss_func=clip_loss if dual else lm_loss, lr=lr, wd=wd, cbs=[GradientClip(clip), ClearThreshold()] + list(cbs or []),
+        dls, model, loss_func=clip_loss if dual else lm_loss, lr=lr, wd=wd,
+        cbs=[GradientClip(clip), ClearThreshold()] + list(cbs or []),
         opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if dual else [TokenPerplexity()],
     )
 
