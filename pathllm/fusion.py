@@ -464,7 +464,6 @@ class ClearThreshold(Callback):
     again on dev afterwards (`pathllm.train.calibrate_threshold`)"""
     order = -10
     def before_fit(self):
-        if hasattr(self.learn, 'lr_finder'): return  # `lr_find` puts the weights back
         cfgs = {id(m.cfg): m.cfg for m in self.learn.model.modules() if isinstance(m, PathVLM)}  # DPO: policy, ref
         stale = [c for c in cfgs.values() if (c.vlm_threshold, c.vlm_threshold_adapted) != (None, None)]
         if not stale: return
