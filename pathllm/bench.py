@@ -341,15 +341,15 @@ def _open_run(bc:BenchConfig, data, out:Path, env:dict, resume:bool, progress:bo
 
 _MAIN_JOB_ROWS = ('projector', 'vit')  # the main job's own models: they call at the thresholds `run_train` chose on dev
 
-def _own_threshold(c:_Run, obj): # two classes: `obj` calls at its own threshold, chosen on dev as `run_train` chooses
+def _own_threshold(c:_Run, obj, tta:bool): # two classes: `obj` calls at its own cut, chosen on dev as `run_train` does
     if c.cfg.calibrate and len(LABEL_NAMES[c.kind]) == 2 and c.dev is not None:
-        calibrate_threshold(obj, c.dev, c.cfg.bs, bool(_tta(obj, c.cfg.tta)), c.cfg.threshold_rule, adapt=0)
+        calibrate_threshold(obj, c.dev, c.cfg.bs, tta, c.cfg.threshold_rule, adapt=0)  # with the TTA it is scored with
 
 def _eval_row(c:_Run, name:str, patches:PatchDataset, out:Path, # (row, extra columns, TTA, evaluation)
               own_threshold:bool=False)->tuple: # choose the row's threshold on dev first (`patches` must not be dev)
     set_seed(c.cfg.seed); obj, extra = _ROW_FNS[name](c)
     gen, tta = hasattr(obj, 'caption') and not getattr(obj, 'dual', False), _tta(obj, c.cfg.tta)
-    if own_threshold and name not in _MAIN_JOB_ROWS: _own_threshold(c, obj)
+    if own_threshold and name not in _MAIN_JOB_ROWS: _own_threshold(c, obj, bool(tta))
     r = evaluate_vlm(
         obj, patches, out, c.cfg.eval_captions if gen else 0, c.cfg.bs, c.cfg.caption_tokens, bool(tta),
         (c.cfg.eval_groundings[0],), c.vocab,
