@@ -27,7 +27,7 @@ from .tokenizer import PathTokenizer
 
 # %% auto #0
 __all__ = ['LM_SIZES', 'IGNORE', 'LMConfig', 'RMSNorm', 'make_norm', 'rotate_half', 'apply_rotary', 'Rotary', 'attn_mask',
-           'get_position_ids', 'KVCache', 'Attention', 'SwiGLU', 'GeluMLP', 'Block', 'lm_loss', 'LM',
+           'PackedRows', 'get_position_ids', 'KVCache', 'Attention', 'SwiGLU', 'GeluMLP', 'Block', 'lm_loss', 'LM',
            'TransformerEncoder', 'lm_config_from_llama', 'lm_from_llama', 'lm_to_llama', 'sample_next', 'pack_tokens',
            'lm_dataloaders', 'chat_dataloaders', 'LMOutputCallback', 'TokenPerplexity', 'lm_learner', 'train_lm',
            'generate_text', 'ngram_perplexity']
@@ -145,8 +145,11 @@ def attn_mask(attention_mask:torch.Tensor|None, # (B, S) 1 on real tokens (or pa
               T:int, # number of queries
               past:int=0, # cached positions before the queries
               causal:bool=True, # mask future keys
-             )->tuple: # (boolean mask (B|1, 1, T, S) or `None`, `is_causal` flag for SDPA)
+              rows:bool=False, # packed rows (causal, no cache): a `PackedRows` layout instead of the mask
+             )->tuple: # (boolean mask (B|1, 1, T, S), `PackedRows` or `None`; `is_causal` flag for SDPA)
     "Attention mask for SDPA, or `None` with `is_causal` when the fast path applies"
+    if rows and causal and past == 0 and attention_mask is not None and bool((attention_mask > 1).any()):
+        return PackedRows(attention_mask), False
     if attention_mask is None or bool((attention_mask == 1).all()):
         if not causal or T == 1: return None, False
         if past == 0: return None, True
@@ -161,6 +164,56 @@ def attn_mask(attention_mask:torch.Tensor|None, # (B, S) 1 on real tokens (or pa
         # packed rows: a query sees keys of its own row only
         if bool((a > 1).any()): m = m & (a[:, None, -T:, None] == a[:, None, None, :])
     return m | (k == q), False
+
+class _Gather(torch.autograd.Function):
+    "`cat([x, 0])[fwd]` along dim 0, its gradient `cat([g, 0])[bwd]`: a permutation with zero fill, a gather both ways"
+    @staticmethod
+    def forward(ctx, x, fwd, bwd):
+        ctx.save_for_backward(bwd)
+        return torch.cat([x, x.new_zeros(1, *x.shape[1:])])[fwd]
+    @staticmethod
+    def backward(ctx, g):
+        bwd, = ctx.saved_tensors
+        return torch.cat([g, g.new_zeros(1, *g.shape[1:])])[bwd], None, None
+
+class PackedRows:
+    """Rows packed into sequences, attended row by row: each row's tokens gathered into a bucket of rows of similar
+    length, right-padded, so attention costs the sum of the rows' squared lengths, not the sequences'"""
+    def __init__(self, attention_mask:torch.Tensor, # (B, T) packed row numbers 1, 2, ... per sequence, 0 on padding
+                 bounds:tuple=(32, 64, 128, 256)): # bucket edges in tokens; the last bucket holds the longest rows
+        a = attention_mask; B, T = a.shape; dev = a.device; af = a.reshape(-1)
+        real = (af != 0).nonzero()[:, 0]                                          # flat positions of real tokens
+        row = torch.arange(B, device=dev).repeat_interleave(T) * (T + 1) + af     # one number per (sequence, row)
+        _, lens = torch.unique_consecutive(row[real], return_counts=True)         # rows are contiguous
+        starts, top, lo = lens.cumsum(0) - lens, int(lens.max()), 0
+        self.n, self.shapes, fwd = B * T, [], []
+        for hi in [b for b in bounds if b < top] + [top]:
+            sel = ((lens > lo) & (lens <= hi)).nonzero()[:, 0]; lo = hi
+            if not len(sel): continue
+            P = int(lens[sel].max()); j = torch.arange(P, device=dev)
+            valid = j[None] < lens[sel, None]                                     # (R, P)
+            take = (starts[sel, None] + j[None]).clamp(max=len(real) - 1)
+            fwd.append(torch.where(valid, real[take], self.n).flatten()); self.shapes.append((len(sel), P))
+        self.fwd = torch.cat(fwd)                                  # bucket slot -> flat position (`n`: zero)
+        S = len(self.fwd); ok = self.fwd < self.n
+        self.bwd = torch.full((self.n,), S, dtype=torch.long, device=dev)  # flat position -> slot (`S`: zero)
+        self.bwd[self.fwd[ok]] = torch.arange(S, device=dev)[ok]
+
+    def attend(self, q:torch.Tensor, # (B, nh, T, d) queries (rotary applied)
+               k:torch.Tensor, # (B, nkv, T, d) keys
+               v:torch.Tensor, # (B, nkv, T, d) values
+               dropout_p:float=0., # attention dropout
+              )->torch.Tensor: # (B, T, nh*d); zeros on padding
+        "Causal attention within each row"
+        B, H, T, d = q.shape
+        q, k, v = [_Gather.apply(t.transpose(1, 2).reshape(B*T, t.shape[1], d), self.fwd, self.bwd) for t in (q, k, v)]
+        ys, o = [], 0
+        for R, P in self.shapes:
+            qb, kb, vb = [t[o:o+R*P].view(R, P, t.shape[1], d).transpose(1, 2) for t in (q, k, v)]; o += R * P
+            y = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, dropout_p=dropout_p,
+                                               enable_gqa=kb.shape[1] != qb.shape[1])  # (R, nh, P, d)
+            ys.append(y.transpose(1, 2).reshape(R * P, H, d))
+        return _Gather.apply(torch.cat(ys), self.bwd, self.fwd).view(B, T, H * d)
 
 def get_position_ids(attention_mask:torch.Tensor|None, # (B, S) 1 on real tokens (or packed row numbers), or `None`
                  B:int, # batch size
@@ -219,10 +272,13 @@ class Attention(Module):
         k, v = [p(x).view(B, T, self.nkv, self.hd).transpose(1, 2) for p in (self.k_proj, self.v_proj)]
         if rope is not None: q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None: k, v = cache.update(self.layer, k, v)           # (B, nkv, S, d)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.nkv != self.nh,
-                                           # (B, nh, T, d); kv heads shared by groups
-                                           dropout_p=self.p if self.training else 0.)
-        return self.drop(self.o_proj(y.transpose(1, 2).reshape(B, T, -1)))         # (B, T, C)
+        p = self.p if self.training else 0.
+        if isinstance(mask, PackedRows): y = mask.attend(q, k, v, p)                # (B, T, nh*d)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p,
+                                               # (B, nh, T, d); kv heads shared by groups
+                                               enable_gqa=self.nkv != self.nh).transpose(1, 2).reshape(B, T, -1)
+        return self.drop(self.o_proj(y))                                         # (B, T, C)
 
 # %% ../nbs/03_lm.ipynb #badf0753
 class SwiGLU(Module):
@@ -286,6 +342,7 @@ class LM(Module):
         self.norm, self.lm_head = make_norm(cfg), nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.apply(partial(_init_weights, cfg=cfg))
         if cfg.tie_embeddings: self.lm_head.weight = self.tok_emb.weight
+        self.row_attention = True  # packed rows attended row by row (`PackedRows`), not through one mask
 
     def forward(self, idx:torch.Tensor|None=None, # (B, T) token ids
                 inputs_embeds:torch.Tensor|None=None, # (B, T, C) embeddings instead of `idx` (image tokens spliced in)
@@ -299,7 +356,7 @@ class LM(Module):
         x = self.tok_emb(idx) if inputs_embeds is None else inputs_embeds   # (B, T, C)
         B, T, _ = x.shape
         past = kv_cache.pos if kv_cache is not None else 0
-        mask, is_causal = attn_mask(attention_mask, T, past, causal=True)
+        mask, is_causal = attn_mask(attention_mask, T, past, causal=True, rows=self.row_attention and kv_cache is None)
         if position_ids is None: position_ids = get_position_ids(attention_mask, B, T, past, x.device)
         rope = self.rotary(position_ids) if self.rotary is not None else None
         x = self.drop(x)

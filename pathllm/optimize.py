@@ -674,28 +674,32 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
                    bs:int=64, # batch size
                    rounds:int=3, # interleaved timed rounds: one epoch of each batching per round
                    max_len:int=384, # tokens per row at most
-                  )->dict: # rows/s per round of `random`, `sortish`, `packed`; `ratio*`: to random; `pad_*`: per token
-    """Stage-2 training rows/s of a fused model with random batches against length-sorted and packed ones: same rows,
-    model and steps"""
+                  )->dict: # rows/s per round of `random`, `sortish`, `packed`, `packed_mask`; `ratio*`; `pad_*`: per token
+    """Stage-2 training rows/s of a fused model with random batches against length-sorted and packed ones (packed rows
+    attended row by row, `pathllm.lm.PackedRows`, and through one mask over each sequence): same rows, model and steps"""
     dl = lambda k: vlm_dataloaders(
         root, model.tok, conversations=True, bs=bs, img_size=model.cfg.vit_img_size, max_len=max_len, max_rows=n,
         max_valid_rows=bs, seed=0, sortish=k == 'sortish', pack=k == 'packed',
     )
     # tokens fed per real token (a packed mask numbers its rows)
     pad = lambda d: float(sum(b[1].numel() for b in d.train) / sum(int((b[2] != 0).sum()) for b in d.train))
-    out, cache = dict(random=[], sortish=[], packed=[]), {}
+    out, cache = dict(random=[], sortish=[], packed=[], packed_mask=[]), {}
     def epoch(k):
         set_seed(0)
-        learn = vlm_learner(dl(k), copy.deepcopy(model).train(), stage=2, lr=1e-4, freeze_vision=True, cache=cache)
+        m = copy.deepcopy(model).train(); m.lm.row_attention = k != 'packed_mask'
+        learn = vlm_learner(dl(k.replace('_mask', '')), m, stage=2, lr=1e-4, freeze_vision=True, cache=cache)
         t0 = time.perf_counter(); fit_stage(learn, 1, 1e-4); return n / (time.perf_counter() - t0)
     epoch('random')  # warm-up: fills the frozen tower's feature cache
     for _ in range(rounds):
         for k in out: out[k].append(epoch(k))
     r = {k: [b / a for a, b in zip(out['random'], out[k])] for k in ('sortish', 'packed')}
+    r['rows'] = [b / a for a, b in zip(out['packed_mask'], out['packed'])]  # row by row vs one mask, both packed
     return dict(
         out, ratio=float(np.median(r['sortish'])), ratio_min=min(r['sortish']), ratio_max=max(r['sortish']),
         ratio_packed=float(np.median(r['packed'])), ratio_packed_min=min(r['packed']),
-        ratio_packed_max=max(r['packed']), **{f'pad_{k}': pad(dl(k)) for k in out}, n=n, bs=bs, rounds=rounds,
+        ratio_packed_max=max(r['packed']), ratio_rows=float(np.median(r['rows'])), ratio_rows_min=min(r['rows']),
+        ratio_rows_max=max(r['rows']), **{f'pad_{k}': pad(dl(k)) for k in ('random', 'sortish', 'packed')}, n=n, bs=bs,
+        rounds=rounds,
     )
 
 # %% ../nbs/09_optimization.ipynb #2770db16
