@@ -145,11 +145,12 @@ def attn_mask(attention_mask:torch.Tensor|None, # (B, S) 1 on real tokens (or pa
               T:int, # number of queries
               past:int=0, # cached positions before the queries
               causal:bool=True, # mask future keys
-              rows:bool=False, # packed rows (causal, no cache): a `PackedRows` layout instead of the mask
+              rows:bool=False, # packed rows (causal, no cache): a `PackedRows` layout where it halves the work
              )->tuple: # (boolean mask (B|1, 1, T, S), `PackedRows` or `None`; `is_causal` flag for SDPA)
     "Attention mask for SDPA, or `None` with `is_causal` when the fast path applies"
     if rows and causal and past == 0 and attention_mask is not None and bool((attention_mask > 1).any()):
-        return PackedRows(attention_mask), False
+        pr = PackedRows(attention_mask)
+        if 2 * pr.pairs <= attention_mask.numel() * T: return pr, False  # else the gathers cost more than they save
     if attention_mask is None or bool((attention_mask == 1).all()):
         if not causal or T == 1: return None, False
         if past == 0: return None, True
@@ -194,6 +195,7 @@ class PackedRows:
             valid = j[None] < lens[sel, None]                                     # (R, P)
             take = (starts[sel, None] + j[None]).clamp(max=len(real) - 1)
             fwd.append(torch.where(valid, real[take], self.n).flatten()); self.shapes.append((len(sel), P))
+        self.pairs = sum(R * P * P for R, P in self.shapes)      # query-key pairs attended, padding included
         self.fwd = torch.cat(fwd)                                  # bucket slot -> flat position (`n`: zero)
         S = len(self.fwd); ok = self.fwd < self.n
         self.bwd = torch.full((self.n,), S, dtype=torch.long, device=dev)  # flat position -> slot (`S`: zero)
