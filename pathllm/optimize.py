@@ -304,6 +304,9 @@ def time_models(models:dict, # name -> `PathVLM` (e.g. from `quantize_model`), a
     return res
 
 # %% ../nbs/09_optimization.ipynb #c7688ee0
+def _spread(key:str, vals:list)->dict: # `key`: the median of `vals`; `key_min`, `key_max`: their range
+    return {key: float(np.median(vals)), f'{key}_min': min(vals), f'{key}_max': max(vals)}
+
 def speed_rows(times:dict, # from `time_models`
                ref:str='fp32', # the model every ratio is to
               )->list: # per model: each measure's median, `_min`, `_max`, `_ratio` (median same-round ratio) and range
@@ -313,8 +316,7 @@ def speed_rows(times:dict, # from `time_models`
         r = dict(variant=k)
         for q, v in ms.items():
             rat = [a / b for a, b in zip(v, times[ref][q])]
-            r |= {q: statistics.median(v), f'{q}_min': min(v), f'{q}_max': max(v),
-                  f'{q}_ratio': statistics.median(rat), f'{q}_ratio_min': min(rat), f'{q}_ratio_max': max(rat)}
+            r |= _spread(q, v) | _spread(f'{q}_ratio', rat)
         rows.append(r)
     return rows
 
@@ -664,7 +666,7 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
     table = []
     for k, v in out.items():
         r = [b / a for a, b in zip(out['per_item'], v)]
-        table.append(dict(feed=k, images_per_s=float(np.median(v)), ratio=float(np.median(r)), ratio_min=min(r), ratio_max=max(r)))
+        table.append(dict(feed=k, images_per_s=float(np.median(v)), **_spread('ratio', r)))
     return dict(out, table=table, n=len(trn), bs=bs, rounds=rounds, decode_s=decode)
 
 # %% ../nbs/09_optimization.ipynb #3d9610c0
@@ -695,11 +697,8 @@ def batching_speed(model:PathVLM, # a generative model with its tokenizer (e.g. 
     r = {k: [b / a for a, b in zip(out['random'], out[k])] for k in ('sortish', 'packed')}
     r['rows'] = [b / a for a, b in zip(out['packed_mask'], out['packed'])]  # row by row vs one mask, both packed
     return dict(
-        out, ratio=float(np.median(r['sortish'])), ratio_min=min(r['sortish']), ratio_max=max(r['sortish']),
-        ratio_packed=float(np.median(r['packed'])), ratio_packed_min=min(r['packed']),
-        ratio_packed_max=max(r['packed']), ratio_rows=float(np.median(r['rows'])), ratio_rows_min=min(r['rows']),
-        ratio_rows_max=max(r['rows']), **{f'pad_{k}': pad(dl(k)) for k in ('random', 'sortish', 'packed')}, n=n, bs=bs,
-        rounds=rounds,
+        out, **_spread('ratio', r['sortish']), **_spread('ratio_packed', r['packed']), **_spread('ratio_rows', r['rows']),
+        **{f'pad_{k}': pad(dl(k)) for k in ('random', 'sortish', 'packed')}, n=n, bs=bs, rounds=rounds,
     )
 
 # %% ../nbs/09_optimization.ipynb #2770db16
