@@ -14,8 +14,8 @@ import typer
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'lm_app', 'index_app', 'data_synth', 'data_caption', 'lm_train', 'lm_generate', 'train_cmd',
-           'eval_cmd', 'predict_cmd', 'index_build', 'run_demo', 'demo', 'bench_cmd', 'sweep_cmd', 'assess_cmd',
-           'ensemble_cmd', 'results_cmd', 'optimize_cmd', 'serve_cmd']
+           'eval_cmd', 'predict_cmd', 'index_build', 'adapt_cmd', 'run_demo', 'demo', 'bench_cmd', 'sweep_cmd',
+           'assess_cmd', 'ensemble_cmd', 'results_cmd', 'optimize_cmd', 'serve_cmd']
 
 # %% ../nbs/99_cli.ipynb #7216de5f
 app = typer.Typer(help="pathllm: multimodal LLMs built from scratch for cancer pathology.", no_args_is_help=True,
@@ -257,6 +257,33 @@ def index_build(model:Path=typer.Option(..., help="Model folder whose image embe
     with _errors(_new_folder(out)):
         _check_model(model); ix = build_index(model, data, out, split=None if split == 'all' else split, n=n, kind=kind)
     typer.echo(f"indexed {len(ix)} patches ({ix.kind}, {ix.dim}-d) into {out}")
+
+# %% ../nbs/99_cli.ipynb #5fad6bcb
+@app.command('adapt')
+def adapt_cmd(images:list[Path]=typer.Argument(..., help="Unlabelled patches of the new scanner, stain or site: a few "
+                                                         "hundred or more"),
+              model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`) or pipeline folder"),
+              out:Path=typer.Option(..., help="Folder to write the adapted model to (not the model's own)"),
+              n:int=typer.Option(0, help="Adapt to a seeded sample of this many of the images (0: all of them)"),
+              seed:int=typer.Option(0, help="Seed of the sample")):
+    """Write a copy of a model whose BatchNorm statistics are re-estimated on a new site's unlabelled patches (AdaBN,
+    `pathllm.evaluate.adapt_batchnorm`): `predict` and `serve` it there without `--adapt`. It calls at the threshold
+    `train` chose for adapted statistics."""
+    from pathllm.serve import Pipeline
+    from pathllm.evaluate import adapt_batchnorm
+    with _errors(_new_folder(out)):
+        if out.resolve() == model.resolve():
+            raise ValueError(f"--out: {out} is the model's own folder; write the adapted copy elsewhere")
+        pipe = Pipeline.from_pretrained(model)  # its files checked, each named if malformed
+        xs, c = pipe.prepare([str(i) for i in images])[0], pipe.model.cfg
+        if c.vlm_threshold is not None and c.vlm_threshold_adapted is None:
+            typer.echo("note: this model stores no threshold for adapted statistics (trained before pathllm chose "
+                       "one); it keeps its plain threshold", err=True)
+        adapt_batchnorm(pipe.model, xs, n or None, seed=seed).save_pretrained(out)
+    if pipe.index is not None:
+        typer.echo(f"note: {model}'s retrieval index was embedded with the trained statistics: build one for the adapted "
+                   f"model (`pathllm index build --model {out}`)", err=True)
+    typer.echo(f"wrote {out}: BatchNorm statistics of {c.vlm_adapted} patches, threshold {c.vlm_threshold}")
 
 # %% ../nbs/99_cli.ipynb #10882300
 def _data_summary(out:Path, kind:str, n:int, seed:int, progress:bool=True)->dict:

@@ -24,13 +24,13 @@ from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_ca
 __all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'FREE_KEYS', 'GROUNDED_KEYS', 'to_preds',
            'accuracy', 'confusion', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics',
            'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'class_probs',
-           'batchnorm_layers', 'batchnorm_adapted', 'stain_stress', 'plot_stain_stress', 'bleu4', 'rouge_l', 'cider',
-           'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms',
-           'open_recall', 'retrieval_recall', 'recall_at_k', 'hallucination', 'claims_per_text', 'attribute_accuracy',
-           'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore', 'text_metrics',
-           'paired_bootstrap', 'item_metrics', 'plot_losses', 'plot_roc', 'plot_confusion', 'plot_claims',
-           'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics', 'opener_agreement',
-           'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
+           'batchnorm_layers', 'adapt_batchnorm', 'batchnorm_adapted', 'stain_stress', 'plot_stain_stress', 'bleu4',
+           'rouge_l', 'cider', 'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy',
+           'key_terms', 'open_recall', 'retrieval_recall', 'recall_at_k', 'hallucination', 'claims_per_text',
+           'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore',
+           'text_metrics', 'paired_bootstrap', 'item_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
+           'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
+           'opener_agreement', 'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
 
 # %% ../nbs/01a_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -246,6 +246,32 @@ def batchnorm_layers(model, # a torch module, or an adapter holding one as `.mod
         raise TypeError(f"batchnorm_layers: {type(model).__name__} is no torch module and holds none as `.model`")
     return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
+def adapt_batchnorm(model, # a torch module with a `classify`, or an adapter holding one as `.model` (`bench.ImageOnly`)
+                    images:list, # unlabelled patches of the domain to adapt to (a new scanner's, stain's, site's or split's)
+                    n:int|None=1000, # at most this many, a seeded sample (`None`: all)
+                    bs:int=64, # images per batch
+                    seed:int=0, # seed of the sample
+                   ): # `model`, adapted
+    """Re-estimate every BatchNorm layer's statistics of `model` on unlabelled `images` and keep them (AdaBN, Li et al.
+    2016: no label is read). A model that stores a threshold for adapted statistics (`cfg.vlm_threshold_adapted`, chosen
+    on dev adapted to dev) calls with it from then on, and one with a `cfg.vlm_adapted` records how many patches it was
+    adapted to. Saved, it predicts and serves a new scanner or site adapted (`pathllm adapt`)"""
+    if not (bns := batchnorm_layers(model)):
+        raise ValueError(f"adapt_batchnorm: {type(model).__name__} has no BatchNorm layer to adapt")
+    if not len(images): raise ValueError("adapt_batchnorm: no images to adapt to")
+    sub = [images[i] for i in np.random.default_rng(seed).permutation(len(images))[: len(images) if n is None else n]]
+    was = [(b, b.momentum, b.training) for b in bns]
+    try:
+        for b in bns: b.reset_running_stats(); b.momentum = None; b.train()  # momentum None: the mean over batches
+        with torch.no_grad():
+            for i in range(0, len(sub), bs): model.classify(sub[i : i + bs], generate=False)
+    finally:
+        for b, mom, tr in was: b.momentum = mom; b.train(tr)
+    cfg = getattr(model, 'cfg', None)
+    if getattr(cfg, 'vlm_threshold_adapted', None) is not None: cfg.vlm_threshold = cfg.vlm_threshold_adapted
+    if hasattr(cfg, 'vlm_adapted'): cfg.vlm_adapted = len(sub)
+    return model
+
 @contextmanager
 def batchnorm_adapted(model, # a torch module with a `classify`, or an adapter holding one as `.model` (`bench.ImageOnly`)
                       images:list, # unlabelled patches of the domain to adapt to (a new scanner's, stain's or split's)
@@ -253,31 +279,17 @@ def batchnorm_adapted(model, # a torch module with a `classify`, or an adapter h
                       bs:int=64, # images per batch
                       seed:int=0, # seed of the sample
                      ):
-    """Inside the block every BatchNorm layer of `model` normalises with the statistics of `images` (AdaBN, Li et al.
-    2016: re-estimated at test time on unlabelled patches of the target domain; no label is read); the trained
-    statistics come back on exit. A model that stores a threshold for adapted statistics (`cfg.vlm_threshold_adapted`,
-    chosen on dev adapted to dev) calls with it inside the block"""
-    if not (bns := batchnorm_layers(model)):
-        raise ValueError(f"batchnorm_adapted: {type(model).__name__} has no BatchNorm layer to adapt")
-    if not len(images): raise ValueError("batchnorm_adapted: no images to adapt to")
-    idx = np.random.default_rng(seed).permutation(len(images))[: len(images) if n is None else n]
-    sub = [images[i] for i in idx]
-    saved = [(b, b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone(), b.momentum, b.training)
-             for b in bns]
-    cfg = getattr(model, 'cfg', None)  # a threshold for adapted statistics replaces the plain one inside the block
-    ta, t = getattr(cfg, 'vlm_threshold_adapted', None), getattr(cfg, 'vlm_threshold', None)
-    try:
-        for b in bns: b.reset_running_stats(); b.momentum = None; b.train()  # momentum None: the mean over batches
-        with torch.no_grad():
-            for i in range(0, len(sub), bs): model.classify(sub[i : i + bs], generate=False)
-        for b in bns: b.eval()
-        if ta is not None: cfg.vlm_threshold = ta
-        yield model
+    """Inside the block `model` is adapted to `images` (`adapt_batchnorm`: BatchNorm statistics re-estimated on them,
+    and the threshold for adapted statistics called with, where the model stores one); the trained statistics and
+    threshold come back on exit, also on an error"""
+    bns, cfg = batchnorm_layers(model), getattr(model, 'cfg', None)
+    saved = [(b, b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone()) for b in bns]
+    keep = {f: getattr(cfg, f) for f in ('vlm_threshold', 'vlm_adapted') if hasattr(cfg, f)}
+    try: yield adapt_batchnorm(model, images, n, bs, seed)
     finally:
-        for b, mean, var, nb, mom, tr in saved:
+        for b, mean, var, nb in saved:
             b.running_mean.copy_(mean); b.running_var.copy_(var); b.num_batches_tracked.copy_(nb)
-            b.momentum = mom; b.train(tr)
-        if ta is not None: cfg.vlm_threshold = t
+        for f, v in keep.items(): setattr(cfg, f, v)
 
 def stain_stress(models:dict, # name -> anything whose `classify(images, generate=False)` gives `probs` (e.g. `PathVLM`)
                  images:list, # the patches

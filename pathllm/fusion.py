@@ -89,6 +89,7 @@ class VLMConfig:
     vlm_n_samples:int=4 # captions sampled and reranked against the measured patch with `vlm_ground='rerank'`
     vlm_threshold:float|None=None # two classes: P(class 1) from which `classify` calls 1 (chosen on dev); None: argmax
     vlm_threshold_adapted:float|None=None # threshold while BatchNorm is adapted (`batchnorm_adapted`), chosen so on dev
+    vlm_adapted:int=0 # patches its BatchNorm statistics were re-estimated on after training (`adapt_batchnorm`); 0: none
     vlm_guide:float=0. # weight of the model's own heads in typed answers' openers (`pick_openers`; chosen on dev); 0: LM
     vlm_check:int=0 # texts per row where the model's own heads contradict a claim of its greedy one (`generate`); 0: off
 
@@ -125,8 +126,9 @@ class VLMConfig:
                 )
         if not (math.isfinite(self.vlm_guide) and self.vlm_guide >= 0):
             raise ValueError(f"vlm_guide: must be a finite number >= 0, got {self.vlm_guide}")
-        if not (isinstance(self.vlm_check, int) and self.vlm_check >= 0):
-            raise ValueError(f"vlm_check: must be an integer >= 0, got {self.vlm_check!r}")
+        for f in ('vlm_check', 'vlm_adapted'):
+            if not (isinstance(v := getattr(self, f), int) and v >= 0):
+                raise ValueError(f"{f}: must be an integer >= 0, got {v!r}")
         self.lm_config  # validates the LM sizes
 
     @property

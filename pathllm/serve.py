@@ -937,6 +937,10 @@ class Analysis(BaseModel):
 class Health(BaseModel):
     "Liveness, and what the model can do"
     status:str; model:str; device:str; version:str; kind:str; classes:list[str]; generative:bool; rag:bool; context:int
+    # the cut on P(class 1) it calls at (chosen on dev); None: the likelier class
+    threshold:float|None
+    # patches its BatchNorm statistics were re-estimated on for this site (`pathllm adapt`); 0: training's
+    adapted:int
 
 # %% ../nbs/12_serve.ipynb #994c02b9
 ERRORS = {
@@ -1182,7 +1186,8 @@ def create_app(pipeline:Pipeline|str|Path, # a `Pipeline`, or a folder for `Pipe
     @app.get('/health', response_model=Health, summary='Liveness, model and version')
     def health(): return dict(status='ok', model=pipe.name, device=str(pipe.device), version=__version__,
                               kind=pipe.kind, classes=pipe.classes, generative=pipe.generative,
-                              rag=pipe.index is not None, context=pipe.context)
+                              rag=pipe.index is not None, context=pipe.context,
+                              threshold=pipe.model.cfg.vlm_threshold, adapted=pipe.model.cfg.vlm_adapted)
     S = _schemas(lim)
     _routes(app, pipe, lim, gate, S); _openai_routes(app, pipe, lim, gate, S)
     app.openapi = partial(_openapi, app, bool(api_key), public)
