@@ -28,6 +28,7 @@ from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
 from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold,
                               decision_threshold, stain_shift, stain_stress, plot_stain_stress, cider, rouge_l,
                               claims_per_text, threshold_stability, batchnorm_adapted, batchnorm_layers,
+                              adaptation_curve, enough_patches, plot_adaptation_curve,
                               THRESHOLD_RULES)
 from .fit import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
@@ -637,6 +638,21 @@ def _adapted(models:dict, dev:tuple, val:tuple, # (patches, class ids) of dev an
         for k, m in models.items(): m.cfg.vlm_threshold_adapted = kept[k]
     return dict(out, no_batchnorm=skip, n_adapt=n, stain_stress=dict(n=len(ims), tta=False, rows=rows))
 
+def _adapt_n(model, dev:tuple, val:tuple, # (patches, class ids) of dev and of valid (`_decoded`)
+             strength:float, seed:int, ns:tuple)->dict:
+    """`adaptation_curve` of `model` on three new domains: dev re-stained at `strength` (where the fewest patches that
+    are enough, `enough_patches`, is chosen), valid (other slides) and valid re-stained"""
+    if not batchnorm_layers(model): return dict(no_batchnorm=['fused'], rows=[])
+    (di, yd), (vi, yv) = dev, val
+    doms = {
+        f'dev, re-stained {strength}': (stain_shift(di, strength, seed), yd), 'valid': (vi, yv),
+        f'valid, re-stained {strength}': (stain_shift(vi, strength, seed), yv),
+    }
+    rows = [dict(domain=d, **r) for d, (x, y) in doms.items() for r in adaptation_curve(model, x, y, ns)]
+    on = next(iter(doms))
+    return dict(no_batchnorm=[], strength=strength, ns=list(ns), chosen_on=on,
+                enough=enough_patches([r for r in rows if r['domain'] == on]), rows=rows)
+
 # accuracy/AUC re-stained, without and with normalisation
 def _stain_norm(models:dict, ims:list, y:list, trn, strengths:tuple, seed:int)->list:
     side = max(1, math.isqrt(min(16, len(trn))))
@@ -701,23 +717,26 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
                n_prompt:int=200, # validation patches of the prompting comparison (a seeded sample)
                seed:int=0, # seed of the sample, the re-staining and the few-shot examples
                n_adapt:int=1000, # patches (a seeded sample) 'adapt' re-estimates on: of dev, valid and each re-staining
+               adapt_ns:tuple=(0, 8, 32, 128, 512, 1000), # 'adapt_n': the patches adapted to (`adaptation_curve`)
               )->dict: # name -> the file written (`run/<name>.json`)
     """More of a finished run, each written as `<name>.json` beside its report: 'robustness' (thresholds chosen on
     dev, valid scored at 0.5 and at them; the stain stress test with `stain_stress.png`), 'stain_norm' (test-time
     Macenko/Reinhard normalisation to a mosaic of training patches, under stain shift), 'prompting' (every technique
-    of `pathllm.rag.compare_all`, on the same patches) and 'adapt' (robustness again, each model's BatchNorm statistics
-    re-estimated on the scored patches themselves, unlabelled: `evaluate.batchnorm_adapted`)"""
+    of `pathllm.rag.compare_all`, on the same patches), 'adapt' (robustness again, each model's BatchNorm statistics
+    re-estimated on the scored patches themselves, unlabelled: `evaluate.batchnorm_adapted`) and 'adapt_n' (how many
+    patches the fused model's adaptation needs: `evaluate.adaptation_curve` on dev and valid re-stained at the strongest
+    strength and on valid, the fewest enough chosen on dev, with `adapt_n.png`)"""
     run = Path(run)
     if bad := [w for w in what if w not in ASSESSMENTS]:
         raise ValueError(f"assess_run: unknown {bad}; choose from {ASSESSMENTS}")
     ds, prep, cfg, models = _run_models(run)
     kind, two = prep['kind'], len(prep['classes']) == 2
     stress = {'robustness', 'stain_norm', 'adapt'} & set(what)
-    if stress and not prep.get('dev'):
+    if (stress or 'adapt_n' in what) and not prep.get('dev'):
         raise ValueError(f"assess_run: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
-    if {'robustness', 'adapt'} & set(what) and not two:
+    if {'robustness', 'adapt', 'adapt_n'} & set(what) and not two:
         raise ValueError(
-            f"assess_run: robustness and adapt need two classes (a threshold); {run} has {len(prep['classes'])}"
+            f"assess_run: robustness and adaptation need two classes (a threshold); {run} has {len(prep['classes'])}"
         )
     fused = models['fused']
     val = ds.subset(prep['valid'])
@@ -727,7 +746,7 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     sub = val.subset(list(range(min(n_stress, len(val)))))
     plain = {'robustness', 'stain_norm'} & set(what) and two
     # dev and valid decoded once, for the plain thresholds and the adapted ones
-    dev_val = _decoded(ds.subset(prep['dev']), val) if plain or 'adapt' in what else None
+    dev_val = _decoded(ds.subset(prep['dev']), val) if plain or {'adapt', 'adapt_n'} & set(what) else None
     # the stress tests' patches: the first of valid, decoded only for them
     ims, y = (
         ([o[:len(sub)] for o in dev_val[1]] if dev_val else _decoded(sub)[0]) if stress else ([], [])
@@ -753,6 +772,9 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
             )
         elif w == 'adapt':
             r = _adapted(models, *dev_val, cfg.tta, cfg.threshold_rule, ims, y, strengths, n_adapt, seed)
+        elif w == 'adapt_n':
+            r = _adapt_n(fused, *dev_val, max(strengths), seed, adapt_ns)
+            if r['rows']: plot_adaptation_curve(r['rows'], f'{kind}, fused').savefig(run/'adapt_n.png', dpi=80)
         else:
             r = _prompting(fused, run / prep['root'], n_prompt, seed)
         out[w] = atomic_write(

@@ -24,13 +24,14 @@ from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_ca
 __all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'FREE_KEYS', 'GROUNDED_KEYS', 'to_preds',
            'accuracy', 'confusion', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics',
            'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'class_probs',
-           'batchnorm_layers', 'adapt_batchnorm', 'batchnorm_adapted', 'stain_stress', 'plot_stain_stress', 'bleu4',
-           'rouge_l', 'cider', 'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy',
-           'key_terms', 'open_recall', 'retrieval_recall', 'recall_at_k', 'hallucination', 'claims_per_text',
-           'attribute_accuracy', 'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore',
-           'text_metrics', 'paired_bootstrap', 'item_metrics', 'plot_losses', 'plot_roc', 'plot_confusion',
-           'plot_claims', 'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics',
-           'opener_agreement', 'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
+           'batchnorm_layers', 'adapt_batchnorm', 'batchnorm_adapted', 'stain_stress', 'plot_stain_stress',
+           'adaptation_curve', 'enough_patches', 'plot_adaptation_curve', 'bleu4', 'rouge_l', 'cider',
+           'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms',
+           'open_recall', 'retrieval_recall', 'recall_at_k', 'hallucination', 'claims_per_text', 'attribute_accuracy',
+           'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore', 'text_metrics',
+           'paired_bootstrap', 'item_metrics', 'plot_losses', 'plot_roc', 'plot_confusion', 'plot_claims',
+           'write_report', 'report_metrics', 'qa_metrics', 'chat_consistency', 'caption_metrics', 'opener_agreement',
+           'vqa_metrics', 'evaluate_model', 'vlm_accuracy', 'evaluate_vlm']
 
 # %% ../nbs/01a_evaluate.ipynb #30a67a72
 def _check_len(a, b, na:str, nb:str):
@@ -327,6 +328,52 @@ def plot_stain_stress(rows:list, # from `stain_stress`
     for ax, k in zip(axs, ('accuracy', 'AUC')):
         ax.set(xlabel='stain shift strength', ylabel=k, title=f'{title}: {k}'); ax.grid(alpha=.3)
     axs[0].legend(); fig.tight_layout(); return fig
+
+# %% ../nbs/01a_evaluate.ipynb #3f20a235
+def adaptation_curve(model, # a two-class model with a `classify` and BatchNorm layers (`batchnorm_adapted`)
+                     images:list, # patches of one new domain (a site, scanner or stain), scored and adapted to
+                     y:list, # their class ids, for the scores only (adapting reads none)
+                     ns:tuple=(0, 8, 32, 128, 512, 1000), # patches adapted to; 0: the trained statistics
+                     seeds:tuple=(0, 1, 2), # seeds of each sample of `n` patches (n=0 runs once)
+                     bs:int=64, # images per batch
+                    )->list: # rows: `n`, `seed`, `threshold`, `accuracy`, `balanced_accuracy`, `auc`, `fn`, `fp`
+    """How many unlabelled patches adaptation needs: `model` adapted to a seeded sample of `n` of `images`, then every
+    image scored at the threshold it calls with (adapted: `cfg.vlm_threshold_adapted` where it stores one)"""
+    rows = []
+    for n in ns:
+        for s in (seeds if n else seeds[:1]):
+            with batchnorm_adapted(model, images, n, bs, s) if n else nullcontext():
+                p, t = class_probs(model, images, bs), decision_threshold(model)
+            c = classification_metrics(y, p, t); cm = np.array(c['confusion'])
+            rows.append(dict(n=min(n, len(images)), seed=s, threshold=t, fn=int(cm[1, 0]), fp=int(cm[0, 1]),
+                             **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc')}))
+    return rows
+
+def enough_patches(rows:list, # `adaptation_curve` rows
+                   tol:float=0.005, # how far below the most patches' mean balanced accuracy is still enough
+                  )->int: # the smallest `n` > 0 whose mean balanced accuracy (over seeds) is within `tol` of the largest n's
+    "The fewest patches adaptation needs: within `tol` balanced accuracy of adapting to the most patches"
+    m = {n: np.mean([r['balanced_accuracy'] for r in rows if r['n'] == n]) for n in sorted({r['n'] for r in rows})}
+    if not (ns := [n for n in m if n > 0]): raise ValueError("enough_patches: no row adapted to n > 0 patches")
+    return next(n for n in ns if m[n] >= m[ns[-1]] - tol)
+
+def plot_adaptation_curve(rows:list, # `adaptation_curve` rows, each with a `domain` name (one line per domain)
+                          title:str='BatchNorm adaptation'):
+    "Balanced accuracy, AUC and FN/FP against the patches adapted to: the mean over sample seeds, their range shaded"
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 3, figsize=(11, 3))
+    for d in dict.fromkeys(r.get('domain', '') for r in rows):
+        rs = [r for r in rows if r.get('domain', '') == d]; ns = sorted({r['n'] for r in rs})
+        x = [max(n, 1) for n in ns]  # n = 0 (trained statistics) at 1 on the log axis
+        for ax, f in zip(axs, (lambda r: r['balanced_accuracy'], lambda r: r['auc'], lambda r: r['fn'] / max(r['fp'], 1))):
+            v = [[f(r) for r in rs if r['n'] == n] for n in ns]
+            ax.plot(x, [np.mean(a) for a in v], 'o-', label=d or None)
+            ax.fill_between(x, [min(a) for a in v], [max(a) for a in v], alpha=.2)
+    for ax, k in zip(axs, ('balanced accuracy', 'AUC', 'FN / FP')):
+        ax.set(xscale='log', xlabel='patches adapted to (1: none, trained statistics)', ylabel=k, title=f'{title}: {k}')
+        ax.grid(alpha=.3)
+    if any(r.get('domain') for r in rows): axs[0].legend(fontsize=8)
+    fig.tight_layout(); return fig
 
 # %% ../nbs/01a_evaluate.ipynb #4d18d7f1
 def _refs(preds, refs)->list:
