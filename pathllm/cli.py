@@ -218,7 +218,8 @@ def predict_cmd(images:list[Path]=typer.Argument(..., help="Image files"),
                 k:int=typer.Option(4, help="With --rag: reference cases per prompt"),
                 adapt:bool=typer.Option(False, help="First re-estimate the model's BatchNorm statistics on these "
                                                     "images (AdaBN, no labels read): for a batch of patches from "
-                                                    "another scanner or stain; a few hundred or more. It then "
+                                                    "another scanner or stain; a few hundred or more (a handful "
+                                                    "does harm: `pathllm assess --what adapt_n`). It then "
                                                     "calls at the threshold `train` chose for adapted statistics")):
     "Print the class, its probability and a caption of each image (with --rag: and the ids of the retrieved patches)."
     from contextlib import nullcontext
@@ -261,7 +262,8 @@ def index_build(model:Path=typer.Option(..., help="Model folder whose image embe
 # %% ../nbs/99_cli.ipynb #5fad6bcb
 @app.command('adapt')
 def adapt_cmd(images:list[Path]=typer.Argument(..., help="Unlabelled patches of the new scanner, stain or site: a few "
-                                                         "hundred or more"),
+                                                         "hundred or more (a handful does harm: `pathllm assess "
+                                                         "--what adapt_n`)"),
               model:Path=typer.Option(..., help="Model folder (OUT/model of `pathllm train`) or pipeline folder"),
               out:Path=typer.Option(..., help="Folder to write the adapted model to (not the model's own)"),
               n:int=typer.Option(0, help="Adapt to a seeded sample of this many of the images (0: all of them)"),

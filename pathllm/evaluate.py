@@ -370,7 +370,7 @@ def plot_adaptation_curve(rows:list, # `adaptation_curve` rows, each with a `dom
             ax.plot(x, [np.mean(a) for a in v], 'o-', label=d or None)
             ax.fill_between(x, [min(a) for a in v], [max(a) for a in v], alpha=.2)
     for ax, k in zip(axs, ('balanced accuracy', 'AUC', 'FN / FP')):
-        ax.set(xscale='log', xlabel='patches adapted to (1: none, trained statistics)', ylabel=k, title=f'{title}: {k}')
+        ax.set(xscale='log', xlabel='patches adapted to (1: none)', ylabel=k, title=f'{title}: {k}')
         ax.grid(alpha=.3)
     if any(r.get('domain') for r in rows): axs[0].legend(fontsize=8)
     fig.tight_layout(); return fig
