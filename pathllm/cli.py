@@ -48,6 +48,13 @@ def _check_model(model:Path): # name a malformed or truncated file of a model fo
     from pathllm.serve import check_model_files
     if Path(model).is_dir(): check_model_files(model)
 
+def _note_no_adapted_threshold(model): # `predict --adapt`, `adapt`: say when an adapted model keeps its plain threshold
+    from pathllm.evaluate import batchnorm_layers
+    c = model.cfg
+    if c.vlm_threshold is not None and c.vlm_threshold_adapted is None and batchnorm_layers(model):
+        typer.echo("note: this model stores no threshold for adapted statistics (trained before pathllm chose one); "
+                   "adapted, it calls at its plain threshold", err=True)
+
 # %% ../nbs/99_cli.ipynb #d4e9fe1d
 @data_app.command('synth')
 def data_synth(out:Path=typer.Option(..., help="Folder to write the data set into"),
@@ -224,14 +231,11 @@ def predict_cmd(images:list[Path]=typer.Argument(..., help="Image files"),
     "Print the class, its probability and a caption of each image (with --rag: and the ids of the retrieved patches)."
     from contextlib import nullcontext
     from pathllm.serve import Pipeline
-    from pathllm.evaluate import batchnorm_adapted, batchnorm_layers
+    from pathllm.evaluate import batchnorm_adapted
     with _errors():  # images of any size, each checked (format, size, bomb) and named in errors
         pipe = Pipeline.from_pretrained(model)
         xs = pipe.prepare([str(i) for i in images])[0]
-        c = pipe.model.cfg
-        if adapt and c.vlm_threshold is not None and c.vlm_threshold_adapted is None and batchnorm_layers(pipe.model):
-            typer.echo("note: this model stores no threshold for adapted statistics (trained before pathllm chose "
-                       "one); it calls at its plain threshold", err=True)
+        if adapt: _note_no_adapted_threshold(pipe.model)
         with batchnorm_adapted(pipe.model, xs, n=None) if adapt else nullcontext():
             if rag is None: res = pipe.predict(xs, max_new_tokens=max_new_tokens)
             else:
@@ -278,9 +282,7 @@ def adapt_cmd(images:list[Path]=typer.Argument(..., help="Unlabelled patches of 
             raise ValueError(f"--out: {out} is the model's own folder; write the adapted copy elsewhere")
         pipe = Pipeline.from_pretrained(model)  # its files checked, each named if malformed
         xs, c = pipe.prepare([str(i) for i in images])[0], pipe.model.cfg
-        if c.vlm_threshold is not None and c.vlm_threshold_adapted is None:
-            typer.echo("note: this model stores no threshold for adapted statistics (trained before pathllm chose "
-                       "one); it keeps its plain threshold", err=True)
+        _note_no_adapted_threshold(pipe.model)
         adapt_batchnorm(pipe.model, xs, n or None, seed=seed).save_pretrained(out)
     if pipe.index is not None:
         typer.echo(f"note: {model}'s retrieval index was embedded with the trained statistics: build one for the adapted "
