@@ -29,9 +29,9 @@ __all__ = ['VARIANTS', 'cast_model', 'cast_vision', 'dynamic_int8', 'bnb_int8_li
            'median_time', 'variant_outputs', 'time_models', 'speed_rows', 'speed_markdown', 'compare_variants',
            'speed_report', 'save_optimized', 'load_optimized', 'optimize_model', 'kd_loss', 'class_kd_loss',
            'DistillCallback', 'distill', 'teacher_dataset', 'n_targets', 'GradAccum', 'compile_model', 'CompileModel',
-           'Autocast', 'train_step_seconds', 'pipeline_speed', 'batching_speed', 'train_flops', 'power_law',
-           'fit_power_law', 'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling', 'vlm_scaling_run',
-           'tokenizer_run']
+           'Autocast', 'ChannelsLast', 'train_step_seconds', 'pipeline_speed', 'batching_speed', 'train_flops',
+           'power_law', 'fit_power_law', 'flat_point', 'non_embedding_params', 'lm_scaling_run', 'plot_scaling',
+           'vlm_scaling_run', 'tokenizer_run']
 
 # %% ../nbs/09_optimization.ipynb #82c37487
 # names `quantize_model` accepts
@@ -614,6 +614,17 @@ class Autocast(Callback):
     def after_loss(self): self._exit()
     def after_batch(self): self._exit()  # a batch cancelled before its loss
 
+# %% ../nbs/09_optimization.ipynb #b945f4d7
+class ChannelsLast(Callback):
+    """Fit in the channels_last memory format: the model's 4-D weights and each batch's float images; the model is given
+    back in the default layout when the fit ends"""
+    order = -1  # after `BatchAugment` (-5) made the batch's float images, before the model sees them
+    def before_fit(self): self.learn.model.to(memory_format=torch.channels_last)
+    def before_batch(self):
+        cl = lambda x: x.contiguous(memory_format=torch.channels_last) if torch.is_tensor(x) and x.ndim == 4 and x.is_floating_point() else x
+        self.learn.xb = tuple(map(cl, self.xb))
+    def after_fit(self): self.learn.model.to(memory_format=torch.contiguous_format)
+
 # %% ../nbs/09_optimization.ipynb #ad9eab70
 def train_step_seconds(model:nn.Module, # trained in place (AdamW)
                        batches:list, # tuples the `loss` function takes, cycled
@@ -639,12 +650,11 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
                    rounds:int=3, # interleaved rounds: one epoch of each pipeline per round
                    arch:str='timm:resnet10t', # the baseline's encoder (`get_vision` name)
                    sigma:float=0.2, bias:float=0.05, # stain jitter of both pipelines (`stain_jitter`)
-                   bf16:bool=True, # also the batched feed in bfloat16 (`Autocast`), and bfloat16 with channels_last weights
+                   bf16:bool=True, # also the batched feed in bfloat16 (`Autocast`), and bfloat16 in channels_last (`ChannelsLast`)
                    **kw, # more `get_vision` arguments (e.g. `crop=64`)
                   )->dict: # images/s per round of each feed; `table`: per feed, median images/s and ratio to per item
     """Training images/s of the baseline fed per item (`get_dls`) against batched (`tensor_dls` + `BatchAugment`), and
     batched with bfloat16 compute: same model, patches and steps"""
-    from fastai.callback.channelslast import ChannelsLast
     from pathllm.data import get_dls, tensor_dls, patch_tensor, BatchAugment
     from pathllm.vision import vision_learner_for
     sp = ds.items.split.to_numpy(); vs = 'valid' if (sp == 'valid').any() else 'test'

@@ -23,7 +23,7 @@ from .connectors import CONNECTORS
 from .tokenizer import PathTokenizer
 from .fusion import GROUNDING, VLMConfig, PathVLM, train_vlm, vlm_records, record_conv, choose_opener
 from .hf import load_vlm
-from .optimize import GradAccum, CompileModel, Autocast
+from .optimize import GradAccum, CompileModel, Autocast, ChannelsLast
 from .rag import PatchIndex, image_embeddings, rag_rows
 from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold
 from .evaluate import class_probs, evaluate_vlm, THRESHOLD_RULES, batchnorm_adapted, batchnorm_layers
@@ -92,6 +92,7 @@ class TrainConfig:
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
     compile:bool=False # `torch.compile` every stage's model (`pathllm.optimize.CompileModel`)
     bf16:bool|list=False # bfloat16 autocast (`optimize.Autocast`): True or some `TRAIN_STAGES` (fp32 where emulated)
+    channels_last:bool|list=False # convolutions in channels_last layout (`optimize.ChannelsLast`): True or some `TRAIN_STAGES`
     sortish:bool=False # fusion batches rows of similar length: faster, but hurt `small`'s reports (09_optimization)
     pack:bool=False # fusion packs each random batch into fewer sequences: same rows and loss, less padding
     threads:int|None=None # torch threads of every stage, processes of the data stage (`None`: one per core)
@@ -143,6 +144,10 @@ def _check_options(vit_name:str, img_size:int, vit_kw:str, lm_size:str, lm_kw:st
     except (TypeError, ValueError) as e: raise ValueError(f"config field 'lm_kw': {lm_kw}: {e}") from None
 
 _pos, _opt = (lambda v: v >= 1), (lambda v: v is None or v >= 2)
+_stages_check = (  # `bf16`, `channels_last`: every stage or some
+    lambda v: isinstance(v, bool) or (len(v) > 0 and set(v) <= set(TRAIN_STAGES)),
+    f"must be true, false or a non-empty list of {', '.join(map(repr, TRAIN_STAGES))}",
+)
 _RULES = dict(
     kind=(lambda v: v in LABEL_NAMES, f"must be one of {list(LABEL_NAMES)}"),
     n_images=(lambda v: v >= 8, "must be >= 8 (both classes in both splits)"),
@@ -192,8 +197,8 @@ _RULES = dict(
         "must be a non-empty list of " f"{list(GROUNDING)}",
     ),
     grad_accum=(_pos, "must be >= 1"),
-    bf16=(lambda v: isinstance(v, bool) or (len(v) > 0 and set(v) <= set(TRAIN_STAGES)),
-          f"must be true, false or a non-empty list of {', '.join(map(repr, TRAIN_STAGES))}"),
+    bf16=_stages_check,
+    channels_last=_stages_check,
     threads=(lambda v: v is None or v >= 1, "must be None or >= 1"),
     lm_max_texts=(_opt, "must be None or >= 2"),
     rag_share=(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
@@ -354,11 +359,12 @@ def _morph_scores(model:ImageClassifier, x:torch.Tensor, v:torch.Tensor, bs:int)
 def stage_callbacks(cfg:TrainConfig, # the run's config
                     stage:str, # one of `TRAIN_STAGES`: 'baseline', 'lm' or 'fusion'
                     native:bool|None=None, # does the device compute bfloat16 in hardware (`None`: `native_bf16()`)
-                   )->list: # the stage's callbacks from the config (`grad_accum`, `compile`, `bf16`)
+                   )->list: # the stage's callbacks from the config (`grad_accum`, `compile`, `bf16`, `channels_last`)
     """The callbacks `cfg` gives training stage `stage`. `bf16` only where the device has bfloat16 in hardware:
     elsewhere torch emulates it, many times slower than fp32, so the stage trains in fp32, with a warning"""
     if stage not in TRAIN_STAGES: raise ValueError(f"stage: must be one of {list(TRAIN_STAGES)}, got {stage!r}")
-    bf16 = cfg.bf16 is True or (isinstance(cfg.bf16, list) and stage in cfg.bf16)
+    on = lambda v: v is True or (isinstance(v, list) and stage in v)
+    bf16 = on(cfg.bf16)
     if bf16 and not (native_bf16() if native is None else native):
         warnings.warn(
             f"bf16: the {stage} stage trains in fp32: this device has no bfloat16 in hardware (a CPU needs"
@@ -367,7 +373,7 @@ def stage_callbacks(cfg:TrainConfig, # the run's config
         bf16 = False
     return (
         ([GradAccum(cfg.grad_accum)] if cfg.grad_accum > 1 else []) + ([CompileModel()] if cfg.compile else [])
-        + ([Autocast()] if bf16 else [])
+        + ([Autocast()] if bf16 else []) + ([ChannelsLast()] if on(cfg.channels_last) else [])
     )
 
 def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:bool, progress:bool)->dict: # metrics
