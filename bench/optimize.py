@@ -9,13 +9,14 @@ labels and trained with `distill` (token KD, class-decision KD, both), as fracti
 Writes `<out>/optimize.json`, `<out>/optimize.md`, `<out>/speed.json`, `<out>/speed.md` and `<out>/optimize.png`.
 `--batching` instead times only the fused model's stage-2 epochs with random, length-sorted and packed batches, the packed ones
 attended row by row and through one mask (`pathllm.optimize.batching_speed`, on the teacher's own training rows) and writes `<out>/batching.json`. `--pipeline` instead
-times only the baseline's training input pipelines (`pathllm.optimize.pipeline_speed`: per item, batched, batched in bfloat16)
-with `small`'s encoder and writes `<out>/pipeline.json` and `<out>/pipeline.md`.
+times only the baseline's training input pipelines (`pathllm.optimize.pipeline_speed`: per item, batched, batched in bfloat16,
+and in channels_last) with the encoder of `small` (or `--pipeline-config`) and writes `<out>/pipeline.json` and `<out>/pipeline.md`.
 
     python bench/optimize.py                                    # trains the bench's `debug` teacher on real PCam (or synthetic) first
     python bench/optimize.py --model runs/train                 # a `run_train` folder: its model, data and validation patches
     python bench/optimize.py --tiny --out /tmp/opt              # the bench's `tiny` teacher on synthetic patches: every code path (CI)
     python bench/optimize.py --pipeline --out results/optimize/pipeline   # the baseline's input pipelines on real PCam
+    python bench/optimize.py --pipeline --pipeline-config small-96 --out results/optimize/pipeline-96   # the whole-patch encoder
 """
 import argparse, json, os, time
 from dataclasses import replace
@@ -151,16 +152,18 @@ def _train_speed(a, teacher, root):
 
 
 def _pipeline(a, data):
-    """The baseline's input pipelines (per item, batched, batched in bfloat16), with the `small` config's encoder and stain jitter, on `data`'s patches"""
-    c = load_config('small')
+    """The baseline's input pipelines (per item, batched, batched in bfloat16, and in channels_last), with the encoder and stain jitter of
+    config `a.pipeline_config` (`small`), on `data`'s patches"""
+    c = load_config(a.pipeline_config)
     n, bs = (64, 16) if a.tiny else (1024, c.bs)
     r = pipeline_speed(load_patches(data), n=n, bs=bs, rounds=a.rounds, arch=c.vit_name, sigma=c.stain_sigma, bias=c.stain_bias, **c.vit_kw)
-    return dict(r, encoder=f"{c.vit_name} {c.vit_kw}", threads=torch.get_num_threads())
+    return dict(r, config=c.name, encoder=f"{c.vit_name} {c.vit_kw}", threads=torch.get_num_threads())
 
 
 def _pipeline_md(pipe):
     return (f"\n## Baseline input pipeline: training images/s, per item (`get_dls`) vs batched (`tensor_dls` + `BatchAugment`), batched in "
-            f"bfloat16 (`Autocast`) and bfloat16 with channels_last weights; {pipe['n']} patches, batch {pipe['bs']}, {pipe['encoder']}, "
+            f"bfloat16 (`Autocast`) and bfloat16 in channels_last (`ChannelsLast`); {pipe['n']} patches, batch {pipe['bs']}, config "
+            f"{pipe.get('config', 'small')}'s encoder {pipe['encoder']}, "
             f"{pipe['threads']} torch thread(s) (median images/s; ratio to per item, median [min, max] over {pipe['rounds']} interleaved rounds; "
             f"one-off decode of the batched feeds {pipe['decode_s']:.1f} s)\n\n{_md(pipe['table'], list(pipe['table'][0]))}\n")
 
@@ -188,7 +191,8 @@ def main():
     ap.add_argument('--tiny', action='store_true', help='a tiny teacher and few patches: checks every code path in minutes')
     ap.add_argument('--train-speed', action='store_true', help='also time training steps eager vs compiled, and gradient accumulation')
     ap.add_argument('--batching', action='store_true', help="only time stage-2 epochs with random vs length-sorted ('sortish') vs packed batches (row by row, and one mask)")
-    ap.add_argument('--pipeline', action='store_true', help="only time the baseline's input pipelines (per item, batched, batched in bfloat16)")
+    ap.add_argument('--pipeline', action='store_true', help="only time the baseline's input pipelines (per item, batched, batched in bfloat16, and in channels_last)")
+    ap.add_argument('--pipeline-config', default='small', help="--pipeline: the run_train config whose encoder, stain jitter and batch size are timed (e.g. small-96)")
     for k, v in dict(n_eval=400, n_captions=32, bs=32, n_tokens=32, rounds=5, threads=1, seed=0, seeds=3, distill_epochs=4, distill_rows=2400,
                      class_repeat=3, student_layers=2, student_embd=48, train_steps=5, compile_warmup=4).items():
         ap.add_argument('--' + k.replace('_', '-'), type=int, default=v)
