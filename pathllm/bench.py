@@ -28,7 +28,7 @@ from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
 from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold,
                               decision_threshold, stain_shift, stain_stress, plot_stain_stress, cider, rouge_l,
                               claims_per_text, threshold_stability, batchnorm_adapted, batchnorm_layers,
-                              adaptation_curve, enough_patches, plot_adaptation_curve,
+                              adaptation_curve, enough_patches, plot_adaptation_curve, with_restained,
                               THRESHOLD_RULES)
 from .fit import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
@@ -617,6 +617,18 @@ def _dev_thresholds(models:dict, dev:tuple, val:tuple, tta:bool, rule:str)->dict
             out[name][lab] = dict(threshold=th, **_at_threshold(yv, pv, th))
     return out
 
+def _restain_thresholds(models:dict, dev:tuple, val:tuple, # (patches, class ids) of dev and of valid (`_decoded`)
+                        tta:bool, rule:str, strengths:tuple, seed:int)->dict:
+    """Each model's threshold chosen by `rule` on dev together with its re-stained copies (`with_restained`), valid
+    scored at it and, beside it, at the threshold of dev alone (the same probabilities)"""
+    (di, yd), (vi, yv), out = dev, val, {}
+    ri, ry = with_restained(di, yd, strengths, seed)
+    for name, m in models.items():
+        t = bool(_tta(m, tta)); p, pv = class_probs(m, ri, tta=t)[:, 1], class_probs(m, vi, tta=t)
+        cuts = dict(at_dev_threshold=best_threshold(yd, p[:len(di)], rule), at_restained_threshold=best_threshold(ry, p, rule))
+        out[name] = {lab: dict(threshold=th, **_at_threshold(yv, pv, th)) for lab, th in cuts.items()}
+    return dict(out, strengths=list(strengths), n_dev=len(di), n_valid=len(vi), rule=rule)
+
 def _adapted(models:dict, dev:tuple, val:tuple, # (patches, class ids) of dev and of valid (`_decoded`)
              tta:bool, rule:str, ims:list, y:list, strengths:tuple, n:int, seed:int)->dict:
     """Each model's BatchNorm statistics re-estimated on each split's own images: dev threshold, valid scores, stress
@@ -718,6 +730,7 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
                seed:int=0, # seed of the sample, the re-staining and the few-shot examples
                n_adapt:int=1000, # patches (a seeded sample) 'adapt' re-estimates on: of dev, valid and each re-staining
                adapt_ns:tuple=(0, 8, 32, 128, 512, 1000), # 'adapt_n': the patches adapted to (`adaptation_curve`)
+               restain:tuple=(0.2, 0.4), # 'restain': dev's copies at these stain-shift strengths join dev for the threshold
               )->dict: # name -> the file written (`run/<name>.json`)
     """More of a finished run, each written as `<name>.json` beside its report: 'robustness' (thresholds chosen on
     dev, valid scored at 0.5 and at them; the stain stress test with `stain_stress.png`), 'stain_norm' (test-time
@@ -725,16 +738,17 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     of `pathllm.rag.compare_all`, on the same patches), 'adapt' (robustness again, each model's BatchNorm statistics
     re-estimated on the scored patches themselves, unlabelled: `evaluate.batchnorm_adapted`) and 'adapt_n' (how many
     patches the fused model's adaptation needs: `evaluate.adaptation_curve` on dev and valid re-stained at the strongest
-    strength and on valid, the fewest enough chosen on dev, with `adapt_n.png`)"""
+    strength and on valid, the fewest enough chosen on dev, with `adapt_n.png`) and 'restain' (each model's threshold
+    chosen on dev with its re-stained copies, `evaluate.with_restained`, against dev alone, valid scored at both)"""
     run = Path(run)
     if bad := [w for w in what if w not in ASSESSMENTS]:
         raise ValueError(f"assess_run: unknown {bad}; choose from {ASSESSMENTS}")
     ds, prep, cfg, models = _run_models(run)
     kind, two = prep['kind'], len(prep['classes']) == 2
     stress = {'robustness', 'stain_norm', 'adapt'} & set(what)
-    if (stress or 'adapt_n' in what) and not prep.get('dev'):
+    if (stress or {'adapt_n', 'restain'} & set(what)) and not prep.get('dev'):
         raise ValueError(f"assess_run: {run} has no dev split (dev_frac=0); thresholds are chosen on dev")
-    if {'robustness', 'adapt', 'adapt_n'} & set(what) and not two:
+    if {'robustness', 'adapt', 'adapt_n', 'restain'} & set(what) and not two:
         raise ValueError(
             f"assess_run: robustness and adaptation need two classes (a threshold); {run} has {len(prep['classes'])}"
         )
@@ -746,7 +760,7 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     sub = val.subset(list(range(min(n_stress, len(val)))))
     plain = {'robustness', 'stain_norm'} & set(what) and two
     # dev and valid decoded once, for the plain thresholds and the adapted ones
-    dev_val = _decoded(ds.subset(prep['dev']), val) if plain or {'adapt', 'adapt_n'} & set(what) else None
+    dev_val = _decoded(ds.subset(prep['dev']), val) if plain or {'adapt', 'adapt_n', 'restain'} & set(what) else None
     # the stress tests' patches: the first of valid, decoded only for them
     ims, y = (
         ([o[:len(sub)] for o in dev_val[1]] if dev_val else _decoded(sub)[0]) if stress else ([], [])
@@ -775,6 +789,8 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
         elif w == 'adapt_n':
             r = _adapt_n(fused, *dev_val, max(strengths), seed, adapt_ns)
             if r['rows']: plot_adaptation_curve(r['rows'], f'{kind}, fused').savefig(run/'adapt_n.png', dpi=80)
+        elif w == 'restain':
+            r = _restain_thresholds(models, *dev_val, cfg.tta, cfg.threshold_rule, restain, seed)
         else:
             r = _prompting(fused, run / prep['root'], n_prompt, seed)
         out[w] = atomic_write(

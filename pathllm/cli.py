@@ -412,15 +412,16 @@ def sweep_cmd(spec:str=typer.Argument(..., help="FIELD=V1,V2,...: a BenchConfig 
 # %% ../nbs/99_cli.ipynb #8e41144f
 @app.command('assess')
 def assess_cmd(run:Path=typer.Argument(..., help="A finished `pathllm train` folder (model/, baseline/, data.json)"),
-               what:str=typer.Option('robustness,stain_norm,prompting,adapt,adapt_n', help="Comma-separated: "
-                                     "robustness, stain_norm, prompting, adapt, adapt_n (how many patches adapting needs)"),
+               what:str=typer.Option('robustness,stain_norm,prompting,adapt,adapt_n,restain', help="Comma-separated: "
+                                     "robustness, stain_norm, prompting, adapt, adapt_n (how many patches adapting needs), "
+                                     "restain (thresholds chosen on dev with its re-stained copies)"),
                n_stress:int=typer.Option(1000, help="Validation patches re-stained by the stress tests"),
                n_prompt:int=typer.Option(200, help="Validation patches of the prompting comparison"),
                n_adapt:int=typer.Option(1000, help="Unlabelled patches of each split, and of each "
                                                    "re-staining, that `adapt` re-estimates the BatchNorm statistics on"),
                threads:int=typer.Option(1, help="CPU threads for torch (0: torch's default)")):
-    """Add robustness (dev thresholds, stain stress), stain normalisation, prompting, test-time adaptation (AdaBN) and
-    the patches adaptation needs to a finished run."""
+    """Add robustness (dev thresholds, stain stress), stain normalisation, prompting, test-time adaptation (AdaBN),
+    the patches adaptation needs and thresholds chosen on re-stained dev patches to a finished run."""
     from pathllm.bench import assess_run
     _threads(threads)
     with _errors():

@@ -23,10 +23,10 @@ from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_ca
 # %% auto #0
 __all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'FREE_KEYS', 'GROUNDED_KEYS', 'to_preds',
            'accuracy', 'confusion', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics',
-           'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'class_probs',
-           'batchnorm_layers', 'adapt_batchnorm', 'batchnorm_adapted', 'stain_stress', 'plot_stain_stress',
-           'adaptation_curve', 'enough_patches', 'plot_adaptation_curve', 'bleu4', 'rouge_l', 'cider',
-           'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms',
+           'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'with_restained',
+           'class_probs', 'batchnorm_layers', 'adapt_batchnorm', 'batchnorm_adapted', 'stain_stress',
+           'plot_stain_stress', 'adaptation_curve', 'enough_patches', 'plot_adaptation_curve', 'bleu4', 'rouge_l',
+           'cider', 'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms',
            'open_recall', 'retrieval_recall', 'recall_at_k', 'hallucination', 'claims_per_text', 'attribute_accuracy',
            'distinct_ratio', 'text_vocab', 'nonword_rate', 'diagnosis_agreement', 'bertscore', 'text_metrics',
            'paired_bootstrap', 'item_metrics', 'plot_losses', 'plot_roc', 'plot_confusion', 'plot_claims',
@@ -223,6 +223,17 @@ def stain_shift(images:list, # PIL images or uint8 (H, W, 3) arrays
         )
         for i, a in enumerate(arr)
     ]
+
+def with_restained(images:list, # PIL images or uint8 (H, W, 3) arrays, e.g. the dev split's
+                   y:list, # their class ids
+                   strengths:tuple=(0.2, 0.4), # each a `stain_shift` strength: one re-stained copy of every image
+                   seed:int=0, # `stain_shift`'s seed
+                  )->tuple: # (the images, then their copies at each strength; the class ids, repeated as often)
+    """Patches to choose a decision threshold that holds when the stain shifts: `images` and their re-stained copies
+    (`best_threshold` on all of them; pathology sites differ in stain, so a threshold chosen on one site's stain drifts)"""
+    if not strengths or any(not 0 < s < 1 for s in strengths):
+        raise ValueError(f"strengths: must be a non-empty list of strengths in (0, 1), got {list(strengths)}")
+    return list(images) + [im for s in strengths for im in stain_shift(images, s, seed)], list(y) * (1 + len(strengths))
 
 def class_probs(model, # anything whose `classify(images, generate=False)` gives `probs` (`PathVLM`, `bench.ImageOnly`)
                 imgs:list, # the patches

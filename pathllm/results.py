@@ -330,7 +330,7 @@ def trim_run(d): # a run's JSON
 
 # `pathllm.bench.assess_run` writes `<name>.json` beside a run's report; published with it, as are these files of a run
 RUN_FILES = ('stages.json', 'stain_stress.png', 'adapt_n.png')
-ASSESSMENTS = ('robustness', 'stain_norm', 'prompting', 'adapt', 'adapt_n')
+ASSESSMENTS = ('robustness', 'stain_norm', 'prompting', 'adapt', 'adapt_n', 'restain')
 
 def publish_run(src:str|Path, # a run folder of `run_train` or `run_bench`, or its `report.json` / `bench.json`
                 dest:str, # folder under `results/`, e.g. 'small/seed0'
