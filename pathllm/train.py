@@ -26,7 +26,7 @@ from .hf import load_vlm
 from .optimize import GradAccum, CompileModel, Autocast, ChannelsLast
 from .rag import PatchIndex, image_embeddings, rag_rows
 from .evaluate import classification_metrics, evaluate_model, write_report, text_vocab, best_threshold
-from .evaluate import class_probs, evaluate_vlm, THRESHOLD_RULES, batchnorm_adapted, batchnorm_layers
+from .evaluate import class_probs, evaluate_vlm, THRESHOLD_RULES, batchnorm_adapted, batchnorm_layers, with_restained
 
 # %% auto #0
 __all__ = ['TRAIN_STAGES', 'RUN_STAGES', 'CONFIGS', 'DATA_FIELDS', 'GUIDE_WEIGHTS', 'TrainConfig', 'config_from_dict',
@@ -87,6 +87,7 @@ class TrainConfig:
     calibrate:bool=True # two classes: choose each model's threshold on `dev`, store it with the fused model
     threshold_rule:str='equal_error' # how `calibrate` chooses it (`evaluate.best_threshold`): or 'max_balanced'
     adapt_n:int=1000 # BatchNorm encoders: dev patches adapted to, to calibrate `vlm_threshold_adapted` (0: none)
+    threshold_restain:list=field(default_factory=list) # `calibrate` also on dev's copies re-stained at these strengths
     eval_groundings:list=field(default_factory=lambda: ['none', 'class', 'rerank']) # groundings scored (first: default)
     check:int=4 # texts tried where the fused model's heads contradict a claim of its greedy one (`vlm_check`; 0: off)
     grad_accum:int=1 # every stage steps the optimizer every this many batches (`GradAccum`)
@@ -181,6 +182,7 @@ _RULES = dict(
     caption_tokens=(_pos, "must be >= 1"),
     threshold_rule=(lambda v: v in THRESHOLD_RULES, f"must be one of {list(THRESHOLD_RULES)}"),
     adapt_n=(lambda v: v >= 0, "must be >= 0"),
+    threshold_restain=(lambda v: all(isinstance(s, (int, float)) and 0 < s < 1 for s in v), "must be a list of strengths in (0, 1)"),
     stain_sigma=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
     stain_bias=(lambda v: 0 <= v < 1, "must be in [0, 1)"),
     class_repeat=(_pos, "must be >= 1"),
@@ -492,17 +494,21 @@ def calibrate_threshold(model:PathVLM, # a two-class model; its `cfg.vlm_thresho
                         tta:bool=False, # class probabilities averaged over the 8 dihedral views, as they are scored
                         rule:str='equal_error', # `evaluate.best_threshold`'s rule
                         adapt:int=1000, # patches the adapted threshold's BatchNorm statistics are estimated on (0: none)
+                        restain:tuple=(), # also choose it on `ds`'s copies re-stained at these strengths (`with_restained`)
                        )->float: # the threshold on P(class 1)
     """Choose `model`'s decision threshold on `ds` (by `rule`) and store it in its config; a model with BatchNorm layers
     also gets the threshold to call with when they are adapted to the scored patches (`cfg.vlm_threshold_adapted`:
-    chosen the same way on `ds`, its statistics re-estimated on `ds` by `evaluate.batchnorm_adapted`)"""
+    chosen the same way on `ds`, its statistics re-estimated on `ds` by `evaluate.batchnorm_adapted`). With `restain`,
+    the plain threshold is chosen on `ds` and its re-stained copies together (`evaluate.with_restained`): where the
+    stain varies as it does between sites (the adapted one needs none: adaptation takes in the site's stain)"""
     if len(LABEL_NAMES[model.cfg.vlm_kind]) != 2:
         raise ValueError(
             f"calibrate_threshold: {model.cfg.vlm_kind} has {len(LABEL_NAMES[model.cfg.vlm_kind])} classes; a "
             "threshold needs 2"
         )
     y, imgs = [int(l) for l in ds.labels], [ds.image(i) for i in range(len(ds))]
-    model.cfg.vlm_threshold = best_threshold(y, class_probs(model, imgs, bs, tta), rule)
+    ri, ry = with_restained(imgs, y, tuple(restain)) if restain else (imgs, y)  # a threshold that holds under stain shift
+    model.cfg.vlm_threshold = best_threshold(ry, class_probs(model, ri, bs, tta), rule)
     if adapt and batchnorm_layers(model):
         with batchnorm_adapted(model, imgs, adapt, bs=bs):
             model.cfg.vlm_threshold_adapted = best_threshold(y, class_probs(model, imgs, bs, tta), rule)
@@ -593,7 +599,9 @@ def run_train(config:str|Path|dict|TrainConfig='debug', # a named config, JSON f
         guide = None  # on dev: the threshold, then the heads' weight in typed openers (its class head is the call)
         if cfg.calibrate and prep.get('dev'):
             if len(ds.classes) == 2:
-                calibrate_threshold(model, ds.subset(prep['dev']), cfg.bs, cfg.tta, cfg.threshold_rule, cfg.adapt_n)
+                calibrate_threshold(
+                    model, ds.subset(prep['dev']), cfg.bs, cfg.tta, cfg.threshold_rule, cfg.adapt_n, cfg.threshold_restain
+                )
             if not model.dual and cfg.eval_captions:
                 guide = calibrate_guide(model, ds.subset(prep['dev']), cfg.eval_captions, cfg.bs, max_new_tokens=cfg.caption_tokens)
         model.cfg.vlm_check = 0 if model.dual else cfg.check
