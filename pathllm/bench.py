@@ -8,7 +8,7 @@ Docs: https://pathllm.github.io/pathllm/bench.html.md"""
 from __future__ import annotations
 import inspect, json, math, shutil, time, types, warnings
 from dataclasses import dataclass, asdict, field, fields, replace
-from functools import partial, cached_property
+from functools import partial, cached_property, cache
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
@@ -28,7 +28,7 @@ from .optimize import quantize_model, disk_bytes, compare_variants, speed_report
 from .evaluate import (classification_metrics, text_vocab, evaluate_vlm, class_probs, best_threshold,
                               decision_threshold, stain_shift, stain_stress, plot_stain_stress, cider, rouge_l,
                               claims_per_text, threshold_stability, batchnorm_adapted, batchnorm_layers,
-                              adaptation_curve, enough_patches, plot_adaptation_curve, with_restained,
+                              adaptation_curve, enough_patches, plot_adaptation_curve, with_restained, fn_fp,
                               THRESHOLD_RULES)
 from .fit import fit_stage
 from .train import load_config, read_config, run_train, TrainConfig, vlm_config, sized_config, run_data
@@ -520,8 +520,8 @@ def encoders_markdown(res:dict, # from `encoder_sweep`
 
 # %% ../nbs/13_bench.ipynb #d9e649ae
 def _at_threshold(y:list, p, t:float)->dict: # `_ENC_COLS` and the FN / FP counts of calling P(class 1) >= t
-    c = classification_metrics(y, p, t); cm = np.array(c['confusion'])
-    return dict(**{k: c[k] for k in _ENC_COLS}, fn=int(cm[1, 0]), fp=int(cm[0, 1]))
+    c = classification_metrics(y, p, t); fn, fp = fn_fp(c['confusion'])
+    return dict(**{k: c[k] for k in _ENC_COLS}, fn=fn, fp=fp)
 
 def threshold_rules(runs:dict, # name -> a `run_train` folder with a trained baseline (e.g. `encoder_sweep`'s rows)
                     out:str|Path, # writes `thresholds.json` and `thresholds.md` here
@@ -608,23 +608,34 @@ def _dev_call(model, dev_imgs:list, yd:list, val_imgs:list, tta:bool, rule:str)-
 def _decoded(*splits)->list: # per split: (its patches decoded, their class ids)
     return [([d.image(i) for i in range(len(d))], [int(l) for l in d.labels]) for d in splits]
 
-def _dev_thresholds(models:dict, dev:tuple, val:tuple, tta:bool, rule:str)->dict: # per model: valid metrics at 0.5 and at the dev threshold
-    (di, yd), (vi, yv), out = dev, val, {}  # (patches, class ids) of each split, decoded once for every model
-    for name, m in models.items():
-        cut, pv, _ = _dev_call(m, di, yd, vi, tta, rule)
+def _probs_once(models:dict, # name -> a model with `classify`
+                splits:dict, # split name -> its patches
+                tta:bool, # the run's TTA (each model takes it where its `classify` can)
+               ): # `probs(name, split)`: that model's (N, K) class probabilities on that split
+    "Each model's class probabilities on each split, computed on first use and kept: the assessments share them"
+    @cache
+    def probs(name:str, split:str)->np.ndarray: m = models[name]; return class_probs(m, splits[split], tta=bool(_tta(m, tta)))
+    return probs
+
+def _dev_thresholds(models:dict, dev:tuple, val:tuple, # (patches, class ids) of dev and of valid (`_decoded`)
+                    probs, rule:str)->dict: # per model: valid metrics at 0.5 and at the dev threshold
+    (_, yd), (_, yv), out = dev, val, {}
+    for name in models:
+        cut, pv = best_threshold(yd, probs(name, 'dev'), rule), probs(name, 'valid')
         out[name] = {}
         for lab, th in (('at_0.5', 0.5), ('at_dev_threshold', cut)):
             out[name][lab] = dict(threshold=th, **_at_threshold(yv, pv, th))
     return out
 
 def _restain_thresholds(models:dict, dev:tuple, val:tuple, # (patches, class ids) of dev and of valid (`_decoded`)
-                        tta:bool, rule:str, strengths:tuple, seed:int)->dict:
+                        probs, tta:bool, rule:str, strengths:tuple, seed:int)->dict:
     """Each model's threshold chosen by `rule` on dev together with its re-stained copies (`with_restained`), valid
     scored at it and, beside it, at the threshold of dev alone (the same probabilities)"""
     (di, yd), (vi, yv), out = dev, val, {}
     ri, ry = with_restained(di, yd, strengths, seed)
     for name, m in models.items():
-        t = bool(_tta(m, tta)); p, pv = class_probs(m, ri, tta=t)[:, 1], class_probs(m, vi, tta=t)
+        # dev's own patches lead `ri`: their probabilities are `probs`' (robustness's, where it ran); the copies follow
+        p, pv = np.concatenate([probs(name, 'dev'), class_probs(m, ri[len(di):], tta=bool(_tta(m, tta)))])[:, 1], probs(name, 'valid')
         cuts = dict(at_dev_threshold=best_threshold(yd, p[:len(di)], rule), at_restained_threshold=best_threshold(ry, p, rule))
         out[name] = {lab: dict(threshold=th, **_at_threshold(yv, pv, th)) for lab, th in cuts.items()}
     return dict(out, strengths=list(strengths), n_dev=len(di), n_valid=len(vi), rule=rule)
@@ -765,7 +776,9 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
     ims, y = (
         ([o[:len(sub)] for o in dev_val[1]] if dev_val else _decoded(sub)[0]) if stress else ([], [])
     )
-    thr = _dev_thresholds(models, *dev_val, cfg.tta, cfg.threshold_rule) if plain else {}
+    # each model's probabilities on dev and valid, computed once for the assessments that read them
+    probs = _probs_once(models, dict(dev=dev_val[0][0], valid=dev_val[1][0]), cfg.tta) if dev_val else None
+    thr = _dev_thresholds(models, *dev_val, probs, cfg.threshold_rule) if plain else {}
     # each model calls at its dev threshold
     for name, r in thr.items(): models[name].cfg.vlm_threshold = r['at_dev_threshold']['threshold']
     out = {}
@@ -790,7 +803,7 @@ def assess_run(run:str|Path, # a finished `run_train` folder (`model/`, `baselin
             r = _adapt_n(fused, *dev_val, max(strengths), seed, adapt_ns)
             if r['rows']: plot_adaptation_curve(r['rows'], f'{kind}, fused').savefig(run/'adapt_n.png', dpi=80)
         elif w == 'restain':
-            r = _restain_thresholds(models, *dev_val, cfg.tta, cfg.threshold_rule, restain, seed)
+            r = _restain_thresholds(models, *dev_val, probs, cfg.tta, cfg.threshold_rule, restain, seed)
         else:
             r = _prompting(fused, run / prep['root'], n_prompt, seed)
         out[w] = atomic_write(

@@ -275,16 +275,17 @@ def adapt_cmd(images:list[Path]=typer.Argument(..., help="Unlabelled patches of 
     """Write a copy of a model whose BatchNorm statistics are re-estimated on a new site's unlabelled patches (AdaBN,
     `pathllm.evaluate.adapt_batchnorm`): `predict` and `serve` it there without `--adapt`. It calls at the threshold
     `train` chose for adapted statistics."""
-    from pathllm.serve import Pipeline
+    from pathllm.serve import Pipeline, read_spec
     from pathllm.evaluate import adapt_batchnorm
     with _errors(_new_folder(out)):
         if out.resolve() == model.resolve():
             raise ValueError(f"--out: {out} is the model's own folder; write the adapted copy elsewhere")
-        pipe = Pipeline.from_pretrained(model)  # its files checked, each named if malformed
+        # its files checked, each named if malformed; an index would be stale once adapted, so it is not loaded
+        spec, pipe = read_spec(model), Pipeline.from_pretrained(model, index=False)
         xs, c = pipe.prepare([str(i) for i in images])[0], pipe.model.cfg
         _note_no_adapted_threshold(pipe.model)
         adapt_batchnorm(pipe.model, xs, n or None, seed=seed).save_pretrained(out)
-    if pipe.index is not None:
+    if spec['index']:
         typer.echo(f"note: {model}'s retrieval index was embedded with the trained statistics: build one for the adapted "
                    f"model (`pathllm index build --model {out}`)", err=True)
     typer.echo(f"wrote {out}: BatchNorm statistics of {c.vlm_adapted} patches, threshold {c.vlm_threshold}")

@@ -22,9 +22,9 @@ from .captions import (VOCAB, QUESTIONS, REGION, THRESHOLDS, Thresholds, show_ca
 
 # %% auto #0
 __all__ = ['THRESHOLD_RULES', 'YES_NO', 'CLASS_SYNONYMS', 'PATH_TERMS', 'STOPWORDS', 'FREE_KEYS', 'GROUNDED_KEYS', 'to_preds',
-           'accuracy', 'confusion', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics', 'classification_metrics',
-           'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift', 'with_restained',
-           'class_probs', 'batchnorm_layers', 'adapt_batchnorm', 'batchnorm_adapted', 'stain_stress',
+           'accuracy', 'confusion', 'fn_fp', 'balanced_accuracy', 'f1', 'roc_auc', 'per_class_metrics',
+           'classification_metrics', 'best_threshold', 'threshold_stability', 'decision_threshold', 'stain_shift',
+           'with_restained', 'class_probs', 'batchnorm_layers', 'adapt_batchnorm', 'batchnorm_adapted', 'stain_stress',
            'plot_stain_stress', 'adaptation_curve', 'enough_patches', 'plot_adaptation_curve', 'bleu4', 'rouge_l',
            'cider', 'normalize_answer', 'exact_match', 'token_f1', 'closed_answer', 'closed_accuracy', 'key_terms',
            'open_recall', 'retrieval_recall', 'recall_at_k', 'hallucination', 'claims_per_text', 'attribute_accuracy',
@@ -78,6 +78,13 @@ def confusion(y_true:list, # true class ids
     _check_len(y_true, y_pred, 'y_true', 'y_pred')
     n = n_classes or max(2, int(max(np.max(y_true), np.max(y_pred))) + 1)
     return skm.confusion_matrix(y_true, y_pred, labels=list(range(n)))
+
+def fn_fp(cm, # a 2x2 confusion matrix (rows true class, columns called), e.g. `classification_metrics`' `confusion`
+         )->tuple: # (false negatives, false positives)
+    "Class-1 patches called class 0 (missed tumours) and class-0 patches called class 1"
+    cm = np.asarray(cm)
+    if cm.shape != (2, 2): raise ValueError(f"fn_fp: needs a 2x2 confusion matrix, got shape {cm.shape}")
+    return int(cm[1, 0]), int(cm[0, 1])
 
 # %% ../nbs/01a_evaluate.ipynb #78d93e18
 def balanced_accuracy(y_true:list, # true class ids
@@ -194,8 +201,7 @@ def threshold_stability(y_true:list, # true class ids of dev patches, 0 or 1
         i = rng.integers(0, len(p), len(p)); o = np.setdiff1d(np.arange(len(p)), i)
         if len(set(y[i].tolist())) < 2 or len(set(y[o].tolist())) < 2: continue
         for r in rules:
-            t = pick(r, y[i], p[i]); call = to_preds(p[o], t); cm = confusion(y[o], call, 2)
-            fn, fp = int(cm[1, 0]), int(cm[0, 1])
+            t = pick(r, y[i], p[i]); call = to_preds(p[o], t); fn, fp = fn_fp(confusion(y[o], call, 2))
             d = res[str(r)]; d['t'].append(t); d['gap'].append(max(fn, fp) / max(min(fn, fp), 1) if fn or fp else 1.)
             d['ba'].append(balanced_accuracy(y[o], call))
     return {
@@ -355,8 +361,8 @@ def adaptation_curve(model, # a two-class model with a `classify` and BatchNorm 
         for s in (seeds if n else seeds[:1]):
             with batchnorm_adapted(model, images, n, bs, s) if n else nullcontext():
                 p, t = class_probs(model, images, bs), decision_threshold(model)
-            c = classification_metrics(y, p, t); cm = np.array(c['confusion'])
-            rows.append(dict(n=min(n, len(images)), seed=s, threshold=t, fn=int(cm[1, 0]), fp=int(cm[0, 1]),
+            c = classification_metrics(y, p, t); fn, fp = fn_fp(c['confusion'])
+            rows.append(dict(n=min(n, len(images)), seed=s, threshold=t, fn=fn, fp=fp,
                              **{k: c[k] for k in ('accuracy', 'balanced_accuracy', 'auc')}))
     return rows
 

@@ -406,6 +406,7 @@ class Pipeline:
 @patch(cls_method=True)
 def from_pretrained(cls:Pipeline, path:str|Path, # a model folder (`save_pretrained`, `out/model`) or `save_pipeline`'s
                      device=None, # default: 'cuda' when available, else 'cpu'
+                     index:bool=True, # load its retrieval index and thumbnails, if any (`False`: the model alone)
                      **kw, # more `Pipeline` arguments (`max_pixels`, `wait_ms`, `max_batch`)
                     )->Pipeline:
     "Load the model of `path` (with its adapter, index and thumbnails, if any)"
@@ -418,7 +419,7 @@ def from_pretrained(cls:Pipeline, path:str|Path, # a model folder (`save_pretrai
     if spec['adapter']:
         from pathllm.finetune import load_lora
         model = load_lora(model, p/spec['adapter']).merge_and_unload()
-    index = PatchIndex.load(p/spec['index']) if spec['index'] else None
+    index = PatchIndex.load(p/spec['index']) if spec['index'] and index else None
     thumbs = np.load(p/spec['thumbs'], mmap_mode='r') if spec['thumbs'] and index is not None else None
     return cls(model, index, spec['name'], spec['rag_k'], thumbs=thumbs, **kw)
 
