@@ -19,6 +19,7 @@ better batching. Writes `<out>.json` and `<out>.md` (default `bench/results/serv
     python bench/serve.py
     python bench/serve.py --model runs/demo/model --threads 2
     python bench/serve.py --variant bf16_vision       # the vision tower in bfloat16, channels-last (CPUs with AMX/AVX512-BF16)
+    python bench/serve.py --workers 2                 # two server processes (`pathllm serve --workers 2`), a model each
     python bench/serve.py --tiny --out /tmp/serve     # a few requests, one round: checks the script (CI)
     python bench/serve.py --render results/serve/serve.json   # rewrite serve.md from a run's JSON (no measuring)
 """
@@ -70,7 +71,7 @@ def measure(model: Path, key: str, max_batch: int, a, load: bool) -> dict:
     img = data_url(synth_patch('pcam', 1, 0))
     cap = dict(image=[img], max_new_tokens=32, rag=False)
     with server_process(model, api_key=key, device='cpu', max_concurrency=64, max_batch=max_batch, max_new_tokens=64,
-                        batch_wait_ms=a.wait_ms) as url:
+                        batch_wait_ms=a.wait_ms, workers=a.workers, timeout=300) as url:
         load_test(url, key, concurrency=(8,), requests=16, idle=0)            # warm-up
         r = dict(classify=load_test(url, key, '/classify', concurrency=(1, 8, 16), requests=a.requests, idle=0),
                  caption=load_test(url, key, '/caption', cap, concurrency=(1, 16), requests=a.caption_requests, idle=0))
@@ -91,11 +92,14 @@ def ceilings(res: dict) -> dict:
     """The best each target ratio could be with perfect batching and free HTTP, from the in-process costs of this run.
     A list of up to 16 images costs at least the per-image time measured in a list of 16 (batching gets cheaper per image
     as the batch grows), so: 16 clients get at most 1000 / that ms requests/s; and 8 closed-loop clients wait at least
-    8 x that ms per request on average (Little's law: latency = clients / throughput), which bounds their p95 from below."""
+    8 x that ms per request on average (Little's law: latency = clients / throughput), which bounds their p95 from below.
+    With `w` server processes (`--workers`), each batching alone on its own core, both bounds improve w-fold (no more
+    than the machine's cores)."""
     ip, one = res['inprocess_ms'], lambda ep: level(res['batching'][ep], 1)['req_per_s']
-    return dict(classify_p95_8_vs_inprocess=round(8 * ip['classify_per_image_at_16'] / ip['classify'], 2),
-                classify_rps_16_vs_1=round(1000 / ip['classify_per_image_at_16'] / one('classify'), 2),
-                caption_rps_16_vs_1=round(1000 / ip['caption_per_image_at_16'] / one('caption'), 2))
+    w = min(res.get('workers', 1), os.cpu_count() or 1)
+    return dict(classify_p95_8_vs_inprocess=round(8 / w * ip['classify_per_image_at_16'] / ip['classify'], 2),
+                classify_rps_16_vs_1=round(w * 1000 / ip['classify_per_image_at_16'] / one('classify'), 2),
+                caption_rps_16_vs_1=round(w * 1000 / ip['caption_per_image_at_16'] / one('caption'), 2))
 
 
 def met(name: str, v: float) -> bool:
@@ -118,8 +122,8 @@ def markdown(res: dict) -> str:
     ld = ['| clients (+30 idle sockets) | requests | ok | 503 busy | failed | req/s | p50 ms | p95 ms |', '|---|---|---|---|---|---|---|---|']
     for x in b['load']:
         ld.append(f"| {x['clients']} | {x['requests']} | {x['ok']} | {x['busy']} | {x['failed']} | {x['req_per_s']} | {x['p50_ms']} | {x['p95_ms']} |")
-    return (f"# pathllm serve benchmark\n\nModel `{res['model']}` ({res['n_params']:,} parameters) as `{res.get('variant', 'fp32')}`, cpu, {res['threads']} torch thread(s) "
-            f"in the server, batch wait {res.get('wait_ms', 5.):g} ms, {res['platform']}, pathllm {res['version']}, {res['date']}. In-process latency of one image: "
+    return (f"# pathllm serve benchmark\n\nModel `{res['model']}` ({res['n_params']:,} parameters) as `{res.get('variant', 'fp32')}`, cpu, {res.get('workers', 1)} server process(es) with {res['threads']} torch thread(s) "
+            f"each, batch wait {res.get('wait_ms', 5.):g} ms, {res['platform']}, pathllm {res['version']}, {res['date']}. In-process latency of one image: "
             f"/classify {res['inprocess_ms']['classify']} ms, /caption (32 tokens) {res['inprocess_ms']['caption']} ms; in one list of 16 "
             f"images: {res['inprocess_ms']['classify_per_image_at_16']} and {res['inprocess_ms']['caption_per_image_at_16']} ms/image.\n\n"
             f"## Targets (ratios in this run: the median of {len(res['rounds'])} interleaved rounds)\n\n" + '\n'.join(rows) + "\n\nDynamic batching over one request at a time, at 16 clients: "
@@ -135,6 +139,7 @@ def main():
     ap.add_argument('--caption-requests', type=int, default=160, help='/caption requests per level (10 per client at 16 clients)')
     ap.add_argument('--inprocess', type=int, default=20, help='in-process calls timed per endpoint')
     ap.add_argument('--threads', type=int, default=1, help='torch threads of the server and of the in-process baseline')
+    ap.add_argument('--workers', type=int, default=1, help='server processes, each with its own model (`pathllm serve --workers`)')
     ap.add_argument('--rounds', type=int, default=3, help='repeats; ratios are the median over rounds')
     ap.add_argument('--wait-ms', type=float, default=Limits.batch_wait_ms, help="the server's batch wait (`Limits.batch_wait_ms`)")
     ap.add_argument('--variant', default='fp32', choices=VARIANTS,
@@ -153,7 +158,7 @@ def main():
         model = Path(optimize_model(model, a.variant, Path(tempfile.mkdtemp(prefix='pathllm-bench-')) / a.variant)['out'])
     key, img = secrets.token_urlsafe(16), synth_patch('pcam', 1, 0)
     inproc = inprocess_ms(model, img, a.inprocess)
-    res = dict(model=a.model or 'random init, small config architecture', variant=a.variant, version=pathllm.__version__, threads=a.threads, wait_ms=a.wait_ms,
+    res = dict(model=a.model or 'random init, small config architecture', variant=a.variant, version=pathllm.__version__, threads=a.threads, workers=a.workers, wait_ms=a.wait_ms,
                n_params=sum(t.numel() for t in Pipeline.from_pretrained(model, device='cpu').model.parameters()),
                platform=f'{platform.machine()}, {os.cpu_count()} CPUs', date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), inprocess_ms=inproc)
     rounds = []  # the machine may be shared: repeat, interleaved, and report the median ratio of the rounds
