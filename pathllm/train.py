@@ -403,14 +403,19 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
     )
     hist = fit_stage(learn, cfg.vision_epochs, cfg.vision_lr, progress)
     m = learn.model.eval(); m.save_pretrained(out)
-    batches = lambda rows: [(x[rows[i:i+cfg.bs]], y[rows[i:i+cfg.bs]]) for i in range(0, len(rows), cfg.bs)]
-    probs = lambda rows: classifier_probs(m, batches(rows), cfg.tta)[0].numpy()
-    pd_ = probs(dev) if dev else None
-    t = best_threshold(y[dev].tolist(), pd_, cfg.threshold_rule) if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2 else None
+    batches = lambda xs, ys: [(xs[i:i+cfg.bs], ys[i:i+cfg.bs]) for i in range(0, len(xs), cfg.bs)]
+    probs = lambda xs, ys: classifier_probs(m, batches(xs, ys), cfg.tta)[0].numpy()
+    pd_, t = (probs(x[dev], y[dev]) if dev else None), None
+    if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2:
+        yd, p = y[dev].tolist(), pd_
+        if cfg.threshold_restain:  # dev's re-stained copies join it, as in `calibrate_threshold` for the fused model
+            ri, yd = with_restained(list(x[dev].permute(0, 2, 3, 1).numpy()), yd, tuple(cfg.threshold_restain))
+            p = np.concatenate([pd_, probs(image_tensor(ri[len(dev):]), torch.tensor(yd[len(dev):]))])
+        t = best_threshold(yd, p, cfg.threshold_rule)
     score = lambda rows, p: classification_metrics(
         y[rows].tolist(), p, 0.5 if t is None else t, classes=list(LABEL_NAMES[kind])
     )
-    res = dict(metrics=score(val, probs(val)), dev_metrics=score(dev, pd_) if dev else None, threshold=t, history=hist)
+    res = dict(metrics=score(val, probs(x[val], y[val])), dev_metrics=score(dev, pd_) if dev else None, threshold=t, history=hist)
     if spec: res['morph_accuracy'] = _morph_scores(m, x[val], v[val], cfg.bs)
     return _write_json(out/'metrics.json', res)
 
