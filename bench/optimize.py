@@ -9,8 +9,8 @@ labels and trained with `distill` (token KD, class-decision KD, both), as fracti
 Writes `<out>/optimize.json`, `<out>/optimize.md`, `<out>/speed.json`, `<out>/speed.md` and `<out>/optimize.png`.
 `--batching` instead times only the fused model's stage-2 epochs with random, length-sorted and packed batches, the packed ones
 attended row by row and through one mask (`pathllm.optimize.batching_speed`, on the teacher's own training rows) and writes `<out>/batching.json`. `--pipeline` instead
-times only the baseline's training input pipelines (`pathllm.optimize.pipeline_speed`: per item, batched, batched in bfloat16,
-and in channels_last) with the encoder of `small` (or `--pipeline-config`) and writes `<out>/pipeline.json` and `<out>/pipeline.md`.
+times only the baseline's training input pipelines (`pathllm.optimize.pipeline_speed`: per item, batched, batched in
+channels_last, and in bfloat16 where the CPU computes it, `--pipeline-bf16` to time emulated bfloat16 too) with the encoder of `small` (or `--pipeline-config`) and writes `<out>/pipeline.json` and `<out>/pipeline.md`.
 
     python bench/optimize.py                                    # trains the bench's `debug` teacher on real PCam (or synthetic) first
     python bench/optimize.py --model runs/train                 # a `run_train` folder: its model, data and validation patches
@@ -25,7 +25,7 @@ from pathlib import Path
 for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'TRANSFORMERS_OFFLINE'): os.environ.setdefault(k, '1')
 import warnings; warnings.filterwarnings('ignore', message='.*(kernels|deprecated|MatMul8bitLt).*')
 import numpy as np, torch
-from pathllm.data import pcam_dir, make_synthetic, load_patches, atomic_write, environment_info, data_fingerprint
+from pathllm.data import pcam_dir, make_synthetic, load_patches, atomic_write, environment_info, data_fingerprint, native_bf16
 from pathllm.captions import measure, caption
 from pathllm.fusion import PathVLM, vlm_dataloaders, vlm_learner, init_vision
 from pathllm.fit import fit_stage
@@ -152,17 +152,22 @@ def _train_speed(a, teacher, root):
 
 
 def _pipeline(a, data):
-    """The baseline's input pipelines (per item, batched, batched in bfloat16, and in channels_last), with the encoder and stain jitter of
-    config `a.pipeline_config` (`small`), on `data`'s patches"""
+    """The baseline's input pipelines (per item, batched, batched in channels_last, and in bfloat16 where the CPU computes it or
+    `a.pipeline_bf16`), with the encoder and stain jitter of config `a.pipeline_config` (`small`), on `data`'s patches"""
     c = load_config(a.pipeline_config)
     n, bs = (64, 16) if a.tiny else (1024, c.bs)
-    r = pipeline_speed(load_patches(data), n=n, bs=bs, rounds=a.rounds, arch=c.vit_name, sigma=c.stain_sigma, bias=c.stain_bias, **c.vit_kw)
-    return dict(r, config=c.name, encoder=f"{c.vit_name} {c.vit_kw}", threads=torch.get_num_threads())
+    bf16 = a.pipeline_bf16 or native_bf16('cpu')
+    r = pipeline_speed(load_patches(data), n=n, bs=bs, rounds=a.rounds, arch=c.vit_name, sigma=c.stain_sigma, bias=c.stain_bias, bf16=bf16, **c.vit_kw)
+    return dict(r, config=c.name, encoder=f"{c.vit_name} {c.vit_kw}", threads=torch.get_num_threads(), bf16_native=native_bf16('cpu'))
 
 
 def _pipeline_md(pipe):
-    return (f"\n## Baseline input pipeline: training images/s, per item (`get_dls`) vs batched (`tensor_dls` + `BatchAugment`), batched in "
-            f"bfloat16 (`Autocast`) and bfloat16 in channels_last (`ChannelsLast`); {pipe['n']} patches, batch {pipe['bs']}, config "
+    feeds = [t['feed'] for t in pipe['table']]
+    cl = ', batched in channels_last (`ChannelsLast`)' if 'batched_channels_last' in feeds else ''
+    bf = (', batched in bfloat16 (`Autocast`) and bfloat16 in channels_last' if 'batched_bf16' in feeds else
+          ' (no bfloat16 feeds: this CPU emulates bfloat16)' if pipe.get('bf16_native') is False else '')
+    return (f"\n## Baseline input pipeline: training images/s, per item (`get_dls`) vs batched (`tensor_dls` + `BatchAugment`)"
+            f"{cl}{bf}; {pipe['n']} patches, batch {pipe['bs']}, config "
             f"{pipe.get('config', 'small')}'s encoder {pipe['encoder']}, "
             f"{pipe['threads']} torch thread(s) (median images/s; ratio to per item, median [min, max] over {pipe['rounds']} interleaved rounds; "
             f"one-off decode of the batched feeds {pipe['decode_s']:.1f} s)\n\n{_md(pipe['table'], list(pipe['table'][0]))}\n")
@@ -191,7 +196,8 @@ def main():
     ap.add_argument('--tiny', action='store_true', help='a tiny teacher and few patches: checks every code path in minutes')
     ap.add_argument('--train-speed', action='store_true', help='also time training steps eager vs compiled, and gradient accumulation')
     ap.add_argument('--batching', action='store_true', help="only time stage-2 epochs with random vs length-sorted ('sortish') vs packed batches (row by row, and one mask)")
-    ap.add_argument('--pipeline', action='store_true', help="only time the baseline's input pipelines (per item, batched, batched in bfloat16, and in channels_last)")
+    ap.add_argument('--pipeline', action='store_true', help="only time the baseline's input pipelines (per item, batched, batched in channels_last, and in bfloat16)")
+    ap.add_argument('--pipeline-bf16', action='store_true', help="--pipeline: also the bfloat16 feeds on a CPU that emulates bfloat16 (many times slower)")
     ap.add_argument('--pipeline-config', default='small', help="--pipeline: the run_train config whose encoder, stain jitter and batch size are timed (e.g. small-96)")
     for k, v in dict(n_eval=400, n_captions=32, bs=32, n_tokens=32, rounds=5, threads=1, seed=0, seeds=3, distill_epochs=4, distill_rows=2400,
                      class_repeat=3, student_layers=2, student_embd=48, train_steps=5, compile_warmup=4).items():

@@ -651,10 +651,11 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
                    arch:str='timm:resnet10t', # the baseline's encoder (`get_vision` name)
                    sigma:float=0.2, bias:float=0.05, # stain jitter of both pipelines (`stain_jitter`)
                    bf16:bool=True, # also the batched feed in bfloat16 (`Autocast`), and bfloat16 in channels_last (`ChannelsLast`)
+                   channels_last:bool=True, # also the batched feed in fp32 with channels_last weights and images (`ChannelsLast`)
                    **kw, # more `get_vision` arguments (e.g. `crop=64`)
                   )->dict: # images/s per round of each feed; `table`: per feed, median images/s and ratio to per item
     """Training images/s of the baseline fed per item (`get_dls`) against batched (`tensor_dls` + `BatchAugment`), and
-    batched with bfloat16 compute: same model, patches and steps"""
+    batched in channels_last and with bfloat16 compute: same model, patches and steps"""
     from pathllm.data import get_dls, tensor_dls, patch_tensor, BatchAugment
     from pathllm.vision import vision_learner_for
     sp = ds.items.split.to_numpy(); vs = 'valid' if (sp == 'valid').any() else 'test'
@@ -666,6 +667,7 @@ def pipeline_speed(ds, # a `PatchDataset` with 'train' and 'valid' (or 'test') p
         [BatchAugment(sigma, bias, seed=0), *cbs],
     )
     feeds = dict(per_item=lambda: (get_dls(sub, bs=bs, seed=0, stain_sigma=sigma, stain_bias=bias), []), batched=batched())
+    if channels_last: feeds['batched_channels_last'] = batched(ChannelsLast())
     if bf16: feeds.update(batched_bf16=batched(Autocast()), batched_bf16_channels_last=batched(Autocast(), ChannelsLast()))
     out = {k: [] for k in feeds}
     for _ in range(rounds):
