@@ -156,9 +156,10 @@ def _pipeline(a, data):
     `a.pipeline_bf16`), with the encoder and stain jitter of config `a.pipeline_config` (`small`), on `data`'s patches"""
     c = load_config(a.pipeline_config)
     n, bs = (64, 16) if a.tiny else (1024, c.bs)
-    bf16 = a.pipeline_bf16 or native_bf16('cpu')
-    r = pipeline_speed(load_patches(data), n=n, bs=bs, rounds=a.rounds, arch=c.vit_name, sigma=c.stain_sigma, bias=c.stain_bias, bf16=bf16, **c.vit_kw)
-    return dict(r, config=c.name, encoder=f"{c.vit_name} {c.vit_kw}", threads=torch.get_num_threads(), bf16_native=native_bf16('cpu'))
+    native = native_bf16('cpu')
+    r = pipeline_speed(load_patches(data), n=n, bs=bs, rounds=a.rounds, arch=c.vit_name, sigma=c.stain_sigma, bias=c.stain_bias,
+                       bf16=a.pipeline_bf16 or native, **c.vit_kw)
+    return dict(r, config=c.name, encoder=f"{c.vit_name} {c.vit_kw}", threads=torch.get_num_threads(), bf16_native=native)
 
 
 def _pipeline_md(pipe):

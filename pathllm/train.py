@@ -405,11 +405,12 @@ def _baseline(cfg:TrainConfig, root:Path, kind:str, vs:str, out:Path, resume:boo
     m = learn.model.eval(); m.save_pretrained(out)
     batches = lambda xs, ys: [(xs[i:i+cfg.bs], ys[i:i+cfg.bs]) for i in range(0, len(xs), cfg.bs)]
     probs = lambda xs, ys: classifier_probs(m, batches(xs, ys), cfg.tta)[0].numpy()
-    pd_, t = (probs(x[dev], y[dev]) if dev else None), None
+    xd = x[dev]  # dev's patches, read for its probabilities and, with `threshold_restain`, its re-stained copies
+    pd_, t = (probs(xd, y[dev]) if dev else None), None
     if cfg.calibrate and pd_ is not None and pd_.shape[1] == 2:
         yd, p = y[dev].tolist(), pd_
         if cfg.threshold_restain:  # dev's re-stained copies join it, as in `calibrate_threshold` for the fused model
-            ri, yd = with_restained(list(x[dev].permute(0, 2, 3, 1).numpy()), yd, tuple(cfg.threshold_restain))
+            ri, yd = with_restained(list(xd.permute(0, 2, 3, 1).numpy()), yd, tuple(cfg.threshold_restain))
             p = np.concatenate([pd_, probs(image_tensor(ri[len(dev):]), torch.tensor(yd[len(dev):]))])
         t = best_threshold(yd, p, cfg.threshold_rule)
     score = lambda rows, p: classification_metrics(
