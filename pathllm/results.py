@@ -14,10 +14,10 @@ from .data import atomic_write, project_root
 from .train import TrainConfig
 
 # %% auto #0
-__all__ = ['COUNTERWEIGHTS', 'QUALITY', 'LANGUAGE', 'TABLE_KINDS', 'RUN_FILES', 'ASSESSMENTS', 'mean_sd', 'check_counterweights',
-           'check_seeds', 'stamp', 'md_table', 'train_table', 'language_table', 'per_class_table', 'bench_table',
-           'read_manifest', 'load_runs', 'render_results', 'trim_run', 'publish_run', 'fill_markers', 'stale_blocks',
-           'result_files', 'sync_results']
+__all__ = ['COUNTERWEIGHTS', 'QUALITY', 'ERRORS', 'TRAIN_COLS', 'LANGUAGE', 'TABLE_KINDS', 'RUN_FILES', 'ASSESSMENTS', 'mean_sd',
+           'check_counterweights', 'check_seeds', 'stamp', 'md_table', 'train_table', 'language_table',
+           'per_class_table', 'bench_table', 'read_manifest', 'load_runs', 'render_results', 'trim_run', 'publish_run',
+           'fill_markers', 'stale_blocks', 'result_files', 'sync_results']
 
 # %% ../nbs/12a_results.ipynb #e4ad5b42
 def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are left out)
@@ -33,7 +33,7 @@ def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are l
 # %% ../nbs/12a_results.ipynb #61d0ab01
 # metric -> the number shown beside it
 COUNTERWEIGHTS = dict(accuracy='balanced_accuracy', hallucination='claims_per_caption', qa_form='qa_correct',
-                      vqa_closed_acc='vqa_agrees')
+                      vqa_closed_acc='vqa_agrees', sensitivity='specificity', specificity='sensitivity')
 
 QUALITY = (
     ('acc', 'accuracy', 3),
@@ -46,6 +46,8 @@ QUALITY = (
     ('halluc.', 'hallucination', 3),
     ('claims/caption', 'claims_per_caption', 2),
 )
+# a two-class call's errors either way: tumours called normal (1 - sensitivity) and normals called tumour (1 - specificity)
+ERRORS = (('sens.', 'sensitivity', 3), ('spec.', 'specificity', 3))
 
 def check_counterweights(keys:list, # metric keys of a table's columns
                         ): # raises a `ValueError` naming a metric shown without its counterweight
@@ -120,11 +122,17 @@ def _train_runs(runs:dict, # configuration label -> the `report.json` dicts of `
 
 # the two models of a report
 _BASE_FUSED = (('image-only baseline', lambda r: r.get('baseline') or {}), ('fused model', lambda r: r))
+# the main job's columns: `QUALITY` with the errors either way beside accuracy
+TRAIN_COLS = (*QUALITY[:2], *ERRORS, *QUALITY[2:])
+
+def _cell(vals:list, digits:int)->str: # `mean_sd`, saying how many runs it pools where only some record the metric
+    n = sum(isinstance(v, (int, float)) and np.isfinite(v) for v in vals)
+    return mean_sd(vals, digits) + (f' ({n} of {len(vals)} runs)' if 0 < n < len(vals) else '')
 
 def train_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
                )->str: # markdown: what was run on which data, the table, the stamp
     "The image-only baseline and the fused model of each configuration, mean ± sd over its seeds"
-    check_counterweights([k for _, k, _ in QUALITY])
+    check_counterweights([k for _, k, _ in TRAIN_COLS])
     (seeds, st), rows, notes = _train_runs(runs), [], []
     for label, reps in runs.items():
         c, d = reps[0]['config']['train'], reps[0]['config']['data']
@@ -132,7 +140,7 @@ def train_table(runs:dict, # configuration label -> the `report.json` dicts of `
             rows.append(
                 [
                     f'`{label}`', f'{model} (`{arch}`)', 'yes' if c.get('tta') else 'no',
-                    *[mean_sd([get(r).get(k) for r in reps], dg) for _, k, dg in QUALITY],
+                    *[_cell([get(r).get(k) for r in reps], dg) for _, k, dg in TRAIN_COLS],
                 ]
             )
         notes.append(
@@ -140,7 +148,7 @@ def train_table(runs:dict, # configuration label -> the `report.json` dicts of `
             f"{d['n_valid']:,} validation "
             f"patches of `{Path(d['source']).name}`, scored on the validation patches; {_seeds_text(seeds[label])}."
         )
-    return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'TTA', *[h for h, _, _ in QUALITY]], rows), st])
+    return '\n\n'.join([' '.join(notes), md_table(['config', 'model', 'TTA', *[h for h, _, _ in TRAIN_COLS]], rows), st])
 
 # %% ../nbs/12a_results.ipynb #1fd531e8
 LANGUAGE = (

@@ -219,6 +219,7 @@ CONFIGS = dict(
         lm_kw=dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2), lm_epochs=1, lm_max_texts=80_000, mp_shuffle=1,
         stage1_epochs=1, stage2_epochs=2, lr2=2e-3, max_rows=40_000, eval_captions=128, freeze_vision=True,
         class_repeat=2, max_valid_rows=1000, tta=True, rag_share=0.2, caption_salience=0.7, bf16=['baseline'], pack=True,
+        threshold_restain=[0.2, 0.4],
     ),
     full=dict(
         name='full', bs=128, vit_name='pathvit_r18', vit_kw=dict(pool='mean'), mp_shuffle=1, vision_epochs=10,
