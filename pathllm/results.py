@@ -20,11 +20,14 @@ __all__ = ['COUNTERWEIGHTS', 'QUALITY', 'ERRORS', 'TRAIN_COLS', 'LANGUAGE', 'TAB
            'fill_markers', 'stale_blocks', 'result_files', 'sync_results']
 
 # %% ../nbs/12a_results.ipynb #e4ad5b42
+def _numbers(vals:list)->list: # the values that count as measured: finite numbers (not `None`, NaN or a bool), as floats
+    return [float(x) for x in vals if isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)]
+
 def mean_sd(vals:list, # one value per run (`None`, NaN and missing values are left out)
             digits:int=3, # decimals (0: a count, printed with thousands separators)
            )->str: # 'mean ± sd' for several values, the value for one, '—' for none
     "The mean and sample standard deviation of `vals` as text, the way every table states a number"
-    v = [float(x) for x in vals if isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)]
+    v = _numbers(vals)
     if not v: return '—'
     f = lambda x: f'{x:,.{digits}f}'
     if len(v) == 1 or (digits == 0 and len(set(v)) == 1): return f(v[0])
@@ -126,7 +129,7 @@ _BASE_FUSED = (('image-only baseline', lambda r: r.get('baseline') or {}), ('fus
 TRAIN_COLS = (*QUALITY[:2], *ERRORS, *QUALITY[2:])
 
 def _cell(vals:list, digits:int)->str: # `mean_sd`, saying how many runs it pools where only some record the metric
-    n = sum(isinstance(v, (int, float)) and np.isfinite(v) for v in vals)
+    n = len(_numbers(vals))
     return mean_sd(vals, digits) + (f' ({n} of {len(vals)} runs)' if 0 < n < len(vals) else '')
 
 def train_table(runs:dict, # configuration label -> the `report.json` dicts of `run_train`, one per seed
