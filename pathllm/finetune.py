@@ -22,7 +22,7 @@ from .captions import Morphology, FEATURES, QUESTIONS, report, check_claims
 from .tokenizer import pad_ids
 from .lm import lm_loss, TokenPerplexity
 from .connectors import clip_loss
-from .fusion import PathVLM, VLMDataset, ClearThreshold
+from .fusion import PathVLM, VLMDataset, ClearCalibration
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'FT_METHODS', 'lm_linear_names', 'param_counts', 'lora_model', 'finetune_learner', 'load_lora',
@@ -85,7 +85,7 @@ def finetune_learner(dls, # from `vlm_dataloaders`
     dual = getattr(model, 'dual', False)
     return Learner(
         dls, model, loss_func=clip_loss if dual else lm_loss, lr=lr, wd=wd,
-        cbs=[GradientClip(clip), ClearThreshold()] + list(cbs or []),
+        cbs=[GradientClip(clip), ClearCalibration()] + list(cbs or []),
         opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8), metrics=[] if dual else [TokenPerplexity()],
     )
 
@@ -380,6 +380,6 @@ def dpo_learner(dls:DataLoaders, # from `dpo_dataloaders`
     "A fastai `Learner` that trains `model` with DPO against a frozen reference copy"
     return Learner(
         dls, DPOModel(model, ref), loss_func=partial(_dpo_out_loss, beta=beta), lr=lr, wd=wd,
-        metrics=[reward_accuracy], cbs=[GradientClip(clip), ClearThreshold()] + list(cbs or []),
+        metrics=[reward_accuracy], cbs=[GradientClip(clip), ClearCalibration()] + list(cbs or []),
         opt_func=partial(Adam, mom=0.9, sqr_mom=0.95, eps=1e-8),
     )

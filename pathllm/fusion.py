@@ -38,7 +38,7 @@ from .evaluate import retrieval_recall, vlm_accuracy
 # %% auto #0
 __all__ = ['GROUNDING', 'CHECK_TEMPERATURE', 'VLMConfig', 'merge_image_tokens', 'PathVLM', 'VisionFeatures', 'vlm_records',
            'record_conv', 'VLMDataset', 'pack_rows', 'vlm_collate', 'vlm_dataloaders', 'vlm_splitter',
-           'FrozenVisionCache', 'TokenWeight', 'ClearThreshold', 'vlm_learner', 'to_images', 'claim_prob',
+           'FrozenVisionCache', 'TokenWeight', 'ClearCalibration', 'vlm_learner', 'to_images', 'claim_prob',
            'heads_contradict', 'choose_opener', 'CopyNumbers', 'init_vision', 'train_vlm']
 
 # %% ../nbs/05_fusion.ipynb #955d969c
@@ -460,20 +460,24 @@ class TokenWeight(Callback):
     def after_loss(self):
         if self.training: self.learn.loss_grad = self.learn.loss_grad * (self.yb[0] != IGNORE).sum() / self.mean_tokens
 
-class ClearThreshold(Callback):
-    """Training moves the class probabilities a stored decision threshold was chosen for: before fitting, clear
-    `cfg.vlm_threshold` and `vlm_threshold_adapted` of every `PathVLM` in the model (a warning says so); choose them
-    again on dev afterwards (`pathllm.train.calibrate_threshold`)"""
+class ClearCalibration(Callback):
+    """Training moves the outputs that a model's dev-chosen settings were chosen for: before fitting, reset the decision
+    thresholds (`cfg.vlm_threshold`, `vlm_threshold_adapted`: None, argmax) and the weight of its heads in typed
+    openers (`cfg.vlm_guide`: 0, the LM alone) of every `PathVLM` in the model, with a warning naming what was reset;
+    choose them again on dev afterwards (`pathllm.train.calibrate_threshold`, `calibrate_guide`)"""
     order = -10
+    fields = dict(vlm_threshold=None, vlm_threshold_adapted=None, vlm_guide=0.)  # each setting and its uncalibrated value
     def before_fit(self):
         cfgs = {id(m.cfg): m.cfg for m in self.learn.model.modules() if isinstance(m, PathVLM)}  # DPO: policy, ref
-        stale = [c for c in cfgs.values() if (c.vlm_threshold, c.vlm_threshold_adapted) != (None, None)]
-        if not stale: return
-        warnings.warn(
-            f"training changes the class probabilities: the stored threshold {stale[0].vlm_threshold} (adapted: "
-            f"{stale[0].vlm_threshold_adapted}) is cleared; calibrate again on dev (pathllm.train.calibrate_threshold)"
+        stale = [(c, {f: getattr(c, f) for f, v in self.fields.items() if getattr(c, f) != v}) for c in cfgs.values()]
+        if not (stale := [(c, s) for c, s in stale if s]): return
+        warnings.warn(  # one warning, naming the first model's settings
+            "training changes the outputs these settings were chosen on dev for; reset: "
+            + ", ".join(f"{f} {v} -> {self.fields[f]}" for f, v in stale[0][1].items())
+            + "; choose them again on dev (pathllm.train.calibrate_threshold, calibrate_guide)"
         )
-        for c in stale: c.vlm_threshold = c.vlm_threshold_adapted = None
+        for c, s in stale:
+            for f in s: setattr(c, f, self.fields[f])
 
 def _mean_batch_tokens(dl)->float: # counted target tokens of an average batch of `dl` (rows drawn at random)
     return dl.bs * float(np.mean([int((m[1:] != 0).sum()) for _, m in dl.dataset.rows]))
@@ -505,7 +509,7 @@ def vlm_learner(dls:DataLoaders, # from `vlm_dataloaders`
                 "train it and enter its batch-norm statistics"
             )
     cbs = (
-        [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache), ClearThreshold()]
+        [GradientClip(clip), BnFreeze(), FrozenVisionCache(cache), ClearCalibration()]
         + ([CheckpointCallback(ckpt_dir, resume)] if ckpt_dir else [])
         + list(cbs or [])
     )
