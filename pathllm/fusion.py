@@ -466,7 +466,8 @@ class ClearCalibration(Callback):
     openers (`cfg.vlm_guide`: 0, the LM alone) of every `PathVLM` in the model, with a warning naming what was reset;
     choose them again on dev afterwards (`pathllm.train.calibrate_threshold`, `calibrate_guide`)"""
     order = -10
-    fields = dict(vlm_threshold=None, vlm_threshold_adapted=None, vlm_guide=0.)  # each setting and its uncalibrated value
+    # each setting and its uncalibrated value: `VLMConfig`'s default
+    fields = {f: VLMConfig.__dataclass_fields__[f].default for f in ('vlm_threshold', 'vlm_threshold_adapted', 'vlm_guide')}
     def before_fit(self):
         cfgs = {id(m.cfg): m.cfg for m in self.learn.model.modules() if isinstance(m, PathVLM)}  # DPO: policy, ref
         stale = [(c, {f: getattr(c, f) for f, v in self.fields.items() if getattr(c, f) != v}) for c in cfgs.values()]
