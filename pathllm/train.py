@@ -227,7 +227,7 @@ CONFIGS = dict(
         max_rows=200_000, eval_captions=256, caption_tokens=96,
     ),
 )
-# `small` on the whole 96 px patch (6x6 tokens, the centre 3x3 still pooled apart): the encoder sweep's choice on dev
+# `small` on the whole 96 px patch (6x6 tokens, 3x3 of them around the centre pooled apart): the encoder sweep's choice on dev
 CONFIGS['small-96'] = {**CONFIGS['small'], 'name': 'small-96', 'vit_kw': dict(output_stride=16)}
 
 # %% ../nbs/11_train.ipynb #8d596aab
